@@ -1,0 +1,228 @@
+//! The CPU reference path: every op of the crate on ndarray, written to be obviously right.
+//!
+//! This is the oracle the GPU kernels are tested against, so it favours plain loops over speed:
+//! per-row sums and logarithms are taken in `f64` and rounded to `f32` once, at the end. The
+//! functions have the names of the GPU ops and the same semantics (PyTorch's; see
+//! `docs/semantics.md`).
+//!
+//! Every row op works on an `N x C` matrix of logits, one row per sample, and rejects `C == 0`.
+//! Per row, with `m = max_j x_j`:
+//!
+//! | function | result |
+//! |---|---|
+//! | [`row_max`] | `m` |
+//! | [`row_sumexp`] | `s = sum_j exp(x_j - m)`, or 0 when `m = -inf` |
+//! | [`logsumexp`] | `m + ln s`, or `m` itself when `m` is infinite (as PyTorch) |
+//! | [`softmax`] | `exp(x_j - m) / s` |
+//! | [`log_softmax`] | `x_j - m - ln s` |
+//! | [`cross_entropy`] | `(m - x_y) + ln s`, reduced |
+//! | [`cross_entropy_grad`] | `(softmax - onehot(y)) * scale` |
+//! | [`one_hot_subtract`] | `(p - onehot(y)) * scale`, from probabilities |
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
+
+use crate::error::{Error, Result};
+use crate::labels::Labels;
+use crate::loss::{CrossEntropyOptions, Loss, Reduction};
+
+/// Rejects matrices with no columns, for which a row op is undefined.
+pub(crate) fn check_classes(op: &'static str, x: ArrayView2<f32>) -> Result<()> {
+    if x.ncols() == 0 {
+        return Err(Error::Empty {
+            op,
+            what: "the class dimension",
+        });
+    }
+    Ok(())
+}
+
+/// `m` of a row, and `s = sum exp(x - m)` in f64 (0 for an all `-inf` row, so that the pair
+/// merges correctly; NaN when `m = +inf`, as the subtraction `inf - inf` gives).
+fn stats(row: ArrayView1<f32>) -> (f32, f64) {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let shift = if m == f32::NEG_INFINITY {
+        0.0
+    } else {
+        m as f64
+    };
+    // A NaN entry is skipped by `f32::max` but still poisons the sum, as it does in PyTorch.
+    let s = row.iter().map(|&v| (v as f64 - shift).exp()).sum();
+    (m, s)
+}
+
+/// Row-wise maximum. A row containing NaN gives NaN, as `torch.max` does.
+pub fn row_max(x: ArrayView2<f32>) -> Result<Array1<f32>> {
+    check_classes("row_max", x)?;
+    Ok(x.map_axis(Axis(1), |row| {
+        if row.iter().any(|v| v.is_nan()) {
+            f32::NAN
+        } else {
+            stats(row).0
+        }
+    }))
+}
+
+/// Row-wise `sum_j exp(x_j - m_i)`, given the row maxima `m` (see [`row_max`]).
+///
+/// A row whose maximum is `-inf` sums to 0, so that partial sums over column chunks merge
+/// exactly (see the crate docs on mergeable statistics).
+pub fn row_sumexp(x: ArrayView2<f32>, m: ArrayView1<f32>) -> Result<Array1<f32>> {
+    const OP: &str = "row_sumexp";
+    check_classes(OP, x)?;
+    if m.len() != x.nrows() {
+        return Err(Error::shape(
+            OP,
+            format!("{} row maxima", x.nrows()),
+            format!("{}", m.len()),
+        ));
+    }
+    let mut out = Array1::zeros(x.nrows());
+    Zip::from(&mut out)
+        .and(x.rows())
+        .and(m)
+        .for_each(|o, row, &m| {
+            let shift = if m == f32::NEG_INFINITY {
+                0.0
+            } else {
+                m as f64
+            };
+            *o = row.iter().map(|&v| (v as f64 - shift).exp()).sum::<f64>() as f32;
+        });
+    Ok(out)
+}
+
+/// Row-wise `log sum_j exp(x_j)`, computed stably. A row whose maximum is infinite gives that
+/// maximum (`-inf` for an all `-inf` row), as `torch.logsumexp` does.
+pub fn logsumexp(x: ArrayView2<f32>) -> Result<Array1<f32>> {
+    check_classes("logsumexp", x)?;
+    Ok(x.map_axis(Axis(1), |row| {
+        let (m, s) = stats(row);
+        if m.is_infinite() {
+            m
+        } else {
+            (m as f64 + s.ln()) as f32
+        }
+    }))
+}
+
+/// Row-wise softmax, `exp(x_j - m) / sum_k exp(x_k - m)`.
+///
+/// A row that contains `+inf` or NaN, or that is all `-inf`, gives NaN, as in PyTorch.
+pub fn softmax(x: ArrayView2<f32>) -> Result<Array2<f32>> {
+    check_classes("softmax", x)?;
+    Ok(map_rows(x, |v, m, s| {
+        ((v as f64 - m as f64).exp() / s) as f32
+    }))
+}
+
+/// Row-wise log-softmax, `x_j - m - log sum_k exp(x_k - m)`.
+pub fn log_softmax(x: ArrayView2<f32>) -> Result<Array2<f32>> {
+    check_classes("log_softmax", x)?;
+    Ok(map_rows(x, |v, m, s| (v as f64 - m as f64 - s.ln()) as f32))
+}
+
+/// Applies `f(x_j, m, s)` to every element, with its row's statistics. `m` is the raw maximum
+/// (not the shifted one [`stats`] sums with): `x - m` is then NaN exactly where PyTorch's is.
+fn map_rows(x: ArrayView2<f32>, f: impl Fn(f32, f32, f64) -> f32) -> Array2<f32> {
+    let mut out = Array2::zeros(x.raw_dim());
+    Zip::from(out.rows_mut())
+        .and(x.rows())
+        .for_each(|mut o, row| {
+            let (m, s) = stats(row);
+            Zip::from(&mut o).and(row).for_each(|o, &v| *o = f(v, m, s));
+        });
+    out
+}
+
+/// The per-row cross-entropy `-log softmax(x)_y`, 0 for ignored rows, in f64.
+fn cross_entropy_rows(x: ArrayView2<f32>, labels: &Labels) -> Vec<f64> {
+    x.rows()
+        .into_iter()
+        .zip(labels.iter())
+        .map(|(row, y)| match y {
+            None => 0.0,
+            Some(y) => {
+                let (m, s) = stats(row);
+                // m - x_y first: next to m = 1e30, even f64 would round ln s away.
+                (m as f64 - row[y] as f64) + s.ln()
+            }
+        })
+        .collect()
+}
+
+/// The factor the per-row losses and gradients are multiplied by for `reduction`: `1/D` for a
+/// mean over `D` rows not ignored (infinite when `D = 0`, which makes the mean NaN as in
+/// PyTorch), 1 otherwise.
+pub(crate) fn reduction_scale(reduction: Reduction, labels: &Labels) -> f64 {
+    match reduction {
+        Reduction::Mean => 1.0 / labels.active_count() as f64,
+        Reduction::Sum | Reduction::None => 1.0,
+    }
+}
+
+/// Cross-entropy of `x` (`N x C` logits) against integer `labels`, as PyTorch's
+/// `F.cross_entropy(x, y, reduction=.., ignore_index=..)`.
+///
+/// Ignored rows contribute 0 whatever their logits hold; a `mean` divides by the number of rows
+/// not ignored, and is NaN when there are none (PyTorch's result).
+pub fn cross_entropy(
+    x: ArrayView2<f32>,
+    labels: &Labels,
+    opts: &CrossEntropyOptions,
+) -> Result<Loss> {
+    const OP: &str = "cross_entropy";
+    check_classes(OP, x)?;
+    labels.check_fits(OP, x.nrows(), x.ncols())?;
+    let rows = cross_entropy_rows(x, labels);
+    Ok(match opts.reduction {
+        Reduction::None => Loss::PerRow(rows.iter().map(|&l| l as f32).collect()),
+        reduction => {
+            let total: f64 = rows.iter().sum();
+            if reduction == Reduction::Mean && labels.active_count() == 0 {
+                Loss::Reduced(f32::NAN)
+            } else {
+                Loss::Reduced((total * reduction_scale(reduction, labels)) as f32)
+            }
+        }
+    })
+}
+
+/// The gradient of [`cross_entropy`] with respect to the logits:
+/// `(softmax(x) - onehot(y)) * scale`, where `scale` is `1/D` for a mean over `D` rows not
+/// ignored and 1 otherwise. For [`Reduction::None`] it is the gradient of the sum of the per-row
+/// losses. Ignored rows get a zero gradient whatever their logits hold (PyTorch lets a NaN logit
+/// in an ignored row through as NaN; we deliberately do not).
+pub fn cross_entropy_grad(
+    x: ArrayView2<f32>,
+    labels: &Labels,
+    opts: &CrossEntropyOptions,
+) -> Result<Array2<f32>> {
+    const OP: &str = "cross_entropy_grad";
+    check_classes(OP, x)?;
+    labels.check_fits(OP, x.nrows(), x.ncols())?;
+    let p = softmax(x)?;
+    one_hot_subtract(
+        p.view(),
+        labels,
+        reduction_scale(opts.reduction, labels) as f32,
+    )
+}
+
+/// The one-hot-subtract gradient: `(p - onehot(y)) * scale` for each row not ignored, 0 for
+/// ignored rows. `p` is usually [`softmax`] of the logits.
+pub fn one_hot_subtract(p: ArrayView2<f32>, labels: &Labels, scale: f32) -> Result<Array2<f32>> {
+    const OP: &str = "one_hot_subtract";
+    check_classes(OP, p)?;
+    labels.check_fits(OP, p.nrows(), p.ncols())?;
+    let mut g = Array2::zeros(p.raw_dim());
+    for ((mut g, p), y) in g.rows_mut().into_iter().zip(p.rows()).zip(labels.iter()) {
+        // An ignored row stays 0: its probabilities are never read, so NaN cannot leak in.
+        if let Some(y) = y {
+            for (j, (g, &p)) in g.iter_mut().zip(p).enumerate() {
+                let onehot = if j == y { 1.0 } else { 0.0 };
+                *g = ((p as f64 - onehot) * scale as f64) as f32;
+            }
+        }
+    }
+    Ok(g)
+}

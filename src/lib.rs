@@ -1,0 +1,62 @@
+//! Softmax and cross-entropy on the GPU, in WGSL through wgpu, with an ndarray reference on the
+//! CPU.
+//!
+//! # From the top
+//!
+//! - [`GpuContext`] owns a wgpu device and the compiled kernels; [`GpuMatrix`] is a matrix on
+//!   it. Ops take and return device arrays, so they chain without host round trips.
+//! - [`cpu`] computes every op on ndarray; it is the reference the GPU is tested against.
+//! - [`Labels`] are class labels validated once, with PyTorch's `ignore_index`.
+//! - [`CrossEntropyOptions`], [`Reduction`] and [`Loss`] describe a loss call and its result,
+//!   the same on both paths.
+//! - [`Error`] is the one error type: bad input is always an `Err` naming the op and the values.
+//!
+//! Semantics follow PyTorch (`torch.softmax`, `log_softmax`, `logsumexp`, `F.cross_entropy`);
+//! `docs/semantics.md` lists each behaviour and each deliberate difference.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use ndarray::array;
+//! use softmax_ce::{cpu, CrossEntropyOptions, GpuContext, Labels};
+//!
+//! # fn main() -> Result<(), softmax_ce::Error> {
+//! let logits = array![[2.0f32, 1.0, 0.1], [0.5, 2.5, -1.0]];
+//! let labels = Labels::new([0, 1], 3, -100)?;
+//! let opts = CrossEntropyOptions::default(); // mean over rows not ignored
+//!
+//! let gpu = GpuContext::new()?;
+//! let x = gpu.upload(logits.view())?;
+//! let y = gpu.upload_labels(&labels)?;
+//! let (loss, grad) = gpu.cross_entropy_with_grad(&x, &y, &opts)?;
+//! let loss = gpu.download_loss(&loss)?.scalar().unwrap();
+//! let grad = gpu.download(&grad)?;
+//!
+//! // The CPU reference computes the same.
+//! let cpu_loss = cpu::cross_entropy(logits.view(), &labels, &opts)?.scalar().unwrap();
+//! assert!((loss - cpu_loss).abs() < 1e-5);
+//! assert_eq!(grad.dim(), (2, 3));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # GPU requirements
+//!
+//! Any adapter wgpu can drive with compute shaders: Vulkan, Metal, DX12, or GL. With no GPU,
+//! Mesa's lavapipe (`apt-get install mesa-vulkan-drivers`) provides a software Vulkan adapter;
+//! `SOFTMAX_CE_ADAPTER` (or `WGPU_ADAPTER_NAME`) picks an adapter by name and `WGPU_BACKEND`
+//! limits the backends searched.
+
+#![deny(missing_docs)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod cpu;
+mod error;
+pub mod gpu;
+mod labels;
+mod loss;
+
+pub use error::{Error, Result};
+pub use gpu::{GpuContext, GpuLabels, GpuMatrix, GpuOptions, GpuVector};
+pub use labels::{DEFAULT_IGNORE_INDEX, Labels};
+pub use loss::{CrossEntropyOptions, Loss, Reduction};
