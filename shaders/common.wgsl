@@ -1,0 +1,86 @@
+// common.wgsl: the plumbing every row kernel shares: its params block, where an invocation
+// works, and reductions over the threads that share a row. Prepended to each row family by
+// src/gpu/shaders.rs.
+//
+// Layout of a row dispatch: `p.tpr` threads ("a team") share one row, WG / p.tpr rows per
+// workgroup, groups folded over x and y (src/gpu/dispatch.rs). A team reads its row in vectors
+// of W elements, thread t taking vectors t, t + tpr, t + 2 tpr, ...
+
+// Keep in sync with RowParams in src/gpu/params.rs.
+struct RowParams {
+    rows: u32,      // rows in this window
+    cols: u32,      // elements per row
+    tpr: u32,       // threads per row: a power of two dividing WG
+    mat_base: u32,  // index (in V units) of the window's first row in each matrix binding
+    vec_base: u32,  // index of the window's first row in each per-row binding
+    flags: u32,     // kernel-specific
+    f0: f32,        // kernel-specific
+    f1: f32,        // kernel-specific
+}
+
+@group(0) @binding(0) var<uniform> p: RowParams;
+
+// An invocation's row within the window, its index in the row's team, and whether the row
+// exists (the last workgroup may run past the end).
+struct Lane {
+    row: u32,
+    t: u32,
+    live: bool,
+}
+
+fn lane(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Lane {
+    let group = wid.x + wid.y * nwg.x;
+    let row = group * (WG / p.tpr) + lid / p.tpr;
+    return Lane(row, lid % p.tpr, row < p.rows);
+}
+
+// The row a lane may safely index: dead lanes read the last row and discard what they read.
+fn safe_row(l: Lane) -> u32 {
+    return min(l.row, p.rows - 1u);
+}
+
+// Index (in V units) of the first vector of the lane's row in a matrix binding.
+fn row_start(l: Lane) -> u32 {
+    return p.mat_base + safe_row(l) * (p.cols / W);
+}
+
+// Vectors the lane must visit: none for a dead lane, so it only joins the barriers.
+fn row_vectors(l: Lane) -> u32 {
+    return select(0u, p.cols / W, l.live);
+}
+
+var<workgroup> scratch: array<f32, WG>;
+
+// The maximum of `v` over the team of this lane's row. Every invocation of the workgroup must
+// call it, since it holds barriers.
+fn team_max(lid: u32, v: f32) -> f32 {
+    scratch[lid] = v;
+    workgroupBarrier();
+    let t = lid % p.tpr;
+    for (var k = p.tpr / 2u; k > 0u; k >>= 1u) {
+        if t < k {
+            scratch[lid] = max(scratch[lid], scratch[lid + k]);
+        }
+        workgroupBarrier();
+    }
+    let r = scratch[lid - t];
+    // The next reduction overwrites scratch; nobody may still be reading it.
+    workgroupBarrier();
+    return r;
+}
+
+// The sum of `v` over the team of this lane's row; the same contract as team_max.
+fn team_sum(lid: u32, v: f32) -> f32 {
+    scratch[lid] = v;
+    workgroupBarrier();
+    let t = lid % p.tpr;
+    for (var k = p.tpr / 2u; k > 0u; k >>= 1u) {
+        if t < k {
+            scratch[lid] = scratch[lid] + scratch[lid + k];
+        }
+        workgroupBarrier();
+    }
+    let r = scratch[lid - t];
+    workgroupBarrier();
+    return r;
+}

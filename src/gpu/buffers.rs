@@ -1,0 +1,315 @@
+//! Arrays that live on the device: uploads, downloads and the size checks in front of them.
+
+use std::sync::mpsc;
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::labels::Labels;
+
+/// An `rows x cols` row-major `f32` matrix on the device.
+///
+/// Results of one op can be passed straight to the next; nothing returns to the host until
+/// [`GpuContext::download`].
+///
+/// Not `Clone`: ops that work in place consume their input, and a clone sharing the buffer
+/// would see it change.
+#[derive(Debug)]
+pub struct GpuMatrix {
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) owner: u64,
+    rows: usize,
+    cols: usize,
+}
+
+impl GpuMatrix {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `(rows, cols)`.
+    pub fn dim(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
+/// A vector of `f32` on the device: one value per row (row maxima, losses), or a scalar.
+#[derive(Debug)]
+pub struct GpuVector {
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) owner: u64,
+    len: usize,
+}
+
+impl GpuVector {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Validated [`Labels`] on the device: one `u32` per row, ignored rows marked.
+#[derive(Clone, Debug)]
+pub struct GpuLabels {
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) owner: u64,
+    len: usize,
+    classes: usize,
+    active: usize,
+}
+
+impl GpuLabels {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of classes the labels were validated against.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Number of rows not ignored.
+    pub fn active_count(&self) -> usize {
+        self.active
+    }
+
+    pub(crate) fn check_fits(&self, op: &'static str, rows: usize, cols: usize) -> Result<()> {
+        if self.len != rows || self.classes != cols {
+            return Err(Error::shape(
+                op,
+                format!("{rows} labels over {cols} classes (the logits' shape)"),
+                format!("{} labels over {} classes", self.len, self.classes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Readbacks go through a staging buffer of at most this many bytes, so that downloading a
+/// 512 MiB matrix does not allocate a second 512 MiB.
+const STAGING_BYTES: u64 = 64 << 20;
+
+impl GpuContext {
+    /// Bytes needed for `elems` elements, checked against the device's buffer limit.
+    pub(crate) fn check_bytes(&self, op: &'static str, what: &str, elems: usize) -> Result<u64> {
+        let bytes = (elems as u64).saturating_mul(4);
+        let limit = self.limits().max_buffer_size;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                op,
+                what: what.to_string(),
+                bytes,
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// A device buffer of `bytes` bytes (at least 4: wgpu cannot bind an empty buffer).
+    pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            usage: STORAGE,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn storage_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        if bytes.is_empty() {
+            return self.storage(label, 4);
+        }
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: STORAGE,
+            })
+    }
+
+    /// An uninitialised matrix, checked against the device's limits.
+    pub(crate) fn new_matrix(
+        &self,
+        op: &'static str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<GpuMatrix> {
+        let what = format!("a {rows} x {cols} f32 matrix");
+        let bytes = self.check_bytes(op, &what, rows.saturating_mul(cols))?;
+        // Fail now, not halfway through an op, if a single row cannot be bound.
+        self.geometry.windows(op, rows.min(1), cols)?;
+        Ok(GpuMatrix {
+            buffer: self.storage(op, bytes),
+            owner: self.id,
+            rows,
+            cols,
+        })
+    }
+
+    /// An uninitialised vector.
+    pub(crate) fn new_vector(&self, op: &'static str, len: usize) -> Result<GpuVector> {
+        let bytes = self.check_bytes(op, &format!("a vector of {len} f32"), len)?;
+        Ok(GpuVector {
+            buffer: self.storage(op, bytes),
+            owner: self.id,
+            len,
+        })
+    }
+
+    /// Copies a matrix to the device.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] when the matrix exceeds the device's largest buffer, or one of its
+    /// rows exceeds the largest binding (rows are never split).
+    pub fn upload(&self, x: ArrayView2<f32>) -> Result<GpuMatrix> {
+        const OP: &str = "upload";
+        let (rows, cols) = x.dim();
+        self.check_bytes(OP, &format!("a {rows} x {cols} f32 matrix"), x.len())?;
+        self.geometry.windows(OP, rows.min(1), cols)?;
+        let data = x.as_standard_layout();
+        let bytes = bytemuck::cast_slice(data.as_slice().expect("standard layout is contiguous"));
+        let buffer = self.capture(OP, || Ok(self.storage_init("matrix", bytes)))?;
+        Ok(GpuMatrix {
+            buffer,
+            owner: self.id,
+            rows,
+            cols,
+        })
+    }
+
+    /// Copies a vector to the device.
+    pub fn upload_vector(&self, v: ArrayView1<f32>) -> Result<GpuVector> {
+        const OP: &str = "upload_vector";
+        self.check_bytes(OP, &format!("a vector of {} f32", v.len()), v.len())?;
+        let data = v.as_standard_layout();
+        let bytes = bytemuck::cast_slice(data.as_slice().expect("standard layout is contiguous"));
+        let buffer = self.capture(OP, || Ok(self.storage_init("vector", bytes)))?;
+        Ok(GpuVector {
+            buffer,
+            owner: self.id,
+            len: v.len(),
+        })
+    }
+
+    /// Copies validated labels to the device.
+    pub fn upload_labels(&self, labels: &Labels) -> Result<GpuLabels> {
+        const OP: &str = "upload_labels";
+        self.check_bytes(OP, &format!("{} labels", labels.len()), labels.len())?;
+        let bytes = bytemuck::cast_slice(labels.raw());
+        let buffer = self.capture(OP, || Ok(self.storage_init("labels", bytes)))?;
+        Ok(GpuLabels {
+            buffer,
+            owner: self.id,
+            len: labels.len(),
+            classes: labels.classes(),
+            active: labels.active_count(),
+        })
+    }
+
+    /// Fails unless every array in `owners` was made by this context: binding another
+    /// device's buffer would abort inside wgpu instead of reporting an error.
+    pub(crate) fn check_owned(&self, op: &'static str, owners: &[u64]) -> Result<()> {
+        if owners.iter().any(|&o| o != self.id) {
+            return Err(Error::invalid(
+                op,
+                "an input lives on another GpuContext; upload it to this one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies a matrix back to the host, waiting for the work that writes it.
+    pub fn download(&self, m: &GpuMatrix) -> Result<Array2<f32>> {
+        self.check_owned("download", &[m.owner])?;
+        let data = self.read_f32(&m.buffer, m.rows * m.cols)?;
+        Ok(Array2::from_shape_vec((m.rows, m.cols), data).expect("length matches the shape"))
+    }
+
+    /// Copies a vector back to the host, waiting for the work that writes it.
+    pub fn download_vector(&self, v: &GpuVector) -> Result<Array1<f32>> {
+        self.check_owned("download_vector", &[v.owner])?;
+        Ok(Array1::from(self.read_f32(&v.buffer, v.len)?))
+    }
+
+    /// Reads the first `len` floats of `buffer`: copy into a mappable staging buffer, map it,
+    /// wait, copy out. Large buffers go through the staging buffer a chunk at a time.
+    pub(crate) fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let total = len as u64 * 4;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        if total == 0 {
+            return Ok(out);
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: total.min(STAGING_BYTES),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut offset = 0;
+        while offset < total {
+            let chunk = (total - offset).min(STAGING_BYTES);
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, chunk);
+            self.queue.submit([encoder.finish()]);
+            let (tx, rx) = mpsc::channel();
+            staging.map_async(wgpu::MapMode::Read, ..chunk, move |r| {
+                let _ = tx.send(r);
+            });
+            // Poll from this, the submitting, thread: on the GL backend another thread's poll
+            // would contend for the one GL context while llvmpipe runs our submission.
+            self.device.poll(wgpu::PollType::wait_indefinitely())?;
+            rx.recv().expect("wgpu runs the map callback during poll")?;
+            {
+                let view = staging.get_mapped_range(..chunk).map_err(|e| Error::Gpu {
+                    op: "download",
+                    message: e.to_string(),
+                })?;
+                out.extend_from_slice(bytemuck::cast_slice(&view));
+            }
+            staging.unmap();
+            offset += chunk;
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` with wgpu's validation and out-of-memory errors captured, so that they come back
+    /// as [`Error::Gpu`] naming `op` rather than reaching the uncaptured-error handler.
+    pub(crate) fn capture<T>(&self, op: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        let validation = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(oom.pop());
+        match (result, validation.or(oom)) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(e)) => Err(Error::Gpu {
+                op,
+                message: e.to_string(),
+            }),
+            (Ok(v), None) => Ok(v),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The GPU context: an adapter, its device and queue, and the kernels compiled for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::dispatch::Geometry;
+use crate::gpu::shaders::{Config, Family, Kernel, Width};
+
+/// Environment variable naming the adapter to use (a case-insensitive fragment of its name);
+/// `WGPU_ADAPTER_NAME` is honoured too. `WGPU_BACKEND` (e.g. `vulkan`, `gl`) limits the backends
+/// searched.
+pub const ADAPTER_ENV: &str = "SOFTMAX_CE_ADAPTER";
+
+/// How to build a [`GpuContext`]. The defaults suit every adapter; the knobs exist for tests,
+/// benchmarks, and users who know their hardware.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct GpuOptions {
+    /// A fragment of the adapter's name. `None` reads [`ADAPTER_ENV`], then `WGPU_ADAPTER_NAME`,
+    /// then picks the best adapter: discrete GPU, integrated GPU, virtual, then software.
+    pub adapter: Option<String>,
+    /// Backends to search. `None` reads `WGPU_BACKEND` (e.g. `vulkan`, `gl`), else searches all.
+    pub backends: Option<wgpu::Backends>,
+    /// Threads per row-kernel workgroup (a power of two from 32 to the adapter's limit); `None`
+    /// picks one for the adapter.
+    pub row_workgroup_size: Option<u32>,
+    /// A cap on the bytes one kernel binding may see, below the device's limit. Large matrices
+    /// are processed in row windows that each fit one binding; a small cap exercises that path
+    /// on small data (tests use it).
+    pub max_binding_bytes: Option<u64>,
+}
+
+impl GpuOptions {
+    /// Sets [`adapter`](Self::adapter).
+    pub fn adapter(mut self, name: impl Into<String>) -> Self {
+        self.adapter = Some(name.into());
+        self
+    }
+
+    /// Sets [`backends`](Self::backends).
+    pub fn backends(mut self, backends: wgpu::Backends) -> Self {
+        self.backends = Some(backends);
+        self
+    }
+
+    /// Sets [`row_workgroup_size`](Self::row_workgroup_size).
+    pub fn row_workgroup_size(mut self, threads: u32) -> Self {
+        self.row_workgroup_size = Some(threads);
+        self
+    }
+
+    /// Sets [`max_binding_bytes`](Self::max_binding_bytes).
+    pub fn max_binding_bytes(mut self, bytes: u64) -> Self {
+        self.max_binding_bytes = Some(bytes);
+        self
+    }
+}
+
+/// What `softmax-ce info` and a log line say about an adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    /// wgpu's description of the adapter.
+    pub info: wgpu::AdapterInfo,
+    /// The adapter's own limits (which a [`GpuContext`] requests in full).
+    pub limits: wgpu::Limits,
+    /// The adapter's features.
+    pub features: wgpu::Features,
+    /// Whether it can run compute shaders at all (a downlevel GL adapter may not).
+    pub compute: bool,
+}
+
+/// Lists every adapter wgpu can see on the backends `WGPU_BACKEND` allows.
+pub fn enumerate_adapters() -> Vec<AdapterReport> {
+    adapters(None).iter().map(report).collect()
+}
+
+fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::Adapter> {
+    let backends = backends
+        .or_else(wgpu::Backends::from_env)
+        .unwrap_or(wgpu::Backends::all());
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle().with_env();
+    desc.backends = backends;
+    pollster::block_on(wgpu::Instance::new(desc).enumerate_adapters(backends))
+}
+
+fn report(adapter: &wgpu::Adapter) -> AdapterReport {
+    AdapterReport {
+        info: adapter.get_info(),
+        limits: adapter.limits(),
+        features: adapter.features(),
+        compute: adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+    }
+}
+
+/// Preference among adapters: hardware first, and Vulkan/Metal/DX12 before GL, whose compute
+/// path is the least capable (no subgroups, and one context lock for every thread).
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (device, backend)
+}
+
+fn wanted_adapter(opts: &GpuOptions) -> Option<String> {
+    opts.adapter
+        .clone()
+        .or_else(|| std::env::var(ADAPTER_ENV).ok())
+        .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+        .filter(|s| !s.is_empty())
+}
+
+fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
+    // GL is only a fallback: when a Vulkan, Metal or DX12 adapter runs compute, never probe
+    // EGL at all (it is slow to start, and chatty on stderr on headless machines).
+    let explicit = opts.backends.or_else(wgpu::Backends::from_env);
+    if explicit.is_none() && wanted_adapter(opts).is_none() {
+        let primary = adapters(Some(wgpu::Backends::PRIMARY));
+        if let Some(best) = primary
+            .iter()
+            .filter(|a| report(a).compute)
+            .min_by_key(|a| rank(&a.get_info()))
+        {
+            return Ok(best.clone());
+        }
+    }
+    let all = adapters(explicit);
+    let names = || {
+        all.iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let usable: Vec<&wgpu::Adapter> = all.iter().filter(|a| report(a).compute).collect();
+    if let Some(wanted) = wanted_adapter(opts) {
+        let needle = wanted.to_lowercase();
+        return usable
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+            .cloned()
+            .ok_or_else(|| Error::AdapterNotFound {
+                wanted,
+                available: if all.is_empty() {
+                    "none".into()
+                } else {
+                    names()
+                },
+            });
+    }
+    usable
+        .into_iter()
+        .min_by_key(|a| rank(&a.get_info()))
+        .cloned()
+        .ok_or_else(|| Error::NoAdapter {
+            detail: if all.is_empty() {
+                "wgpu enumerated no adapters".into()
+            } else {
+                format!("none of {} can run compute shaders", names())
+            },
+        })
+}
+
+/// An adapter's device and queue, and the kernels compiled for them.
+///
+/// Build one with [`GpuContext::new`] (which picks an adapter) or, inside an application that
+/// already owns a device, [`GpuContext::from_device`]. Kernels are compiled on first use and
+/// kept: a pipeline is built once per context, never per call. A context is cheap to share by
+/// reference across threads; every call blocks until its work is submitted, and downloads block
+/// until the GPU has finished.
+pub struct GpuContext {
+    /// Tells this context's arrays from another's (see `check_owned`).
+    pub(crate) id: u64,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pub(crate) config: Config,
+    pub(crate) geometry: Geometry,
+    pipelines: Mutex<HashMap<(Kernel, Width), Pipeline>>,
+    modules: Mutex<HashMap<(Family, Width), wgpu::ShaderModule>>,
+}
+
+/// A compiled kernel and the layout its bind groups are built against.
+#[derive(Clone)]
+pub(crate) struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuContext {
+    /// A context on the best adapter (see [`GpuOptions::adapter`]), with default options.
+    ///
+    /// # Errors
+    /// [`Error::NoAdapter`] when wgpu sees no adapter that can run compute shaders (the message
+    /// says how to install a software one), [`Error::AdapterNotFound`] when a requested adapter
+    /// is absent, [`Error::RequestDevice`] when the adapter refuses a device.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&GpuOptions::default())
+    }
+
+    /// A context built as `opts` says.
+    pub fn with_options(opts: &GpuOptions) -> Result<Self> {
+        let adapter = choose_adapter(opts)?;
+        // Only features some kernel or benchmark uses; everything else stays off.
+        let wanted = wgpu::Features::TIMESTAMP_QUERY;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("softmax_ce"),
+                required_features: adapter.features() & wanted,
+                // wgpu's defaults cap buffers at 256 MiB; the adapter's own limits are what it can do.
+                required_limits: adapter.limits(),
+                ..Default::default()
+            }))?;
+        // A validation error that escapes our error scopes must not abort the process.
+        device.on_uncaptured_error(Arc::new(|e| log::error!("uncaptured wgpu error: {e}")));
+        Self::build(device, queue, opts)
+    }
+
+    /// A context on a device and queue the application already owns. Kernels are compiled for
+    /// that device's limits; the device's uncaptured-error handler is left as the application
+    /// set it (our own calls capture their errors).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
+        Self::build(device, queue, &GpuOptions::default())
+    }
+
+    /// [`from_device`](Self::from_device) with options (the adapter choice is ignored).
+    pub fn from_device_with_options(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        opts: &GpuOptions,
+    ) -> Result<Self> {
+        Self::build(device, queue, opts)
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, opts: &GpuOptions) -> Result<Self> {
+        let info = device.adapter_info();
+        let limits = device.limits();
+        let max_wg = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        let row_wg = match opts.row_workgroup_size {
+            Some(wg) if wg.is_power_of_two() && (32..=max_wg).contains(&wg) => wg,
+            Some(wg) => {
+                return Err(Error::invalid(
+                    "GpuContext",
+                    format!("row workgroup size {wg} is not a power of two in [32, {max_wg}]"),
+                ));
+            }
+            None => default_row_workgroup(&info).min(max_wg),
+        };
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(opts.max_binding_bytes.unwrap_or(u64::MAX));
+        let geometry = Geometry {
+            max_binding,
+            align: (limits.min_storage_buffer_offset_alignment as u64).max(16),
+            max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
+        };
+        log::info!(
+            "softmax-ce on {} ({:?}, {:?}), row workgroup {row_wg}",
+            info.name,
+            info.backend,
+            info.device_type
+        );
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Ok(GpuContext {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            device,
+            queue,
+            info,
+            limits,
+            config: Config { row_wg },
+            geometry,
+            pipelines: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The adapter the context runs on.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The limits of the device, which are the adapter's own.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Whether the adapter is a CPU emulating a GPU (lavapipe, llvmpipe, WARP): its timings
+    /// measure kernel quality and overhead, not GPU speed.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The device, for applications that mix their own work with ours.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue our work is submitted to.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The compiled pipeline of `kernel` at `width`, building it on first use.
+    pub(crate) fn pipeline(&self, kernel: Kernel, width: Width) -> Result<Pipeline> {
+        if let Some(p) = lock(&self.pipelines).get(&(kernel, width)) {
+            return Ok(p.clone());
+        }
+        let built = self.build_pipeline(kernel, width)?;
+        // Two threads may race to build the same pipeline; both results are valid and equal.
+        Ok(lock(&self.pipelines)
+            .entry((kernel, width))
+            .or_insert(built)
+            .clone())
+    }
+
+    fn module(&self, family: Family, width: Width) -> Result<wgpu::ShaderModule> {
+        if let Some(m) = lock(&self.modules).get(&(family, width)) {
+            return Ok(m.clone());
+        }
+        let source = self.config.source(family, width);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(family.name()),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader {
+                kernel: family.name(),
+                message: e.to_string(),
+            });
+        }
+        Ok(lock(&self.modules)
+            .entry((family, width))
+            .or_insert(module)
+            .clone())
+    }
+
+    fn build_pipeline(&self, kernel: Kernel, width: Width) -> Result<Pipeline> {
+        let module = self.module(kernel.family(), width)?;
+        let uniform = std::iter::once(wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+        let storage =
+            kernel
+                .bindings()
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                    binding: i as u32 + 1,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: !b.writable,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
+        let entries: Vec<_> = uniform.chain(storage).collect();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(kernel.entry()),
+                entries: &entries,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(kernel.entry()),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry()),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(kernel.entry()),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[],
+                    // Every kernel writes its workgroup memory before reading it.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader {
+                kernel: kernel.entry(),
+                message: e.to_string(),
+            });
+        }
+        Ok(Pipeline { pipeline, layout })
+    }
+}
+
+/// Locks a cache, recovering it if a thread panicked while holding it: the maps only ever hold
+/// complete entries.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Threads per row workgroup: 64 on a CPU adapter, where a workgroup runs on one core and each
+/// extra reduction step costs barriers; 256 on a GPU, to keep many loads in flight.
+fn default_row_workgroup(info: &wgpu::AdapterInfo) -> u32 {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        64
+    } else {
+        256
+    }
+}

@@ -1,0 +1,206 @@
+//! Every workgroup-count and row-window formula, as pure functions.
+//!
+//! Two device limits shape a dispatch. A storage binding holds at most
+//! `max_storage_buffer_binding_size` bytes (128 MiB on lavapipe and by wgpu's default), so a
+//! larger matrix is processed in *windows* of whole rows, each bound at an aligned offset with
+//! the remainder passed to the shader as a base index. And a dispatch has at most
+//! `max_compute_workgroups_per_dimension` groups along each axis (65,535), so long windows fold
+//! their groups into `y`: the shader recovers its group as `wid.x + wid.y * num_workgroups.x`.
+//! This is the only file that divides by a workgroup size.
+
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+
+/// Byte geometry of the device that windows must respect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    /// Largest storage binding, in bytes.
+    pub max_binding: u64,
+    /// Required alignment of a binding's offset, in bytes (a power of two, at least 16 so that a
+    /// window of `vec4`s starts on a whole vector).
+    pub align: u64,
+    /// Largest workgroup count along one dispatch dimension.
+    pub max_groups_per_dim: u32,
+}
+
+/// Bytes of one `f32` or `u32`.
+const ELEM: u64 = 4;
+
+impl Geometry {
+    /// Splits `rows` rows of `row_elems` elements into windows that each fit one binding.
+    ///
+    /// A window's binding starts up to `align - 4` bytes before its first row, so a window may
+    /// hold `(max_binding - align) / row_bytes` rows. Fails when not even one row fits.
+    pub(crate) fn windows(
+        &self,
+        op: &'static str,
+        rows: usize,
+        row_elems: usize,
+    ) -> Result<Vec<Range<usize>>> {
+        let row_bytes = row_elems as u64 * ELEM;
+        let per_window = self.max_binding.saturating_sub(self.align) / row_bytes.max(1);
+        if per_window == 0 {
+            return Err(Error::TooLarge {
+                op,
+                what: format!("one row of {row_elems} elements (a row cannot be split)"),
+                bytes: row_bytes,
+                limit: self.max_binding.saturating_sub(self.align),
+            });
+        }
+        let per_window = per_window as usize;
+        Ok((0..rows.div_ceil(per_window))
+            .map(|w| w * per_window..((w + 1) * per_window).min(rows))
+            .collect())
+    }
+
+    /// Where rows `window` of a buffer of `row_elems`-element rows are bound: `(offset, size)`
+    /// in bytes, and the index of the window's first element inside that binding.
+    pub(crate) fn slice(&self, window: &Range<usize>, row_elems: usize) -> (u64, u64, u32) {
+        let start = window.start as u64 * row_elems as u64 * ELEM;
+        let end = window.end as u64 * row_elems as u64 * ELEM;
+        let offset = start - start % self.align;
+        // Never bind zero bytes: an empty window still binds one element it does not read.
+        let size = (end - offset).max(ELEM);
+        (offset, size, ((start - offset) / ELEM) as u32)
+    }
+
+    /// Workgroup counts for `groups` groups, folded into `y` past the per-dimension limit.
+    pub(crate) fn fold(&self, op: &'static str, groups: u64) -> Result<[u32; 3]> {
+        let max = self.max_groups_per_dim as u64;
+        let x = groups.clamp(1, max);
+        let y = groups.div_ceil(x).max(1);
+        if y > max {
+            return Err(Error::TooLarge {
+                op,
+                what: format!("a dispatch of {groups} workgroups"),
+                bytes: groups,
+                limit: max * max,
+            });
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+}
+
+/// Threads that share one row of `lanes` vector lanes in a workgroup of `wg` threads: enough
+/// that every thread has at least one lane to load, a power of two for the tree reduction, and
+/// at most the workgroup. Narrow rows thus pack several rows into one workgroup.
+pub(crate) fn threads_per_row(lanes: usize, wg: u32) -> u32 {
+    (lanes.max(1).next_power_of_two() as u64).min(wg as u64) as u32
+}
+
+/// Workgroups that cover `rows` rows at `tpr` threads per row.
+pub(crate) fn row_groups(rows: usize, tpr: u32, wg: u32) -> u64 {
+    let rows_per_group = (wg / tpr) as u64;
+    (rows as u64).div_ceil(rows_per_group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const LAVAPIPE: Geometry = Geometry {
+        max_binding: 128 * MIB,
+        align: 32,
+        max_groups_per_dim: 65535,
+    };
+
+    #[test]
+    fn a_matrix_that_fits_is_one_window() {
+        let w = LAVAPIPE.windows("t", 1000, 1000).unwrap();
+        assert_eq!(w, vec![0..1000]);
+    }
+
+    #[test]
+    fn a_512_mib_matrix_splits_into_whole_rows_that_fit() {
+        let (rows, cols) = (1024, 131072);
+        let w = LAVAPIPE.windows("t", rows, cols).unwrap();
+        assert!(w.len() >= 4);
+        assert_eq!(w.first().unwrap().start, 0);
+        assert_eq!(w.last().unwrap().end, rows);
+        for pair in w.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        for win in &w {
+            let (offset, size, _) = LAVAPIPE.slice(win, cols);
+            assert_eq!(offset % LAVAPIPE.align, 0);
+            assert!(size <= LAVAPIPE.max_binding, "{win:?} binds {size}");
+        }
+    }
+
+    #[test]
+    fn a_row_larger_than_a_binding_is_too_large() {
+        let err = LAVAPIPE.windows("softmax", 2, 40 << 20).unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { op: "softmax", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn slices_start_aligned_and_cover_the_window() {
+        let g = Geometry {
+            max_binding: 1000,
+            align: 256,
+            max_groups_per_dim: 65535,
+        };
+        for cols in [1, 3, 7, 64, 100] {
+            for win in g.windows("t", 1000, cols).unwrap() {
+                let (offset, size, base) = g.slice(&win, cols);
+                assert_eq!(offset % 256, 0);
+                assert!(size <= g.max_binding);
+                let first = offset + base as u64 * 4;
+                assert_eq!(first, (win.start * cols * 4) as u64);
+                assert_eq!(offset + size, (win.end * cols * 4) as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn vec4_rows_get_whole_vector_bases() {
+        let g = Geometry {
+            max_binding: 4096,
+            align: 16,
+            max_groups_per_dim: 65535,
+        };
+        for win in g.windows("t", 500, 12).unwrap() {
+            let (_, _, base) = g.slice(&win, 12);
+            assert_eq!(base % 4, 0);
+        }
+    }
+
+    #[test]
+    fn groups_fold_into_y_past_the_limit() {
+        assert_eq!(LAVAPIPE.fold("t", 1).unwrap(), [1, 1, 1]);
+        assert_eq!(LAVAPIPE.fold("t", 65535).unwrap(), [65535, 1, 1]);
+        assert_eq!(LAVAPIPE.fold("t", 65536).unwrap(), [65535, 2, 1]);
+        let [x, y, _] = LAVAPIPE.fold("t", 200_000).unwrap();
+        assert!(x as u64 * y as u64 >= 200_000);
+        assert!(LAVAPIPE.fold("t", 65535 * 65535 + 1).is_err());
+    }
+
+    #[test]
+    fn zero_groups_still_dispatch_one() {
+        assert_eq!(LAVAPIPE.fold("t", 0).unwrap(), [1, 1, 1]);
+    }
+
+    #[test]
+    fn threads_per_row_covers_narrow_and_wide_rows() {
+        assert_eq!(threads_per_row(1, 64), 1);
+        assert_eq!(threads_per_row(3, 64), 4);
+        assert_eq!(threads_per_row(63, 64), 64);
+        assert_eq!(threads_per_row(64, 64), 64);
+        assert_eq!(threads_per_row(100_000, 64), 64);
+        assert_eq!(threads_per_row(0, 64), 1);
+    }
+
+    #[test]
+    fn row_groups_cover_every_row() {
+        for (rows, tpr) in [(1, 1), (63, 1), (64, 1), (65, 1), (10, 4), (70_000, 64)] {
+            let groups = row_groups(rows, tpr, 64);
+            assert!(groups * (64 / tpr as u64) >= rows as u64);
+            assert!((groups - 1) * ((64 / tpr) as u64) < rows as u64);
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The ops on device-resident matrices.
+//!
+//! [`Staged`] runs each op as the sequence of small kernels the maths is written in: row
+//! maximum, row sum of exponentials, normalise, per-row loss, reduction, one-hot subtract. It is
+//! the readable reference on the GPU. The methods of [`GpuContext`] with the same names are the
+//! default path.
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::gpu::buffers::{GpuLabels, GpuMatrix, GpuVector};
+use crate::gpu::record::{Extra, Recorder};
+use crate::gpu::shaders::Kernel;
+use crate::loss::{CrossEntropyOptions, Loss, Reduction};
+
+/// A loss computed on the device: one value per row, or a reduced scalar.
+#[derive(Debug)]
+pub struct GpuLoss {
+    values: GpuVector,
+    reduction: Reduction,
+}
+
+impl GpuLoss {
+    /// The reduction it was computed with.
+    pub fn reduction(&self) -> Reduction {
+        self.reduction
+    }
+
+    /// The values: `N` per-row losses for [`Reduction::None`], one scalar otherwise.
+    pub fn values(&self) -> &GpuVector {
+        &self.values
+    }
+}
+
+/// The staged kernels, one dispatch per stage of the maths. Get it from
+/// [`GpuContext::staged`].
+#[derive(Clone, Copy, Debug)]
+pub struct Staged<'a> {
+    gpu: &'a GpuContext,
+}
+
+fn check_classes(op: &'static str, x: &GpuMatrix) -> Result<()> {
+    if x.cols() == 0 {
+        return Err(Error::Empty {
+            op,
+            what: "the class dimension",
+        });
+    }
+    Ok(())
+}
+
+fn check_per_row(op: &'static str, x: &GpuMatrix, v: &GpuVector, what: &str) -> Result<()> {
+    if v.len() != x.rows() {
+        return Err(Error::shape(
+            op,
+            format!("{} {what} (one per row)", x.rows()),
+            format!("{}", v.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The row statistics `m` and `s` of `x`, recorded into `rec`.
+fn record_stats(
+    rec: &mut Recorder<'_>,
+    gpu: &GpuContext,
+    op: &'static str,
+    x: &GpuMatrix,
+) -> Result<(GpuVector, GpuVector)> {
+    let (rows, cols) = x.dim();
+    let m = gpu.new_vector(op, rows)?;
+    let s = gpu.new_vector(op, rows)?;
+    rec.rows(
+        Kernel::RowMax,
+        rows,
+        cols,
+        &[&x.buffer, &m.buffer],
+        Extra::default(),
+    )?;
+    rec.rows(
+        Kernel::RowSumexp,
+        rows,
+        cols,
+        &[&x.buffer, &m.buffer, &s.buffer],
+        Extra::default(),
+    )?;
+    Ok((m, s))
+}
+
+/// The scale of each row's loss and gradient under `reduction`, over `active` rows not ignored.
+fn reduction_scale(reduction: Reduction, active: usize) -> f32 {
+    match reduction {
+        Reduction::Mean => 1.0 / active as f32,
+        Reduction::Sum | Reduction::None => 1.0,
+    }
+}
+
+impl<'a> Staged<'a> {
+    /// Row-wise maximum: `m[i] = max_j x[i, j]`.
+    pub fn row_max(&self, x: &GpuMatrix) -> Result<GpuVector> {
+        const OP: &str = "row_max";
+        check_classes(OP, x)?;
+        self.gpu.check_owned(OP, &[x.owner])?;
+        let (rows, cols) = x.dim();
+        self.gpu.record(OP, |rec| {
+            let m = self.gpu.new_vector(OP, rows)?;
+            rec.rows(
+                Kernel::RowMax,
+                rows,
+                cols,
+                &[&x.buffer, &m.buffer],
+                Extra::default(),
+            )?;
+            Ok(m)
+        })
+    }
+
+    /// Row-wise `s[i] = sum_j exp(x[i, j] - m[i])` (0 where `m[i] = -inf`).
+    pub fn row_sumexp(&self, x: &GpuMatrix, m: &GpuVector) -> Result<GpuVector> {
+        const OP: &str = "row_sumexp";
+        check_classes(OP, x)?;
+        check_per_row(OP, x, m, "row maxima")?;
+        self.gpu.check_owned(OP, &[x.owner, m.owner])?;
+        let (rows, cols) = x.dim();
+        self.gpu.record(OP, |rec| {
+            let s = self.gpu.new_vector(OP, rows)?;
+            rec.rows(
+                Kernel::RowSumexp,
+                rows,
+                cols,
+                &[&x.buffer, &m.buffer, &s.buffer],
+                Extra::default(),
+            )?;
+            Ok(s)
+        })
+    }
+
+    /// The exp/normalise step: `exp(x - m) / s`, from [`row_max`](Self::row_max) and
+    /// [`row_sumexp`](Self::row_sumexp).
+    pub fn softmax_normalise(
+        &self,
+        x: &GpuMatrix,
+        m: &GpuVector,
+        s: &GpuVector,
+    ) -> Result<GpuMatrix> {
+        self.normalise("softmax_normalise", Kernel::SoftmaxNormalise, x, m, s)
+    }
+
+    /// `x - m - log s`, from the same statistics.
+    pub fn log_softmax_normalise(
+        &self,
+        x: &GpuMatrix,
+        m: &GpuVector,
+        s: &GpuVector,
+    ) -> Result<GpuMatrix> {
+        self.normalise(
+            "log_softmax_normalise",
+            Kernel::LogSoftmaxNormalise,
+            x,
+            m,
+            s,
+        )
+    }
+
+    fn normalise(
+        &self,
+        op: &'static str,
+        kernel: Kernel,
+        x: &GpuMatrix,
+        m: &GpuVector,
+        s: &GpuVector,
+    ) -> Result<GpuMatrix> {
+        check_classes(op, x)?;
+        check_per_row(op, x, m, "row maxima")?;
+        check_per_row(op, x, s, "row sums")?;
+        self.gpu.check_owned(op, &[x.owner, m.owner, s.owner])?;
+        let (rows, cols) = x.dim();
+        self.gpu.record(op, |rec| {
+            let out = self.gpu.new_matrix(op, rows, cols)?;
+            rec.rows(
+                kernel,
+                rows,
+                cols,
+                &[&x.buffer, &m.buffer, &s.buffer, &out.buffer],
+                Extra::default(),
+            )?;
+            Ok(out)
+        })
+    }
+
+    /// The one-hot-subtract gradient `(p - onehot(y)) * scale`, 0 for ignored rows, computed in
+    /// place: the probabilities `p` are consumed and their buffer returned holding the gradient.
+    pub fn one_hot_subtract(
+        &self,
+        p: GpuMatrix,
+        labels: &GpuLabels,
+        scale: f32,
+    ) -> Result<GpuMatrix> {
+        const OP: &str = "one_hot_subtract";
+        check_classes(OP, &p)?;
+        labels.check_fits(OP, p.rows(), p.cols())?;
+        self.gpu.check_owned(OP, &[p.owner, labels.owner])?;
+        let (rows, cols) = p.dim();
+        self.gpu.record(OP, |rec| {
+            rec.rows(
+                Kernel::OneHotSubtract,
+                rows,
+                cols,
+                &[&labels.buffer, &p.buffer],
+                Extra::f0(scale),
+            )
+        })?;
+        Ok(p)
+    }
+
+    /// Softmax in three dispatches: row max, row sum of exponentials, normalise.
+    pub fn softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
+        self.softmax_like("softmax", Kernel::SoftmaxNormalise, x)
+    }
+
+    /// Log-softmax in three dispatches.
+    pub fn log_softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
+        self.softmax_like("log_softmax", Kernel::LogSoftmaxNormalise, x)
+    }
+
+    fn softmax_like(&self, op: &'static str, kernel: Kernel, x: &GpuMatrix) -> Result<GpuMatrix> {
+        check_classes(op, x)?;
+        self.gpu.check_owned(op, &[x.owner])?;
+        let (rows, cols) = x.dim();
+        self.gpu.record(op, |rec| {
+            let (m, s) = record_stats(rec, self.gpu, op, x)?;
+            let out = self.gpu.new_matrix(op, rows, cols)?;
+            rec.rows(
+                kernel,
+                rows,
+                cols,
+                &[&x.buffer, &m.buffer, &s.buffer, &out.buffer],
+                Extra::default(),
+            )?;
+            Ok(out)
+        })
+    }
+
+    /// Row-wise log-sum-exp in three dispatches.
+    pub fn logsumexp(&self, x: &GpuMatrix) -> Result<GpuVector> {
+        const OP: &str = "logsumexp";
+        check_classes(OP, x)?;
+        self.gpu.check_owned(OP, &[x.owner])?;
+        let (rows, cols) = x.dim();
+        self.gpu.record(OP, |rec| {
+            let (m, s) = record_stats(rec, self.gpu, OP, x)?;
+            let lse = self.gpu.new_vector(OP, rows)?;
+            rec.rows(
+                Kernel::LogsumexpRows,
+                rows,
+                cols,
+                &[&m.buffer, &s.buffer, &lse.buffer],
+                Extra::default(),
+            )?;
+            Ok(lse)
+        })
+    }
+
+    /// Cross-entropy against integer labels (see [`GpuContext::cross_entropy`]).
+    pub fn cross_entropy(
+        &self,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+    ) -> Result<GpuLoss> {
+        Ok(self
+            .cross_entropy_impl("cross_entropy", x, labels, opts, false)?
+            .0)
+    }
+
+    /// Cross-entropy and its gradient with respect to the logits (see
+    /// [`GpuContext::cross_entropy_with_grad`]).
+    pub fn cross_entropy_with_grad(
+        &self,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+    ) -> Result<(GpuLoss, GpuMatrix)> {
+        let (loss, grad) =
+            self.cross_entropy_impl("cross_entropy_with_grad", x, labels, opts, true)?;
+        Ok((loss, grad.expect("gradient requested")))
+    }
+
+    fn cross_entropy_impl(
+        &self,
+        op: &'static str,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+        with_grad: bool,
+    ) -> Result<(GpuLoss, Option<GpuMatrix>)> {
+        check_classes(op, x)?;
+        labels.check_fits(op, x.rows(), x.cols())?;
+        self.gpu.check_owned(op, &[x.owner, labels.owner])?;
+        let (rows, cols) = x.dim();
+        let gpu = self.gpu;
+        let scale = reduction_scale(opts.reduction, labels.active_count());
+        gpu.record(op, |rec| {
+            let (m, s) = record_stats(rec, gpu, op, x)?;
+            let per_row = gpu.new_vector(op, rows)?;
+            rec.rows(
+                Kernel::CrossEntropyRows,
+                rows,
+                cols,
+                &[
+                    &x.buffer,
+                    &m.buffer,
+                    &s.buffer,
+                    &labels.buffer,
+                    &per_row.buffer,
+                ],
+                Extra::default(),
+            )?;
+            let values = match opts.reduction {
+                Reduction::None => per_row,
+                Reduction::Mean | Reduction::Sum => {
+                    let total = gpu.new_vector(op, 1)?;
+                    if opts.reduction == Reduction::Mean && labels.active_count() == 0 {
+                        // PyTorch's mean over no rows: 0 / 0.
+                        gpu.queue
+                            .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
+                    } else {
+                        rec.clear(&total.buffer);
+                        rec.rows(
+                            Kernel::SumRows,
+                            rows,
+                            1,
+                            &[&per_row.buffer, &total.buffer],
+                            Extra::f0(scale),
+                        )?;
+                    }
+                    total
+                }
+            };
+            let grad = if with_grad {
+                let g = gpu.new_matrix(op, rows, cols)?;
+                rec.rows(
+                    Kernel::SoftmaxNormalise,
+                    rows,
+                    cols,
+                    &[&x.buffer, &m.buffer, &s.buffer, &g.buffer],
+                    Extra::default(),
+                )?;
+                rec.rows(
+                    Kernel::OneHotSubtract,
+                    rows,
+                    cols,
+                    &[&labels.buffer, &g.buffer],
+                    Extra::f0(scale),
+                )?;
+                Some(g)
+            } else {
+                None
+            };
+            Ok((
+                GpuLoss {
+                    values,
+                    reduction: opts.reduction,
+                },
+                grad,
+            ))
+        })
+    }
+}
+
+impl GpuContext {
+    /// The staged kernels, for reading, testing and benchmarking against the default path.
+    pub fn staged(&self) -> Staged<'_> {
+        Staged { gpu: self }
+    }
+
+    /// Row-wise softmax of `x`, as `torch.softmax(x, dim=1)`.
+    pub fn softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
+        self.staged().softmax(x)
+    }
+
+    /// Row-wise log-softmax of `x`, as `torch.log_softmax(x, dim=1)`.
+    pub fn log_softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
+        self.staged().log_softmax(x)
+    }
+
+    /// Row-wise log-sum-exp of `x`, as `torch.logsumexp(x, dim=1)`.
+    pub fn logsumexp(&self, x: &GpuMatrix) -> Result<GpuVector> {
+        self.staged().logsumexp(x)
+    }
+
+    /// Cross-entropy of logits `x` against `labels`, as `F.cross_entropy` (see
+    /// [`cpu::cross_entropy`](crate::cpu::cross_entropy) for the exact semantics).
+    pub fn cross_entropy(
+        &self,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+    ) -> Result<GpuLoss> {
+        self.staged().cross_entropy(x, labels, opts)
+    }
+
+    /// Cross-entropy and its gradient with respect to the logits, from one pass of row
+    /// statistics. For [`Reduction::None`] the gradient is that of the sum of the per-row losses.
+    pub fn cross_entropy_with_grad(
+        &self,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+    ) -> Result<(GpuLoss, GpuMatrix)> {
+        self.staged().cross_entropy_with_grad(x, labels, opts)
+    }
+
+    /// Copies a loss back to the host.
+    pub fn download_loss(&self, loss: &GpuLoss) -> Result<Loss> {
+        self.check_owned("download_loss", &[loss.values.owner])?;
+        let values = self.download_vector(&loss.values)?;
+        Ok(match loss.reduction {
+            Reduction::None => Loss::PerRow(values),
+            Reduction::Mean | Reduction::Sum => Loss::Reduced(values[0]),
+        })
+    }
+}

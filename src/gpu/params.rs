@@ -1,0 +1,39 @@
+//! Uniform blocks passed to the kernels, mirrored field for field in WGSL.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Params of every row kernel, for one row window. Keep in sync with `struct RowParams` in
+/// `shaders/common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct RowParams {
+    /// Rows in this window.
+    pub rows: u32,
+    /// Elements per row.
+    pub cols: u32,
+    /// Threads that share one row (a power of two dividing the workgroup size).
+    pub tpr: u32,
+    /// Where the window's first row starts inside each matrix binding, in vector lanes (`W`
+    /// elements), because bindings start at aligned offsets and rows need not.
+    pub mat_base: u32,
+    /// The same for each per-row binding, in elements.
+    pub vec_base: u32,
+    /// Kernel-specific bits (see each kernel's header).
+    pub flags: u32,
+    /// Kernel-specific scalar (a reduction scale, for instance).
+    pub f0: f32,
+    /// Kernel-specific scalar.
+    pub f1: f32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// WGSL lays a uniform struct of 4-byte scalars out densely, rounded up to 16 bytes.
+    #[test]
+    fn row_params_is_a_dense_multiple_of_16_bytes() {
+        assert_eq!(std::mem::size_of::<RowParams>(), 32);
+        assert_eq!(std::mem::size_of::<RowParams>() % 16, 0);
+    }
+}

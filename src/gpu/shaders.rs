@@ -1,0 +1,341 @@
+//! The kernels: which WGSL file holds each, its entry point, its bindings, and how its source is
+//! assembled.
+//!
+//! Every entry-point string and binding signature lives here, once. A family's source is the
+//! generated [prelude](Config::prelude) (constants shared with the host), the lane helpers of
+//! the chosen vector width, the shared row plumbing where the family needs it, then the family
+//! file itself. The prelude is generated from [`Config`], so a workgroup size is written in one
+//! place (Rust) and can never disagree between host and shader.
+
+use std::fmt::Write as _;
+
+use crate::labels::IGNORED;
+
+/// A WGSL file of related entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Family {
+    Reduce,
+    Softmax,
+    Loss,
+    Grad,
+}
+
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const LANES_1: &str = include_str!("../../shaders/lanes1.wgsl");
+const LANES_4: &str = include_str!("../../shaders/lanes4.wgsl");
+
+impl Family {
+    /// Every family, for validation tests.
+    #[cfg(test)]
+    pub(crate) const ALL: [Family; 4] =
+        [Family::Reduce, Family::Softmax, Family::Loss, Family::Grad];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Family::Reduce => "reduce",
+            Family::Softmax => "softmax",
+            Family::Loss => "loss",
+            Family::Grad => "grad",
+        }
+    }
+
+    fn file(self) -> &'static str {
+        match self {
+            Family::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Family::Softmax => include_str!("../../shaders/softmax.wgsl"),
+            Family::Loss => include_str!("../../shaders/loss.wgsl"),
+            Family::Grad => include_str!("../../shaders/grad.wgsl"),
+        }
+    }
+
+    /// Whether the family is built on the row plumbing of `common.wgsl`.
+    fn uses_rows(self) -> bool {
+        true
+    }
+}
+
+/// How many `f32` each matrix access moves: 4 when the row length allows `vec4` loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Width {
+    Scalar,
+    Vec4,
+}
+
+impl Width {
+    pub(crate) fn lanes(self) -> usize {
+        match self {
+            Width::Scalar => 1,
+            Width::Vec4 => 4,
+        }
+    }
+
+    /// The widest access that divides a row of `cols` elements.
+    pub(crate) fn for_cols(cols: usize) -> Width {
+        if cols.is_multiple_of(4) {
+            Width::Vec4
+        } else {
+            Width::Scalar
+        }
+    }
+}
+
+/// What a kernel binding holds, which decides how it is cut into row windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// A row-major matrix with the kernel's column count, windowed by rows.
+    Matrix,
+    /// One value per row, windowed by rows.
+    PerRow,
+    /// Bound whole (a scalar accumulator, class weights).
+    Whole,
+}
+
+/// One binding after the params uniform (binding 0): what it holds, and whether it is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Binding {
+    pub slot: Slot,
+    pub writable: bool,
+}
+
+const MAT_IN: Binding = Binding {
+    slot: Slot::Matrix,
+    writable: false,
+};
+const MAT_OUT: Binding = Binding {
+    slot: Slot::Matrix,
+    writable: true,
+};
+const ROW_IN: Binding = Binding {
+    slot: Slot::PerRow,
+    writable: false,
+};
+const ROW_OUT: Binding = Binding {
+    slot: Slot::PerRow,
+    writable: true,
+};
+const WHOLE_OUT: Binding = Binding {
+    slot: Slot::Whole,
+    writable: true,
+};
+
+/// One entry point. The variant name, the WGSL entry point and the CPU reference function share
+/// one spelling (`RowMax` / `row_max` / `cpu::row_max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    RowMax,
+    RowSumexp,
+    SoftmaxNormalise,
+    LogSoftmaxNormalise,
+    LogsumexpRows,
+    CrossEntropyRows,
+    SumRows,
+    OneHotSubtract,
+}
+
+impl Kernel {
+    /// Every kernel, for validation tests.
+    #[cfg(test)]
+    pub(crate) const ALL: [Kernel; 8] = [
+        Kernel::RowMax,
+        Kernel::RowSumexp,
+        Kernel::SoftmaxNormalise,
+        Kernel::LogSoftmaxNormalise,
+        Kernel::LogsumexpRows,
+        Kernel::CrossEntropyRows,
+        Kernel::SumRows,
+        Kernel::OneHotSubtract,
+    ];
+
+    pub(crate) fn family(self) -> Family {
+        use Kernel::*;
+        match self {
+            RowMax | RowSumexp => Family::Reduce,
+            SoftmaxNormalise | LogSoftmaxNormalise => Family::Softmax,
+            LogsumexpRows | CrossEntropyRows | SumRows => Family::Loss,
+            OneHotSubtract => Family::Grad,
+        }
+    }
+
+    pub(crate) fn entry(self) -> &'static str {
+        use Kernel::*;
+        match self {
+            RowMax => "row_max",
+            RowSumexp => "row_sumexp",
+            SoftmaxNormalise => "softmax_normalise",
+            LogSoftmaxNormalise => "log_softmax_normalise",
+            LogsumexpRows => "logsumexp_rows",
+            CrossEntropyRows => "cross_entropy_rows",
+            SumRows => "sum_rows",
+            OneHotSubtract => "one_hot_subtract",
+        }
+    }
+
+    /// The bindings after binding 0 (always the params uniform), in binding order. Keep in sync
+    /// with the `@binding` declarations of the kernel's WGSL file.
+    pub(crate) fn bindings(self) -> &'static [Binding] {
+        use Kernel::*;
+        match self {
+            RowMax => &[MAT_IN, ROW_OUT],
+            RowSumexp => &[MAT_IN, ROW_IN, ROW_OUT],
+            SoftmaxNormalise | LogSoftmaxNormalise => &[MAT_IN, ROW_IN, ROW_IN, MAT_OUT],
+            LogsumexpRows => &[ROW_IN, ROW_IN, ROW_OUT],
+            CrossEntropyRows => &[MAT_IN, ROW_IN, ROW_IN, ROW_IN, ROW_OUT],
+            SumRows => &[ROW_IN, WHOLE_OUT],
+            OneHotSubtract => &[ROW_IN, MAT_OUT],
+        }
+    }
+
+    /// How the kernel's invocations map onto rows.
+    pub(crate) fn shape(self) -> Shape {
+        use Kernel::*;
+        match self {
+            LogsumexpRows | CrossEntropyRows => Shape::ThreadPerRow,
+            SumRows => Shape::OneWorkgroup,
+            _ => Shape::TeamPerRow,
+        }
+    }
+}
+
+/// How a kernel's invocations map onto the rows of a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// A team of threads shares each row (`tpr` from the row length).
+    TeamPerRow,
+    /// One thread per row (`tpr = 1`).
+    ThreadPerRow,
+    /// One workgroup reduces the whole window (`tpr = WG`).
+    OneWorkgroup,
+}
+
+/// The compile-time choices of one context's kernels, injected into every shader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Config {
+    /// Threads in a row-kernel workgroup (a power of two).
+    pub row_wg: u32,
+}
+
+impl Config {
+    /// The generated first lines of every shader: the host's constants, so that WGSL and Rust
+    /// cannot disagree on them.
+    pub(crate) fn prelude(&self, width: Width) -> String {
+        let mut s = String::from("// Generated by src/gpu/shaders.rs (Config::prelude).\n");
+        let _ = writeln!(s, "const WG: u32 = {}u;", self.row_wg);
+        let _ = writeln!(s, "const W: u32 = {}u;", width.lanes());
+        let _ = writeln!(s, "const IGNORED: u32 = {IGNORED:#x}u;");
+        // WGSL has no infinity literal; `x < -F32_MAX` is how the kernels test for -inf.
+        let _ = writeln!(s, "const F32_MAX: f32 = {:e};", f32::MAX);
+        s
+    }
+
+    /// The complete WGSL source of `family` at `width`.
+    pub(crate) fn source(&self, family: Family, width: Width) -> String {
+        let mut s = self.prelude(width);
+        s.push_str(match width {
+            Width::Scalar => LANES_1,
+            Width::Vec4 => LANES_4,
+        });
+        if family.uses_rows() {
+            s.push_str(COMMON);
+        }
+        s.push_str(family.file());
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIGS: [Config; 2] = [Config { row_wg: 64 }, Config { row_wg: 256 }];
+
+    fn parse(config: &Config, family: Family, width: Width) -> naga::Module {
+        let src = config.source(family, width);
+        naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("{}: {}", family.name(), e.emit_to_string(&src)))
+    }
+
+    /// Every assembled source parses and validates, the way wgpu will see it.
+    #[test]
+    fn every_family_validates_at_every_width() {
+        for config in &CONFIGS {
+            for family in Family::ALL {
+                for width in [Width::Scalar, Width::Vec4] {
+                    let module = parse(config, family, width);
+                    naga::valid::Validator::new(
+                        naga::valid::ValidationFlags::all(),
+                        naga::valid::Capabilities::all(),
+                    )
+                    .validate(&module)
+                    .unwrap_or_else(|e| panic!("{} ({width:?}): {e:?}", family.name()));
+                }
+            }
+        }
+    }
+
+    /// Each kernel's entry point exists, has the host's workgroup size, and declares exactly the
+    /// bindings its signature says, in order.
+    #[test]
+    fn entry_points_match_their_signatures() {
+        let config = Config { row_wg: 64 };
+        for kernel in Kernel::ALL {
+            let module = parse(&config, kernel.family(), Width::Vec4);
+            let ep = module
+                .entry_points
+                .iter()
+                .find(|ep| ep.name == kernel.entry())
+                .unwrap_or_else(|| panic!("no entry point {}", kernel.entry()));
+            assert_eq!(
+                ep.workgroup_size,
+                [config.row_wg, 1, 1],
+                "{}",
+                kernel.entry()
+            );
+
+            let info = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            )
+            .validate(&module)
+            .unwrap();
+            let index = module
+                .entry_points
+                .iter()
+                .position(|e| e.name == kernel.entry())
+                .unwrap();
+            let ep_info = info.get_entry_point(index);
+            let mut used: Vec<(u32, bool)> = module
+                .global_variables
+                .iter()
+                .filter(|(handle, _)| !ep_info[*handle].is_empty())
+                .filter_map(|(_, var)| {
+                    let binding = var.binding.as_ref()?;
+                    let writable = match var.space {
+                        naga::AddressSpace::Storage { access } => {
+                            access.contains(naga::StorageAccess::STORE)
+                        }
+                        _ => false,
+                    };
+                    Some((binding.binding, writable))
+                })
+                .collect();
+            used.sort();
+            let mut expected = vec![(0, false)];
+            expected.extend(
+                kernel
+                    .bindings()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (i as u32 + 1, b.writable)),
+            );
+            assert_eq!(used, expected, "bindings of {}", kernel.entry());
+        }
+    }
+
+    #[test]
+    fn prelude_carries_the_host_constants() {
+        let p = Config { row_wg: 128 }.prelude(Width::Vec4);
+        assert!(p.contains("const WG: u32 = 128u;"));
+        assert!(p.contains("const W: u32 = 4u;"));
+        assert!(p.contains("const IGNORED: u32 = 0xffffffffu;"));
+    }
+}
