@@ -163,4 +163,18 @@ impl Error {
             message: message.into(),
         }
     }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn parse(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Parse {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
 }

@@ -51,12 +51,20 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod cpu;
+mod device;
 mod error;
 pub mod gpu;
 mod labels;
 mod loss;
+pub mod npy;
 
+pub use device::{Device, DeviceKind};
 pub use error::{Error, Result};
 pub use gpu::{GpuContext, GpuLabels, GpuMatrix, GpuOptions, GpuVector};
 pub use labels::{DEFAULT_IGNORE_INDEX, Labels};
 pub use loss::{CrossEntropyOptions, Loss, Reduction};
+
+/// The README's examples, compiled as doctests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

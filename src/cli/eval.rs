@@ -1,0 +1,120 @@
+//! `softmax-ce eval OP`: one op on .npy files. The flags are a contract scripts depend on
+//! (DESIGN.md): extend them, never change them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use ndarray::{ArrayD, ArrayView2, ArrayViewD};
+use softmax_ce::{CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Device, Labels, Reduction, npy};
+
+use super::{DeviceArg, open_device};
+
+#[derive(Debug, Subcommand)]
+pub enum Op {
+    /// Row-wise softmax of a 2-D array of logits.
+    Softmax(RowArgs),
+    /// Row-wise log-softmax of a 2-D array of logits.
+    LogSoftmax(RowArgs),
+    /// Row-wise log-sum-exp: writes shape (N,).
+    Logsumexp(RowArgs),
+    /// Cross-entropy against integer labels, as F.cross_entropy.
+    CrossEntropy(CrossEntropyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RowArgs {
+    /// N x C logits (.npy, float32 or float64).
+    #[arg(long)]
+    logits: PathBuf,
+    /// Where to write the result (.npy, float32).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ReductionArg {
+    None,
+    Mean,
+    Sum,
+}
+
+impl From<ReductionArg> for Reduction {
+    fn from(r: ReductionArg) -> Self {
+        match r {
+            ReductionArg::None => Reduction::None,
+            ReductionArg::Mean => Reduction::Mean,
+            ReductionArg::Sum => Reduction::Sum,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CrossEntropyArgs {
+    /// N x C logits (.npy, float32 or float64).
+    #[arg(long)]
+    logits: PathBuf,
+    /// N integer class labels (.npy, any integer dtype).
+    #[arg(long)]
+    labels: PathBuf,
+    /// How per-row losses combine: mean writes a 0-d array, none shape (N,).
+    #[arg(long, value_enum, default_value = "mean")]
+    reduction: ReductionArg,
+    /// Rows with this label add nothing to the loss and get a zero gradient.
+    #[arg(long, default_value_t = DEFAULT_IGNORE_INDEX, allow_negative_numbers = true)]
+    ignore_index: i64,
+    /// Where to write the loss (.npy, float32).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write d(loss)/d(logits), N x C; for --reduction none, the gradient of the sum
+    /// of the per-row losses.
+    #[arg(long)]
+    grad_out: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+}
+
+fn read_logits(path: &Path) -> Result<ndarray::Array2<f32>> {
+    npy::read_matrix(path, "logits").context("--logits")
+}
+
+fn write(path: &Path, a: ArrayViewD<f32>, flag: &str) -> Result<()> {
+    npy::write_f32(path, a).with_context(|| flag.to_string())
+}
+
+pub fn run(op: Op) -> Result<()> {
+    match op {
+        Op::Softmax(a) => row_op(a, |d, x| Ok(d.softmax(x)?.into_dyn())),
+        Op::LogSoftmax(a) => row_op(a, |d, x| Ok(d.log_softmax(x)?.into_dyn())),
+        Op::Logsumexp(a) => row_op(a, |d, x| Ok(d.logsumexp(x)?.into_dyn())),
+        Op::CrossEntropy(a) => cross_entropy(a),
+    }
+}
+
+fn row_op(
+    a: RowArgs,
+    f: impl FnOnce(&Device, ArrayView2<f32>) -> softmax_ce::Result<ArrayD<f32>>,
+) -> Result<()> {
+    let x = read_logits(&a.logits)?;
+    let device = open_device(a.device)?;
+    write(&a.out, f(&device, x.view())?.view(), "--out")
+}
+
+fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
+    let x = read_logits(&a.logits)?;
+    let raw = npy::read_labels(&a.labels).context("--labels")?;
+    let labels = Labels::new(raw.iter().copied(), x.ncols(), a.ignore_index).context("--labels")?;
+    let opts = CrossEntropyOptions::default().reduction(a.reduction.into());
+    let device = open_device(a.device)?;
+    let loss = match &a.grad_out {
+        Some(grad_path) => {
+            let (loss, grad) = device.cross_entropy_with_grad(x.view(), &labels, &opts)?;
+            write(grad_path, grad.view().into_dyn(), "--grad-out")?;
+            loss
+        }
+        None => device.cross_entropy(x.view(), &labels, &opts)?,
+    };
+    write(&a.out, loss.into_array().view(), "--out")
+}

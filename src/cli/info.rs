@@ -1,0 +1,91 @@
+//! `softmax-ce info`: what wgpu sees, and what we would pick.
+
+use anyhow::Result;
+use softmax_ce::GpuContext;
+use softmax_ce::gpu::{AdapterReport, enumerate_adapters};
+
+pub fn run() -> Result<()> {
+    let adapters = enumerate_adapters();
+    println!("adapters seen by wgpu ({}):", adapters.len());
+    for a in &adapters {
+        println!("  - {}", describe(a));
+    }
+    match GpuContext::new() {
+        Ok(gpu) => {
+            let info = gpu.adapter_info();
+            println!(
+                "chosen: {} ({:?}, {:?})",
+                info.name, info.backend, info.device_type
+            );
+            if gpu.is_software() {
+                println!("  software adapter: timings measure kernel quality, not GPU speed");
+            }
+            let l = gpu.limits();
+            println!("limits:");
+            let rows: [(&str, u64); 9] = [
+                ("max_buffer_size", l.max_buffer_size),
+                (
+                    "max_storage_buffer_binding_size",
+                    l.max_storage_buffer_binding_size,
+                ),
+                (
+                    "min_storage_buffer_offset_alignment",
+                    l.min_storage_buffer_offset_alignment as u64,
+                ),
+                (
+                    "max_compute_workgroups_per_dimension",
+                    l.max_compute_workgroups_per_dimension as u64,
+                ),
+                (
+                    "max_compute_invocations_per_workgroup",
+                    l.max_compute_invocations_per_workgroup as u64,
+                ),
+                (
+                    "max_compute_workgroup_size_x",
+                    l.max_compute_workgroup_size_x as u64,
+                ),
+                (
+                    "max_compute_workgroup_storage_size",
+                    l.max_compute_workgroup_storage_size as u64,
+                ),
+                (
+                    "max_storage_buffers_per_shader_stage",
+                    l.max_storage_buffers_per_shader_stage as u64,
+                ),
+                ("max_bind_groups", l.max_bind_groups as u64),
+            ];
+            for (name, value) in rows {
+                println!("  {name:<40} {value}");
+            }
+            println!("features: {:?}", gpu.device().features());
+        }
+        Err(e) => println!("chosen: none ({e})"),
+    }
+    Ok(())
+}
+
+fn describe(a: &AdapterReport) -> String {
+    let i = &a.info;
+    let driver = [i.driver.as_str(), i.driver_info.as_str()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "{} ({:?}, {:?}{}{})",
+        i.name,
+        i.backend,
+        i.device_type,
+        if driver.is_empty() {
+            String::new()
+        } else {
+            format!(", {driver}")
+        },
+        if a.compute {
+            ""
+        } else {
+            ", no compute shaders"
+        }
+    )
+}

@@ -1,0 +1,63 @@
+//! Argument parsing and dispatch for the `softmax-ce` binary.
+
+mod eval;
+mod info;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use softmax_ce::{Device, DeviceKind};
+
+/// Softmax and cross-entropy on the GPU (WGSL through wgpu), with an ndarray reference on the
+/// CPU.
+#[derive(Debug, Parser)]
+#[command(name = "softmax-ce", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the adapters wgpu sees, the one chosen, its limits and features.
+    Info,
+    /// Run one op on .npy files (float32 or float64 inputs, integer labels of any dtype).
+    Eval {
+        #[command(subcommand)]
+        op: eval::Op,
+    },
+}
+
+/// `--device gpu|cpu`; absent means the GPU when there is one, else the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// A wgpu adapter (an error when there is none).
+    Gpu,
+    /// The ndarray reference path.
+    Cpu,
+}
+
+impl From<DeviceArg> for DeviceKind {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Gpu => DeviceKind::Gpu,
+            DeviceArg::Cpu => DeviceKind::Cpu,
+        }
+    }
+}
+
+/// Opens the requested device and says on stderr which one runs the work.
+pub fn open_device(arg: Option<DeviceArg>) -> Result<Device> {
+    let (device, passed_over) = Device::select(arg.map(Into::into))?;
+    match passed_over {
+        Some(why) => eprintln!("softmax-ce: using {device}: no GPU ({why})"),
+        None => eprintln!("softmax-ce: using {device}"),
+    }
+    Ok(device)
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info => info::run(),
+        Command::Eval { op } => eval::run(op),
+    }
+}

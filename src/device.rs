@@ -1,0 +1,156 @@
+//! One interface over both paths, ndarray in and ndarray out, for comparing the CPU with the
+//! GPU on the same work.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ndarray::{Array1, Array2, ArrayView2};
+
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::labels::Labels;
+use crate::loss::{CrossEntropyOptions, Loss};
+
+/// Where ops run: the CPU reference, or a GPU context.
+///
+/// ```
+/// use ndarray::array;
+/// use softmax_ce::Device;
+/// let p = Device::Cpu.softmax(array![[0.0f32, 0.0]].view())?;
+/// assert_eq!(p, array![[0.5f32, 0.5]]);
+/// # Ok::<(), softmax_ce::Error>(())
+/// ```
+#[derive(Debug)]
+pub enum Device {
+    /// The ndarray reference path ([`crate::cpu`]).
+    Cpu,
+    /// A wgpu adapter (boxed: a context is large, the CPU variant empty).
+    Gpu(Box<GpuContext>),
+}
+
+/// Which device a caller asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The ndarray reference path.
+    Cpu,
+    /// A wgpu adapter (an error when there is none).
+    Gpu,
+}
+
+impl FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "gpu" => Ok(DeviceKind::Gpu),
+            other => Err(Error::invalid(
+                "device",
+                format!("{other:?} is not cpu or gpu"),
+            )),
+        }
+    }
+}
+
+impl Device {
+    /// The device `kind` names; `None` picks the GPU when one exists and the CPU otherwise, and
+    /// also returns why the GPU was passed over.
+    pub fn select(kind: Option<DeviceKind>) -> Result<(Device, Option<Error>)> {
+        match kind {
+            Some(DeviceKind::Cpu) => Ok((Device::Cpu, None)),
+            Some(DeviceKind::Gpu) => Ok((Device::Gpu(Box::new(GpuContext::new()?)), None)),
+            None => match GpuContext::new() {
+                Ok(gpu) => Ok((Device::Gpu(Box::new(gpu)), None)),
+                Err(e) => Ok((Device::Cpu, Some(e))),
+            },
+        }
+    }
+
+    /// `cpu` or `gpu`.
+    pub fn kind(&self) -> DeviceKind {
+        match self {
+            Device::Cpu => DeviceKind::Cpu,
+            Device::Gpu(_) => DeviceKind::Gpu,
+        }
+    }
+
+    /// The GPU context, if this is a GPU.
+    pub fn gpu(&self) -> Option<&GpuContext> {
+        match self {
+            Device::Cpu => None,
+            Device::Gpu(g) => Some(g),
+        }
+    }
+
+    /// Row-wise softmax.
+    pub fn softmax(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        match self {
+            Device::Cpu => cpu::softmax(x),
+            Device::Gpu(g) => g.download(&g.softmax(&g.upload(x)?)?),
+        }
+    }
+
+    /// Row-wise log-softmax.
+    pub fn log_softmax(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        match self {
+            Device::Cpu => cpu::log_softmax(x),
+            Device::Gpu(g) => g.download(&g.log_softmax(&g.upload(x)?)?),
+        }
+    }
+
+    /// Row-wise log-sum-exp.
+    pub fn logsumexp(&self, x: ArrayView2<f32>) -> Result<Array1<f32>> {
+        match self {
+            Device::Cpu => cpu::logsumexp(x),
+            Device::Gpu(g) => g.download_vector(&g.logsumexp(&g.upload(x)?)?),
+        }
+    }
+
+    /// Cross-entropy against integer labels.
+    pub fn cross_entropy(
+        &self,
+        x: ArrayView2<f32>,
+        labels: &Labels,
+        opts: &CrossEntropyOptions,
+    ) -> Result<Loss> {
+        match self {
+            Device::Cpu => cpu::cross_entropy(x, labels, opts),
+            Device::Gpu(g) => {
+                let loss = g.cross_entropy(&g.upload(x)?, &g.upload_labels(labels)?, opts)?;
+                g.download_loss(&loss)
+            }
+        }
+    }
+
+    /// Cross-entropy and its gradient with respect to the logits.
+    pub fn cross_entropy_with_grad(
+        &self,
+        x: ArrayView2<f32>,
+        labels: &Labels,
+        opts: &CrossEntropyOptions,
+    ) -> Result<(Loss, Array2<f32>)> {
+        match self {
+            Device::Cpu => Ok((
+                cpu::cross_entropy(x, labels, opts)?,
+                cpu::cross_entropy_grad(x, labels, opts)?,
+            )),
+            Device::Gpu(g) => {
+                let (loss, grad) =
+                    g.cross_entropy_with_grad(&g.upload(x)?, &g.upload_labels(labels)?, opts)?;
+                Ok((g.download_loss(&loss)?, g.download(&grad)?))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu (ndarray reference)"),
+            Device::Gpu(g) => {
+                let info = g.adapter_info();
+                write!(f, "gpu ({}, {:?})", info.name, info.backend)
+            }
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The `softmax-ce` binary: the `eval` contract on both devices, and one-line errors with a
+//! non-zero exit on bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use ndarray::{Array1, ArrayD, IxDyn};
+use softmax_ce::{CrossEntropyOptions, Labels, Reduction, cpu, npy};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_softmax-ce"))
+}
+
+/// A fresh directory per test under the target dir.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The command fails with one line on stderr (after any adapter noise) mentioning `needle`.
+fn fails_with(args: &[&str], needle: &str) {
+    let out = run(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("softmax-ce: error:"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{args:?}: want one error line, got:\n{stderr}"
+    );
+    assert!(
+        errors[0].contains(needle),
+        "{args:?}: {:?} lacks {needle:?}",
+        errors[0]
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn devices() -> Vec<&'static str> {
+    if gpu().is_some() {
+        vec!["cpu", "gpu"]
+    } else {
+        vec!["cpu"]
+    }
+}
+
+fn write_labels_i64(path: &Path, ys: &[i64]) {
+    // npy::write_f32 writes floats only; labels go through npyz directly.
+    use npyz::WriterBuilder;
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[ys.len() as u64])
+        .writer(file)
+        .begin_nd()
+        .unwrap();
+    w.extend(ys.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+fn write_labels_u8(path: &Path, ys: &[u8]) {
+    use npyz::WriterBuilder;
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[ys.len() as u64])
+        .writer(file)
+        .begin_nd()
+        .unwrap();
+    w.extend(ys.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+#[test]
+fn eval_row_ops_match_the_library() {
+    let dir = scratch("eval_row_ops");
+    let x = adversarial(23, 37, 5);
+    let xp = dir.join("x.npy");
+    npy::write_f32(&xp, x.view().into_dyn()).unwrap();
+    let out = dir.join("out.npy");
+    let (o, xs) = (out.to_str().unwrap(), xp.to_str().unwrap());
+    for device in devices() {
+        ok(&[
+            "eval", "softmax", "--logits", xs, "--out", o, "--device", device,
+        ]);
+        let got = npy::read_matrix(&out, "out").unwrap();
+        assert_close(
+            got.view(),
+            cpu::softmax(x.view()).unwrap().view(),
+            PROB_ABS,
+            PROB_REL,
+            device,
+        );
+        ok(&[
+            "eval",
+            "log-softmax",
+            "--logits",
+            xs,
+            "--out",
+            o,
+            "--device",
+            device,
+        ]);
+        let got = npy::read_matrix(&out, "out").unwrap();
+        assert_close(
+            got.view(),
+            cpu::log_softmax(x.view()).unwrap().view(),
+            LOG_ABS,
+            LOG_REL,
+            device,
+        );
+        ok(&[
+            "eval",
+            "logsumexp",
+            "--logits",
+            xs,
+            "--out",
+            o,
+            "--device",
+            device,
+        ]);
+        let got = npy::read_vector(&out, "out").unwrap();
+        assert_close(
+            got.view(),
+            cpu::logsumexp(x.view()).unwrap().view(),
+            LOG_ABS,
+            LOG_REL,
+            device,
+        );
+    }
+}
+
+#[test]
+fn eval_cross_entropy_shapes_and_gradients() {
+    let dir = scratch("eval_ce");
+    let x = logits(9, 4, 3.0, 8);
+    let xp = dir.join("x.npy");
+    npy::write_f32(&xp, x.view().into_dyn()).unwrap();
+    let ys: Vec<i64> = vec![0, 3, -1, 2, 1, -1, 0, 0, 3];
+    let yp = dir.join("y.npy");
+    write_labels_i64(&yp, &ys);
+    let labels = Labels::new(ys.iter().copied(), 4, -1).unwrap();
+    let (lp, gp) = (dir.join("loss.npy"), dir.join("grad.npy"));
+    for device in devices() {
+        for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+            ok(&[
+                "eval",
+                "cross-entropy",
+                "--logits",
+                xp.to_str().unwrap(),
+                "--labels",
+                yp.to_str().unwrap(),
+                "--ignore-index",
+                "-1",
+                "--reduction",
+                reduction.as_str(),
+                "--out",
+                lp.to_str().unwrap(),
+                "--grad-out",
+                gp.to_str().unwrap(),
+                "--device",
+                device,
+            ]);
+            let loss = npy::read_f32(&lp).unwrap();
+            let opts = CrossEntropyOptions::default().reduction(reduction);
+            let want = cpu::cross_entropy(x.view(), &labels, &opts)
+                .unwrap()
+                .into_array();
+            // none: shape (N,); mean and sum: a 0-d array.
+            assert_eq!(loss.shape(), want.shape(), "{device} {reduction}");
+            assert_close(loss.view(), want.view(), LOSS_ABS, LOSS_REL, device);
+            let grad = npy::read_matrix(&gp, "grad").unwrap();
+            let want = cpu::cross_entropy_grad(x.view(), &labels, &opts).unwrap();
+            assert_close(grad.view(), want.view(), 1e-7, PROB_REL, device);
+        }
+    }
+}
+
+/// Labels of a narrow dtype and float64 logits are accepted and converted.
+#[test]
+fn eval_accepts_uint8_labels_and_float64_logits() {
+    let dir = scratch("eval_dtypes");
+    let x = logits(5, 3, 2.0, 1);
+    let xp = dir.join("x64.npy");
+    {
+        use npyz::WriterBuilder;
+        let f = std::fs::File::create(&xp).unwrap();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[5, 3])
+            .writer(f)
+            .begin_nd()
+            .unwrap();
+        w.extend(x.iter().map(|&v| v as f64)).unwrap();
+        w.finish().unwrap();
+    }
+    let yp = dir.join("y8.npy");
+    write_labels_u8(&yp, &[0, 1, 2, 1, 0]);
+    let lp = dir.join("loss.npy");
+    ok(&[
+        "eval",
+        "cross-entropy",
+        "--logits",
+        xp.to_str().unwrap(),
+        "--labels",
+        yp.to_str().unwrap(),
+        "--out",
+        lp.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let labels = Labels::new([0, 1, 2, 1, 0], 3, -100).unwrap();
+    let want = cpu::cross_entropy(x.view(), &labels, &CrossEntropyOptions::default()).unwrap();
+    let got = npy::read_f32(&lp).unwrap();
+    assert_eq!(got, ArrayD::from_elem(IxDyn(&[]), want.scalar().unwrap()));
+}
+
+#[test]
+fn bad_input_is_one_line_and_a_non_zero_exit() {
+    let dir = scratch("eval_errors");
+    let x = logits(4, 3, 1.0, 1);
+    let xp = dir.join("x.npy");
+    npy::write_f32(&xp, x.view().into_dyn()).unwrap();
+    let (xs, out) = (xp.to_str().unwrap(), dir.join("o.npy"));
+    let o = out.to_str().unwrap();
+
+    fails_with(
+        &[
+            "eval",
+            "softmax",
+            "--logits",
+            "/nonexistent/x.npy",
+            "--out",
+            o,
+        ],
+        "/nonexistent/x.npy",
+    );
+
+    let garbage = dir.join("garbage.npy");
+    std::fs::write(&garbage, b"this is not numpy").unwrap();
+    fails_with(
+        &[
+            "eval",
+            "softmax",
+            "--logits",
+            garbage.to_str().unwrap(),
+            "--out",
+            o,
+        ],
+        "not a readable .npy",
+    );
+
+    let vector = dir.join("v.npy");
+    npy::write_f32(&vector, Array1::<f32>::zeros(3).view().into_dyn()).unwrap();
+    fails_with(
+        &[
+            "eval",
+            "softmax",
+            "--logits",
+            vector.to_str().unwrap(),
+            "--out",
+            o,
+        ],
+        "2-D",
+    );
+
+    let ints = dir.join("ints.npy");
+    write_labels_i64(&ints, &[1, 2, 3]);
+    fails_with(
+        &[
+            "eval",
+            "softmax",
+            "--logits",
+            ints.to_str().unwrap(),
+            "--out",
+            o,
+        ],
+        "not float32 or float64",
+    );
+
+    let labels = dir.join("y.npy");
+    write_labels_i64(&labels, &[0, 1, 7, 2]);
+    let ys = labels.to_str().unwrap();
+    fails_with(
+        &[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            xs,
+            "--labels",
+            ys,
+            "--out",
+            o,
+        ],
+        "label 7 at row 2",
+    );
+
+    write_labels_i64(&labels, &[0, 1]);
+    fails_with(
+        &[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            xs,
+            "--labels",
+            ys,
+            "--out",
+            o,
+            "--device",
+            "cpu",
+        ],
+        "4 labels",
+    );
+
+    let floats = vector.to_str().unwrap();
+    fails_with(
+        &[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            xs,
+            "--labels",
+            floats,
+            "--out",
+            o,
+        ],
+        "integer dtype",
+    );
+    fails_with(
+        &[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            xs,
+            "--labels",
+            xs,
+            "--out",
+            o,
+        ],
+        "1-D integer array",
+    );
+
+    let zero = dir.join("zero.npy");
+    npy::write_f32(
+        &zero,
+        ndarray::Array2::<f32>::zeros((3, 0)).view().into_dyn(),
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "eval",
+            "softmax",
+            "--logits",
+            zero.to_str().unwrap(),
+            "--out",
+            o,
+            "--device",
+            "cpu",
+        ],
+        "class dimension",
+    );
+
+    fails_with(
+        &[
+            "eval",
+            "softmax",
+            "--logits",
+            xs,
+            "--out",
+            "/nonexistent/dir/o.npy",
+            "--device",
+            "cpu",
+        ],
+        "/nonexistent/dir/o.npy",
+    );
+}
+
+/// `--device gpu` on a machine with no adapter says how to get one (simulated by limiting wgpu
+/// to a backend this platform does not have).
+#[test]
+fn gpu_without_an_adapter_says_how_to_get_one() {
+    let dir = scratch("eval_no_gpu");
+    let xp = dir.join("x.npy");
+    npy::write_f32(&xp, logits(2, 2, 1.0, 1).view().into_dyn()).unwrap();
+    let out = bin()
+        .args(["eval", "softmax", "--logits", xp.to_str().unwrap(), "--out"])
+        .arg(dir.join("o.npy"))
+        .args(["--device", "gpu"])
+        .env("WGPU_BACKEND", "dx12")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mesa-vulkan-drivers"), "{stderr}");
+    // Without --device the CPU takes over, and says so.
+    let out = bin()
+        .args(["eval", "softmax", "--logits", xp.to_str().unwrap(), "--out"])
+        .arg(dir.join("o.npy"))
+        .env("WGPU_BACKEND", "dx12")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("using cpu"));
+}
+
+#[test]
+fn info_names_the_chosen_adapter() {
+    let out = run(&["info"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("adapters seen by wgpu"), "{stdout}");
+    if let Some(gpu) = gpu() {
+        assert!(
+            stdout.contains(&format!("chosen: {}", gpu.adapter_info().name)),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("max_storage_buffer_binding_size"),
+            "{stdout}"
+        );
+    }
+}
