@@ -57,6 +57,7 @@ pub mod gpu;
 mod labels;
 mod loss;
 pub mod npy;
+pub mod train;
 
 pub use device::{Device, DeviceKind};
 pub use error::{Error, Result};

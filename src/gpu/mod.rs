@@ -21,14 +21,18 @@
 //! | `record.rs` | recording kernels into a command buffer |
 //! | `buffers.rs` | device arrays, uploads and downloads |
 //! | `ops.rs` | the ops: staged kernels and the default path |
+//! | `matmul.rs` | the tiled matrix product `A B` and `A^T B` |
+//! | `train.rs` | softmax-regression training: every dispatch of an epoch, planned once |
 
 mod buffers;
 mod context;
 mod dispatch;
+mod matmul;
 mod ops;
 mod params;
 mod record;
 mod shaders;
+pub(crate) mod train;
 
 pub use buffers::{GpuLabels, GpuMatrix, GpuVector};
 pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions, enumerate_adapters};

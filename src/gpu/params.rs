@@ -26,6 +26,29 @@ pub(crate) struct RowParams {
     pub f1: f32,
 }
 
+/// Params of the matmul kernels. Keep in sync with `struct MatmulParams` in
+/// `shaders/matmul.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct MatmulParams {
+    /// Rows of C.
+    pub m: u32,
+    /// Columns of C.
+    pub n: u32,
+    /// The inner dimension.
+    pub k: u32,
+    /// Where A, B and C start inside their bindings, in elements (bindings start aligned).
+    pub a_base: u32,
+    /// See `a_base`.
+    pub b_base: u32,
+    /// See `a_base`.
+    pub c_base: u32,
+    /// C = alpha op(A) B + beta C.
+    pub alpha: f32,
+    /// See `alpha`; 0 means C is not read.
+    pub beta: f32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +58,6 @@ mod tests {
     fn row_params_is_a_dense_multiple_of_16_bytes() {
         assert_eq!(std::mem::size_of::<RowParams>(), 32);
         assert_eq!(std::mem::size_of::<RowParams>() % 16, 0);
+        assert_eq!(std::mem::size_of::<MatmulParams>(), 32);
     }
 }

@@ -12,9 +12,10 @@ use wgpu::util::DeviceExt;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
+use crate::gpu::context::Pipeline;
 use crate::gpu::dispatch::{row_groups, threads_per_row};
 use crate::gpu::params::RowParams;
-use crate::gpu::shaders::{Kernel, Shape, Slot, Width};
+use crate::gpu::shaders::{Kernel, Shape, Slot};
 
 /// The kernel-specific fields of [`RowParams`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -29,6 +30,164 @@ impl Extra {
         Extra {
             f0,
             ..Default::default()
+        }
+    }
+}
+
+/// One dispatch, with everything bound: built once, recorded as often as needed. The trainer
+/// builds its per-batch dispatches once per shape and replays them every epoch.
+#[derive(Debug)]
+pub(crate) struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+/// A buffer and the first row of it that a dispatch covers (rows of the kernel's column count
+/// for matrices, single elements for per-row buffers).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct At<'b> {
+    pub buffer: &'b wgpu::Buffer,
+    pub first_row: usize,
+}
+
+impl<'b> From<&'b wgpu::Buffer> for At<'b> {
+    fn from(buffer: &'b wgpu::Buffer) -> Self {
+        At {
+            buffer,
+            first_row: 0,
+        }
+    }
+}
+
+impl GpuContext {
+    /// The dispatches of `kernel` over `rows` rows of `cols` elements, cut into windows that
+    /// each fit one binding. `buffers` follow the kernel's binding signature
+    /// ([`Kernel::bindings`]); row `r` of the work is row `first_row + r` of each buffer.
+    pub(crate) fn plan_rows(
+        &self,
+        op: &'static str,
+        kernel: Kernel,
+        rows: usize,
+        cols: usize,
+        buffers: &[At<'_>],
+        extra: Extra,
+    ) -> Result<Vec<Dispatch>> {
+        let signature = kernel.bindings();
+        assert_eq!(
+            signature.len(),
+            buffers.len(),
+            "{} takes {} buffers",
+            kernel.entry(),
+            signature.len()
+        );
+        let width = kernel.width(cols);
+        let pipeline = self.pipeline(kernel, width)?;
+        let geometry = self.geometry;
+        let wg = self.config.row_wg;
+        let tpr = match kernel.shape() {
+            Shape::TeamPerRow => threads_per_row(cols.div_ceil(width.lanes()), wg),
+            Shape::ThreadPerRow => 1,
+            Shape::OneWorkgroup => wg,
+            Shape::Tiles => unreachable!("{} is not a row kernel", kernel.entry()),
+        };
+        let mut out = Vec::new();
+        for window in geometry.windows(op, rows, cols)? {
+            let groups = match kernel.shape() {
+                Shape::OneWorkgroup => [1, 1, 1],
+                _ => geometry.fold(op, row_groups(window.len(), tpr, wg))?,
+            };
+            // Every buffer sees the same window of rows, shifted to where its rows start.
+            let shifted = |at: &At<'_>| at.first_row + window.start..at.first_row + window.end;
+            let mut bases = (None, None);
+            let mut entries = Vec::with_capacity(buffers.len());
+            for (binding, at) in signature.iter().zip(buffers) {
+                let resource = match binding.slot {
+                    Slot::Whole => at.buffer.as_entire_binding(),
+                    Slot::Matrix | Slot::PerRow => {
+                        let elems = if binding.slot == Slot::Matrix {
+                            cols
+                        } else {
+                            1
+                        };
+                        let (offset, size, base) = geometry.slice(&shifted(at), elems);
+                        let seen = if binding.slot == Slot::Matrix {
+                            &mut bases.0
+                        } else {
+                            &mut bases.1
+                        };
+                        // One base per kind is passed to the shader, so buffers of a kind
+                        // must agree on where the window starts inside their binding.
+                        assert!(
+                            seen.replace(base).is_none_or(|b| b == base),
+                            "{}: buffers disagree on the window's alignment",
+                            kernel.entry()
+                        );
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: at.buffer,
+                            offset,
+                            size: wgpu::BufferSize::new(size),
+                        })
+                    }
+                };
+                entries.push(resource);
+            }
+            let mat_base = bases.0.unwrap_or(0);
+            debug_assert_eq!(mat_base as usize % width.lanes(), 0);
+            let params = RowParams {
+                rows: window.len() as u32,
+                cols: cols as u32,
+                tpr,
+                mat_base: mat_base / width.lanes() as u32,
+                vec_base: bases.1.unwrap_or(0),
+                flags: extra.flags,
+                f0: extra.f0,
+                f1: extra.f1,
+            };
+            out.push(self.dispatch(
+                kernel,
+                &pipeline,
+                bytemuck::bytes_of(&params),
+                entries,
+                groups,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A dispatch of `kernel` with `params` as its uniform and `storage` as bindings 1...
+    pub(crate) fn dispatch(
+        &self,
+        kernel: Kernel,
+        pipeline: &Pipeline,
+        params: &[u8],
+        storage: Vec<wgpu::BindingResource<'_>>,
+        groups: [u32; 3],
+    ) -> Dispatch {
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let entries: Vec<_> = std::iter::once(uniform.as_entire_binding())
+            .chain(storage)
+            .enumerate()
+            .map(|(i, resource)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource,
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry()),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        Dispatch {
+            pipeline: pipeline.pipeline.clone(),
+            bind_group,
+            groups,
         }
     }
 }
@@ -59,94 +218,31 @@ impl<'a> Recorder<'a> {
         buffers: &[&wgpu::Buffer],
         extra: Extra,
     ) -> Result<()> {
-        let signature = kernel.bindings();
-        assert_eq!(
-            signature.len(),
-            buffers.len(),
-            "{} takes {} buffers",
-            kernel.entry(),
-            signature.len()
-        );
-        let width = Width::for_cols(cols);
-        let pipeline = self.gpu.pipeline(kernel, width)?;
-        let geometry = self.gpu.geometry;
-        let wg = self.gpu.config.row_wg;
-        let tpr = match kernel.shape() {
-            Shape::TeamPerRow => threads_per_row(cols.div_ceil(width.lanes()), wg),
-            Shape::ThreadPerRow => 1,
-            Shape::OneWorkgroup => wg,
-        };
-        for window in geometry.windows(self.op, rows, cols)? {
-            let (_, _, mat_base) = geometry.slice(&window, cols);
-            let (_, _, vec_base) = geometry.slice(&window, 1);
-            debug_assert_eq!(mat_base as usize % width.lanes(), 0);
-            let params = RowParams {
-                rows: window.len() as u32,
-                cols: cols as u32,
-                tpr,
-                mat_base: mat_base / width.lanes() as u32,
-                vec_base,
-                flags: extra.flags,
-                f0: extra.f0,
-                f1: extra.f1,
-            };
-            let groups = match kernel.shape() {
-                Shape::OneWorkgroup => [1, 1, 1],
-                _ => geometry.fold(self.op, row_groups(window.len(), tpr, wg))?,
-            };
-            let uniform = self
-                .gpu
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("row_params"),
-                    contents: bytemuck::bytes_of(&params),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: uniform.as_entire_binding(),
-            }];
-            for (i, (binding, buffer)) in signature.iter().zip(buffers).enumerate() {
-                let resource = match binding.slot {
-                    Slot::Whole => buffer.as_entire_binding(),
-                    Slot::Matrix | Slot::PerRow => {
-                        let elems = if binding.slot == Slot::Matrix {
-                            cols
-                        } else {
-                            1
-                        };
-                        let (offset, size, _) = geometry.slice(&window, elems);
-                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer,
-                            offset,
-                            size: wgpu::BufferSize::new(size),
-                        })
-                    }
-                };
-                entries.push(wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource,
-                });
-            }
-            let bind_group = self
-                .gpu
-                .device
-                .create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(kernel.entry()),
-                    layout: &pipeline.layout,
-                    entries: &entries,
-                });
-            let mut pass = self
-                .encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(kernel.entry()),
-                    timestamp_writes: None,
-                });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        }
+        let at: Vec<At<'_>> = buffers.iter().map(|&b| At::from(b)).collect();
+        let plan = self
+            .gpu
+            .plan_rows(self.op, kernel, rows, cols, &at, extra)?;
+        self.run(&plan);
         Ok(())
+    }
+
+    /// Records `dispatches` in order, in one compute pass. WebGPU makes each dispatch's writes
+    /// visible to the next.
+    pub(crate) fn run(&mut self, dispatches: &[Dispatch]) {
+        if dispatches.is_empty() {
+            return;
+        }
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(self.op),
+                timestamp_writes: None,
+            });
+        for d in dispatches {
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        }
     }
 
     /// Records zeroing `buffer`.
@@ -154,9 +250,22 @@ impl<'a> Recorder<'a> {
         self.encoder.clear_buffer(buffer, 0, None);
     }
 
-    /// Submits what was recorded. The GPU runs it in the background; a download waits for it.
-    pub(crate) fn submit(self) {
-        self.gpu.queue.submit([self.encoder.finish()]);
+    /// Records copying `bytes` bytes between buffers.
+    pub(crate) fn copy(
+        &mut self,
+        from: &wgpu::Buffer,
+        to: &wgpu::Buffer,
+        to_offset: u64,
+        bytes: u64,
+    ) {
+        self.encoder
+            .copy_buffer_to_buffer(from, 0, to, to_offset, bytes);
+    }
+
+    /// Submits what was recorded and returns its index, to wait on. The GPU runs it in the
+    /// background; a download waits for it.
+    pub(crate) fn submit(self) -> wgpu::SubmissionIndex {
+        self.gpu.queue.submit([self.encoder.finish()])
     }
 }
 

@@ -18,6 +18,8 @@ pub(crate) enum Family {
     Softmax,
     Loss,
     Grad,
+    Matmul,
+    Train,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
@@ -27,8 +29,14 @@ const LANES_4: &str = include_str!("../../shaders/lanes4.wgsl");
 impl Family {
     /// Every family, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Family; 4] =
-        [Family::Reduce, Family::Softmax, Family::Loss, Family::Grad];
+    pub(crate) const ALL: [Family; 6] = [
+        Family::Reduce,
+        Family::Softmax,
+        Family::Loss,
+        Family::Grad,
+        Family::Matmul,
+        Family::Train,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -36,6 +44,8 @@ impl Family {
             Family::Softmax => "softmax",
             Family::Loss => "loss",
             Family::Grad => "grad",
+            Family::Matmul => "matmul",
+            Family::Train => "train",
         }
     }
 
@@ -45,12 +55,14 @@ impl Family {
             Family::Softmax => include_str!("../../shaders/softmax.wgsl"),
             Family::Loss => include_str!("../../shaders/loss.wgsl"),
             Family::Grad => include_str!("../../shaders/grad.wgsl"),
+            Family::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Family::Train => include_str!("../../shaders/train.wgsl"),
         }
     }
 
     /// Whether the family is built on the row plumbing of `common.wgsl`.
     fn uses_rows(self) -> bool {
-        true
+        self != Family::Matmul
     }
 }
 
@@ -113,6 +125,10 @@ const ROW_OUT: Binding = Binding {
     slot: Slot::PerRow,
     writable: true,
 };
+const WHOLE_IN: Binding = Binding {
+    slot: Slot::Whole,
+    writable: false,
+};
 const WHOLE_OUT: Binding = Binding {
     slot: Slot::Whole,
     writable: true,
@@ -130,12 +146,16 @@ pub(crate) enum Kernel {
     CrossEntropyRows,
     SumRows,
     OneHotSubtract,
+    MatmulNn,
+    MatmulTn,
+    SoftmaxGradRows,
+    LossErrRows,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 8] = [
+    pub(crate) const ALL: [Kernel; 12] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -144,6 +164,10 @@ impl Kernel {
         Kernel::CrossEntropyRows,
         Kernel::SumRows,
         Kernel::OneHotSubtract,
+        Kernel::MatmulNn,
+        Kernel::MatmulTn,
+        Kernel::SoftmaxGradRows,
+        Kernel::LossErrRows,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -153,6 +177,8 @@ impl Kernel {
             SoftmaxNormalise | LogSoftmaxNormalise => Family::Softmax,
             LogsumexpRows | CrossEntropyRows | SumRows => Family::Loss,
             OneHotSubtract => Family::Grad,
+            MatmulNn | MatmulTn => Family::Matmul,
+            SoftmaxGradRows | LossErrRows => Family::Train,
         }
     }
 
@@ -167,6 +193,10 @@ impl Kernel {
             CrossEntropyRows => "cross_entropy_rows",
             SumRows => "sum_rows",
             OneHotSubtract => "one_hot_subtract",
+            MatmulNn => "matmul_nn",
+            MatmulTn => "matmul_tn",
+            SoftmaxGradRows => "softmax_grad_rows",
+            LossErrRows => "loss_err_rows",
         }
     }
 
@@ -181,7 +211,9 @@ impl Kernel {
             LogsumexpRows => &[ROW_IN, ROW_IN, ROW_OUT],
             CrossEntropyRows => &[MAT_IN, ROW_IN, ROW_IN, ROW_IN, ROW_OUT],
             SumRows => &[ROW_IN, WHOLE_OUT],
-            OneHotSubtract => &[ROW_IN, MAT_OUT],
+            OneHotSubtract | SoftmaxGradRows => &[ROW_IN, MAT_OUT],
+            MatmulNn | MatmulTn => &[WHOLE_IN, WHOLE_IN, WHOLE_OUT],
+            LossErrRows => &[MAT_IN, ROW_IN, ROW_OUT, ROW_OUT],
         }
     }
 
@@ -189,12 +221,41 @@ impl Kernel {
     pub(crate) fn shape(self) -> Shape {
         use Kernel::*;
         match self {
-            LogsumexpRows | CrossEntropyRows => Shape::ThreadPerRow,
+            LogsumexpRows | CrossEntropyRows | SoftmaxGradRows | LossErrRows => Shape::ThreadPerRow,
             SumRows => Shape::OneWorkgroup,
+            MatmulNn | MatmulTn => Shape::Tiles,
             _ => Shape::TeamPerRow,
         }
     }
+
+    /// The access width for rows of `cols` elements: vec4 where the row allows it, except in
+    /// the kernels written for scalars only.
+    pub(crate) fn width(self, cols: usize) -> Width {
+        match self.family() {
+            Family::Matmul | Family::Train => Width::Scalar,
+            _ => Width::for_cols(cols),
+        }
+    }
+
+    /// The workgroup size the kernel declares.
+    #[cfg(test)]
+    pub(crate) fn workgroup_size(self, config: &Config) -> [u32; 3] {
+        match self.shape() {
+            Shape::Tiles => [MM_TX, MM_TY, 1],
+            _ => [config.row_wg, 1, 1],
+        }
+    }
 }
+
+/// Matmul threads per workgroup along the columns (x) and rows (y) of the output tile; each
+/// thread computes 4 x 4 outputs, so a workgroup owns a `4 MM_TY x 4 MM_TX` tile.
+pub(crate) const MM_TX: u32 = 8;
+/// See [`MM_TX`].
+pub(crate) const MM_TY: u32 = 8;
+/// Depth of the K slice a matmul workgroup stages in workgroup memory per step.
+pub(crate) const MM_BK: u32 = 32;
+/// Output rows and columns of one matmul workgroup's tile.
+pub(crate) const MM_TILE: [u32; 2] = [4 * MM_TY, 4 * MM_TX];
 
 /// How a kernel's invocations map onto the rows of a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +266,8 @@ pub(crate) enum Shape {
     ThreadPerRow,
     /// One workgroup reduces the whole window (`tpr = WG`).
     OneWorkgroup,
+    /// A 2-D grid of output tiles (the matmul); not a row kernel.
+    Tiles,
 }
 
 /// The compile-time choices of one context's kernels, injected into every shader.
@@ -221,6 +284,9 @@ impl Config {
         let mut s = String::from("// Generated by src/gpu/shaders.rs (Config::prelude).\n");
         let _ = writeln!(s, "const WG: u32 = {}u;", self.row_wg);
         let _ = writeln!(s, "const W: u32 = {}u;", width.lanes());
+        let _ = writeln!(s, "const MM_TX: u32 = {MM_TX}u;");
+        let _ = writeln!(s, "const MM_TY: u32 = {MM_TY}u;");
+        let _ = writeln!(s, "const MM_BK: u32 = {MM_BK}u;");
         let _ = writeln!(s, "const IGNORED: u32 = {IGNORED:#x}u;");
         // WGSL has no infinity literal; `x < -F32_MAX` is how the kernels test for -inf.
         let _ = writeln!(s, "const F32_MAX: f32 = {:e};", f32::MAX);
@@ -278,7 +344,7 @@ mod tests {
     fn entry_points_match_their_signatures() {
         let config = Config { row_wg: 64 };
         for kernel in Kernel::ALL {
-            let module = parse(&config, kernel.family(), Width::Vec4);
+            let module = parse(&config, kernel.family(), kernel.width(4));
             let ep = module
                 .entry_points
                 .iter()
@@ -286,7 +352,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("no entry point {}", kernel.entry()));
             assert_eq!(
                 ep.workgroup_size,
-                [config.row_wg, 1, 1],
+                kernel.workgroup_size(&config),
                 "{}",
                 kernel.entry()
             );

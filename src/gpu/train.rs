@@ -1,0 +1,407 @@
+//! Softmax-regression training on the device: the seed's SGD epoch, with the data, theta and
+//! every intermediate resident, and every dispatch built once.
+//!
+//! One batch step is three dispatches:
+//!
+//! 1. `logits = X_b theta` ([`Kernel::MatmulNn`]);
+//! 2. `G = softmax(logits) - I_y`, in place ([`Kernel::SoftmaxGradRows`]);
+//! 3. `theta = (1 - lr l2) theta - lr/B X_b^T G` ([`Kernel::MatmulTn`], accumulating into theta).
+//!
+//! The dispatches of every batch, and those that evaluate loss and error on the training and
+//! test sets, are planned when the model is built ([`GpuContext::plan_rows`],
+//! [`GpuContext::plan_matmul`]) and replayed every epoch: no bind group or buffer is created
+//! per batch, and nothing is read back until the epoch's four metrics.
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::gpu::matmul::Gemm;
+use crate::gpu::record::{At, Dispatch, Extra, Recorder};
+use crate::gpu::shaders::Kernel;
+use crate::labels::Labels;
+
+/// The step's knobs, already validated by the caller.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Step {
+    pub lr: f32,
+    pub batch: usize,
+    pub l2: f32,
+}
+
+/// Batches per submission: the host waits on each in turn to report progress, while the
+/// device already has the next ones queued.
+const BATCHES_PER_SUBMIT: usize = 50;
+
+/// A data set on the device.
+#[derive(Debug)]
+struct DeviceSet {
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    rows: usize,
+}
+
+/// Loss and error of one data set, each summed into its own one-float buffer.
+#[derive(Debug)]
+struct EvalPlan {
+    dispatches: Vec<Dispatch>,
+    loss: wgpu::Buffer,
+    err: wgpu::Buffer,
+}
+
+/// A softmax-regression model on the device, with its training and test data.
+#[derive(Debug)]
+pub(crate) struct GpuRegression {
+    owner: u64,
+    features: usize,
+    classes: usize,
+    theta: wgpu::Buffer,
+    train: DeviceSet,
+    test: Option<DeviceSet>,
+    /// Per batch: the three step dispatches.
+    batches: Vec<Vec<Dispatch>>,
+    eval_train: EvalPlan,
+    eval_test: Option<EvalPlan>,
+    /// `[train loss, train error, test loss, test error]`, gathered for the one readback.
+    results: wgpu::Buffer,
+    // Scratch the plans bind; kept alive with them.
+    _scratch: Vec<wgpu::Buffer>,
+}
+
+impl GpuRegression {
+    /// Uploads the data, zeroes theta (`features x classes`) and plans every dispatch.
+    pub(crate) fn new(
+        gpu: &GpuContext,
+        train: (ArrayView2<f32>, &Labels),
+        test: Option<(ArrayView2<f32>, &Labels)>,
+        step: Step,
+    ) -> Result<Self> {
+        const OP: &str = "train";
+        let (features, classes) = (train.0.ncols(), train.1.classes());
+        let train_set = upload_set(gpu, OP, train)?;
+        let test_set = test.map(|t| upload_set(gpu, OP, t)).transpose()?;
+
+        let theta_bytes = gpu.check_bytes(OP, "theta", features * classes)?;
+        let theta = gpu.storage("theta", theta_bytes);
+        let batch_bytes = gpu.check_bytes(OP, "a batch of logits", step.batch * classes)?;
+        let batch_logits = gpu.storage("batch logits", batch_bytes);
+
+        let mut batches = Vec::new();
+        for b in 0..train_set.rows / step.batch {
+            let first_row = b * step.batch;
+            let x_b = At {
+                buffer: &train_set.x,
+                first_row,
+            };
+            let mut plan = gpu.plan_matmul(
+                OP,
+                &Gemm {
+                    a: x_b,
+                    b: (&theta).into(),
+                    c: (&batch_logits).into(),
+                    m: step.batch,
+                    n: classes,
+                    k: features,
+                    transposed_a: false,
+                    alpha: 1.0,
+                    beta: 0.0,
+                },
+            )?;
+            plan.extend(gpu.plan_rows(
+                OP,
+                Kernel::SoftmaxGradRows,
+                step.batch,
+                classes,
+                &[
+                    At {
+                        buffer: &train_set.y,
+                        first_row,
+                    },
+                    (&batch_logits).into(),
+                ],
+                Extra::f0(1.0),
+            )?);
+            plan.extend(gpu.plan_matmul(
+                OP,
+                &Gemm {
+                    a: x_b,
+                    b: (&batch_logits).into(),
+                    c: (&theta).into(),
+                    m: features,
+                    n: classes,
+                    k: step.batch,
+                    transposed_a: true,
+                    alpha: -step.lr / step.batch as f32,
+                    beta: 1.0 - step.lr * step.l2,
+                },
+            )?);
+            batches.push(plan);
+        }
+
+        let eval_rows = train_set.rows.max(test_set.as_ref().map_or(0, |t| t.rows));
+        let scratch = EvalScratch {
+            logits: gpu.storage(
+                "eval logits",
+                gpu.check_bytes(OP, "logits", eval_rows * classes)?,
+            ),
+            loss: gpu.storage("eval loss", eval_rows as u64 * 4),
+            err: gpu.storage("eval err", eval_rows as u64 * 4),
+        };
+        let eval_train = plan_eval(gpu, OP, &train_set, &theta, features, classes, &scratch)?;
+        let eval_test = test_set
+            .as_ref()
+            .map(|t| plan_eval(gpu, OP, t, &theta, features, classes, &scratch))
+            .transpose()?;
+        let results = gpu.storage("results", 16);
+        Ok(GpuRegression {
+            owner: gpu.id,
+            features,
+            classes,
+            theta,
+            train: train_set,
+            test: test_set,
+            batches,
+            eval_train,
+            eval_test,
+            results,
+            _scratch: vec![batch_logits, scratch.logits, scratch.loss, scratch.err],
+        })
+    }
+
+    /// Zeroes theta.
+    pub(crate) fn reset(&self, gpu: &GpuContext) -> Result<()> {
+        gpu.check_owned("train", &[self.owner])?;
+        gpu.record("train", |rec| {
+            rec.clear(&self.theta);
+            Ok(())
+        })
+    }
+
+    /// Replaces the training rows with `x` and `y` (the same shape: a reshuffled epoch).
+    pub(crate) fn rewrite_train(&self, gpu: &GpuContext, x: ArrayView2<f32>, y: &Labels) {
+        debug_assert_eq!(x.nrows(), self.train.rows);
+        let x = x.as_standard_layout();
+        let data = x.as_slice().expect("standard layout is contiguous");
+        gpu.queue
+            .write_buffer(&self.train.x, 0, bytemuck::cast_slice(data));
+        gpu.queue
+            .write_buffer(&self.train.y, 0, bytemuck::cast_slice(y.raw()));
+    }
+
+    /// Whether a test set was given.
+    pub(crate) fn has_test(&self) -> bool {
+        self.test.is_some()
+    }
+
+    /// Runs one epoch of batch steps, then evaluates: `[train loss, train error, test loss,
+    /// test error]` (the test pair NaN without a test set). `progress(done, total)` is called
+    /// as batches complete on the device.
+    pub(crate) fn epoch(
+        &self,
+        gpu: &GpuContext,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<[f32; 4]> {
+        const OP: &str = "train";
+        gpu.check_owned(OP, &[self.owner])?;
+        let total = self.batches.len();
+        let mut submitted = Vec::new();
+        for (c, chunk) in self.batches.chunks(BATCHES_PER_SUBMIT).enumerate() {
+            let index = gpu.capture(OP, || {
+                let mut rec = Recorder::new(gpu, OP);
+                for plan in chunk {
+                    rec.run(plan);
+                }
+                Ok(rec.submit())
+            })?;
+            submitted.push((index, (c * BATCHES_PER_SUBMIT + chunk.len())));
+        }
+        for (index, done) in submitted {
+            gpu.device.poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })?;
+            progress(done, total);
+        }
+        self.metrics(gpu)
+    }
+
+    /// Loss and error on the training and test sets: the epoch's one readback.
+    pub(crate) fn metrics(&self, gpu: &GpuContext) -> Result<[f32; 4]> {
+        const OP: &str = "evaluate";
+        gpu.check_owned(OP, &[self.owner])?;
+        gpu.record(OP, |rec| {
+            for (i, plan) in std::iter::once(&self.eval_train)
+                .chain(self.eval_test.as_ref())
+                .enumerate()
+            {
+                rec.clear(&plan.loss);
+                rec.clear(&plan.err);
+                rec.run(&plan.dispatches);
+                rec.copy(&plan.loss, &self.results, 8 * i as u64, 4);
+                rec.copy(&plan.err, &self.results, 8 * i as u64 + 4, 4);
+            }
+            Ok(())
+        })?;
+        let values = gpu.read_f32(&self.results, 4)?;
+        let test = |v: f32| if self.test.is_some() { v } else { f32::NAN };
+        Ok([values[0], values[1], test(values[2]), test(values[3])])
+    }
+
+    /// Theta, `features x classes`.
+    pub(crate) fn theta(&self, gpu: &GpuContext) -> Result<Array2<f32>> {
+        gpu.check_owned("theta", &[self.owner])?;
+        let data = gpu.read_f32(&self.theta, self.features * self.classes)?;
+        Ok(Array2::from_shape_vec((self.features, self.classes), data)
+            .expect("length matches the shape"))
+    }
+
+    /// Loss and error of theta on other data: `(mean loss, error rate)`.
+    pub(crate) fn evaluate(
+        &self,
+        gpu: &GpuContext,
+        x: ArrayView2<f32>,
+        y: &Labels,
+    ) -> Result<(f32, f32)> {
+        const OP: &str = "evaluate";
+        gpu.check_owned(OP, &[self.owner])?;
+        let set = upload_set(gpu, OP, (x, y))?;
+        let scratch = EvalScratch {
+            logits: gpu.storage(
+                "eval logits",
+                gpu.check_bytes(OP, "logits", set.rows * self.classes)?,
+            ),
+            loss: gpu.storage("eval loss", set.rows as u64 * 4),
+            err: gpu.storage("eval err", set.rows as u64 * 4),
+        };
+        let plan = plan_eval(
+            gpu,
+            OP,
+            &set,
+            &self.theta,
+            self.features,
+            self.classes,
+            &scratch,
+        )?;
+        gpu.record(OP, |rec| {
+            rec.clear(&plan.loss);
+            rec.clear(&plan.err);
+            rec.run(&plan.dispatches);
+            rec.copy(&plan.loss, &self.results, 0, 4);
+            rec.copy(&plan.err, &self.results, 4, 4);
+            Ok(())
+        })?;
+        let values = gpu.read_f32(&self.results, 2)?;
+        Ok((values[0], values[1]))
+    }
+
+    /// `x theta`, the logits of each row of `x`.
+    pub(crate) fn logits(&self, gpu: &GpuContext, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        const OP: &str = "predict";
+        gpu.check_owned(OP, &[self.owner])?;
+        let x = gpu.upload(x)?;
+        let out = gpu.new_matrix(OP, x.rows(), self.classes)?;
+        gpu.record(OP, |rec| {
+            let plan = gpu.plan_matmul(
+                OP,
+                &Gemm {
+                    a: (&x.buffer).into(),
+                    b: (&self.theta).into(),
+                    c: (&out.buffer).into(),
+                    m: x.rows(),
+                    n: self.classes,
+                    k: self.features,
+                    transposed_a: false,
+                    alpha: 1.0,
+                    beta: 0.0,
+                },
+            )?;
+            rec.run(&plan);
+            Ok(())
+        })?;
+        gpu.download(&out)
+    }
+}
+
+struct EvalScratch {
+    logits: wgpu::Buffer,
+    loss: wgpu::Buffer,
+    err: wgpu::Buffer,
+}
+
+fn upload_set(
+    gpu: &GpuContext,
+    op: &'static str,
+    (x, y): (ArrayView2<f32>, &Labels),
+) -> Result<DeviceSet> {
+    if x.nrows() != y.len() {
+        return Err(Error::shape(
+            op,
+            format!("{} labels (one per row of x)", x.nrows()),
+            format!("{}", y.len()),
+        ));
+    }
+    let x_buf = gpu.upload(x)?.buffer;
+    let y_buf = gpu.upload_labels(y)?.buffer;
+    Ok(DeviceSet {
+        x: x_buf,
+        y: y_buf,
+        rows: x.nrows(),
+    })
+}
+
+/// Logits of every row, per-row loss and error, and their means.
+fn plan_eval(
+    gpu: &GpuContext,
+    op: &'static str,
+    set: &DeviceSet,
+    theta: &wgpu::Buffer,
+    features: usize,
+    classes: usize,
+    scratch: &EvalScratch,
+) -> Result<EvalPlan> {
+    let mut dispatches = gpu.plan_matmul(
+        op,
+        &Gemm {
+            a: (&set.x).into(),
+            b: theta.into(),
+            c: (&scratch.logits).into(),
+            m: set.rows,
+            n: classes,
+            k: features,
+            transposed_a: false,
+            alpha: 1.0,
+            beta: 0.0,
+        },
+    )?;
+    dispatches.extend(gpu.plan_rows(
+        op,
+        Kernel::LossErrRows,
+        set.rows,
+        classes,
+        &[
+            (&scratch.logits).into(),
+            (&set.y).into(),
+            (&scratch.loss).into(),
+            (&scratch.err).into(),
+        ],
+        Extra::default(),
+    )?);
+    let loss = gpu.storage("loss total", 4);
+    let err = gpu.storage("error total", 4);
+    let mean = Extra::f0(1.0 / set.rows as f32);
+    for (per_row, total) in [(&scratch.loss, &loss), (&scratch.err, &err)] {
+        dispatches.extend(gpu.plan_rows(
+            op,
+            Kernel::SumRows,
+            set.rows,
+            1,
+            &[per_row.into(), total.into()],
+            mean,
+        )?);
+    }
+    Ok(EvalPlan {
+        dispatches,
+        loss,
+        err,
+    })
+}

@@ -1,0 +1,232 @@
+//! Softmax-regression training: the GPU path against the CPU path, epoch by epoch, and bad
+//! options as errors.
+
+mod common;
+
+use common::*;
+use ndarray::{Array2, s};
+use softmax_ce::train::{Backend, EpochMetrics, SoftmaxRegression, TrainOptions};
+use softmax_ce::{Device, Error, GpuContext, Labels};
+
+/// `rows` points in `features` dimensions around one random centre per class, with labels
+/// cycling through the classes.
+fn blobs(rows: usize, features: usize, classes: usize, seed: u64) -> (Array2<f32>, Labels) {
+    let centres = logits(classes, features, 1.0, seed);
+    let noise = logits(rows, features, 0.8, seed + 1);
+    let ys: Vec<i64> = (0..rows)
+        .map(|i| ((i * 7 + i / 3) % classes) as i64)
+        .collect();
+    let mut x = noise;
+    for (mut row, &y) in x.rows_mut().into_iter().zip(&ys) {
+        row += &centres.row(y as usize);
+    }
+    (x, Labels::new(ys, classes, -100).unwrap())
+}
+
+/// Losses agree to float32 rounding accumulated over the epochs; an error rate may differ by
+/// a row or two whose two largest logits are within rounding of each other.
+fn assert_same_epoch(gpu: &EpochMetrics, cpu: &EpochMetrics, rows: (usize, usize), case: &str) {
+    let close = |a: f32, b: f32, what: &str| {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "{case} epoch {}: {what} gpu {a} cpu {b}",
+            cpu.epoch
+        );
+    };
+    close(gpu.train_loss, cpu.train_loss, "train loss");
+    let rows_apart = |a: f32, b: f32, n: usize| ((a - b).abs() * n as f32).round() as usize;
+    assert!(
+        rows_apart(gpu.train_err, cpu.train_err, rows.0) <= 2,
+        "{case} epoch {}: train error gpu {} cpu {}",
+        cpu.epoch,
+        gpu.train_err,
+        cpu.train_err
+    );
+    match (gpu.test_loss, cpu.test_loss, gpu.test_err, cpu.test_err) {
+        (Some(gl), Some(cl), Some(ge), Some(ce)) => {
+            close(gl, cl, "test loss");
+            assert!(
+                rows_apart(ge, ce, rows.1) <= 2,
+                "{case}: test error {ge} vs {ce}"
+            );
+        }
+        (None, None, None, None) => {}
+        other => panic!("{case}: test metrics present on one device only: {other:?}"),
+    }
+}
+
+fn train_both(gpu: &GpuContext, opts: TrainOptions, epochs: usize, case: &str) {
+    let (x, y) = blobs(1000, 40, 7, 3);
+    let (xt, yt) = blobs(300, 40, 7, 3);
+    let train = (x.view(), &y);
+    let test = Some((xt.view(), &yt));
+    let mut on_gpu = SoftmaxRegression::new(gpu, train, test, opts.clone()).unwrap();
+    let mut on_cpu = SoftmaxRegression::new(&Device::Cpu, train, test, opts).unwrap();
+    for _ in 0..epochs {
+        let g = on_gpu.fit_epoch().unwrap();
+        let c = on_cpu.fit_epoch().unwrap();
+        assert_same_epoch(&g, &c, (1000, 300), case);
+    }
+    let (tg, tc) = (on_gpu.theta().unwrap(), on_cpu.theta().unwrap());
+    assert_close(tg.view(), tc.view(), 1e-4, 1e-3, &format!("{case}: theta"));
+    // Predictions and evaluation agree too.
+    assert_eq!(
+        on_gpu.predict(xt.view()).unwrap(),
+        on_cpu.predict(xt.view()).unwrap()
+    );
+    let (gl, ge) = on_gpu.evaluate(xt.view(), &yt).unwrap();
+    let (cl, ce) = on_cpu.evaluate(xt.view(), &yt).unwrap();
+    assert!(
+        (gl - cl).abs() < 1e-4 && (ge - ce).abs() < 0.01,
+        "{case}: evaluate"
+    );
+}
+
+/// The CPU, and the shared GPU context when there is one.
+fn backends() -> Vec<Backend<'static>> {
+    let mut all = vec![Backend::Cpu];
+    all.extend(common::gpu().map(Backend::Gpu));
+    all
+}
+
+#[test]
+fn gpu_epochs_match_cpu_epochs() {
+    let gpu = require_gpu!();
+    train_both(gpu, TrainOptions::default().lr(0.5).batch(50), 4, "plain");
+}
+
+#[test]
+fn bias_l2_and_shuffle_match_cpu() {
+    let gpu = require_gpu!();
+    let opts = TrainOptions::default()
+        .lr(0.3)
+        .batch(64) // 1000 rows: the last partial batch is dropped
+        .bias(true)
+        .l2(0.01)
+        .shuffle(Some(7));
+    train_both(gpu, opts, 3, "bias+l2+shuffle");
+}
+
+/// Every kernel configuration, including 4 KiB bindings that cut each batch into row windows.
+#[test]
+fn every_configuration_trains_alike() {
+    for (name, gpu) in configs() {
+        let (x, y) = blobs(200, 9, 3, 11);
+        let opts = TrainOptions::default().lr(0.5).batch(20);
+        let mut on_gpu = SoftmaxRegression::new(gpu, (x.view(), &y), None, opts.clone()).unwrap();
+        let mut on_cpu = SoftmaxRegression::new(&Device::Cpu, (x.view(), &y), None, opts).unwrap();
+        for _ in 0..3 {
+            let (g, c) = (on_gpu.fit_epoch().unwrap(), on_cpu.fit_epoch().unwrap());
+            assert_same_epoch(&g, &c, (200, 0), name);
+        }
+    }
+}
+
+/// The seed's first step by hand: theta = 0 gives uniform probabilities, so
+/// theta = -lr/B X^T (1/k - I_y).
+#[test]
+fn the_first_step_is_the_seed_formula() {
+    let x = ndarray::array![[1.0f32, 2.0], [3.0, -1.0]];
+    let y = Labels::new([0, 1], 2, -100).unwrap();
+    let opts = TrainOptions::default().lr(0.5).batch(2);
+    let z_minus_i = ndarray::array![[-0.5f32, 0.5], [0.5, -0.5]];
+    let want = x.t().dot(&z_minus_i) * (-0.5 / 2.0);
+    for device in backends() {
+        let mut model = SoftmaxRegression::new(device, (x.view(), &y), None, opts.clone()).unwrap();
+        model.fit_epoch().unwrap();
+        assert_close(
+            model.theta().unwrap().view(),
+            want.view(),
+            1e-7,
+            1e-6,
+            &format!("{device:?}"),
+        );
+    }
+}
+
+#[test]
+fn progress_reports_every_batch_on_the_cpu_and_reaches_the_end_on_the_gpu() {
+    let (x, y) = blobs(1000, 5, 3, 1);
+    let opts = TrainOptions::default().batch(7);
+    for device in backends() {
+        let mut model = SoftmaxRegression::new(device, (x.view(), &y), None, opts.clone()).unwrap();
+        assert_eq!(model.batches_per_epoch(), 142);
+        let mut seen = Vec::new();
+        model
+            .fit_epoch_with_progress(|done, total| seen.push((done, total)))
+            .unwrap();
+        assert_eq!(seen.last(), Some(&(142, 142)), "{device:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0].0 < w[1].0),
+            "{device:?}: {seen:?}"
+        );
+        assert_eq!(model.epochs(), 1);
+    }
+}
+
+#[test]
+fn bad_options_and_data_are_errors() {
+    let (x, y) = blobs(10, 3, 2, 1);
+    let train = (x.view(), &y);
+    let new =
+        |opts: TrainOptions| SoftmaxRegression::new(&Device::Cpu, train, None, opts).unwrap_err();
+
+    let err = new(TrainOptions::default().batch(0));
+    assert!(err.to_string().contains("batch 0"), "{err}");
+    let err = new(TrainOptions::default().batch(11));
+    assert!(
+        err.to_string().contains("batch 11") && err.to_string().contains("10"),
+        "{err}"
+    );
+    let err = new(TrainOptions::default().batch(5).lr(f32::NAN));
+    assert!(err.to_string().contains("learning rate NaN"), "{err}");
+    let err = new(TrainOptions::default().batch(5).l2(-1.0));
+    assert!(err.to_string().contains("L2 strength -1"), "{err}");
+
+    let short = y.slice(0..9);
+    let err = SoftmaxRegression::new(
+        &Device::Cpu,
+        (x.view(), &short),
+        None,
+        TrainOptions::default().batch(5),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "train", .. }), "{err}");
+
+    let wide = Array2::<f32>::zeros((4, 5));
+    let yt = Labels::new([0, 1, 0, 1], 2, -100).unwrap();
+    let err = SoftmaxRegression::new(
+        &Device::Cpu,
+        train,
+        Some((wide.view(), &yt)),
+        TrainOptions::default().batch(5),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("features"), "{err}");
+
+    let three = Labels::new([0, 1, 2, 1], 3, -100).unwrap();
+    let narrow = x.slice(s![..4, ..]);
+    let err = SoftmaxRegression::new(
+        &Device::Cpu,
+        train,
+        Some((narrow, &three)),
+        TrainOptions::default().batch(5),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("classes"), "{err}");
+
+    let ignored = Labels::new([0, -100, 1, 0, 1, 0, 1, 0, 1, 0], 2, -100).unwrap();
+    let err = SoftmaxRegression::new(
+        &Device::Cpu,
+        (x.view(), &ignored),
+        None,
+        TrainOptions::default().batch(5),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("ignored"), "{err}");
+
+    let model = SoftmaxRegression::new(&Device::Cpu, train, None, TrainOptions::default().batch(5))
+        .unwrap();
+    let err = model.predict(wide.view()).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "predict", .. }), "{err}");
+}
