@@ -19,6 +19,8 @@
 //! | [`cross_entropy_grad`] | `(softmax - onehot(y)) * scale` |
 //! | [`one_hot_subtract`] | `(p - onehot(y)) * scale`, from probabilities |
 
+pub mod fast;
+
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 
 use crate::error::{Error, Result};
