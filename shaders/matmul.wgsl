@@ -55,10 +55,11 @@ fn matmul(wid: vec3<u32>, lid: vec3<u32>, a_transposed: bool) {
     let m0 = wid.y * BM;
     let n0 = wid.x * BN;
     let flat = lid.y * MM_TX + lid.x;
-    var acc: array<vec4<f32>, TM>;
-    for (var i = 0u; i < TM; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    // Four named accumulators, not an array: an array indexed in a loop may live in memory.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < q.k; k0 += MM_BK) {
         for (var e = flat; e < BM * MM_BK; e += THREADS) {
@@ -89,27 +90,36 @@ fn matmul(wid: vec3<u32>, lid: vec3<u32>, a_transposed: bool) {
         for (var kk = 0u; kk < MM_BK; kk++) {
             let av = a_tile[kk * (BM / 4u) + lid.y];
             let bv = b_tile[kk * (BN / 4u) + lid.x];
-            acc[0] += av.x * bv;
-            acc[1] += av.y * bv;
-            acc[2] += av.z * bv;
-            acc[3] += av.w * bv;
+            acc0 += av.x * bv;
+            acc1 += av.y * bv;
+            acc2 += av.z * bv;
+            acc3 += av.w * bv;
         }
         // The next step overwrites the tiles; everyone must be done reading them.
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < TM; i++) {
-        let row = m0 + lid.y * TM + i;
-        for (var j = 0u; j < TN; j++) {
-            let col = n0 + lid.x * TN + j;
-            if row < q.m && col < q.n {
-                let index = q.c_base + row * q.n + col;
-                var out = q.alpha * acc[i][j];
-                if q.beta != 0.0 {
-                    out += q.beta * c[index];
-                }
-                c[index] = out;
+    let row = m0 + lid.y * TM;
+    let col = n0 + lid.x * TN;
+    store(row, col, acc0);
+    store(row + 1u, col, acc1);
+    store(row + 2u, col, acc2);
+    store(row + 3u, col, acc3);
+}
+
+// Writes the part of one row of four results that lies inside C.
+fn store(row: u32, col: u32, v: vec4<f32>) {
+    if row >= q.m {
+        return;
+    }
+    for (var j = 0u; j < TN; j++) {
+        if col + j < q.n {
+            let index = q.c_base + row * q.n + col + j;
+            var out = q.alpha * v[j];
+            if q.beta != 0.0 {
+                out += q.beta * c[index];
             }
+            c[index] = out;
         }
     }
 }

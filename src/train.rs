@@ -251,9 +251,42 @@ impl<'d> SoftmaxRegression<'d> {
     /// goes (on the GPU, as chunks of batches complete on the device).
     pub fn fit_epoch_with_progress(
         &mut self,
-        mut progress: impl FnMut(usize, usize),
+        progress: impl FnMut(usize, usize),
     ) -> Result<EpochMetrics> {
         let start = Instant::now();
+        self.sgd_epoch_with_progress(progress)?;
+        let [train_loss, train_err, test_loss, test_err] = match &self.state {
+            State::Cpu { theta, test } => {
+                let (train_loss, train_err) =
+                    loss_err(self.train.0.dot(theta).view(), &self.train.1);
+                let (test_loss, test_err) = test.as_ref().map_or((f32::NAN, f32::NAN), |(x, y)| {
+                    loss_err(x.dot(theta).view(), y)
+                });
+                [train_loss, train_err, test_loss, test_err]
+            }
+            State::Gpu { gpu, model } => model.metrics(gpu)?,
+        };
+        let has_test = match &self.state {
+            State::Cpu { test, .. } => test.is_some(),
+            State::Gpu { model, .. } => model.has_test(),
+        };
+        Ok(EpochMetrics {
+            epoch: self.epoch,
+            train_loss,
+            train_err,
+            test_loss: has_test.then_some(test_loss),
+            test_err: has_test.then_some(test_err),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// One epoch of SGD steps alone, without the evaluation; returns when the device has
+    /// finished them. For benchmarks, and for callers that evaluate less often.
+    pub fn sgd_epoch(&mut self) -> Result<()> {
+        self.sgd_epoch_with_progress(|_, _| {})
+    }
+
+    fn sgd_epoch_with_progress(&mut self, mut progress: impl FnMut(usize, usize)) -> Result<()> {
         if let Some(rng) = &mut self.rng {
             let mut order: Vec<usize> = (0..self.train.0.nrows()).collect();
             order.shuffle(rng);
@@ -270,31 +303,12 @@ impl<'d> SoftmaxRegression<'d> {
                 model.rewrite_train(gpu, self.train.0.view(), &self.train.1);
             }
         }
-        let [train_loss, train_err, test_loss, test_err] = match &mut self.state {
-            State::Cpu { theta, test } => {
-                cpu_epoch(theta, &self.train, &self.opts, &mut progress);
-                let (train_loss, train_err) =
-                    loss_err(self.train.0.dot(theta).view(), &self.train.1);
-                let (test_loss, test_err) = test.as_ref().map_or((f32::NAN, f32::NAN), |(x, y)| {
-                    loss_err(x.dot(theta).view(), y)
-                });
-                [train_loss, train_err, test_loss, test_err]
-            }
-            State::Gpu { gpu, model } => model.epoch(gpu, &mut progress)?,
-        };
+        match &mut self.state {
+            State::Cpu { theta, .. } => cpu_epoch(theta, &self.train, &self.opts, &mut progress),
+            State::Gpu { gpu, model } => model.sgd_epoch(gpu, &mut progress)?,
+        }
         self.epoch += 1;
-        let has_test = match &self.state {
-            State::Cpu { test, .. } => test.is_some(),
-            State::Gpu { model, .. } => model.has_test(),
-        };
-        Ok(EpochMetrics {
-            epoch: self.epoch,
-            train_loss,
-            train_err,
-            test_loss: has_test.then_some(test_loss),
-            test_err: has_test.then_some(test_err),
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        Ok(())
     }
 
     /// Theta, `features x classes` (the bias, if any, in the last row).

@@ -342,3 +342,28 @@ fn staged_stages_compose() {
         "one_hot_subtract",
     );
 }
+
+/// The benchmarks' speed-of-light kernel copies every bit, NaN and infinities included.
+#[test]
+fn copy_is_exact() {
+    for_each_case(|gpu, x, case| {
+        let got = gpu
+            .download(&gpu.copy(&gpu.upload(x).unwrap()).unwrap())
+            .unwrap();
+        let same = got
+            .iter()
+            .zip(x.iter())
+            .all(|(g, w)| g.to_bits() == w.to_bits());
+        assert!(same, "{case}: copy differs");
+    });
+}
+
+/// Device timing gives a positive, finite figure and the work's result.
+#[test]
+fn timed_work_reports_its_time() {
+    let gpu = require_gpu!();
+    let x = gpu.upload(logits(64, 4096, 1.0, 1).view()).unwrap();
+    let (y, ms) = gpu.timed(|| gpu.softmax(&x)).unwrap();
+    assert!(ms.is_finite() && ms > 0.0, "{ms} ms on {:?}", gpu.clock());
+    assert_eq!(gpu.download(&y).unwrap().dim(), (64, 4096));
+}

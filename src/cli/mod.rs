@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch for the `softmax-ce` binary.
 
+mod bench;
 mod eval;
 mod info;
 
@@ -25,6 +26,9 @@ enum Command {
         #[command(subcommand)]
         op: eval::Op,
     },
+    /// Time the same work on every path (CPU reference, fast CPU, GPU staged and fused) and
+    /// print one table, or JSON lines with --json.
+    Bench(bench::BenchArgs),
 }
 
 /// `--device gpu|cpu`; absent means the GPU when there is one, else the CPU.
@@ -59,5 +63,6 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(),
         Command::Eval { op } => eval::run(op),
+        Command::Bench(args) => bench::run(args),
     }
 }

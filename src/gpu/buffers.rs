@@ -257,8 +257,17 @@ impl GpuContext {
     /// Reads the first `len` floats of `buffer`: copy into a mappable staging buffer, map it,
     /// wait, copy out. Large buffers go through the staging buffer a chunk at a time.
     pub(crate) fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let total = len as u64 * 4;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
+        self.read_pod(buffer, len)
+    }
+
+    /// Reads the first `len` values of type `T` of `buffer` (see [`read_f32`](Self::read_f32)).
+    pub(crate) fn read_pod<T: bytemuck::Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let total = (len * std::mem::size_of::<T>()) as u64;
+        let mut out: Vec<T> = Vec::with_capacity(len);
         if total == 0 {
             return Ok(out);
         }

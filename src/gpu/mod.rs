@@ -23,6 +23,7 @@
 //! | `ops.rs` | the ops: staged kernels and the default path |
 //! | `matmul.rs` | the tiled matrix product `A B` and `A^T B` |
 //! | `train.rs` | softmax-regression training: every dispatch of an epoch, planned once |
+//! | `timing.rs` | device time of submitted work, for benchmarks |
 
 mod buffers;
 mod context;
@@ -32,8 +33,10 @@ mod ops;
 mod params;
 mod record;
 mod shaders;
+mod timing;
 pub(crate) mod train;
 
 pub use buffers::{GpuLabels, GpuMatrix, GpuVector};
 pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions, enumerate_adapters};
 pub use ops::{GpuLoss, Staged};
+pub use timing::Clock;

@@ -420,3 +420,25 @@ impl GpuContext {
         })
     }
 }
+
+impl GpuContext {
+    /// A plain copy of `x` through the same row plumbing as the row kernels: the speed of light
+    /// benchmarks compare the memory-bound kernels with (it moves the bytes softmax moves, and
+    /// does nothing else).
+    pub fn copy(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
+        const OP: &str = "copy";
+        self.check_owned(OP, &[x.owner])?;
+        let (rows, cols) = x.dim();
+        self.record(OP, |rec| {
+            let out = self.new_matrix(OP, rows, cols)?;
+            rec.rows(
+                Kernel::CopyRows,
+                rows,
+                cols,
+                &[&x.buffer, &out.buffer],
+                Extra::default(),
+            )?;
+            Ok(out)
+        })
+    }
+}

@@ -20,6 +20,7 @@ pub(crate) enum Family {
     Grad,
     Matmul,
     Train,
+    Copy,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
@@ -29,13 +30,14 @@ const LANES_4: &str = include_str!("../../shaders/lanes4.wgsl");
 impl Family {
     /// Every family, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Family; 6] = [
+    pub(crate) const ALL: [Family; 7] = [
         Family::Reduce,
         Family::Softmax,
         Family::Loss,
         Family::Grad,
         Family::Matmul,
         Family::Train,
+        Family::Copy,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -46,6 +48,7 @@ impl Family {
             Family::Grad => "grad",
             Family::Matmul => "matmul",
             Family::Train => "train",
+            Family::Copy => "copy",
         }
     }
 
@@ -57,6 +60,7 @@ impl Family {
             Family::Grad => include_str!("../../shaders/grad.wgsl"),
             Family::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Family::Train => include_str!("../../shaders/train.wgsl"),
+            Family::Copy => include_str!("../../shaders/copy.wgsl"),
         }
     }
 
@@ -150,12 +154,13 @@ pub(crate) enum Kernel {
     MatmulTn,
     SoftmaxGradRows,
     LossErrRows,
+    CopyRows,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 12] = [
+    pub(crate) const ALL: [Kernel; 13] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -168,6 +173,7 @@ impl Kernel {
         Kernel::MatmulTn,
         Kernel::SoftmaxGradRows,
         Kernel::LossErrRows,
+        Kernel::CopyRows,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -179,6 +185,7 @@ impl Kernel {
             OneHotSubtract => Family::Grad,
             MatmulNn | MatmulTn => Family::Matmul,
             SoftmaxGradRows | LossErrRows => Family::Train,
+            CopyRows => Family::Copy,
         }
     }
 
@@ -197,6 +204,7 @@ impl Kernel {
             MatmulTn => "matmul_tn",
             SoftmaxGradRows => "softmax_grad_rows",
             LossErrRows => "loss_err_rows",
+            CopyRows => "copy_rows",
         }
     }
 
@@ -214,6 +222,7 @@ impl Kernel {
             OneHotSubtract | SoftmaxGradRows => &[ROW_IN, MAT_OUT],
             MatmulNn | MatmulTn => &[WHOLE_IN, WHOLE_IN, WHOLE_OUT],
             LossErrRows => &[MAT_IN, ROW_IN, ROW_OUT, ROW_OUT],
+            CopyRows => &[MAT_IN, MAT_OUT],
         }
     }
 

@@ -193,14 +193,13 @@ impl GpuRegression {
         self.test.is_some()
     }
 
-    /// Runs one epoch of batch steps, then evaluates: `[train loss, train error, test loss,
-    /// test error]` (the test pair NaN without a test set). `progress(done, total)` is called
-    /// as batches complete on the device.
-    pub(crate) fn epoch(
+    /// Runs one epoch of batch steps and waits for them. `progress(done, total)` is called as
+    /// batches complete on the device.
+    pub(crate) fn sgd_epoch(
         &self,
         gpu: &GpuContext,
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<[f32; 4]> {
+    ) -> Result<()> {
         const OP: &str = "train";
         gpu.check_owned(OP, &[self.owner])?;
         let total = self.batches.len();
@@ -222,10 +221,11 @@ impl GpuRegression {
             })?;
             progress(done, total);
         }
-        self.metrics(gpu)
+        Ok(())
     }
 
-    /// Loss and error on the training and test sets: the epoch's one readback.
+    /// Loss and error on the training and test sets, `[train loss, train error, test loss,
+    /// test error]` (the test pair NaN without a test set): the epoch's one readback.
     pub(crate) fn metrics(&self, gpu: &GpuContext) -> Result<[f32; 4]> {
         const OP: &str = "evaluate";
         gpu.check_owned(OP, &[self.owner])?;

@@ -1,0 +1,425 @@
+//! `softmax-ce bench`: the same work on every path, CPU and GPU, side by side in one run.
+//!
+//! GPU figures come from `GpuContext::timed` (timestamp queries where the adapter has them),
+//! with inputs uploaded and pipelines compiled before the first timed run. Each memory-bound
+//! GPU kernel is also reported against a plain copy kernel moving the same bytes on the same
+//! adapter in the same run (`copy_ratio`). The JSON keys are a contract: extend, never rename.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::Array2;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use softmax_ce::cpu::{self, fast};
+use softmax_ce::train::{SoftmaxRegression, TrainOptions};
+use softmax_ce::{CrossEntropyOptions, Labels};
+
+use super::{DeviceArg, open_device};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Shapes of the row ops, e.g. `4096x1024,1024x32768`.
+    #[arg(long, value_delimiter = ',')]
+    shapes: Option<Vec<String>>,
+    /// Matmul shapes `MxKxN`, e.g. `1024x1024x1024,100x784x10`.
+    #[arg(long, value_delimiter = ',')]
+    matmul: Option<Vec<String>>,
+    /// Training epoch `ROWSxFEATURESxCLASSES` (batch 100, synthetic data with a fixed seed).
+    #[arg(long)]
+    epoch: Option<String>,
+    /// A small, fast run (small shapes, few repetitions): for smoke tests and CI.
+    #[arg(long)]
+    quick: bool,
+    /// Timed repetitions per case, after one warm-up run.
+    #[arg(long)]
+    reps: Option<usize>,
+    /// `cpu` runs only the CPU paths; default: every path, the GPU's when there is one.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// One JSON object per line on stdout, and nothing else there.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measured case.
+struct Row {
+    op: &'static str,
+    shape: String,
+    path: &'static str,
+    times: Vec<f64>,
+    /// Bytes read once plus written once, for memory-bound ops.
+    bytes: Option<f64>,
+    /// Floating-point operations, for the matmul.
+    flops: Option<f64>,
+    copy_ratio: Option<f64>,
+}
+
+impl Row {
+    fn median(&self) -> f64 {
+        let mut t = self.times.clone();
+        t.sort_by(f64::total_cmp);
+        let n = t.len();
+        if n % 2 == 1 {
+            t[n / 2]
+        } else {
+            (t[n / 2 - 1] + t[n / 2]) / 2.0
+        }
+    }
+
+    fn json(&self) -> Value {
+        let median = self.median();
+        let min = self.times.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.times.iter().copied().fold(0.0, f64::max);
+        let mut v = json!({
+            "op": self.op,
+            "shape": self.shape,
+            "path": self.path,
+            "median_ms": round(median),
+            "min_ms": round(min),
+            "max_ms": round(max),
+            "reps": self.times.len(),
+        });
+        if let Some(bytes) = self.bytes {
+            v["gbps"] = json!(round(bytes / median / 1e6));
+        }
+        if let Some(flops) = self.flops {
+            v["gflops"] = json!(round(flops / median / 1e6));
+        }
+        if let Some(r) = self.copy_ratio {
+            v["copy_ratio"] = json!(round(r));
+        }
+        v
+    }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn parse_dims<const N: usize>(s: &str) -> Result<[usize; N]> {
+    let parts: Vec<usize> = s
+        .split('x')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("shape {s:?}: expected {N} positive integers joined by x"))?;
+    let dims: [usize; N] = parts
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("shape {s:?}: expected {N} dimensions"))?;
+    if dims.contains(&0) {
+        bail!("shape {s:?}: every dimension must be at least 1");
+    }
+    Ok(dims)
+}
+
+/// Runs `f` once to warm up, then `reps` times; returns milliseconds per run.
+fn measure(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<Vec<f64>> {
+    f()?;
+    (0..reps).map(|_| f()).collect()
+}
+
+fn wall(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    f()?;
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let reps = args.reps.unwrap_or(if args.quick { 3 } else { 7 });
+    if reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let row_shapes: Vec<[usize; 2]> = match &args.shapes {
+        Some(s) => s.iter().map(|s| parse_dims(s)).collect::<Result<_>>()?,
+        None if args.quick => vec![[256, 1024], [64, 8192]],
+        None => vec![[4096, 1024], [1024, 32768], [256, 131072]],
+    };
+    let matmul_shapes: Vec<[usize; 3]> = match &args.matmul {
+        Some(s) => s.iter().map(|s| parse_dims(s)).collect::<Result<_>>()?,
+        None if args.quick => vec![[128, 128, 128], [100, 784, 10]],
+        None => vec![[1024, 1024, 1024], [100, 784, 10]],
+    };
+    let epoch: [usize; 3] = match &args.epoch {
+        Some(s) => parse_dims(s)?,
+        None if args.quick => [2000, 784, 10],
+        None => [60000, 784, 10],
+    };
+
+    let device = open_device(args.device)?;
+    let gpu = device.gpu();
+    let cases = row_shapes.len() * (4 + 4 * usize::from(gpu.is_some()))
+        + matmul_shapes.len() * (1 + usize::from(gpu.is_some()))
+        + 1
+        + usize::from(gpu.is_some());
+    let bar = ProgressBar::new(cases as u64).with_style(
+        ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+
+    let mut header = json!({"op": "adapter", "device": if gpu.is_some() { "gpu" } else { "cpu" }});
+    if let Some(gpu) = gpu {
+        let info = gpu.adapter_info();
+        header["name"] = json!(info.name);
+        header["backend"] = json!(format!("{:?}", info.backend));
+        header["device_type"] = json!(format!("{:?}", info.device_type));
+        header["driver"] = json!(format!("{} {}", info.driver, info.driver_info));
+        header["clock"] = json!(gpu.clock().as_str());
+    }
+    header["cpu_threads"] = json!(rayon_threads());
+    if args.json {
+        println!("{header}");
+    } else {
+        bar.suspend(|| print_header(&header));
+    }
+
+    let emit = |row: Row| {
+        bar.inc(1);
+        bar.suspend(|| {
+            if args.json {
+                println!("{}", row.json());
+            } else {
+                print_row(&row);
+            }
+        });
+    };
+
+    let mut rng = StdRng::seed_from_u64(714);
+    for &[n, c] in &row_shapes {
+        let shape = format!("{n}x{c}");
+        bar.set_message(format!("row ops {shape}"));
+        let x = Array2::from_shape_fn((n, c), |_| rng.random_range(-8.0f32..8.0));
+        let labels = Labels::new((0..n).map(|_| rng.random_range(0..c as i64)), c, -100)?;
+        let opts = CrossEntropyOptions::default();
+        let bytes = Some(2.0 * (n * c * 4) as f64);
+        let row = |op, path, times| Row {
+            op,
+            shape: shape.clone(),
+            path,
+            times,
+            bytes,
+            flops: None,
+            copy_ratio: None,
+        };
+        let v = x.view();
+        emit(row(
+            "softmax",
+            "cpu_reference",
+            measure(reps, || {
+                wall(|| cpu::softmax(v).map(drop).map_err(Into::into))
+            })?,
+        ));
+        emit(row(
+            "softmax",
+            "cpu_fast",
+            measure(reps, || {
+                wall(|| fast::softmax(v).map(drop).map_err(Into::into))
+            })?,
+        ));
+        emit(row(
+            "log_softmax",
+            "cpu_fast",
+            measure(reps, || {
+                wall(|| fast::log_softmax(v).map(drop).map_err(Into::into))
+            })?,
+        ));
+        emit(row(
+            "cross_entropy_fwd_bwd",
+            "cpu_fast",
+            measure(reps, || {
+                wall(|| {
+                    fast::cross_entropy_with_grad(v, &labels, &opts)
+                        .map(drop)
+                        .map_err(Into::into)
+                })
+            })?,
+        ));
+        if let Some(gpu) = gpu {
+            let gx = gpu.upload(v)?;
+            let gy = gpu.upload_labels(&labels)?;
+            let time = |f: &dyn Fn() -> softmax_ce::Result<()>| -> Result<Vec<f64>> {
+                measure(reps, || Ok(gpu.timed(f)?.1))
+            };
+            let copy = time(&|| gpu.copy(&gx).map(drop))?;
+            let copy_median = median(&copy);
+            let gpu_row = |op, path, times: Vec<f64>| {
+                let ratio = median(&times) / copy_median;
+                let mut r = row(op, path, times);
+                r.copy_ratio = Some(ratio);
+                emit(r);
+            };
+            gpu_row("copy", "gpu", copy);
+            gpu_row(
+                "softmax",
+                "gpu_staged",
+                time(&|| gpu.staged().softmax(&gx).map(drop))?,
+            );
+            gpu_row(
+                "softmax",
+                "gpu_fused",
+                time(&|| gpu.softmax(&gx).map(drop))?,
+            );
+            gpu_row(
+                "log_softmax",
+                "gpu_fused",
+                time(&|| gpu.log_softmax(&gx).map(drop))?,
+            );
+            gpu_row(
+                "cross_entropy_fwd_bwd",
+                "gpu_staged",
+                time(&|| {
+                    gpu.staged()
+                        .cross_entropy_with_grad(&gx, &gy, &opts)
+                        .map(drop)
+                })?,
+            );
+            gpu_row(
+                "cross_entropy_fwd_bwd",
+                "gpu_fused",
+                time(&|| gpu.cross_entropy_with_grad(&gx, &gy, &opts).map(drop))?,
+            );
+        }
+        // The reference is slow by design (f64, one thread): fewer repetitions keep the run short.
+        let few = reps.min(3);
+        emit(row(
+            "log_softmax",
+            "cpu_reference",
+            measure(few, || {
+                wall(|| cpu::log_softmax(v).map(drop).map_err(Into::into))
+            })?,
+        ));
+        emit(row(
+            "cross_entropy_fwd_bwd",
+            "cpu_reference",
+            measure(few, || {
+                wall(|| {
+                    cpu::cross_entropy(v, &labels, &opts)?;
+                    cpu::cross_entropy_grad(v, &labels, &opts)?;
+                    Ok(())
+                })
+            })?,
+        ));
+    }
+
+    for &[m, k, n] in &matmul_shapes {
+        let shape = format!("{m}x{k}x{n}");
+        bar.set_message(format!("matmul {shape}"));
+        let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-1.0f32..1.0));
+        let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-1.0f32..1.0));
+        let flops = Some(2.0 * (m * n * k) as f64);
+        let row = |path, times| Row {
+            op: "matmul",
+            shape: shape.clone(),
+            path,
+            times,
+            bytes: None,
+            flops,
+            copy_ratio: None,
+        };
+        emit(row(
+            "cpu_reference",
+            measure(reps, || {
+                wall(|| {
+                    let _ = a.dot(&b);
+                    Ok(())
+                })
+            })?,
+        ));
+        if let Some(gpu) = gpu {
+            let (ga, gb) = (gpu.upload(a.view())?, gpu.upload(b.view())?);
+            emit(row(
+                "gpu",
+                measure(reps, || Ok(gpu.timed(|| gpu.matmul(&ga, &gb).map(drop))?.1))?,
+            ));
+        }
+    }
+
+    let [rows, features, classes] = epoch;
+    let shape = format!("{rows}x{features}x{classes}");
+    bar.set_message(format!("train epoch {shape}"));
+    let x = Array2::from_shape_fn((rows, features), |_| rng.random_range(0.0f32..1.0));
+    let y = Labels::new(
+        (0..rows).map(|_| rng.random_range(0..classes as i64)),
+        classes,
+        -100,
+    )?;
+    // A small step keeps synthetic data from overflowing over many repetitions.
+    let opts = TrainOptions::default().lr(0.01).batch(100.min(rows));
+    let epoch_reps = reps.min(5);
+    let train_row = |path, times| {
+        emit(Row {
+            op: "train_epoch",
+            shape: shape.clone(),
+            path,
+            times,
+            bytes: None,
+            flops: Some(4.0 * (rows / 100.min(rows) * 100.min(rows) * features * classes) as f64),
+            copy_ratio: None,
+        })
+    };
+    let mut model =
+        SoftmaxRegression::new(&softmax_ce::Device::Cpu, (x.view(), &y), None, opts.clone())?;
+    train_row(
+        "cpu_reference",
+        measure(epoch_reps, || wall(|| Ok(model.sgd_epoch()?)))?,
+    );
+    if let Some(gpu) = gpu {
+        let mut model = SoftmaxRegression::new(gpu, (x.view(), &y), None, opts)?;
+        train_row(
+            "gpu",
+            measure(epoch_reps, || wall(|| Ok(model.sgd_epoch()?)))?,
+        );
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn median(times: &[f64]) -> f64 {
+    let mut t = times.to_vec();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn print_header(header: &Value) {
+    let name = header["name"].as_str().unwrap_or("none (CPU only)");
+    println!(
+        "adapter: {name} {}",
+        header["backend"].as_str().unwrap_or("")
+    );
+    if let Some(clock) = header["clock"].as_str() {
+        println!("gpu clock: {clock}; cpu threads: {}", header["cpu_threads"]);
+    }
+    println!(
+        "| {:<22} | {:<16} | {:<13} | {:>10} | {:>10} | {:>10} | {:>8} | {:>8} | {:>6} |",
+        "op", "shape", "path", "median ms", "min ms", "max ms", "GB/s", "GFLOP/s", "/copy"
+    );
+    println!(
+        "|{:-<24}|{:-<18}|{:-<15}|{:->12}|{:->12}|{:->12}|{:->10}|{:->10}|{:->8}|",
+        "", "", "", "", "", "", "", "", ""
+    );
+}
+
+fn print_row(row: &Row) {
+    let v = row.json();
+    let num = |k: &str| v[k].as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
+    let short = |k: &str| v[k].as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+    println!(
+        "| {:<22} | {:<16} | {:<13} | {:>10} | {:>10} | {:>10} | {:>8} | {:>8} | {:>6} |",
+        row.op,
+        row.shape,
+        row.path,
+        num("median_ms"),
+        num("min_ms"),
+        num("max_ms"),
+        short("gbps"),
+        short("gflops"),
+        short("copy_ratio"),
+    );
+}
