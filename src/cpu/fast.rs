@@ -37,8 +37,11 @@ fn exp_nonpositive(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a rounding
     // instruction (SSE2 has none).
     const ROUND: f32 = 12_582_912.0;
-    let clamped = x.max(-87.0);
-    let n = (clamped * LOG2E + ROUND) - ROUND;
+    // Not `max`, which would drop a NaN: NaN fails the comparison, stays, and poisons the
+    // polynomial, so NaN comes out without a branch of its own.
+    let clamped = if x < -87.0 { -87.0 } else { x };
+    let shifted = clamped * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -46,16 +49,12 @@ fn exp_nonpositive(x: f32) -> f32 {
         * r
         + 0.5;
     let poly = p * r2 + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    let e = poly * scale;
-    // `max` dropped a NaN; put it back. Below the clamp the true value is under 2^-126.
-    if x.is_nan() {
-        f32::NAN
-    } else if x < -87.0 {
-        0.0
-    } else {
-        e
-    }
+    // The integer n sits in the low mantissa bits of `shifted`; taking it from there avoids a
+    // float-to-int conversion (saturating in Rust, and slow to vectorise).
+    let n_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    // Below the clamp the true value is under 2^-126.
+    if x < -87.0 { 0.0 } else { poly * scale }
 }
 
 #[inline(always)]
@@ -64,6 +63,7 @@ fn row_max(x: &[f32]) -> f32 {
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
+        let c: &[f32; LANES] = c.try_into().expect("chunks of LANES");
         for i in 0..LANES {
             acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
         }
@@ -75,37 +75,44 @@ fn row_max(x: &[f32]) -> f32 {
     m
 }
 
-/// Writes `exp(x - m)` to `out` (when given) and returns the sum, in f64.
+/// Writes `exp(x - m)` to `out` and returns the sum, in f64. A plain map, then a sum over
+/// lanes: shapes the compiler vectorises (a fused loop carrying eight sums did not).
 #[inline(always)]
-fn exp_sum(x: &[f32], m: f32, mut out: Option<&mut [f32]>) -> f64 {
+fn exp_store(x: &[f32], m: f32, out: &mut [f32]) -> f64 {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = exp_nonpositive(v - m);
+    }
+    sum(out)
+}
+
+/// The sum of `exp(x - m)`, in f64, through a small buffer that stays in L1.
+#[inline(always)]
+fn exp_sum(x: &[f32], m: f32) -> f64 {
+    let mut buf = [0.0f32; BLOCK];
+    x.chunks(BLOCK)
+        .map(|block| exp_store(block, m, &mut buf[..block.len()]))
+        .sum()
+}
+
+/// Sum in f32 lanes over blocks of [`BLOCK`] elements, in f64 across blocks.
+#[inline(always)]
+fn sum(v: &[f32]) -> f64 {
     let mut total = 0.0f64;
-    for (b, block) in x.chunks(BLOCK).enumerate() {
+    for block in v.chunks(BLOCK) {
         let mut acc = [0.0f32; LANES];
-        let mut out_block = out
-            .as_deref_mut()
-            .map(|o| &mut o[b * BLOCK..b * BLOCK + block.len()]);
-        let chunks = block.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for (c, chunk) in chunks.enumerate() {
-            let mut e = [0.0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for c in &mut chunks {
+            let c: &[f32; LANES] = c.try_into().expect("chunks of LANES");
             for i in 0..LANES {
-                e[i] = exp_nonpositive(chunk[i] - m);
-                acc[i] += e[i];
-            }
-            if let Some(o) = out_block.as_deref_mut() {
-                o[c * LANES..(c + 1) * LANES].copy_from_slice(&e);
+                acc[i] += c[i];
             }
         }
-        let start = block.len() - tail.len();
-        let mut sum = acc.iter().map(|&a| a as f64).sum::<f64>();
-        for (i, &v) in tail.iter().enumerate() {
-            let e = exp_nonpositive(v - m);
-            sum += e as f64;
-            if let Some(o) = out_block.as_deref_mut() {
-                o[start + i] = e;
-            }
-        }
-        total += sum;
+        total += acc.iter().map(|&a| f64::from(a)).sum::<f64>()
+            + chunks
+                .remainder()
+                .iter()
+                .map(|&a| f64::from(a))
+                .sum::<f64>();
     }
     total
 }
@@ -128,14 +135,14 @@ fn row(op: RowOp, x: &[f32], out: &mut [f32]) -> f64 {
     match op {
         RowOp::Softmax => {
             let m = row_max(x);
-            let s = exp_sum(x, m, Some(out));
+            let s = exp_store(x, m, out);
             let inv = (1.0 / s) as f32;
             out.iter_mut().for_each(|o| *o *= inv);
             0.0
         }
         RowOp::LogSoftmax => {
             let m = row_max(x);
-            let s = exp_sum(x, m, None);
+            let s = exp_sum(x, m);
             let ln_s = s.ln() as f32;
             // (x - m) first, as the reference: exact next to the maximum.
             out.iter_mut()
@@ -152,7 +159,7 @@ fn row(op: RowOp, x: &[f32], out: &mut [f32]) -> f64 {
             scale,
         } => {
             let m = row_max(x);
-            let s = exp_sum(x, m, Some(out));
+            let s = exp_store(x, m, out);
             let k = (scale as f64 / s) as f32;
             out.iter_mut().for_each(|o| *o *= k);
             out[y] -= scale;
