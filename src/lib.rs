@@ -51,6 +51,7 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod cpu;
+pub mod data;
 mod device;
 mod error;
 pub mod gpu;

@@ -441,3 +441,124 @@ fn info_names_the_chosen_adapter() {
         );
     }
 }
+
+/// `train --json`: one JSON object per epoch with the documented keys, nothing else on stdout;
+/// both devices print the same losses.
+#[test]
+fn train_prints_one_json_object_per_epoch() {
+    let dir = scratch("train_json");
+    let (x, y) = (dir.join("x.npy"), dir.join("y.npy"));
+    let xs = logits(300, 12, 1.0, 4);
+    npy::write_f32(&x, xs.view().into_dyn()).unwrap();
+    let ys: Vec<i64> = (0..300).map(|i| i % 3).collect();
+    write_labels_i64(&y, &ys);
+    let mut losses = Vec::new();
+    for device in devices() {
+        let theta = dir.join(format!("theta-{device}.npy"));
+        let out = run(&[
+            "train",
+            "--train-x",
+            x.to_str().unwrap(),
+            "--train-y",
+            y.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch",
+            "50",
+            "--json",
+            "--device",
+            device,
+            "--save-theta",
+            theta.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{stdout}");
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(line["epoch"], i + 1);
+            for key in ["train_loss", "train_err", "seconds"] {
+                assert!(line[key].is_number(), "{key} in {line}");
+            }
+            assert!(
+                line["test_loss"].is_null() && line["test_err"].is_null(),
+                "{line}"
+            );
+        }
+        losses.push(lines[1]["train_loss"].as_f64().unwrap());
+        let theta = npy::read_matrix(&theta, "theta").unwrap();
+        assert_eq!(theta.dim(), (12, 3));
+    }
+    assert!(
+        losses.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-5),
+        "{losses:?}"
+    );
+}
+
+#[test]
+fn train_rejects_bad_options_in_one_line() {
+    let dir = scratch("train_bad");
+    fails_with(
+        &["train", "--epochs", "1", "--batch", "0", "--device", "cpu"],
+        "batch 0",
+    );
+    fails_with(
+        &[
+            "train",
+            "--mnist-dir",
+            dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        "train-images-idx3-ubyte",
+    );
+    fails_with(&["train", "--classes", "3", "--device", "cpu"], "--classes");
+}
+
+/// `bench --quick --json`: an adapter object first, then rows with the documented keys.
+#[test]
+fn bench_json_keeps_its_keys() {
+    let out = run(&[
+        "bench", "--json", "--device", "cpu", "--shapes", "8x16", "--matmul", "4x5x6", "--epoch",
+        "200x4x3", "--reps", "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["op"], "adapter");
+    let ops: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l["op"].as_str().unwrap())
+        .collect();
+    for op in [
+        "softmax",
+        "log_softmax",
+        "cross_entropy_fwd_bwd",
+        "matmul",
+        "train_epoch",
+    ] {
+        assert!(ops.contains(&op), "{op} missing from {ops:?}");
+    }
+    for line in &lines[1..] {
+        for key in ["shape", "path", "median_ms", "min_ms", "max_ms"] {
+            assert!(!line[key].is_null(), "{key} in {line}");
+        }
+    }
+    let matmul = lines.iter().find(|l| l["op"] == "matmul").unwrap();
+    assert_eq!(matmul["shape"], "4x5x6");
+    assert!(matmul["gflops"].is_number());
+}

@@ -230,3 +230,47 @@ fn bad_options_and_data_are_errors() {
     let err = model.predict(wide.view()).unwrap_err();
     assert!(matches!(err, Error::Shape { op: "predict", .. }), "{err}");
 }
+
+/// Three epochs on the first 2,000 bundled training digits, evaluated on the 2,000 test digits,
+/// on the GPU and the CPU. The seed's numpy code (scripts/seed_train.py, same slice, lr 0.2,
+/// batch 100) ends at test loss 0.5741972 and test error 0.134 (268 digits): both devices must
+/// land there (to float32 rounding, and within two digits). The error must also be below 0.2:
+/// chance is 0.9, and a gradient with the wrong sign, label or scale stays near chance or
+/// diverges, while 0.2 leaves room above the 0.134 the algorithm reaches.
+#[test]
+fn bundled_digits_train_like_the_seed_on_both_devices() {
+    let data = softmax_ce::data::digits().unwrap();
+    let labels = |set: &softmax_ce::data::Dataset, rows: std::ops::Range<usize>| {
+        Labels::new(
+            set.y.slice(s![rows]).iter().map(|&v| i64::from(v)),
+            set.classes,
+            -100,
+        )
+        .unwrap()
+    };
+    let test = data.test.as_ref().unwrap();
+    let (x, y) = (
+        data.train.x.slice(s![..2000, ..]),
+        labels(&data.train, 0..2000),
+    );
+    let (xt, yt) = (test.x.view(), labels(test, 0..test.x.nrows()));
+    for backend in backends() {
+        let opts = TrainOptions::default().lr(0.2).batch(100);
+        let mut model = SoftmaxRegression::new(backend, (x, &y), Some((xt, &yt)), opts).unwrap();
+        let mut last = None;
+        for _ in 0..3 {
+            last = Some(model.fit_epoch().unwrap());
+        }
+        let m = last.unwrap();
+        let (loss, err) = (m.test_loss.unwrap(), m.test_err.unwrap());
+        assert!(
+            (loss - 0.574_197_2).abs() < 1e-4,
+            "{backend:?}: test loss {loss}"
+        );
+        assert!(
+            (err * 2000.0 - 268.0).abs() <= 2.0,
+            "{backend:?}: test error {err}"
+        );
+        assert!(err < 0.2, "{backend:?}: test error {err}");
+    }
+}

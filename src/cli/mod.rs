@@ -3,6 +3,7 @@
 mod bench;
 mod eval;
 mod info;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -29,6 +30,9 @@ enum Command {
     /// Time the same work on every path (CPU reference, fast CPU, GPU staged and fused) and
     /// print one table, or JSON lines with --json.
     Bench(bench::BenchArgs),
+    /// Train softmax regression by SGD (the seed's algorithm) and print loss and error per
+    /// epoch. With no data option: the bundled digits, 10 epochs, lr 0.2, batch 100.
+    Train(train::TrainArgs),
 }
 
 /// `--device gpu|cpu`; absent means the GPU when there is one, else the CPU.
@@ -64,5 +68,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info => info::run(),
         Command::Eval { op } => eval::run(op),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train::run(args),
     }
 }

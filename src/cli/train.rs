@@ -1,0 +1,171 @@
+//! `softmax-ce train`: softmax regression by the seed's SGD, on the bundled digits, MNIST IDX
+//! files or `.npy` arrays; one row (or JSON object) per epoch.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use softmax_ce::data::{self, Dataset, TrainTest};
+use softmax_ce::train::{EpochMetrics, SoftmaxRegression, TrainOptions};
+use softmax_ce::{DEFAULT_IGNORE_INDEX, Device, DeviceKind, Labels, npy};
+
+use super::{DeviceArg, open_device};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A directory of standard MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz). Default: the
+    /// bundled 10,000 digits (8,000 train, 2,000 test).
+    #[arg(long, conflicts_with_all = ["train_x", "train_y"])]
+    mnist_dir: Option<PathBuf>,
+    /// Training features, N x D (.npy, float32 or float64).
+    #[arg(long, requires = "train_y")]
+    train_x: Option<PathBuf>,
+    /// Training labels, N integers (.npy, any integer dtype).
+    #[arg(long, requires = "train_x")]
+    train_y: Option<PathBuf>,
+    /// Test features (.npy).
+    #[arg(long, requires_all = ["test_y", "train_x"])]
+    test_x: Option<PathBuf>,
+    /// Test labels (.npy).
+    #[arg(long, requires = "test_x")]
+    test_y: Option<PathBuf>,
+    /// Number of classes of .npy labels (default: the largest label + 1).
+    #[arg(long)]
+    classes: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// SGD step size.
+    #[arg(long, default_value_t = 0.2)]
+    lr: f32,
+    /// Rows per SGD batch; the last partial batch of an epoch is dropped, as in the seed.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Append a constant-1 feature (a per-class bias); off by default, as in the seed.
+    #[arg(long)]
+    bias: bool,
+    /// L2 regularisation strength (off by default).
+    #[arg(long, default_value_t = 0.0)]
+    l2: f32,
+    /// Shuffle the training rows every epoch with this seed (default: fixed order, as the seed).
+    #[arg(long)]
+    shuffle: Option<u64>,
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// One JSON object per epoch per line on stdout, and nothing else there.
+    #[arg(long)]
+    json: bool,
+    /// Write the trained theta (features x classes, float32 .npy).
+    #[arg(long)]
+    save_theta: Option<PathBuf>,
+}
+
+fn labels(set: &Dataset) -> Result<Labels> {
+    Ok(Labels::new(
+        set.y.iter().map(|&v| i64::from(v)),
+        set.classes,
+        DEFAULT_IGNORE_INDEX,
+    )?)
+}
+
+fn load(args: &TrainArgs) -> Result<TrainTest> {
+    if let Some(dir) = &args.mnist_dir {
+        return Ok(data::mnist_dir(dir)?);
+    }
+    match (&args.train_x, &args.train_y) {
+        (Some(x), Some(y)) => {
+            let test = args.test_x.as_deref().zip(args.test_y.as_deref());
+            Ok(data::from_npy(x, y, test, args.classes)?)
+        }
+        _ => {
+            if args.classes.is_some() {
+                bail!("--classes applies to .npy data (--train-x/--train-y)");
+            }
+            Ok(data::digits()?)
+        }
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let data = load(&args)?;
+    let (train, test) = (&data.train, data.test.as_ref());
+    eprintln!(
+        "softmax-ce: data: {} ({} train{}, {} features, {} classes)",
+        data.source,
+        train.x.nrows(),
+        test.map_or(String::new(), |t| format!(", {} test", t.x.nrows())),
+        train.x.ncols(),
+        train.classes
+    );
+    let device = open_device(args.device)?;
+    let opts = TrainOptions::default()
+        .lr(args.lr)
+        .batch(args.batch)
+        .bias(args.bias)
+        .l2(args.l2)
+        .shuffle(args.shuffle);
+    let train_y = labels(train)?;
+    let test_y = test.map(labels).transpose()?;
+    let test_set = test.zip(test_y.as_ref()).map(|(t, y)| (t.x.view(), y));
+    let mut model = SoftmaxRegression::new(&device, (train.x.view(), &train_y), test_set, opts)?;
+
+    if !args.json {
+        println!("| epoch | train loss | train err | test loss | test err | seconds |");
+        println!("|------:|-----------:|----------:|----------:|---------:|--------:|");
+    }
+    let bar = ProgressBar::new(model.batches_per_epoch() as u64).with_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    for epoch in 1..=args.epochs {
+        bar.reset();
+        bar.set_prefix(epoch.to_string());
+        let m = model.fit_epoch_with_progress(|done, _| bar.set_position(done as u64))?;
+        bar.suspend(|| print_epoch(&m, &device, args.json));
+    }
+    bar.finish_and_clear();
+
+    if let Some(path) = &args.save_theta {
+        let theta = model.theta()?;
+        npy::write_f32(path, theta.view().into_dyn())
+            .with_context(|| format!("writing theta to {}", path.display()))?;
+        eprintln!(
+            "softmax-ce: theta ({} x {}) written to {}",
+            theta.nrows(),
+            theta.ncols(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_epoch(m: &EpochMetrics, device: &Device, json: bool) {
+    if json {
+        let line = serde_json::json!({
+            "epoch": m.epoch,
+            "train_loss": m.train_loss,
+            "train_err": m.train_err,
+            "test_loss": m.test_loss,
+            "test_err": m.test_err,
+            "seconds": m.seconds,
+            "device": match device.kind() {
+                DeviceKind::Cpu => "cpu",
+                DeviceKind::Gpu => "gpu",
+            },
+        });
+        println!("{line}");
+    } else {
+        let opt = |v: Option<f32>| v.map_or("-".to_string(), |v| format!("{v:.5}"));
+        println!(
+            "| {:>5} | {:>10.5} | {:>9.5} | {:>9} | {:>8} | {:>7.3} |",
+            m.epoch,
+            m.train_loss,
+            m.train_err,
+            opt(m.test_loss),
+            opt(m.test_err),
+            m.seconds
+        );
+    }
+}
