@@ -27,7 +27,7 @@ enum Command {
         #[command(subcommand)]
         op: eval::Op,
     },
-    /// Time the same work on every path (CPU reference, fast CPU, GPU staged and fused) and
+    /// Time the same work on every path (CPU reference, fast CPU, GPU) against a copy kernel, and
     /// print one table, or JSON lines with --json.
     Bench(bench::BenchArgs),
     /// Train softmax regression by SGD (the seed's algorithm) and print loss and error per
