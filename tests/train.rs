@@ -274,3 +274,25 @@ fn bundled_digits_train_like_the_seed_on_both_devices() {
         assert!(err < 0.2, "{backend:?}: test error {err}");
     }
 }
+
+/// An epoch of SGD reads nothing back from the device; its evaluation reads back once.
+#[test]
+fn an_epoch_reads_back_only_its_metrics() {
+    let shared = require_gpu!();
+    // A context of its own: the shared one counts the other tests' readbacks too.
+    let gpu = &GpuContext::from_device(shared.device().clone(), shared.queue().clone()).unwrap();
+    let (x, y) = blobs(1000, 20, 4, 5);
+    let (xt, yt) = blobs(200, 20, 4, 6);
+    let opts = TrainOptions::default().batch(10); // 100 batches, two submissions
+    let mut model =
+        SoftmaxRegression::new(gpu, (x.view(), &y), Some((xt.view(), &yt)), opts).unwrap();
+    let before = gpu.readbacks();
+    model.sgd_epoch().unwrap();
+    assert_eq!(gpu.readbacks(), before, "the SGD steps read back");
+    model.fit_epoch().unwrap();
+    assert_eq!(
+        gpu.readbacks(),
+        before + 1,
+        "an epoch with metrics reads back once"
+    );
+}

@@ -267,6 +267,8 @@ impl GpuContext {
         len: usize,
     ) -> Result<Vec<T>> {
         let total = (len * std::mem::size_of::<T>()) as u64;
+        self.readbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut out: Vec<T> = Vec::with_capacity(len);
         if total == 0 {
             return Ok(out);

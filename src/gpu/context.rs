@@ -193,6 +193,8 @@ pub struct GpuContext {
     pub(crate) geometry: Geometry,
     pipelines: Mutex<HashMap<(Kernel, Width), Pipeline>>,
     modules: Mutex<HashMap<(Family, Width), wgpu::ShaderModule>>,
+    /// Device-to-host reads so far (see [`GpuContext::readbacks`]).
+    pub(crate) readbacks: AtomicU64,
 }
 
 /// A compiled kernel and the layout its bind groups are built against.
@@ -299,6 +301,7 @@ impl GpuContext {
             geometry,
             pipelines: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
+            readbacks: AtomicU64::new(0),
         })
     }
 
@@ -316,6 +319,12 @@ impl GpuContext {
     /// measure kernel quality and overhead, not GPU speed.
     pub fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// How many times this context has read device memory back to the host (each download,
+    /// each epoch's metrics). A loop that must stay on the device can be checked with it.
+    pub fn readbacks(&self) -> u64 {
+        self.readbacks.load(Ordering::Relaxed)
     }
 
     /// The device, for applications that mix their own work with ours.
