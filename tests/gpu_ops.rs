@@ -56,6 +56,34 @@ fn for_each_case(mut check: impl FnMut(&GpuContext, ArrayView2<f32>, &str)) {
     }
 }
 
+/// The default path (the fused kernels) and the staged kernels: both are held to the CPU, on
+/// every shape, value and configuration.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Fused,
+    Staged,
+}
+
+const PATHS: [Path; 2] = [Path::Fused, Path::Staged];
+
+fn softmax_on(gpu: &GpuContext, path: Path, x: ArrayView2<f32>) -> Array2<f32> {
+    let gx = gpu.upload(x).unwrap();
+    let p = match path {
+        Path::Fused => gpu.softmax(&gx),
+        Path::Staged => gpu.staged().softmax(&gx),
+    };
+    gpu.download(&p.unwrap()).unwrap()
+}
+
+fn log_softmax_on(gpu: &GpuContext, path: Path, x: ArrayView2<f32>) -> Array2<f32> {
+    let gx = gpu.upload(x).unwrap();
+    let p = match path {
+        Path::Fused => gpu.log_softmax(&gx),
+        Path::Staged => gpu.staged().log_softmax(&gx),
+    };
+    gpu.download(&p.unwrap()).unwrap()
+}
+
 #[test]
 fn row_max_matches_cpu() {
     for_each_case(|gpu, x, case| {
@@ -81,15 +109,30 @@ fn row_sumexp_matches_cpu() {
 #[test]
 fn softmax_matches_cpu() {
     for_each_case(|gpu, x, case| {
-        let got = gpu
-            .download(&gpu.softmax(&gpu.upload(x).unwrap()).unwrap())
-            .unwrap();
+        let want = cpu::softmax(x).unwrap();
+        let fused = softmax_on(gpu, Path::Fused, x);
+        let staged = softmax_on(gpu, Path::Staged, x);
         assert_close(
-            got.view(),
-            cpu::softmax(x).unwrap().view(),
+            fused.view(),
+            want.view(),
             PROB_ABS,
             PROB_REL,
-            case,
+            &format!("{case} fused"),
+        );
+        assert_close(
+            staged.view(),
+            want.view(),
+            PROB_ABS,
+            PROB_REL,
+            &format!("{case} staged"),
+        );
+        // And to each other, which differ in how they reach the same statistics.
+        assert_close(
+            fused.view(),
+            staged.view(),
+            PROB_ABS,
+            PROB_REL,
+            &format!("{case} fused vs staged"),
         );
     });
 }
@@ -97,33 +140,79 @@ fn softmax_matches_cpu() {
 #[test]
 fn log_softmax_matches_cpu() {
     for_each_case(|gpu, x, case| {
-        let got = gpu
-            .download(&gpu.log_softmax(&gpu.upload(x).unwrap()).unwrap())
-            .unwrap();
         let want = cpu::log_softmax(x).unwrap();
-        assert_close(got.view(), want.view(), LOG_ABS, LOG_REL, case);
+        for path in PATHS {
+            let got = log_softmax_on(gpu, path, x);
+            assert_close(
+                got.view(),
+                want.view(),
+                LOG_ABS,
+                LOG_REL,
+                &format!("{case} {path:?}"),
+            );
+        }
     });
 }
 
 #[test]
 fn logsumexp_matches_cpu() {
     for_each_case(|gpu, x, case| {
-        let got = gpu
-            .download_vector(&gpu.logsumexp(&gpu.upload(x).unwrap()).unwrap())
-            .unwrap();
+        let gx = gpu.upload(x).unwrap();
         let want = cpu::logsumexp(x).unwrap();
-        assert_close(got.view(), want.view(), LOG_ABS, LOG_REL, case);
+        for (path, lse) in [
+            (Path::Fused, gpu.logsumexp(&gx)),
+            (Path::Staged, gpu.staged().logsumexp(&gx)),
+        ] {
+            let got = gpu.download_vector(&lse.unwrap()).unwrap();
+            assert_close(
+                got.view(),
+                want.view(),
+                LOG_ABS,
+                LOG_REL,
+                &format!("{case} {path:?}"),
+            );
+        }
     });
 }
 
 fn check_cross_entropy(gpu: &GpuContext, x: ArrayView2<f32>, labels: &Labels, case: &str) {
+    for path in PATHS {
+        check_cross_entropy_on(gpu, path, x, labels, &format!("{case} {path:?}"));
+    }
+}
+
+fn check_cross_entropy_on(
+    gpu: &GpuContext,
+    path: Path,
+    x: ArrayView2<f32>,
+    labels: &Labels,
+    case: &str,
+) {
     let gx = gpu.upload(x).unwrap();
     let gy = gpu.upload_labels(labels).unwrap();
     for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
         let opts = CrossEntropyOptions::default().reduction(reduction);
         let case = format!("{case} {reduction}");
-        let (loss, grad) = gpu.cross_entropy_with_grad(&gx, &gy, &opts).unwrap();
+        let (loss, grad) = match path {
+            Path::Fused => gpu.cross_entropy_with_grad(&gx, &gy, &opts),
+            Path::Staged => gpu.staged().cross_entropy_with_grad(&gx, &gy, &opts),
+        }
+        .unwrap();
+        // The loss alone (a kernel of its own on each path) agrees with the loss of the pair.
+        let alone = match path {
+            Path::Fused => gpu.cross_entropy(&gx, &gy, &opts),
+            Path::Staged => gpu.staged().cross_entropy(&gx, &gy, &opts),
+        }
+        .unwrap();
+        let alone = gpu.download_loss(&alone).unwrap().into_array();
         let got = gpu.download_loss(&loss).unwrap().into_array();
+        assert_close(
+            alone.view(),
+            got.view(),
+            0.0,
+            0.0,
+            &format!("{case} loss alone"),
+        );
         let want = cpu::cross_entropy(x, labels, &opts).unwrap().into_array();
         let (abs, rel) = match reduction {
             Reduction::None => (LOG_ABS, LOG_REL),
@@ -307,7 +396,7 @@ fn staged_stages_compose() {
     let p = staged.softmax_normalise(&gx, &m, &s).unwrap();
     let scale = 1.0 / labels.active_count() as f32;
     let g = staged.one_hot_subtract(p, &gy, scale).unwrap();
-    let (_, want) = gpu
+    let (_, want) = staged
         .cross_entropy_with_grad(&gx, &gy, &CrossEntropyOptions::default())
         .unwrap();
     assert_close(

@@ -150,7 +150,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let device = open_device(args.device)?;
     let gpu = device.gpu();
-    let cases = row_shapes.len() * (6 + 4 * usize::from(gpu.is_some()))
+    let cases = row_shapes.len() * (6 + 7 * usize::from(gpu.is_some()))
         + matmul_shapes.len() * (1 + usize::from(gpu.is_some()))
         + 1
         + usize::from(gpu.is_some());
@@ -270,6 +270,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         .cross_entropy_with_grad(&gx, &gy, &opts)
                         .map(drop)
                 })?,
+            );
+            gpu_row(
+                "softmax",
+                "gpu_fused",
+                time(&|| gpu.softmax(&gx).map(drop))?,
+            );
+            gpu_row(
+                "log_softmax",
+                "gpu_fused",
+                time(&|| gpu.log_softmax(&gx).map(drop))?,
+            );
+            gpu_row(
+                "cross_entropy_fwd_bwd",
+                "gpu_fused",
+                time(&|| gpu.cross_entropy_with_grad(&gx, &gy, &opts).map(drop))?,
             );
         }
         // The reference is slow by design (f64, one thread): fewer repetitions keep the run short.

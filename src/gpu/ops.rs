@@ -3,7 +3,8 @@
 //! [`Staged`] runs each op as the sequence of small kernels the maths is written in: row
 //! maximum, row sum of exponentials, normalise, per-row loss, reduction, one-hot subtract. It is
 //! the readable reference on the GPU. The methods of [`GpuContext`] with the same names are the
-//! default path.
+//! default path: the fused kernels of `shaders/fused.wgsl`, which read each row once for its
+//! statistics (online softmax) and, where they write a matrix, once more to write it.
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
@@ -92,6 +93,40 @@ fn reduction_scale(reduction: Reduction, active: usize) -> f32 {
         Reduction::Mean => 1.0 / active as f32,
         Reduction::Sum | Reduction::None => 1.0,
     }
+}
+
+/// The loss `reduction` asks for, from per-row losses: the per-row values themselves, or
+/// their scaled sum (PyTorch's NaN for a mean over no rows).
+fn record_reduction(
+    rec: &mut Recorder<'_>,
+    gpu: &GpuContext,
+    op: &'static str,
+    per_row: GpuVector,
+    labels: &GpuLabels,
+    reduction: Reduction,
+) -> Result<GpuVector> {
+    let scale = reduction_scale(reduction, labels.active_count());
+    Ok(match reduction {
+        Reduction::None => per_row,
+        Reduction::Mean | Reduction::Sum => {
+            let total = gpu.new_vector(op, 1)?;
+            if reduction == Reduction::Mean && labels.active_count() == 0 {
+                // PyTorch's mean over no rows: 0 / 0.
+                gpu.queue
+                    .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
+            } else {
+                rec.clear(&total.buffer);
+                rec.rows(
+                    Kernel::SumRows,
+                    labels.len(),
+                    1,
+                    &[&per_row.buffer, &total.buffer],
+                    Extra::f0(scale),
+                )?;
+            }
+            total
+        }
+    })
 }
 
 impl<'a> Staged<'a> {
@@ -315,27 +350,7 @@ impl<'a> Staged<'a> {
                 ],
                 Extra::default(),
             )?;
-            let values = match opts.reduction {
-                Reduction::None => per_row,
-                Reduction::Mean | Reduction::Sum => {
-                    let total = gpu.new_vector(op, 1)?;
-                    if opts.reduction == Reduction::Mean && labels.active_count() == 0 {
-                        // PyTorch's mean over no rows: 0 / 0.
-                        gpu.queue
-                            .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
-                    } else {
-                        rec.clear(&total.buffer);
-                        rec.rows(
-                            Kernel::SumRows,
-                            rows,
-                            1,
-                            &[&per_row.buffer, &total.buffer],
-                            Extra::f0(scale),
-                        )?;
-                    }
-                    total
-                }
-            };
+            let values = record_reduction(rec, gpu, op, per_row, labels, opts.reduction)?;
             let grad = if with_grad {
                 let g = gpu.new_matrix(op, rows, cols)?;
                 rec.rows(
@@ -373,41 +388,119 @@ impl GpuContext {
         Staged { gpu: self }
     }
 
-    /// Row-wise softmax of `x`, as `torch.softmax(x, dim=1)`.
+    /// Row-wise softmax of `x`, as `torch.softmax(x, dim=1)`: one fused dispatch that reads
+    /// each row twice (statistics, then the result) and writes it once.
     pub fn softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        self.staged().softmax(x)
+        self.softmax_fused("softmax", x, 0)
     }
 
-    /// Row-wise log-softmax of `x`, as `torch.log_softmax(x, dim=1)`.
+    /// Row-wise log-softmax of `x`, as `torch.log_softmax(x, dim=1)`, fused like
+    /// [`softmax`](Self::softmax).
     pub fn log_softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        self.staged().log_softmax(x)
+        self.softmax_fused("log_softmax", x, 1)
     }
 
-    /// Row-wise log-sum-exp of `x`, as `torch.logsumexp(x, dim=1)`.
+    fn softmax_fused(&self, op: &'static str, x: &GpuMatrix, flags: u32) -> Result<GpuMatrix> {
+        check_classes(op, x)?;
+        self.check_owned(op, &[x.owner])?;
+        let (rows, cols) = x.dim();
+        self.record(op, |rec| {
+            let out = self.new_matrix(op, rows, cols)?;
+            rec.rows(
+                Kernel::SoftmaxFused,
+                rows,
+                cols,
+                &[&x.buffer, &out.buffer],
+                Extra {
+                    flags,
+                    ..Default::default()
+                },
+            )?;
+            Ok(out)
+        })
+    }
+
+    /// Row-wise log-sum-exp of `x`, as `torch.logsumexp(x, dim=1)`, in one read of each row.
     pub fn logsumexp(&self, x: &GpuMatrix) -> Result<GpuVector> {
-        self.staged().logsumexp(x)
+        const OP: &str = "logsumexp";
+        check_classes(OP, x)?;
+        self.check_owned(OP, &[x.owner])?;
+        let (rows, cols) = x.dim();
+        self.record(OP, |rec| {
+            let lse = self.new_vector(OP, rows)?;
+            rec.rows(
+                Kernel::LogsumexpFused,
+                rows,
+                cols,
+                &[&x.buffer, &lse.buffer],
+                Extra::default(),
+            )?;
+            Ok(lse)
+        })
     }
 
     /// Cross-entropy of logits `x` against `labels`, as `F.cross_entropy` (see
-    /// [`cpu::cross_entropy`](crate::cpu::cross_entropy) for the exact semantics).
+    /// [`cpu::cross_entropy`](crate::cpu::cross_entropy) for the exact semantics): one read of
+    /// each row, then the reduction.
     pub fn cross_entropy(
         &self,
         x: &GpuMatrix,
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<GpuLoss> {
-        self.staged().cross_entropy(x, labels, opts)
+        const OP: &str = "cross_entropy";
+        check_classes(OP, x)?;
+        labels.check_fits(OP, x.rows(), x.cols())?;
+        self.check_owned(OP, &[x.owner, labels.owner])?;
+        let (rows, cols) = x.dim();
+        self.record(OP, |rec| {
+            let per_row = self.new_vector(OP, rows)?;
+            rec.rows(
+                Kernel::CrossEntropyLossFused,
+                rows,
+                cols,
+                &[&x.buffer, &labels.buffer, &per_row.buffer],
+                Extra::default(),
+            )?;
+            Ok(GpuLoss {
+                values: record_reduction(rec, self, OP, per_row, labels, opts.reduction)?,
+                reduction: opts.reduction,
+            })
+        })
     }
 
-    /// Cross-entropy and its gradient with respect to the logits, from one pass of row
-    /// statistics. For [`Reduction::None`] the gradient is that of the sum of the per-row losses.
+    /// Cross-entropy and its gradient with respect to the logits in one fused dispatch (plus
+    /// the reduction): each row of logits is read twice, once for its running maximum and sum
+    /// of exponentials and once to write the gradient, which is written once. For
+    /// [`Reduction::None`] the gradient is that of the sum of the per-row losses.
     pub fn cross_entropy_with_grad(
         &self,
         x: &GpuMatrix,
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<(GpuLoss, GpuMatrix)> {
-        self.staged().cross_entropy_with_grad(x, labels, opts)
+        const OP: &str = "cross_entropy_with_grad";
+        check_classes(OP, x)?;
+        labels.check_fits(OP, x.rows(), x.cols())?;
+        self.check_owned(OP, &[x.owner, labels.owner])?;
+        let (rows, cols) = x.dim();
+        let scale = reduction_scale(opts.reduction, labels.active_count());
+        self.record(OP, |rec| {
+            let per_row = self.new_vector(OP, rows)?;
+            let grad = self.new_matrix(OP, rows, cols)?;
+            rec.rows(
+                Kernel::CrossEntropyFused,
+                rows,
+                cols,
+                &[&x.buffer, &labels.buffer, &per_row.buffer, &grad.buffer],
+                Extra::f0(scale),
+            )?;
+            let loss = GpuLoss {
+                values: record_reduction(rec, self, OP, per_row, labels, opts.reduction)?,
+                reduction: opts.reduction,
+            };
+            Ok((loss, grad))
+        })
     }
 
     /// Copies a loss back to the host.

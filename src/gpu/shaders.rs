@@ -21,6 +21,7 @@ pub(crate) enum Family {
     Matmul,
     Train,
     Copy,
+    Fused,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
@@ -30,7 +31,7 @@ const LANES_4: &str = include_str!("../../shaders/lanes4.wgsl");
 impl Family {
     /// Every family, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Family; 7] = [
+    pub(crate) const ALL: [Family; 8] = [
         Family::Reduce,
         Family::Softmax,
         Family::Loss,
@@ -38,6 +39,7 @@ impl Family {
         Family::Matmul,
         Family::Train,
         Family::Copy,
+        Family::Fused,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -49,6 +51,7 @@ impl Family {
             Family::Matmul => "matmul",
             Family::Train => "train",
             Family::Copy => "copy",
+            Family::Fused => "fused",
         }
     }
 
@@ -61,6 +64,7 @@ impl Family {
             Family::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Family::Train => include_str!("../../shaders/train.wgsl"),
             Family::Copy => include_str!("../../shaders/copy.wgsl"),
+            Family::Fused => include_str!("../../shaders/fused.wgsl"),
         }
     }
 
@@ -155,12 +159,16 @@ pub(crate) enum Kernel {
     SoftmaxGradRows,
     LossErrRows,
     CopyRows,
+    SoftmaxFused,
+    LogsumexpFused,
+    CrossEntropyLossFused,
+    CrossEntropyFused,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 13] = [
+    pub(crate) const ALL: [Kernel; 17] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -174,6 +182,10 @@ impl Kernel {
         Kernel::SoftmaxGradRows,
         Kernel::LossErrRows,
         Kernel::CopyRows,
+        Kernel::SoftmaxFused,
+        Kernel::LogsumexpFused,
+        Kernel::CrossEntropyLossFused,
+        Kernel::CrossEntropyFused,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -186,6 +198,9 @@ impl Kernel {
             MatmulNn | MatmulTn => Family::Matmul,
             SoftmaxGradRows | LossErrRows => Family::Train,
             CopyRows => Family::Copy,
+            SoftmaxFused | LogsumexpFused | CrossEntropyLossFused | CrossEntropyFused => {
+                Family::Fused
+            }
         }
     }
 
@@ -205,6 +220,10 @@ impl Kernel {
             SoftmaxGradRows => "softmax_grad_rows",
             LossErrRows => "loss_err_rows",
             CopyRows => "copy_rows",
+            SoftmaxFused => "softmax_fused",
+            LogsumexpFused => "logsumexp_fused",
+            CrossEntropyLossFused => "cross_entropy_loss_fused",
+            CrossEntropyFused => "cross_entropy_fused",
         }
     }
 
@@ -222,7 +241,10 @@ impl Kernel {
             OneHotSubtract | SoftmaxGradRows => &[ROW_IN, MAT_OUT],
             MatmulNn | MatmulTn => &[WHOLE_IN, WHOLE_IN, WHOLE_OUT],
             LossErrRows => &[MAT_IN, ROW_IN, ROW_OUT, ROW_OUT],
-            CopyRows => &[MAT_IN, MAT_OUT],
+            CopyRows | SoftmaxFused => &[MAT_IN, MAT_OUT],
+            LogsumexpFused => &[MAT_IN, ROW_OUT],
+            CrossEntropyLossFused => &[MAT_IN, ROW_IN, ROW_OUT],
+            CrossEntropyFused => &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT],
         }
     }
 

@@ -1,0 +1,165 @@
+// fused.wgsl: the default path. Each kernel reads a row once to get its statistics, keeping a
+// running maximum m and sum s of exp(x - m) (online softmax, Milakov & Gimelshein 2018), merges
+// the (m, s) pairs of the threads sharing the row, then (where it writes a matrix) reads the row
+// a second time to write the result once. The staged kernels (reduce.wgsl and after) compute the
+// same with one pass per stage.
+//
+//   softmax_fused:            out[i, j] = exp(x[i, j] - m) / s, or with p.flags = 1 the
+//                             log-softmax (x[i, j] - m) - log(s)
+//   logsumexp_fused:          lse[i] = m + log(s), or m when m is infinite (torch.logsumexp)
+//   cross_entropy_loss_fused: loss[i] = (m - x[i, y[i]]) + log(s), 0 when y[i] = IGNORED
+//   cross_entropy_fused:      that loss, and g[i, j] = (exp(x[i, j] - m) / s - [j == y[i]]) * p.f0,
+//                             0 for ignored rows (p.f0 is the reduction's scale)
+//
+// An all -inf row has m = -inf and s = 0: softmax and the loss are NaN (as in PyTorch), and
+// logsumexp is -inf. A row holding +inf or NaN gives NaN. Ignored rows never reach an output.
+//
+// Bindings (group 0), windowed by rows:
+//   softmax_fused             1 x         read        array<V>    N x C
+//                             2 out       read_write  array<V>    N x C
+//   logsumexp_fused           1 x         (as above)
+//                             2 lse_out   read_write  array<f32>  one per row
+//   cross_entropy_loss_fused  1 x         (as above)
+//                             2 y         read        array<u32>  one label per row, or IGNORED
+//                             3 loss_out  read_write  array<f32>  one per row
+//   cross_entropy_fused       1 x, 2 y, 3 loss_out (as above)
+//                             4 g         read_write  array<V>    N x C gradient
+// Dispatch: a team of p.tpr threads per row (common.wgsl).
+// Rust side: Kernel::{SoftmaxFused, LogsumexpFused, CrossEntropyLossFused, CrossEntropyFused};
+// GpuContext::{softmax, log_softmax, logsumexp, cross_entropy, cross_entropy_with_grad}.
+
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read_write> out: array<V>;
+@group(0) @binding(2) var<storage, read_write> lse_out: array<f32>;
+@group(0) @binding(2) var<storage, read> y: array<u32>;
+@group(0) @binding(3) var<storage, read_write> loss_out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> g: array<V>;
+
+var<workgroup> pair_m: array<f32, WG>;
+var<workgroup> pair_s: array<f32, WG>;
+
+// s, a sum of exp(x - m_old), re-expressed as a sum of exp(x - m_new), for m_new >= m_old. Equal
+// maxima leave s alone, which also covers two -inf maxima, where m_old - m_new would be NaN.
+fn rescale(s: f32, m_old: f32, m_new: f32) -> f32 {
+    return select(s * exp(m_old - m_new), s, m_old == m_new);
+}
+
+// The row's (m, s) in one pass, merged over the team. Every invocation of the workgroup must
+// call it, since it holds barriers.
+fn row_stats(l: Lane, lid: u32) -> vec2<f32> {
+    let start = row_start(l);
+    // Seeded with an element of the row, not a sentinel (WGSL has no -inf literal); s = 0
+    // makes a thread with no vectors of its own a neutral partner in the merge.
+    var m = hmax(x[start]);
+    var s = 0.0;
+    for (var i = l.t; i < row_vectors(l); i += p.tpr) {
+        let v = x[start + i];
+        let mv = hmax(v);
+        if mv > m {
+            s = s * exp(m - mv);
+            m = mv;
+        }
+        // exp(-inf - -inf) would be NaN; nothing of an all -inf prefix adds to s.
+        s += select(hsum(exp(v - splat(m))), 0.0, m < -F32_MAX);
+    }
+
+    pair_m[lid] = m;
+    pair_s[lid] = s;
+    workgroupBarrier();
+    let t = lid % p.tpr;
+    for (var k = p.tpr / 2u; k > 0u; k >>= 1u) {
+        if t < k {
+            let m1 = pair_m[lid];
+            let m2 = pair_m[lid + k];
+            let mm = max(m1, m2);
+            pair_s[lid] = rescale(pair_s[lid], m1, mm) + rescale(pair_s[lid + k], m2, mm);
+            pair_m[lid] = mm;
+        }
+        workgroupBarrier();
+    }
+    let r = vec2<f32>(pair_m[lid - t], pair_s[lid - t]);
+    // The caller may run another merge; nobody may still be reading these.
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(WG)
+fn softmax_fused(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    let stats = row_stats(l, lid);
+    let m = splat(stats.x);
+    let start = row_start(l);
+    if p.flags == 1u {
+        let log_s = splat(log(stats.y));
+        for (var i = l.t; i < row_vectors(l); i += p.tpr) {
+            // (x - m) first: exact next to the maximum.
+            out[start + i] = (x[start + i] - m) - log_s;
+        }
+    } else {
+        let inv = 1.0 / stats.y;
+        for (var i = l.t; i < row_vectors(l); i += p.tpr) {
+            out[start + i] = exp(x[start + i] - m) * inv;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn logsumexp_fused(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    let stats = row_stats(l, lid);
+    if l.live && l.t == 0u {
+        lse_out[p.vec_base + l.row] = select(stats.x + log(stats.y), stats.x, abs(stats.x) > F32_MAX);
+    }
+}
+
+// The loss of row l from its statistics: (m - x_y) first, exact when they are close.
+fn row_loss(l: Lane, label: u32, stats: vec2<f32>) -> f32 {
+    let safe = min(label, p.cols - 1u);
+    let x_y = lane_of(x[row_start(l) + safe / W], safe % W);
+    return select((stats.x - x_y) + log(stats.y), 0.0, label == IGNORED);
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_loss_fused(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    let stats = row_stats(l, lid);
+    if l.live && l.t == 0u {
+        let i = p.vec_base + l.row;
+        loss_out[i] = row_loss(l, y[i], stats);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_fused(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    let stats = row_stats(l, lid);
+    let label = y[p.vec_base + safe_row(l)];
+    let ignored = label == IGNORED;
+    let start = row_start(l);
+    let m = splat(stats.x);
+    let k = p.f0 / stats.y;
+    for (var i = l.t; i < row_vectors(l); i += p.tpr) {
+        let grad = exp(x[start + i] - m) * k - onehot(i, label) * p.f0;
+        // select, not a multiply by 0: an ignored row's logits may hold NaN or inf.
+        g[start + i] = select(grad, splat(0.0), ignored);
+    }
+    if l.live && l.t == 0u {
+        loss_out[p.vec_base + l.row] = row_loss(l, label, stats);
+    }
+}
