@@ -234,3 +234,29 @@ fn bad_input_is_an_error() {
         }
     ));
 }
+
+/// Statistics of column chunks merge into those of the whole row, for any split, including
+/// chunks that are all -inf.
+#[test]
+fn lse_stats_of_chunks_merge_into_the_whole() {
+    use ndarray::s;
+    let mut x = logits(7, 50, 20.0, 3);
+    x.slice_mut(s![2, ..25]).fill(f32::NEG_INFINITY);
+    x.row_mut(4).fill(f32::NEG_INFINITY);
+    let whole = cpu::lse_stats(x.view()).unwrap();
+    for split in [1, 13, 25, 49] {
+        let left = cpu::lse_stats(x.slice(s![.., ..split])).unwrap();
+        let right = cpu::lse_stats(x.slice(s![.., split..])).unwrap();
+        let (m, sum) = cpu::merge_lse_stats(&left, &right).unwrap();
+        assert_eq!(m, whole.0, "split {split}: maxima");
+        assert_close(
+            sum.view(),
+            whole.1.view(),
+            0.0,
+            1e-6,
+            &format!("split {split}"),
+        );
+    }
+    let bad = (Array1::zeros(3), Array1::zeros(3));
+    assert!(cpu::merge_lse_stats(&whole, &bad).is_err());
+}

@@ -236,3 +236,81 @@ pub fn one_hot_subtract(p: ArrayView2<f32>, labels: &Labels, scale: f32) -> Resu
     }
     Ok(g)
 }
+
+/// Per-row log-sum-exp statistics of a block of columns: the maximum `m` and the sum
+/// `s = sum_j exp(x_j - m)` ([`row_max`] and [`row_sumexp`] of the block). Two such pairs over
+/// disjoint column blocks merge exactly ([`merge_lse_stats`]), so the class dimension can be
+/// split into chunks, or across devices as in Megatron-LM's vocabulary-parallel cross-entropy,
+/// and the loss still computed exactly. On the GPU, `gpu.staged().row_max` and `row_sumexp`
+/// give the same pair.
+///
+/// ```
+/// use ndarray::{array, s};
+/// use softmax_ce::{cpu, CrossEntropyOptions, Labels, Reduction};
+///
+/// let x = array![[1.0f32, 4.0, -2.0, 0.5], [3.0, -1.0, 2.5, 7.0]];
+/// let labels = [1usize, 3];
+/// // Split the vocabulary of 4 classes in two halves, as two devices would hold them.
+/// let left = cpu::lse_stats(x.slice(s![.., ..2]))?;
+/// let right = cpu::lse_stats(x.slice(s![.., 2..]))?;
+/// let (m, s) = cpu::merge_lse_stats(&left, &right)?;
+/// for (i, &y) in labels.iter().enumerate() {
+///     // Each half knows its own logits; the label's logit comes from the half that holds it.
+///     let loss = m[i] + s[i].ln() - x[[i, y]];
+///     let whole = cpu::cross_entropy(
+///         x.slice(s![i..i + 1, ..]),
+///         &Labels::new([y as i64], 4, -100)?,
+///         &CrossEntropyOptions::default().reduction(Reduction::Sum),
+///     )?
+///     .scalar()
+///     .unwrap();
+///     assert!((loss - whole).abs() < 1e-6);
+/// }
+/// # Ok::<(), softmax_ce::Error>(())
+/// ```
+pub fn lse_stats(x: ArrayView2<f32>) -> Result<(Array1<f32>, Array1<f32>)> {
+    let m = row_max(x)?;
+    let s = row_sumexp(x, m.view())?;
+    Ok((m, s))
+}
+
+/// Merges the [`lse_stats`] of two disjoint column blocks of the same rows into the statistics
+/// of their union: `m = max(m1, m2)`, `s = s1 exp(m1 - m) + s2 exp(m2 - m)`, with a block whose
+/// maximum is `-inf` (all `-inf`, `s = 0`) adding nothing.
+pub fn merge_lse_stats(
+    a: &(Array1<f32>, Array1<f32>),
+    b: &(Array1<f32>, Array1<f32>),
+) -> Result<(Array1<f32>, Array1<f32>)> {
+    const OP: &str = "merge_lse_stats";
+    let n = a.0.len();
+    if [a.1.len(), b.0.len(), b.1.len()].iter().any(|&l| l != n) {
+        return Err(Error::shape(
+            OP,
+            format!("four vectors of {n} rows"),
+            format!(
+                "({}, {}) and ({}, {})",
+                a.0.len(),
+                a.1.len(),
+                b.0.len(),
+                b.1.len()
+            ),
+        ));
+    }
+    // Re-expressing a sum relative to a larger maximum; equal maxima (two -inf included, where
+    // the difference would be NaN) leave it as it is.
+    let rescale = |s: f32, from: f32, to: f32| {
+        if from == to {
+            s as f64
+        } else {
+            s as f64 * (from as f64 - to as f64).exp()
+        }
+    };
+    let mut m = Array1::zeros(n);
+    let mut s = Array1::zeros(n);
+    for i in 0..n {
+        let mm = a.0[i].max(b.0[i]);
+        m[i] = mm;
+        s[i] = (rescale(a.1[i], a.0[i], mm) + rescale(b.1[i], b.0[i], mm)) as f32;
+    }
+    Ok((m, s))
+}
