@@ -10,7 +10,7 @@ use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::labels::Labels;
-use crate::loss::{CrossEntropyOptions, Loss};
+use crate::loss::{CrossEntropyOptions, Loss, Reduction};
 
 /// Where ops run: the CPU reference, or a GPU context.
 ///
@@ -138,6 +138,47 @@ impl Device {
                 let (loss, grad) =
                     g.cross_entropy_with_grad(&g.upload(x)?, &g.upload_labels(labels)?, opts)?;
                 Ok((g.download_loss(&loss)?, g.download(&grad)?))
+            }
+        }
+    }
+}
+
+impl Device {
+    /// The softmax backward pass, `p * (dy - sum(dy * p))` per row.
+    pub fn softmax_backward(&self, p: ArrayView2<f32>, dy: ArrayView2<f32>) -> Result<Array2<f32>> {
+        match self {
+            Device::Cpu => cpu::softmax_backward(p, dy),
+            Device::Gpu(g) => g.download(&g.softmax_backward(&g.upload(p)?, &g.upload(dy)?)?),
+        }
+    }
+
+    /// The log-softmax backward pass, `dy - exp(lp) * sum(dy)` per row.
+    pub fn log_softmax_backward(
+        &self,
+        lp: ArrayView2<f32>,
+        dy: ArrayView2<f32>,
+    ) -> Result<Array2<f32>> {
+        match self {
+            Device::Cpu => cpu::log_softmax_backward(lp, dy),
+            Device::Gpu(g) => g.download(&g.log_softmax_backward(&g.upload(lp)?, &g.upload(dy)?)?),
+        }
+    }
+
+    /// Binary cross-entropy with logits and its gradient with respect to the logits.
+    pub fn bce_with_logits_with_grad(
+        &self,
+        z: ArrayView2<f32>,
+        t: ArrayView2<f32>,
+        reduction: Reduction,
+    ) -> Result<(cpu::BceLoss, Array2<f32>)> {
+        match self {
+            Device::Cpu => Ok((
+                cpu::bce_with_logits(z, t, reduction)?,
+                cpu::bce_with_logits_grad(z, t, reduction)?,
+            )),
+            Device::Gpu(g) => {
+                let (loss, grad) = g.bce_with_logits(&g.upload(z)?, &g.upload(t)?, reduction)?;
+                Ok((g.download_bce(&loss)?, g.download(&grad)?))
             }
         }
     }

@@ -562,3 +562,112 @@ fn bench_json_keeps_its_keys() {
     assert_eq!(matmul["shape"], "4x5x6");
     assert!(matmul["gflops"].is_number());
 }
+
+/// The backward ops and the logistic loss through `eval`, on every device, against the library's
+/// CPU reference.
+#[test]
+fn eval_backward_and_bce() {
+    let dir = scratch("eval_backward");
+    let p = |n: &str| dir.join(n);
+    let x = logits(6, 9, 3.0, 12);
+    let dy = logits(6, 9, 1.0, 13);
+    let probs = cpu::softmax(x.view()).unwrap();
+    let log_probs = cpu::log_softmax(x.view()).unwrap();
+    let targets = logits(6, 9, 0.5, 14).mapv(|v| v + 0.5);
+    npy::write_f32(&p("p.npy"), probs.view().into_dyn()).unwrap();
+    npy::write_f32(&p("lp.npy"), log_probs.view().into_dyn()).unwrap();
+    npy::write_f32(&p("dy.npy"), dy.view().into_dyn()).unwrap();
+    npy::write_f32(&p("x.npy"), x.view().into_dyn()).unwrap();
+    npy::write_f32(&p("t.npy"), targets.view().into_dyn()).unwrap();
+    let s = |path: &Path| path.to_str().unwrap().to_string();
+    for device in devices() {
+        let out = p(&format!("dx-{device}.npy"));
+        ok(&[
+            "eval",
+            "softmax-backward",
+            "--probs",
+            &s(&p("p.npy")),
+            "--upstream",
+            &s(&p("dy.npy")),
+            "--out",
+            &s(&out),
+            "--device",
+            device,
+        ]);
+        let want = cpu::softmax_backward(probs.view(), dy.view()).unwrap();
+        assert_close(
+            npy::read_matrix(&out, "dx").unwrap().view(),
+            want.view(),
+            1e-6,
+            1e-4,
+            device,
+        );
+
+        ok(&[
+            "eval",
+            "log-softmax-backward",
+            "--log-probs",
+            &s(&p("lp.npy")),
+            "--upstream",
+            &s(&p("dy.npy")),
+            "--out",
+            &s(&out),
+            "--device",
+            device,
+        ]);
+        let want = cpu::log_softmax_backward(log_probs.view(), dy.view()).unwrap();
+        assert_close(
+            npy::read_matrix(&out, "dx").unwrap().view(),
+            want.view(),
+            1e-5,
+            1e-4,
+            device,
+        );
+
+        let (loss, grad) = (p(&format!("l-{device}.npy")), p(&format!("g-{device}.npy")));
+        ok(&[
+            "eval",
+            "bce-with-logits",
+            "--logits",
+            &s(&p("x.npy")),
+            "--targets",
+            &s(&p("t.npy")),
+            "--out",
+            &s(&loss),
+            "--grad-out",
+            &s(&grad),
+            "--device",
+            device,
+        ]);
+        let got = npy::read_f32(&loss).unwrap();
+        assert_eq!(got.ndim(), 0, "mean is a 0-d array");
+        let want = cpu::bce_with_logits(x.view(), targets.view(), Reduction::Mean)
+            .unwrap()
+            .into_array();
+        assert_close(got.view(), want.view(), 1e-6, 1e-5, device);
+        let want = cpu::bce_with_logits_grad(x.view(), targets.view(), Reduction::Mean).unwrap();
+        assert_close(
+            npy::read_matrix(&grad, "g").unwrap().view(),
+            want.view(),
+            1e-7,
+            1e-5,
+            device,
+        );
+    }
+    npy::write_f32(&p("narrow.npy"), logits(6, 4, 1.0, 1).view().into_dyn()).unwrap();
+    fails_with(
+        &[
+            "eval",
+            "softmax-backward",
+            "--probs",
+            &s(&p("p.npy")),
+            "--upstream",
+            &s(&p("narrow.npy")),
+            "--out",
+            &s(&p("o.npy")),
+            "--device",
+            "cpu",
+        ],
+        "softmax_backward",
+    );
+}

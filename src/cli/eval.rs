@@ -20,6 +20,63 @@ pub enum Op {
     Logsumexp(RowArgs),
     /// Cross-entropy against integer labels, as F.cross_entropy.
     CrossEntropy(CrossEntropyArgs),
+    /// The softmax backward pass: DX = P * (DY - sum(DY * P)) per row.
+    SoftmaxBackward(SoftmaxBackwardArgs),
+    /// The log-softmax backward pass: DX = DY - exp(LP) * sum(DY) per row.
+    LogSoftmaxBackward(LogSoftmaxBackwardArgs),
+    /// Binary cross-entropy with logits, as F.binary_cross_entropy_with_logits.
+    BceWithLogits(BceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SoftmaxBackwardArgs {
+    /// N x C probabilities (softmax's output; .npy, float32 or float64).
+    #[arg(long)]
+    probs: PathBuf,
+    /// N x C upstream gradient d(loss)/d(probs).
+    #[arg(long)]
+    upstream: PathBuf,
+    /// Where to write d(loss)/d(logits), N x C.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogSoftmaxBackwardArgs {
+    /// N x C log-probabilities (log-softmax's output).
+    #[arg(long)]
+    log_probs: PathBuf,
+    /// N x C upstream gradient d(loss)/d(log-probs).
+    #[arg(long)]
+    upstream: PathBuf,
+    /// Where to write d(loss)/d(logits), N x C.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct BceArgs {
+    /// N x C logits.
+    #[arg(long)]
+    logits: PathBuf,
+    /// N x C targets in [0, 1], the shape of the logits.
+    #[arg(long)]
+    targets: PathBuf,
+    /// none writes one loss per element (N x C), mean and sum a 0-d array.
+    #[arg(long, value_enum, default_value = "mean")]
+    reduction: ReductionArg,
+    /// Where to write the loss (.npy, float32).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write d(loss)/d(logits), N x C.
+    #[arg(long)]
+    grad_out: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
 }
 
 #[derive(Debug, Args)]
@@ -90,7 +147,57 @@ pub fn run(op: Op) -> Result<()> {
         Op::LogSoftmax(a) => row_op(a, |d, x| Ok(d.log_softmax(x)?.into_dyn())),
         Op::Logsumexp(a) => row_op(a, |d, x| Ok(d.logsumexp(x)?.into_dyn())),
         Op::CrossEntropy(a) => cross_entropy(a),
+        Op::SoftmaxBackward(a) => backward(
+            &a.probs,
+            "--probs",
+            &a.upstream,
+            &a.out,
+            a.device,
+            Device::softmax_backward,
+        ),
+        Op::LogSoftmaxBackward(a) => backward(
+            &a.log_probs,
+            "--log-probs",
+            &a.upstream,
+            &a.out,
+            a.device,
+            Device::log_softmax_backward,
+        ),
+        Op::BceWithLogits(a) => bce(a),
     }
+}
+
+fn backward(
+    input: &Path,
+    flag: &str,
+    upstream: &Path,
+    out: &Path,
+    device: Option<DeviceArg>,
+    f: impl FnOnce(
+        &Device,
+        ArrayView2<f32>,
+        ArrayView2<f32>,
+    ) -> softmax_ce::Result<ndarray::Array2<f32>>,
+) -> Result<()> {
+    let a = npy::read_matrix(input, "input").with_context(|| flag.to_string())?;
+    let dy = npy::read_matrix(upstream, "upstream gradient").context("--upstream")?;
+    let device = open_device(device)?;
+    write(
+        out,
+        f(&device, a.view(), dy.view())?.view().into_dyn(),
+        "--out",
+    )
+}
+
+fn bce(a: BceArgs) -> Result<()> {
+    let z = read_logits(&a.logits)?;
+    let t = npy::read_matrix(&a.targets, "targets").context("--targets")?;
+    let device = open_device(a.device)?;
+    let (loss, grad) = device.bce_with_logits_with_grad(z.view(), t.view(), a.reduction.into())?;
+    if let Some(path) = &a.grad_out {
+        write(path, grad.view().into_dyn(), "--grad-out")?;
+    }
+    write(&a.out, loss.into_array().view(), "--out")
 }
 
 fn row_op(

@@ -314,3 +314,113 @@ pub fn merge_lse_stats(
     }
     Ok((m, s))
 }
+
+fn check_same_shape(
+    op: &'static str,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    what: &str,
+) -> Result<()> {
+    if a.dim() != b.dim() {
+        return Err(Error::shape(
+            op,
+            format!("{what} of shape {:?}", a.dim()),
+            format!("{:?}", b.dim()),
+        ));
+    }
+    Ok(())
+}
+
+/// The softmax backward pass (vector-Jacobian product), as PyTorch's: given the probabilities
+/// `p = softmax(x)` and the upstream gradient `dy`, `dx = p * (dy - sum_j dy_j p_j)` per row,
+/// the product of `dy` with the Jacobian `diag(p) - p p^T`.
+pub fn softmax_backward(p: ArrayView2<f32>, dy: ArrayView2<f32>) -> Result<Array2<f32>> {
+    const OP: &str = "softmax_backward";
+    check_classes(OP, p)?;
+    check_same_shape(OP, p, dy, "an upstream gradient")?;
+    let mut dx = Array2::zeros(p.raw_dim());
+    for ((mut dx, p), dy) in dx.rows_mut().into_iter().zip(p.rows()).zip(dy.rows()) {
+        let dot: f64 = p.iter().zip(dy).map(|(&p, &d)| p as f64 * d as f64).sum();
+        for ((dx, &p), &d) in dx.iter_mut().zip(p).zip(dy) {
+            *dx = (p as f64 * (d as f64 - dot)) as f32;
+        }
+    }
+    Ok(dx)
+}
+
+/// The log-softmax backward pass, as PyTorch's: given the log-probabilities `lp` and the
+/// upstream gradient `dy`, `dx = dy - exp(lp) * sum_j dy_j` per row.
+pub fn log_softmax_backward(lp: ArrayView2<f32>, dy: ArrayView2<f32>) -> Result<Array2<f32>> {
+    const OP: &str = "log_softmax_backward";
+    check_classes(OP, lp)?;
+    check_same_shape(OP, lp, dy, "an upstream gradient")?;
+    let mut dx = Array2::zeros(lp.raw_dim());
+    for ((mut dx, lp), dy) in dx.rows_mut().into_iter().zip(lp.rows()).zip(dy.rows()) {
+        let total: f64 = dy.iter().map(|&d| d as f64).sum();
+        for ((dx, &lp), &d) in dx.iter_mut().zip(lp).zip(dy) {
+            *dx = (d as f64 - (lp as f64).exp() * total) as f32;
+        }
+    }
+    Ok(dx)
+}
+
+/// Binary cross-entropy with logits, as `F.binary_cross_entropy_with_logits(z, t, reduction=..)`
+/// (seed 002's logistic regression), elementwise over `z` and targets `t` of the same shape,
+/// computed stably as `max(z, 0) - z t + log(1 + exp(-|z|))`. `none` gives one loss per
+/// element; `mean` divides the sum by the number of elements (NaN when there are none, as in
+/// PyTorch).
+pub fn bce_with_logits(
+    z: ArrayView2<f32>,
+    t: ArrayView2<f32>,
+    reduction: Reduction,
+) -> Result<BceLoss> {
+    const OP: &str = "bce_with_logits";
+    check_same_shape(OP, z, t, "targets")?;
+    let per = Zip::from(z).and(t).map_collect(|&z, &t| {
+        let (z, t) = (z as f64, t as f64);
+        z.max(0.0) - z * t + (-z.abs()).exp().ln_1p()
+    });
+    Ok(match reduction {
+        Reduction::None => BceLoss::PerElement(per.mapv(|v| v as f32)),
+        Reduction::Sum => BceLoss::Reduced(per.sum() as f32),
+        Reduction::Mean => BceLoss::Reduced((per.sum() / per.len() as f64) as f32),
+    })
+}
+
+/// The gradient of [`bce_with_logits`] with respect to the logits: `(sigmoid(z) - t)`, divided
+/// by the number of elements for `mean`.
+pub fn bce_with_logits_grad(
+    z: ArrayView2<f32>,
+    t: ArrayView2<f32>,
+    reduction: Reduction,
+) -> Result<Array2<f32>> {
+    const OP: &str = "bce_with_logits_grad";
+    check_same_shape(OP, z, t, "targets")?;
+    let scale = match reduction {
+        Reduction::Mean => 1.0 / z.len() as f64,
+        Reduction::Sum | Reduction::None => 1.0,
+    };
+    Ok(Zip::from(z).and(t).map_collect(|&z, &t| {
+        let sigmoid = 1.0 / (1.0 + (-(z as f64)).exp());
+        ((sigmoid - t as f64) * scale) as f32
+    }))
+}
+
+/// A binary cross-entropy: one value per element, or reduced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BceLoss {
+    /// `none`: the shape of the logits.
+    PerElement(Array2<f32>),
+    /// `mean` or `sum`.
+    Reduced(f32),
+}
+
+impl BceLoss {
+    /// As an n-dimensional array: the per-element matrix, or a 0-d array.
+    pub fn into_array(self) -> ndarray::ArrayD<f32> {
+        match self {
+            BceLoss::PerElement(a) => a.into_dyn(),
+            BceLoss::Reduced(v) => ndarray::arr0(v).into_dyn(),
+        }
+    }
+}

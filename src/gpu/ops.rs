@@ -535,3 +535,124 @@ impl GpuContext {
         })
     }
 }
+
+/// A binary cross-entropy on the device: the per-element losses, or their reduction.
+#[derive(Debug)]
+pub enum GpuBceLoss {
+    /// `none`: one loss per element of the logits.
+    PerElement(GpuMatrix),
+    /// `mean` or `sum`: one value.
+    Reduced(GpuVector),
+}
+
+fn check_pair(op: &'static str, a: &GpuMatrix, b: &GpuMatrix, what: &str) -> Result<()> {
+    if a.dim() != b.dim() {
+        return Err(Error::shape(
+            op,
+            format!("{what} of shape {:?}", a.dim()),
+            format!("{:?}", b.dim()),
+        ));
+    }
+    Ok(())
+}
+
+impl GpuContext {
+    /// The softmax backward pass: `dx = p * (dy - sum_j dy_j p_j)` per row, for probabilities
+    /// `p` and upstream gradient `dy` (see [`cpu::softmax_backward`](crate::cpu::softmax_backward)).
+    pub fn softmax_backward(&self, p: &GpuMatrix, dy: &GpuMatrix) -> Result<GpuMatrix> {
+        self.backward("softmax_backward", Kernel::SoftmaxBackward, p, dy)
+    }
+
+    /// The log-softmax backward pass: `dx = dy - exp(lp) * sum_j dy_j` per row (see
+    /// [`cpu::log_softmax_backward`](crate::cpu::log_softmax_backward)).
+    pub fn log_softmax_backward(&self, lp: &GpuMatrix, dy: &GpuMatrix) -> Result<GpuMatrix> {
+        self.backward("log_softmax_backward", Kernel::LogSoftmaxBackward, lp, dy)
+    }
+
+    fn backward(
+        &self,
+        op: &'static str,
+        kernel: Kernel,
+        a: &GpuMatrix,
+        dy: &GpuMatrix,
+    ) -> Result<GpuMatrix> {
+        check_classes(op, a)?;
+        check_pair(op, a, dy, "an upstream gradient")?;
+        self.check_owned(op, &[a.owner, dy.owner])?;
+        let (rows, cols) = a.dim();
+        self.record(op, |rec| {
+            let dx = self.new_matrix(op, rows, cols)?;
+            rec.rows(
+                kernel,
+                rows,
+                cols,
+                &[&a.buffer, &dy.buffer, &dx.buffer],
+                Extra::default(),
+            )?;
+            Ok(dx)
+        })
+    }
+
+    /// Binary cross-entropy with logits `z` against targets `t` of the same shape, and its
+    /// gradient with respect to `z`, as `F.binary_cross_entropy_with_logits` (see
+    /// [`cpu::bce_with_logits`](crate::cpu::bce_with_logits)).
+    pub fn bce_with_logits(
+        &self,
+        z: &GpuMatrix,
+        t: &GpuMatrix,
+        reduction: Reduction,
+    ) -> Result<(GpuBceLoss, GpuMatrix)> {
+        const OP: &str = "bce_with_logits";
+        check_pair(OP, z, t, "targets")?;
+        self.check_owned(OP, &[z.owner, t.owner])?;
+        let (rows, cols) = z.dim();
+        let elems = rows * cols;
+        let scale = match reduction {
+            Reduction::Mean => 1.0 / elems as f32,
+            Reduction::Sum | Reduction::None => 1.0,
+        };
+        self.record(OP, |rec| {
+            let loss = self.new_matrix(OP, rows, cols)?;
+            let grad = self.new_matrix(OP, rows, cols)?;
+            if elems > 0 {
+                rec.rows(
+                    Kernel::BceWithLogits,
+                    rows,
+                    cols,
+                    &[&z.buffer, &t.buffer, &loss.buffer, &grad.buffer],
+                    Extra::f0(scale),
+                )?;
+            }
+            let loss = match reduction {
+                Reduction::None => GpuBceLoss::PerElement(loss),
+                Reduction::Mean | Reduction::Sum => {
+                    let total = self.new_vector(OP, 1)?;
+                    if reduction == Reduction::Mean && elems == 0 {
+                        self.queue
+                            .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
+                    } else {
+                        rec.clear(&total.buffer);
+                        // The loss matrix, read as one long vector of per-element values.
+                        rec.rows(
+                            Kernel::SumRows,
+                            elems,
+                            1,
+                            &[&loss.buffer, &total.buffer],
+                            Extra::f0(scale),
+                        )?;
+                    }
+                    GpuBceLoss::Reduced(total)
+                }
+            };
+            Ok((loss, grad))
+        })
+    }
+
+    /// Copies a binary cross-entropy back to the host.
+    pub fn download_bce(&self, loss: &GpuBceLoss) -> Result<crate::cpu::BceLoss> {
+        Ok(match loss {
+            GpuBceLoss::PerElement(m) => crate::cpu::BceLoss::PerElement(self.download(m)?),
+            GpuBceLoss::Reduced(v) => crate::cpu::BceLoss::Reduced(self.download_vector(v)?[0]),
+        })
+    }
+}

@@ -22,6 +22,7 @@ pub(crate) enum Family {
     Train,
     Copy,
     Fused,
+    Backward,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
@@ -31,7 +32,7 @@ const LANES_4: &str = include_str!("../../shaders/lanes4.wgsl");
 impl Family {
     /// Every family, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Family; 8] = [
+    pub(crate) const ALL: [Family; 9] = [
         Family::Reduce,
         Family::Softmax,
         Family::Loss,
@@ -40,6 +41,7 @@ impl Family {
         Family::Train,
         Family::Copy,
         Family::Fused,
+        Family::Backward,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -52,6 +54,7 @@ impl Family {
             Family::Train => "train",
             Family::Copy => "copy",
             Family::Fused => "fused",
+            Family::Backward => "backward",
         }
     }
 
@@ -65,6 +68,7 @@ impl Family {
             Family::Train => include_str!("../../shaders/train.wgsl"),
             Family::Copy => include_str!("../../shaders/copy.wgsl"),
             Family::Fused => include_str!("../../shaders/fused.wgsl"),
+            Family::Backward => include_str!("../../shaders/backward.wgsl"),
         }
     }
 
@@ -163,12 +167,15 @@ pub(crate) enum Kernel {
     LogsumexpFused,
     CrossEntropyLossFused,
     CrossEntropyFused,
+    SoftmaxBackward,
+    LogSoftmaxBackward,
+    BceWithLogits,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 17] = [
+    pub(crate) const ALL: [Kernel; 20] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -186,6 +193,9 @@ impl Kernel {
         Kernel::LogsumexpFused,
         Kernel::CrossEntropyLossFused,
         Kernel::CrossEntropyFused,
+        Kernel::SoftmaxBackward,
+        Kernel::LogSoftmaxBackward,
+        Kernel::BceWithLogits,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -201,6 +211,7 @@ impl Kernel {
             SoftmaxFused | LogsumexpFused | CrossEntropyLossFused | CrossEntropyFused => {
                 Family::Fused
             }
+            SoftmaxBackward | LogSoftmaxBackward | BceWithLogits => Family::Backward,
         }
     }
 
@@ -224,6 +235,9 @@ impl Kernel {
             LogsumexpFused => "logsumexp_fused",
             CrossEntropyLossFused => "cross_entropy_loss_fused",
             CrossEntropyFused => "cross_entropy_fused",
+            SoftmaxBackward => "softmax_backward",
+            LogSoftmaxBackward => "log_softmax_backward",
+            BceWithLogits => "bce_with_logits",
         }
     }
 
@@ -245,6 +259,8 @@ impl Kernel {
             LogsumexpFused => &[MAT_IN, ROW_OUT],
             CrossEntropyLossFused => &[MAT_IN, ROW_IN, ROW_OUT],
             CrossEntropyFused => &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT],
+            SoftmaxBackward | LogSoftmaxBackward => &[MAT_IN, MAT_IN, MAT_OUT],
+            BceWithLogits => &[MAT_IN, MAT_IN, MAT_OUT, MAT_OUT],
         }
     }
 
