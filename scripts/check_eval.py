@@ -140,8 +140,83 @@ def main():
                 active = max(int((y != ignore).sum()), 1)
                 grad_floor = 1e-3 / (active if reduction == "mean" else 1)
                 r.check(case + " grad", np.load(gout), tt.grad.numpy(), PROB_TOL, grad_floor)
+        options(r, rng, args.devices.split(","), shapes)
         print(f"{r.count - r.failures}/{r.count} cases within tolerance")
         sys.exit(1 if r.failures else 0)
+
+
+def options(r, rng, devices, shapes):
+    """Label smoothing, class weights, z-loss; the backward ops; BCE with logits."""
+    for device, (rows, cols) in itertools.product(devices, shapes):
+        x = logits_for(rng, rows, cols, "plain")
+        xp = r.save("x.npy", x)
+        t = torch.from_numpy(x.astype(np.float64))
+        y = rng.integers(0, cols, size=rows).astype(np.int64)
+        if rows > 2:
+            y[1] = -100
+        yp = r.save("y.npy", y)
+        w = rng.uniform(0.2, 2.0, size=cols).astype(np.float32)
+        wp = r.save("w.npy", w)
+        tag = f"{device} {rows}x{cols}"
+        for eps, weighted, z, reduction in itertools.product(
+            [0.0, 0.1], [False, True], [0.0, 1e-3], ["none", "mean", "sum"]
+        ):
+            out, gout = r.path("loss.npy"), r.path("grad.npy")
+            cmd = ["cross-entropy", "--logits", xp, "--labels", yp, "--reduction", reduction,
+                   "--label-smoothing", str(eps), "--z-loss", str(z),
+                   "--out", out, "--grad-out", gout, "--device", device]
+            if weighted:
+                cmd += ["--weight", wp]
+            r.eval(cmd)
+            tt = t.clone().requires_grad_(True)
+            yt = torch.from_numpy(y)
+            wt = torch.from_numpy(w.astype(np.float64)) if weighted else None
+            ce = F.cross_entropy(tt, yt, weight=wt, reduction=reduction, ignore_index=-100,
+                                 label_smoothing=eps)
+            keep = (yt != -100).double()
+            zrow = z * torch.logsumexp(tt, 1) ** 2 * keep
+            if reduction == "none":
+                loss = ce + zrow
+            elif reduction == "sum":
+                loss = ce + zrow.sum()
+            else:
+                loss = ce + zrow.sum() / keep.sum()
+            (loss.sum() if reduction == "none" else loss).backward()
+            case = f"{tag} cross-entropy e={eps} w={weighted} z={z} {reduction}"
+            r.check(case + " loss", np.load(out), loss.detach().numpy(), LOSS_TOL, 1.0)
+            wsum = float((w[y[y != -100]] if weighted else np.ones((y != -100).sum())).sum())
+            floor = 1e-3 / (max(wsum, 1e-3) if reduction == "mean" else 1)
+            r.check(case + " grad", np.load(gout), tt.grad.numpy(), PROB_TOL, floor)
+
+        dy = rng.uniform(-1, 1, size=(rows, cols)).astype(np.float32)
+        dyp = r.save("dy.npy", dy)
+        dyt = torch.from_numpy(dy.astype(np.float64))
+        for op, flag, fwd in [("softmax-backward", "--probs", torch.softmax),
+                              ("log-softmax-backward", "--log-probs", torch.log_softmax)]:
+            tt = t.clone().requires_grad_(True)
+            out_t = fwd(tt, 1)
+            (out_t * dyt).sum().backward()
+            ip = r.save("in.npy", out_t.detach().numpy().astype(np.float32))
+            out = r.path("dx.npy")
+            r.eval([op, flag, ip, "--upstream", dyp, "--out", out, "--device", device])
+            # dy - exp(lp) sum(dy) subtracts terms of order |dy| ~ 1 (and the input lp is
+            # already rounded to f32): its absolute error is a few ulp of 1, not of the result.
+            floor = 1e-2 if op == "log-softmax-backward" else 1e-3
+            r.check(f"{tag} {op}", np.load(out), tt.grad.numpy(), PROB_TOL, floor)
+
+        targ = rng.uniform(0, 1, size=(rows, cols)).astype(np.float32)
+        tp = r.save("t.npy", targ)
+        for reduction in ["none", "mean", "sum"]:
+            out, gout = r.path("bce.npy"), r.path("bceg.npy")
+            r.eval(["bce-with-logits", "--logits", xp, "--targets", tp, "--reduction", reduction,
+                    "--out", out, "--grad-out", gout, "--device", device])
+            tt = t.clone().requires_grad_(True)
+            loss = F.binary_cross_entropy_with_logits(
+                tt, torch.from_numpy(targ.astype(np.float64)), reduction=reduction)
+            (loss.sum() if reduction == "none" else loss).backward()
+            r.check(f"{tag} bce {reduction} loss", np.load(out), loss.detach().numpy(), LOSS_TOL, 1.0)
+            floor = 1e-3 / (rows * cols if reduction == "mean" else 1)
+            r.check(f"{tag} bce {reduction} grad", np.load(gout), tt.grad.numpy(), PROB_TOL, floor)
 
 
 if __name__ == "__main__":

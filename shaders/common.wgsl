@@ -16,6 +16,12 @@ struct RowParams {
     flags: u32,     // kernel-specific
     f0: f32,        // kernel-specific
     f1: f32,        // kernel-specific
+    f2: f32,        // kernel-specific
+    f3: f32,        // kernel-specific
+    f4: f32,        // kernel-specific
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: RowParams;

@@ -8,8 +8,11 @@
 //                             log-softmax (x[i, j] - m) - log(s)
 //   logsumexp_fused:          lse[i] = m + log(s), or m when m is infinite (torch.logsumexp)
 //   cross_entropy_loss_fused: loss[i] = (m - x[i, y[i]]) + log(s), 0 when y[i] = IGNORED
-//   cross_entropy_fused:      that loss, and g[i, j] = (exp(x[i, j] - m) / s - [j == y[i]]) * p.f0,
-//                             0 for ignored rows (p.f0 is the reduction's scale)
+//   cross_entropy_fused:      the loss with every option, and its gradient (cpu::cross_entropy
+//                             and cpu::cross_entropy_grad give the formulas); 0 for ignored rows.
+//                             p.f0, p.f1: the scales of the cross-entropy and z-loss terms;
+//                             p.f2: label smoothing; p.f3: z-loss strength; p.f4: the sum of the
+//                             class weights; p.flags bit 0: multiply row i by up[i].
 //
 // An all -inf row has m = -inf and s = 0: softmax and the loss are NaN (as in PyTorch), and
 // logsumexp is -inf. A row holding +inf or NaN gives NaN. Ignored rows never reach an output.
@@ -24,6 +27,8 @@
 //                             3 loss_out  read_write  array<f32>  one per row
 //   cross_entropy_fused       1 x, 2 y, 3 loss_out (as above)
 //                             4 g         read_write  array<V>    N x C gradient
+//                             5 w         read        array<V>    C class weights, bound whole
+//                             6 up        read        array<f32>  per-row upstream gradient
 // Dispatch: a team of p.tpr threads per row (common.wgsl).
 // Rust side: Kernel::{SoftmaxFused, LogsumexpFused, CrossEntropyLossFused, CrossEntropyFused};
 // GpuContext::{softmax, log_softmax, logsumexp, cross_entropy, cross_entropy_with_grad}.
@@ -34,6 +39,8 @@
 @group(0) @binding(2) var<storage, read> y: array<u32>;
 @group(0) @binding(3) var<storage, read_write> loss_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> g: array<V>;
+@group(0) @binding(5) var<storage, read> w: array<V>;
+@group(0) @binding(6) var<storage, read> up: array<f32>;
 
 var<workgroup> pair_m: array<f32, WG>;
 var<workgroup> pair_s: array<f32, WG>;
@@ -149,17 +156,52 @@ fn cross_entropy_fused(
 ) {
     let l = lane(wid, nwg, lid);
     let stats = row_stats(l, lid);
-    let label = y[p.vec_base + safe_row(l)];
+    let i_row = p.vec_base + safe_row(l);
+    let label = y[i_row];
     let ignored = label == IGNORED;
+    let safe = min(label, p.cols - 1u);
     let start = row_start(l);
-    let m = splat(stats.x);
-    let k = p.f0 / stats.y;
+    let m = stats.x;
+    let log_s = log(stats.y);
+    let eps = p.f2;
+    let w_y = lane_of(w[safe / W], safe % W);
+    let upstream = select(1.0, up[i_row], (p.flags & 1u) != 0u);
+    // grad = a (p - onehot) + b (W p - w) + c p: the cross-entropy, smoothing and z-loss terms.
+    let a = p.f0 * (1.0 - eps) * w_y * upstream;
+    let b = p.f0 * eps / f32(p.cols) * upstream;
+    let c = p.f1 * 2.0 * p.f3 * (m + log_s) * upstream;
+    let inv = 1.0 / stats.y;
+    var smoothing = splat(0.0);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        let grad = exp(x[start + i] - m) * k - onehot(i, label) * p.f0;
+        let v = x[start + i];
+        let prob = exp(v - splat(m)) * inv;
+        var grad = (prob - onehot(i, label)) * a;
+        if eps > 0.0 {
+            let wv = w[i];
+            grad += (splat(p.f4) * prob - wv) * b;
+            // sum_j w_j (m - x_j): the smoothing term, (m - x) first as everywhere.
+            smoothing += wv * (splat(m) - v);
+        }
+        if p.f3 > 0.0 {
+            grad += prob * c;
+        }
         // select, not a multiply by 0: an ignored row's logits may hold NaN or inf.
         g[start + i] = select(grad, splat(0.0), ignored);
     }
-    if l.live && l.t == 0u {
-        loss_out[p.vec_base + l.row] = row_loss(l, label, stats);
+    let smooth_sum = team_sum(lid, hsum(smoothing));
+    if l.live && l.t == 0u && !ignored {
+        let x_y = lane_of(x[start + safe / W], safe % W);
+        var ce = (1.0 - eps) * w_y * ((m - x_y) + log_s);
+        if eps > 0.0 {
+            ce += eps / f32(p.cols) * (smooth_sum + p.f4 * log_s);
+        }
+        var z = 0.0;
+        if p.f3 > 0.0 {
+            z = p.f3 * (m + log_s) * (m + log_s);
+        }
+        // Each term carries its reduction's scale; sum_rows then adds them as they are.
+        loss_out[p.vec_base + l.row] = ce * p.f0 + z * p.f1;
+    } else if l.live && l.t == 0u {
+        loss_out[p.vec_base + l.row] = 0.0;
     }
 }

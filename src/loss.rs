@@ -64,6 +64,15 @@ impl FromStr for Reduction {
 pub struct CrossEntropyOptions {
     /// How per-row losses are combined.
     pub reduction: Reduction,
+    /// PyTorch's `label_smoothing`, in `[0, 1]`: the target is `(1 - e) onehot(y) + e / C`.
+    pub label_smoothing: f32,
+    /// PyTorch's `weight`: one finite, non-negative weight per class. A row's loss is scaled by
+    /// its label's weight (and the smoothing term by each class's), and `mean` divides by the
+    /// summed weights of the rows not ignored.
+    pub weight: Option<Array1<f32>>,
+    /// The z-loss strength `S` (PaLM, Liger): adds `S * lse^2` per row not ignored, unweighted;
+    /// `mean` divides that sum by the number of rows not ignored.
+    pub z_loss: f32,
 }
 
 impl CrossEntropyOptions {
@@ -71,6 +80,88 @@ impl CrossEntropyOptions {
     pub fn reduction(mut self, reduction: Reduction) -> Self {
         self.reduction = reduction;
         self
+    }
+
+    /// Sets [`label_smoothing`](Self::label_smoothing).
+    pub fn label_smoothing(mut self, epsilon: f32) -> Self {
+        self.label_smoothing = epsilon;
+        self
+    }
+
+    /// Sets [`weight`](Self::weight).
+    pub fn weight(mut self, weight: Array1<f32>) -> Self {
+        self.weight = Some(weight);
+        self
+    }
+
+    /// Sets [`z_loss`](Self::z_loss).
+    pub fn z_loss(mut self, strength: f32) -> Self {
+        self.z_loss = strength;
+        self
+    }
+
+    /// Whether only the reduction (and the labels' ignore index) is set: what the staged
+    /// kernels and the fast CPU path implement.
+    pub fn is_plain(&self) -> bool {
+        self.label_smoothing == 0.0 && self.weight.is_none() && self.z_loss == 0.0
+    }
+
+    /// Checks the options against `classes`.
+    pub(crate) fn validate(&self, op: &'static str, classes: usize) -> crate::Result<()> {
+        use crate::Error;
+        let e = self.label_smoothing;
+        if !(0.0..=1.0).contains(&e) {
+            return Err(Error::invalid(
+                op,
+                format!("label smoothing {e} is not in [0, 1]"),
+            ));
+        }
+        if !self.z_loss.is_finite() || self.z_loss < 0.0 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "z-loss strength {} is not a finite number >= 0",
+                    self.z_loss
+                ),
+            ));
+        }
+        if let Some(w) = &self.weight {
+            if w.len() != classes {
+                return Err(Error::shape(
+                    op,
+                    format!("{classes} class weights"),
+                    format!("{}", w.len()),
+                ));
+            }
+            if let Some((j, v)) = w
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite() || **v < 0.0)
+            {
+                return Err(Error::invalid(
+                    op,
+                    format!("class weight {v} of class {j} is not a finite number >= 0"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The weight of class `j` (1 without weights).
+    pub(crate) fn w(&self, j: usize) -> f64 {
+        self.weight.as_ref().map_or(1.0, |w| f64::from(w[j]))
+    }
+
+    /// The scales of the cross-entropy and z-loss terms under the reduction: for a mean, one
+    /// over the summed label weights and one over the rows not ignored; 1 otherwise.
+    pub(crate) fn scales(&self, labels: &crate::Labels) -> (f64, f64) {
+        match self.reduction {
+            Reduction::Mean => {
+                let weights: f64 = labels.iter().flatten().map(|y| self.w(y)).sum();
+                (1.0 / weights, 1.0 / labels.active_count() as f64)
+            }
+            Reduction::Sum | Reduction::None => (1.0, 1.0),
+        }
     }
 }
 

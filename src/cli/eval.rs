@@ -122,6 +122,15 @@ pub struct CrossEntropyArgs {
     /// Rows with this label add nothing to the loss and get a zero gradient.
     #[arg(long, default_value_t = DEFAULT_IGNORE_INDEX, allow_negative_numbers = true)]
     ignore_index: i64,
+    /// Label smoothing e in [0, 1]: the target becomes (1 - e) onehot(y) + e / C.
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// C class weights (.npy, float32 or float64), as F.cross_entropy's weight.
+    #[arg(long)]
+    weight: Option<PathBuf>,
+    /// z-loss strength S: adds S * logsumexp^2 per row not ignored.
+    #[arg(long, default_value_t = 0.0)]
+    z_loss: f32,
     /// Where to write the loss (.npy, float32).
     #[arg(long)]
     out: PathBuf,
@@ -213,7 +222,13 @@ fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
     let x = read_logits(&a.logits)?;
     let raw = npy::read_labels(&a.labels).context("--labels")?;
     let labels = Labels::new(raw.iter().copied(), x.ncols(), a.ignore_index).context("--labels")?;
-    let opts = CrossEntropyOptions::default().reduction(a.reduction.into());
+    let mut opts = CrossEntropyOptions::default()
+        .reduction(a.reduction.into())
+        .label_smoothing(a.label_smoothing)
+        .z_loss(a.z_loss);
+    if let Some(path) = &a.weight {
+        opts = opts.weight(npy::read_vector(path, "class weights").context("--weight")?);
+    }
     let device = open_device(a.device)?;
     let loss = match &a.grad_out {
         Some(grad_path) => {

@@ -232,6 +232,12 @@ pub fn cross_entropy_with_grad(
     const OP: &str = "cross_entropy_with_grad";
     check_classes(OP, x)?;
     labels.check_fits(OP, x.nrows(), x.ncols())?;
+    if !opts.is_plain() {
+        return Err(crate::Error::invalid(
+            OP,
+            "the fast path implements the reduction and ignore_index only; use cpu::cross_entropy for label smoothing, class weights or the z-loss",
+        ));
+    }
     let scale = reduction_scale(opts.reduction, labels);
     let (grad, losses) = rows(x, |i| RowOp::CrossEntropy {
         label: labels.get(i),

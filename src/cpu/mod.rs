@@ -136,20 +136,35 @@ fn map_rows(x: ArrayView2<f32>, f: impl Fn(f32, f32, f64) -> f32) -> Array2<f32>
     out
 }
 
-/// The per-row cross-entropy `-log softmax(x)_y`, 0 for ignored rows, in f64.
-fn cross_entropy_rows(x: ArrayView2<f32>, labels: &Labels) -> Vec<f64> {
-    x.rows()
-        .into_iter()
-        .zip(labels.iter())
-        .map(|(row, y)| match y {
-            None => 0.0,
-            Some(y) => {
-                let (m, s) = stats(row);
-                // m - x_y first: next to m = 1e30, even f64 would round ln s away.
-                (m as f64 - row[y] as f64) + s.ln()
-            }
-        })
-        .collect()
+/// One row's cross-entropy terms, in f64: `(ce, z)`, the (weighted, smoothed) cross-entropy
+/// and the z-loss, before the reduction's scales; `(0, 0)` for an ignored row.
+fn cross_entropy_terms(
+    row: ArrayView1<f32>,
+    y: Option<usize>,
+    opts: &CrossEntropyOptions,
+) -> (f64, f64) {
+    let Some(y) = y else { return (0.0, 0.0) };
+    let (m, s) = stats(row);
+    let (m, ln_s) = (m as f64, s.ln());
+    let eps = opts.label_smoothing as f64;
+    // (m - x) first: next to m = 1e30, even f64 would round ln s away.
+    let mut ce = (1.0 - eps) * opts.w(y) * ((m - row[y] as f64) + ln_s);
+    if eps > 0.0 {
+        let c = row.len() as f64;
+        let smooth: f64 = row
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| opts.w(j) * ((m - v as f64) + ln_s))
+            .sum();
+        ce += eps / c * smooth;
+    }
+    let z = if opts.z_loss > 0.0 {
+        let lse = m + ln_s;
+        opts.z_loss as f64 * lse * lse
+    } else {
+        0.0
+    };
+    (ce, z)
 }
 
 /// The factor the per-row losses and gradients are multiplied by for `reduction`: `1/D` for a
@@ -163,10 +178,14 @@ pub(crate) fn reduction_scale(reduction: Reduction, labels: &Labels) -> f64 {
 }
 
 /// Cross-entropy of `x` (`N x C` logits) against integer `labels`, as PyTorch's
-/// `F.cross_entropy(x, y, reduction=.., ignore_index=..)`.
+/// `F.cross_entropy(x, y, weight=.., reduction=.., ignore_index=.., label_smoothing=..)`, plus
+/// the z-loss of [`CrossEntropyOptions::z_loss`].
 ///
-/// Ignored rows contribute 0 whatever their logits hold; a `mean` divides by the number of rows
-/// not ignored, and is NaN when there are none (PyTorch's result).
+/// Per row not ignored, with `lse = m + ln s`, weights `w` (1 without) and smoothing `e`:
+/// `(1 - e) w_y (lse - x_y) + (e / C) sum_j w_j (lse - x_j) + S lse^2`. Ignored rows contribute 0
+/// whatever their logits hold; a `mean` divides the cross-entropy terms by the summed weights of
+/// the rows not ignored and the z-loss terms by their number, and is NaN when there are none
+/// (PyTorch's result).
 pub fn cross_entropy(
     x: ArrayView2<f32>,
     labels: &Labels,
@@ -175,25 +194,36 @@ pub fn cross_entropy(
     const OP: &str = "cross_entropy";
     check_classes(OP, x)?;
     labels.check_fits(OP, x.nrows(), x.ncols())?;
-    let rows = cross_entropy_rows(x, labels);
+    opts.validate(OP, x.ncols())?;
+    let terms: Vec<(f64, f64)> = x
+        .rows()
+        .into_iter()
+        .zip(labels.iter())
+        .map(|(row, y)| cross_entropy_terms(row, y, opts))
+        .collect();
     Ok(match opts.reduction {
-        Reduction::None => Loss::PerRow(rows.iter().map(|&l| l as f32).collect()),
+        Reduction::None => Loss::PerRow(terms.iter().map(|&(ce, z)| (ce + z) as f32).collect()),
         reduction => {
-            let total: f64 = rows.iter().sum();
             if reduction == Reduction::Mean && labels.active_count() == 0 {
                 Loss::Reduced(f32::NAN)
             } else {
-                Loss::Reduced((total * reduction_scale(reduction, labels)) as f32)
+                let (ce_scale, z_scale) = opts.scales(labels);
+                let ce: f64 = terms.iter().map(|t| t.0).sum();
+                let z: f64 = terms.iter().map(|t| t.1).sum();
+                let z = if opts.z_loss > 0.0 { z * z_scale } else { 0.0 };
+                Loss::Reduced((ce * ce_scale + z) as f32)
             }
         }
     })
 }
 
-/// The gradient of [`cross_entropy`] with respect to the logits:
-/// `(softmax(x) - onehot(y)) * scale`, where `scale` is `1/D` for a mean over `D` rows not
-/// ignored and 1 otherwise. For [`Reduction::None`] it is the gradient of the sum of the per-row
-/// losses. Ignored rows get a zero gradient whatever their logits hold (PyTorch lets a NaN logit
-/// in an ignored row through as NaN; we deliberately do not).
+/// The gradient of [`cross_entropy`] with respect to the logits. Per row not ignored, with
+/// `p = softmax(x)`:
+/// `ce_scale ((1 - e) w_y (p - onehot(y)) + (e / C)(W p - w)) + z_scale 2 S lse p`, where `W` is
+/// the sum of the weights and the scales are those of the reduction (1 for `sum` and `none`;
+/// for `none` it is the gradient of the sum of the per-row losses). Ignored rows get a zero
+/// gradient whatever their logits hold (PyTorch lets a NaN logit in an ignored row through as
+/// NaN; we deliberately do not).
 pub fn cross_entropy_grad(
     x: ArrayView2<f32>,
     labels: &Labels,
@@ -202,16 +232,31 @@ pub fn cross_entropy_grad(
     const OP: &str = "cross_entropy_grad";
     check_classes(OP, x)?;
     labels.check_fits(OP, x.nrows(), x.ncols())?;
-    let scale = reduction_scale(opts.reduction, labels);
+    opts.validate(OP, x.ncols())?;
+    let (ce_scale, z_scale) = opts.scales(labels);
+    let eps = opts.label_smoothing as f64;
+    let c = x.ncols() as f64;
+    let total_weight: f64 = (0..x.ncols()).map(|j| opts.w(j)).sum();
     let mut g = Array2::zeros(x.raw_dim());
     for ((mut g, row), y) in g.rows_mut().into_iter().zip(x.rows()).zip(labels.iter()) {
         if let Some(y) = y {
             // In f64 throughout: p - 1 next to p = 1 - 1e-7 would keep only p's f32 rounding.
             let (m, s) = stats(row);
+            let lse = m as f64 + s.ln();
+            let a = ce_scale * (1.0 - eps) * opts.w(y);
+            let b = ce_scale * eps / c;
+            let z = z_scale * 2.0 * opts.z_loss as f64 * lse;
             for (j, (g, &v)) in g.iter_mut().zip(row).enumerate() {
                 let p = (v as f64 - m as f64).exp() / s;
                 let onehot = if j == y { 1.0 } else { 0.0 };
-                *g = ((p - onehot) * scale) as f32;
+                let mut d = a * (p - onehot);
+                if eps > 0.0 {
+                    d += b * (total_weight * p - opts.w(j));
+                }
+                if opts.z_loss > 0.0 {
+                    d += z * p;
+                }
+                *g = d as f32;
             }
         }
     }
@@ -423,4 +468,36 @@ impl BceLoss {
             BceLoss::Reduced(v) => ndarray::arr0(v).into_dyn(),
         }
     }
+}
+
+/// The gradient of the per-row losses ([`Reduction::None`]) with a per-row upstream gradient:
+/// row `i` of [`cross_entropy_grad`] times `upstream[i]`.
+pub fn cross_entropy_grad_upstream(
+    x: ArrayView2<f32>,
+    labels: &Labels,
+    opts: &CrossEntropyOptions,
+    upstream: ArrayView1<f32>,
+) -> Result<Array2<f32>> {
+    const OP: &str = "cross_entropy_grad_upstream";
+    if opts.reduction != Reduction::None {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "an upstream gradient needs reduction none, not {}",
+                opts.reduction
+            ),
+        ));
+    }
+    if upstream.len() != x.nrows() {
+        return Err(Error::shape(
+            OP,
+            format!("{} upstream gradients (one per row)", x.nrows()),
+            format!("{}", upstream.len()),
+        ));
+    }
+    let mut g = cross_entropy_grad(x, labels, opts)?;
+    for (mut row, &u) in g.rows_mut().into_iter().zip(upstream) {
+        row *= u;
+    }
+    Ok(g)
 }

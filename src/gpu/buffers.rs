@@ -69,6 +69,8 @@ pub struct GpuLabels {
     len: usize,
     classes: usize,
     active: usize,
+    /// Rows of each class (for the weighted mean's denominator without a readback).
+    pub(crate) counts: std::sync::Arc<[u64]>,
 }
 
 impl GpuLabels {
@@ -138,7 +140,7 @@ impl GpuContext {
         })
     }
 
-    fn storage_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+    pub(crate) fn storage_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
         if bytes.is_empty() {
             return self.storage(label, 4);
         }
@@ -220,12 +222,17 @@ impl GpuContext {
         self.check_bytes(OP, &format!("{} labels", labels.len()), labels.len())?;
         let bytes = bytemuck::cast_slice(labels.raw());
         let buffer = self.capture(OP, || Ok(self.storage_init("labels", bytes)))?;
+        let mut counts = vec![0u64; labels.classes()];
+        for y in labels.iter().flatten() {
+            counts[y] += 1;
+        }
         Ok(GpuLabels {
             buffer,
             owner: self.id,
             len: labels.len(),
             classes: labels.classes(),
             active: labels.active_count(),
+            counts: counts.into(),
         })
     }
 

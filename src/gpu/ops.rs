@@ -331,6 +331,12 @@ impl<'a> Staged<'a> {
         check_classes(op, x)?;
         labels.check_fits(op, x.rows(), x.cols())?;
         self.gpu.check_owned(op, &[x.owner, labels.owner])?;
+        if !opts.is_plain() {
+            return Err(Error::invalid(
+                op,
+                "the staged kernels implement the reduction and ignore_index only; the default (fused) path has every option",
+            ));
+        }
         let (rows, cols) = x.dim();
         let gpu = self.gpu;
         let scale = reduction_scale(opts.reduction, labels.active_count());
@@ -439,9 +445,11 @@ impl GpuContext {
         })
     }
 
-    /// Cross-entropy of logits `x` against `labels`, as `F.cross_entropy` (see
-    /// [`cpu::cross_entropy`](crate::cpu::cross_entropy) for the exact semantics): one read of
-    /// each row, then the reduction.
+    /// Cross-entropy of logits `x` against `labels`, as `F.cross_entropy` with every option of
+    /// [`CrossEntropyOptions`] (see [`cpu::cross_entropy`](crate::cpu::cross_entropy) for the
+    /// exact semantics). With the reduction and ignore index alone it reads each row once; with
+    /// label smoothing, class weights or the z-loss it runs
+    /// [`cross_entropy_with_grad`](Self::cross_entropy_with_grad) and drops the gradient.
     pub fn cross_entropy(
         &self,
         x: &GpuMatrix,
@@ -449,6 +457,9 @@ impl GpuContext {
         opts: &CrossEntropyOptions,
     ) -> Result<GpuLoss> {
         const OP: &str = "cross_entropy";
+        if !opts.is_plain() {
+            return Ok(self.cross_entropy_fused(OP, x, labels, opts, None)?.0);
+        }
         check_classes(OP, x)?;
         labels.check_fits(OP, x.rows(), x.cols())?;
         self.check_owned(OP, &[x.owner, labels.owner])?;
@@ -471,32 +482,114 @@ impl GpuContext {
 
     /// Cross-entropy and its gradient with respect to the logits in one fused dispatch (plus
     /// the reduction): each row of logits is read twice, once for its running maximum and sum
-    /// of exponentials and once to write the gradient, which is written once. For
-    /// [`Reduction::None`] the gradient is that of the sum of the per-row losses.
+    /// of exponentials and once to write the gradient, which is written once. Every option of
+    /// [`CrossEntropyOptions`] applies. For [`Reduction::None`] the gradient is that of the sum
+    /// of the per-row losses.
     pub fn cross_entropy_with_grad(
         &self,
         x: &GpuMatrix,
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<(GpuLoss, GpuMatrix)> {
-        const OP: &str = "cross_entropy_with_grad";
-        check_classes(OP, x)?;
-        labels.check_fits(OP, x.rows(), x.cols())?;
-        self.check_owned(OP, &[x.owner, labels.owner])?;
+        self.cross_entropy_fused("cross_entropy_with_grad", x, labels, opts, None)
+    }
+
+    /// [`cross_entropy_with_grad`](Self::cross_entropy_with_grad) for [`Reduction::None`] with a
+    /// per-row upstream gradient: row `i` of the gradient is multiplied by `upstream[i]`, the
+    /// derivative of the caller's loss with respect to row `i`'s cross-entropy.
+    pub fn cross_entropy_with_grad_upstream(
+        &self,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+        upstream: &GpuVector,
+    ) -> Result<(GpuLoss, GpuMatrix)> {
+        const OP: &str = "cross_entropy_with_grad_upstream";
+        if opts.reduction != Reduction::None {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "an upstream gradient needs reduction none, not {}",
+                    opts.reduction
+                ),
+            ));
+        }
+        check_per_row(OP, x, upstream, "upstream gradients")?;
+        self.check_owned(OP, &[upstream.owner])?;
+        self.cross_entropy_fused(OP, x, labels, opts, Some(upstream))
+    }
+
+    fn cross_entropy_fused(
+        &self,
+        op: &'static str,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+        upstream: Option<&GpuVector>,
+    ) -> Result<(GpuLoss, GpuMatrix)> {
+        check_classes(op, x)?;
+        labels.check_fits(op, x.rows(), x.cols())?;
+        self.check_owned(op, &[x.owner, labels.owner])?;
+        opts.validate(op, x.cols())?;
         let (rows, cols) = x.dim();
-        let scale = reduction_scale(opts.reduction, labels.active_count());
-        self.record(OP, |rec| {
-            let per_row = self.new_vector(OP, rows)?;
-            let grad = self.new_matrix(OP, rows, cols)?;
+        let weights: Vec<f32> = match &opts.weight {
+            Some(w) => w.to_vec(),
+            None => vec![1.0; cols],
+        };
+        let (ce_scale, z_scale) = match opts.reduction {
+            Reduction::Mean => {
+                let total: f64 = labels
+                    .counts
+                    .iter()
+                    .zip(&weights)
+                    .map(|(&n, &w)| n as f64 * f64::from(w))
+                    .sum();
+                (1.0 / total, 1.0 / labels.active_count() as f64)
+            }
+            Reduction::Sum | Reduction::None => (1.0, 1.0),
+        };
+        let extra = Extra {
+            flags: u32::from(upstream.is_some()),
+            f0: ce_scale as f32,
+            f1: z_scale as f32,
+            f2: opts.label_smoothing,
+            f3: opts.z_loss,
+            f4: weights.iter().map(|&w| f64::from(w)).sum::<f64>() as f32,
+        };
+        self.record(op, |rec| {
+            let per_row = self.new_vector(op, rows)?;
+            let grad = self.new_matrix(op, rows, cols)?;
+            let w = self.storage_init("class weights", bytemuck::cast_slice(&weights));
+            // Without an upstream gradient the kernel never reads binding 6; the labels stand in.
+            let up = upstream.map_or(&labels.buffer, |u| &u.buffer);
             rec.rows(
                 Kernel::CrossEntropyFused,
                 rows,
                 cols,
-                &[&x.buffer, &labels.buffer, &per_row.buffer, &grad.buffer],
-                Extra::f0(scale),
+                &[
+                    &x.buffer,
+                    &labels.buffer,
+                    &per_row.buffer,
+                    &grad.buffer,
+                    &w,
+                    up,
+                ],
+                extra,
             )?;
+            // The per-row values already carry the reduction's scales.
+            let values = match opts.reduction {
+                Reduction::None => per_row,
+                Reduction::Mean if labels.active_count() == 0 => {
+                    // PyTorch's mean over no rows: 0 / 0.
+                    let total = self.new_vector(op, 1)?;
+                    self.queue
+                        .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
+                    total
+                }
+                _ => record_reduction(rec, self, op, per_row, labels, Reduction::Sum)?,
+            };
             let loss = GpuLoss {
-                values: record_reduction(rec, self, OP, per_row, labels, opts.reduction)?,
+                values,
                 reduction: opts.reduction,
             };
             Ok((loss, grad))

@@ -24,6 +24,14 @@ pub(crate) struct RowParams {
     pub f0: f32,
     /// Kernel-specific scalar.
     pub f1: f32,
+    /// Kernel-specific scalar.
+    pub f2: f32,
+    /// Kernel-specific scalar.
+    pub f3: f32,
+    /// Kernel-specific scalar.
+    pub f4: f32,
+    /// Pads the block to a multiple of 16 bytes, as WGSL lays out uniforms.
+    pub pad: [u32; 3],
 }
 
 /// Params of the matmul kernels. Keep in sync with `struct MatmulParams` in
@@ -56,7 +64,7 @@ mod tests {
     /// WGSL lays a uniform struct of 4-byte scalars out densely, rounded up to 16 bytes.
     #[test]
     fn row_params_is_a_dense_multiple_of_16_bytes() {
-        assert_eq!(std::mem::size_of::<RowParams>(), 32);
+        assert_eq!(std::mem::size_of::<RowParams>(), 64);
         assert_eq!(std::mem::size_of::<RowParams>() % 16, 0);
         assert_eq!(std::mem::size_of::<MatmulParams>(), 32);
     }

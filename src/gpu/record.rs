@@ -23,6 +23,9 @@ pub(crate) struct Extra {
     pub flags: u32,
     pub f0: f32,
     pub f1: f32,
+    pub f2: f32,
+    pub f3: f32,
+    pub f4: f32,
 }
 
 impl Extra {
@@ -143,6 +146,10 @@ impl GpuContext {
                 flags: extra.flags,
                 f0: extra.f0,
                 f1: extra.f1,
+                f2: extra.f2,
+                f3: extra.f3,
+                f4: extra.f4,
+                pad: [0; 3],
             };
             out.push(self.dispatch(
                 kernel,

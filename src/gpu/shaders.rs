@@ -258,7 +258,7 @@ impl Kernel {
             CopyRows | SoftmaxFused => &[MAT_IN, MAT_OUT],
             LogsumexpFused => &[MAT_IN, ROW_OUT],
             CrossEntropyLossFused => &[MAT_IN, ROW_IN, ROW_OUT],
-            CrossEntropyFused => &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT],
+            CrossEntropyFused => &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT, WHOLE_IN, ROW_IN],
             SoftmaxBackward | LogSoftmaxBackward => &[MAT_IN, MAT_IN, MAT_OUT],
             BceWithLogits => &[MAT_IN, MAT_IN, MAT_OUT, MAT_OUT],
         }
