@@ -188,6 +188,26 @@ def options(r, rng, devices, shapes):
             floor = 1e-3 / (max(wsum, 1e-3) if reduction == "mean" else 1)
             r.check(case + " grad", np.load(gout), tt.grad.numpy(), PROB_TOL, floor)
 
+        soft = rng.uniform(0.01, 1, size=(rows, cols))
+        soft = (soft / soft.sum(1, keepdims=True)).astype(np.float32)
+        sp = r.save("soft.npy", soft)
+        for eps, weighted, reduction in itertools.product([0.0, 0.1], [False, True], ["none", "mean", "sum"]):
+            out, gout = r.path("loss.npy"), r.path("grad.npy")
+            cmd = ["cross-entropy", "--logits", xp, "--targets", sp, "--reduction", reduction,
+                   "--label-smoothing", str(eps), "--out", out, "--grad-out", gout, "--device", device]
+            if weighted:
+                cmd += ["--weight", wp]
+            r.eval(cmd)
+            tt = t.clone().requires_grad_(True)
+            wt = torch.from_numpy(w.astype(np.float64)) if weighted else None
+            loss = F.cross_entropy(tt, torch.from_numpy(soft.astype(np.float64)), weight=wt,
+                                   reduction=reduction, label_smoothing=eps)
+            (loss.sum() if reduction == "none" else loss).backward()
+            case = f"{tag} soft cross-entropy e={eps} w={weighted} {reduction}"
+            r.check(case + " loss", np.load(out), loss.detach().numpy(), LOSS_TOL, 1.0)
+            floor = 1e-3 / (rows if reduction == "mean" else 1)
+            r.check(case + " grad", np.load(gout), tt.grad.numpy(), PROB_TOL, floor)
+
         dy = rng.uniform(-1, 1, size=(rows, cols)).astype(np.float32)
         dyp = r.save("dy.npy", dy)
         dyt = torch.from_numpy(dy.astype(np.float64))

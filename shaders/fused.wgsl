@@ -13,6 +13,10 @@
 //                             p.f0, p.f1: the scales of the cross-entropy and z-loss terms;
 //                             p.f2: label smoothing; p.f3: z-loss strength; p.f4: the sum of the
 //                             class weights; p.flags bit 0: multiply row i by up[i].
+//   cross_entropy_soft:       against probability targets t: per row sum_j w_j t'_j (lse - x_j)
+//                             + S lse^2 with t' = (1 - e) t + e / C, and its gradient
+//                             (sum_k w_k t'_k + 2 S lse) p_j - w_j t'_j, both times p.f0 (the
+//                             reduction's scale); p.f2: e; p.f3: S.
 //
 // An all -inf row has m = -inf and s = 0: softmax and the loss are NaN (as in PyTorch), and
 // logsumexp is -inf. A row holding +inf or NaN gives NaN. Ignored rows never reach an output.
@@ -29,6 +33,7 @@
 //                             4 g         read_write  array<V>    N x C gradient
 //                             5 w         read        array<V>    C class weights, bound whole
 //                             6 up        read        array<f32>  per-row upstream gradient
+//   cross_entropy_soft        1 x; 2 soft read array<V> N x C targets; 3 loss_out; 4 g; 5 w
 // Dispatch: a team of p.tpr threads per row (common.wgsl).
 // Rust side: Kernel::{SoftmaxFused, LogsumexpFused, CrossEntropyLossFused, CrossEntropyFused};
 // GpuContext::{softmax, log_softmax, logsumexp, cross_entropy, cross_entropy_with_grad}.
@@ -37,6 +42,7 @@
 @group(0) @binding(2) var<storage, read_write> out: array<V>;
 @group(0) @binding(2) var<storage, read_write> lse_out: array<f32>;
 @group(0) @binding(2) var<storage, read> y: array<u32>;
+@group(0) @binding(2) var<storage, read> soft: array<V>;
 @group(0) @binding(3) var<storage, read_write> loss_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> g: array<V>;
 @group(0) @binding(5) var<storage, read> w: array<V>;
@@ -203,5 +209,41 @@ fn cross_entropy_fused(
         loss_out[p.vec_base + l.row] = ce * p.f0 + z * p.f1;
     } else if l.live && l.t == 0u {
         loss_out[p.vec_base + l.row] = 0.0;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_soft(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    let stats = row_stats(l, lid);
+    let start = row_start(l);
+    let m = stats.x;
+    let log_s = log(stats.y);
+    let eps = p.f2;
+    let uniform_part = splat(eps / f32(p.cols));
+    // The weighted, smoothed targets' total, and sum_j w_j t'_j (m - x_j) for the loss.
+    var total_acc = splat(0.0);
+    var loss_acc = splat(0.0);
+    for (var i = l.t; i < row_vectors(l); i += p.tpr) {
+        let tw = w[i] * (soft[start + i] * (1.0 - eps) + uniform_part);
+        total_acc += tw;
+        loss_acc += tw * (splat(m) - x[start + i]);
+    }
+    let total = team_sum(lid, hsum(total_acc));
+    let loss_part = team_sum(lid, hsum(loss_acc));
+    let inv = 1.0 / stats.y;
+    let z = 2.0 * p.f3 * (m + log_s);
+    for (var i = l.t; i < row_vectors(l); i += p.tpr) {
+        let tw = w[i] * (soft[start + i] * (1.0 - eps) + uniform_part);
+        let prob = exp(x[start + i] - splat(m)) * inv;
+        g[start + i] = (prob * (total + z) - tw) * p.f0;
+    }
+    if l.live && l.t == 0u {
+        let lse = m + log_s;
+        loss_out[p.vec_base + l.row] = (loss_part + total * log_s + p.f3 * lse * lse) * p.f0;
     }
 }

@@ -164,6 +164,26 @@ impl Device {
         }
     }
 
+    /// Cross-entropy against probability targets and its gradient with respect to the logits.
+    pub fn cross_entropy_soft_with_grad(
+        &self,
+        x: ArrayView2<f32>,
+        targets: ArrayView2<f32>,
+        opts: &CrossEntropyOptions,
+    ) -> Result<(Loss, Array2<f32>)> {
+        match self {
+            Device::Cpu => Ok((
+                cpu::cross_entropy_soft(x, targets, opts)?,
+                cpu::cross_entropy_soft_grad(x, targets, opts)?,
+            )),
+            Device::Gpu(g) => {
+                let (loss, grad) =
+                    g.cross_entropy_soft_with_grad(&g.upload(x)?, &g.upload(targets)?, opts)?;
+                Ok((g.download_loss(&loss)?, g.download(&grad)?))
+            }
+        }
+    }
+
     /// Binary cross-entropy with logits and its gradient with respect to the logits.
     pub fn bce_with_logits_with_grad(
         &self,

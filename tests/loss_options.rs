@@ -236,3 +236,129 @@ fn bad_options_are_errors_naming_the_values() {
         }
     }
 }
+
+/// Random probability rows.
+fn distributions(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
+    let mut t = logits(rows, cols, 1.0, seed).mapv(|v| v + 1.0);
+    for mut row in t.rows_mut() {
+        let s = row.sum();
+        row /= s;
+    }
+    t
+}
+
+/// One-hot soft targets give the integer-label loss; a hand value for a uniform target.
+#[test]
+fn soft_targets_reduce_to_labels_and_hand_values() {
+    let x = logits(5, 4, 3.0, 9);
+    let labels = Labels::new([0, 3, 1, 1, 2], 4, -100).unwrap();
+    let mut onehot = Array2::<f32>::zeros((5, 4));
+    for (i, y) in labels.iter().enumerate() {
+        onehot[[i, y.unwrap()]] = 1.0;
+    }
+    for (name, opts) in combinations(4) {
+        // With weights the mean's denominators differ (N against the label weights).
+        if opts.weight.is_some() && opts.reduction == Reduction::Mean {
+            continue;
+        }
+        let soft = cpu::cross_entropy_soft(x.view(), onehot.view(), &opts)
+            .unwrap()
+            .into_array();
+        let hard = cpu::cross_entropy(x.view(), &labels, &opts)
+            .unwrap()
+            .into_array();
+        assert_close(soft.view(), hard.view(), 1e-6, 1e-6, &name);
+        let soft = cpu::cross_entropy_soft_grad(x.view(), onehot.view(), &opts).unwrap();
+        let hard = cpu::cross_entropy_grad(x.view(), &labels, &opts).unwrap();
+        assert_close(
+            soft.view(),
+            hard.view(),
+            1e-7,
+            1e-6,
+            &format!("{name} grad"),
+        );
+    }
+    // A uniform target over 2 equal logits costs ln 2.
+    let x = array![[3.0f32, 3.0]];
+    let t = array![[0.5f32, 0.5]];
+    let loss =
+        cpu::cross_entropy_soft(x.view(), t.view(), &CrossEntropyOptions::default()).unwrap();
+    assert!((loss.scalar().unwrap() - std::f32::consts::LN_2).abs() < 1e-7);
+}
+
+#[test]
+fn soft_target_gradient_matches_finite_differences() {
+    let x = logits(3, 5, 2.0, 11);
+    let t = distributions(3, 5, 12);
+    for (name, opts) in combinations(5) {
+        if opts.reduction == Reduction::None {
+            continue;
+        }
+        let grad = cpu::cross_entropy_soft_grad(x.view(), t.view(), &opts).unwrap();
+        let h = 1e-2f32;
+        for ((i, j), &g) in grad.indexed_iter() {
+            let loss = |d: f32| {
+                let mut y = x.clone();
+                y[[i, j]] += d;
+                cpu::cross_entropy_soft(y.view(), t.view(), &opts)
+                    .unwrap()
+                    .scalar()
+                    .unwrap() as f64
+            };
+            let numeric = (loss(h) - loss(-h)) / (2.0 * h as f64);
+            assert!(
+                (g as f64 - numeric).abs() < 1e-3,
+                "{name} ({i},{j}): {g} vs {numeric}"
+            );
+        }
+    }
+}
+
+#[test]
+fn soft_targets_on_the_gpu_match_the_reference() {
+    for (config, gpu) in configs() {
+        for (rows, cols) in [(1, 1), (3, 7), (17, 64), (65, 33), (4, 1025)] {
+            if config == "windows" && cols * 4 > 4000 {
+                continue;
+            }
+            let x = logits(rows, cols, 5.0, (rows + cols) as u64);
+            let t = distributions(rows, cols, 3);
+            let (gx, gt) = (gpu.upload(x.view()).unwrap(), gpu.upload(t.view()).unwrap());
+            for (name, opts) in combinations(cols) {
+                let case = format!("{config} {rows}x{cols} {name}");
+                let (loss, grad) = gpu.cross_entropy_soft_with_grad(&gx, &gt, &opts).unwrap();
+                let got = gpu.download_loss(&loss).unwrap().into_array();
+                let want = cpu::cross_entropy_soft(x.view(), t.view(), &opts)
+                    .unwrap()
+                    .into_array();
+                assert_close(
+                    got.view(),
+                    want.view(),
+                    LOG_ABS,
+                    LOG_REL,
+                    &format!("{case} loss"),
+                );
+                let got = gpu.download(&grad).unwrap();
+                let want = cpu::cross_entropy_soft_grad(x.view(), t.view(), &opts).unwrap();
+                assert_close(got.view(), want.view(), 1e-6, 1e-4, &format!("{case} grad"));
+            }
+        }
+    }
+    if let Some(gpu) = gpu() {
+        let x = gpu.upload(logits(3, 4, 1.0, 1).view()).unwrap();
+        let t = gpu.upload(distributions(3, 5, 1).view()).unwrap();
+        let err = gpu
+            .cross_entropy_soft_with_grad(&x, &t, &CrossEntropyOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Shape {
+                    op: "cross_entropy_soft",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}

@@ -114,8 +114,11 @@ pub struct CrossEntropyArgs {
     #[arg(long)]
     logits: PathBuf,
     /// N integer class labels (.npy, any integer dtype).
+    #[arg(long, required_unless_present = "targets", conflicts_with = "targets")]
+    labels: Option<PathBuf>,
+    /// N x C probability targets (.npy, float32 or float64), instead of --labels.
     #[arg(long)]
-    labels: PathBuf,
+    targets: Option<PathBuf>,
     /// How per-row losses combine: mean writes a 0-d array, none shape (N,).
     #[arg(long, value_enum, default_value = "mean")]
     reduction: ReductionArg,
@@ -220,8 +223,6 @@ fn row_op(
 
 fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
     let x = read_logits(&a.logits)?;
-    let raw = npy::read_labels(&a.labels).context("--labels")?;
-    let labels = Labels::new(raw.iter().copied(), x.ncols(), a.ignore_index).context("--labels")?;
     let mut opts = CrossEntropyOptions::default()
         .reduction(a.reduction.into())
         .label_smoothing(a.label_smoothing)
@@ -229,6 +230,21 @@ fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
     if let Some(path) = &a.weight {
         opts = opts.weight(npy::read_vector(path, "class weights").context("--weight")?);
     }
+    if let Some(path) = &a.targets {
+        let targets = npy::read_matrix(path, "targets").context("--targets")?;
+        let device = open_device(a.device)?;
+        let (loss, grad) = device.cross_entropy_soft_with_grad(x.view(), targets.view(), &opts)?;
+        if let Some(grad_path) = &a.grad_out {
+            write(grad_path, grad.view().into_dyn(), "--grad-out")?;
+        }
+        return write(&a.out, loss.into_array().view(), "--out");
+    }
+    let path = a
+        .labels
+        .as_ref()
+        .expect("clap requires --labels without --targets");
+    let raw = npy::read_labels(path).context("--labels")?;
+    let labels = Labels::new(raw.iter().copied(), x.ncols(), a.ignore_index).context("--labels")?;
     let device = open_device(a.device)?;
     let loss = match &a.grad_out {
         Some(grad_path) => {

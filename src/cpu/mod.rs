@@ -501,3 +501,84 @@ pub fn cross_entropy_grad_upstream(
     }
     Ok(g)
 }
+
+/// Cross-entropy against probability ("soft") targets `t` (`N x C`, each row a distribution),
+/// as `F.cross_entropy(x, t, weight=.., reduction=.., label_smoothing=..)` with a float target:
+/// per row `sum_j w_j t'_j (lse - x_j)` with `t' = (1 - e) t + e / C`. `mean` divides by `N`
+/// (PyTorch divides by the batch size here, not by the weights). No row is ignored; the z-loss
+/// adds `S lse^2` per row as for integer labels.
+pub fn cross_entropy_soft(
+    x: ArrayView2<f32>,
+    targets: ArrayView2<f32>,
+    opts: &CrossEntropyOptions,
+) -> Result<Loss> {
+    const OP: &str = "cross_entropy_soft";
+    check_soft(OP, x, targets, opts)?;
+    let rows: Vec<f64> = x
+        .rows()
+        .into_iter()
+        .zip(targets.rows())
+        .map(|(row, t)| {
+            let (m, s) = stats(row);
+            let (m, ln_s) = (m as f64, s.ln());
+            let ce: f64 = (0..row.len())
+                .map(|j| soft_target(opts, t, j) * ((m - row[j] as f64) + ln_s))
+                .sum();
+            let lse = m + ln_s;
+            ce + if opts.z_loss > 0.0 {
+                opts.z_loss as f64 * lse * lse
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(match opts.reduction {
+        Reduction::None => Loss::PerRow(rows.iter().map(|&l| l as f32).collect()),
+        Reduction::Sum => Loss::Reduced(rows.iter().sum::<f64>() as f32),
+        Reduction::Mean => Loss::Reduced((rows.iter().sum::<f64>() / rows.len() as f64) as f32),
+    })
+}
+
+/// The gradient of [`cross_entropy_soft`]: per row
+/// `scale ((sum_k w_k t'_k) p_j - w_j t'_j + 2 S lse p_j)`, `scale = 1/N` for mean.
+pub fn cross_entropy_soft_grad(
+    x: ArrayView2<f32>,
+    targets: ArrayView2<f32>,
+    opts: &CrossEntropyOptions,
+) -> Result<Array2<f32>> {
+    const OP: &str = "cross_entropy_soft_grad";
+    check_soft(OP, x, targets, opts)?;
+    let scale = match opts.reduction {
+        Reduction::Mean => 1.0 / x.nrows() as f64,
+        Reduction::Sum | Reduction::None => 1.0,
+    };
+    let mut g = Array2::zeros(x.raw_dim());
+    for ((mut g, row), t) in g.rows_mut().into_iter().zip(x.rows()).zip(targets.rows()) {
+        let (m, s) = stats(row);
+        let lse = m as f64 + s.ln();
+        let tw: Vec<f64> = (0..row.len()).map(|j| soft_target(opts, t, j)).collect();
+        let total: f64 = tw.iter().sum();
+        for (j, (g, &v)) in g.iter_mut().zip(row).enumerate() {
+            let p = (v as f64 - m as f64).exp() / s;
+            *g = (scale * (total * p - tw[j] + 2.0 * opts.z_loss as f64 * lse * p)) as f32;
+        }
+    }
+    Ok(g)
+}
+
+/// `w_j t'_j`, the weighted, smoothed target of class `j`.
+fn soft_target(opts: &CrossEntropyOptions, t: ArrayView1<f32>, j: usize) -> f64 {
+    let eps = opts.label_smoothing as f64;
+    opts.w(j) * ((1.0 - eps) * t[j] as f64 + eps / t.len() as f64)
+}
+
+fn check_soft(
+    op: &'static str,
+    x: ArrayView2<f32>,
+    targets: ArrayView2<f32>,
+    opts: &CrossEntropyOptions,
+) -> Result<()> {
+    check_classes(op, x)?;
+    check_same_shape(op, x, targets, "targets")?;
+    opts.validate(op, x.ncols())
+}

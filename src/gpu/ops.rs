@@ -596,6 +596,87 @@ impl GpuContext {
         })
     }
 
+    /// Cross-entropy against probability ("soft") targets, `N x C` like the logits, with its
+    /// gradient, as `F.cross_entropy` with a float target (see
+    /// [`cpu::cross_entropy_soft`](crate::cpu::cross_entropy_soft)); label smoothing, class
+    /// weights and the z-loss apply. One dispatch, plus the reduction.
+    pub fn cross_entropy_soft_with_grad(
+        &self,
+        x: &GpuMatrix,
+        targets: &GpuMatrix,
+        opts: &CrossEntropyOptions,
+    ) -> Result<(GpuLoss, GpuMatrix)> {
+        const OP: &str = "cross_entropy_soft";
+        check_classes(OP, x)?;
+        if targets.dim() != x.dim() {
+            return Err(Error::shape(
+                OP,
+                format!("targets of shape {:?} (the logits')", x.dim()),
+                format!("{:?}", targets.dim()),
+            ));
+        }
+        self.check_owned(OP, &[x.owner, targets.owner])?;
+        opts.validate(OP, x.cols())?;
+        let (rows, cols) = x.dim();
+        let weights: Vec<f32> = match &opts.weight {
+            Some(w) => w.to_vec(),
+            None => vec![1.0; cols],
+        };
+        let scale = match opts.reduction {
+            Reduction::Mean => 1.0 / rows as f32,
+            Reduction::Sum | Reduction::None => 1.0,
+        };
+        self.record(OP, |rec| {
+            let per_row = self.new_vector(OP, rows)?;
+            let grad = self.new_matrix(OP, rows, cols)?;
+            let w = self.storage_init("class weights", bytemuck::cast_slice(&weights));
+            rec.rows(
+                Kernel::CrossEntropySoft,
+                rows,
+                cols,
+                &[
+                    &x.buffer,
+                    &targets.buffer,
+                    &per_row.buffer,
+                    &grad.buffer,
+                    &w,
+                ],
+                Extra {
+                    f0: scale,
+                    f2: opts.label_smoothing,
+                    f3: opts.z_loss,
+                    ..Default::default()
+                },
+            )?;
+            let values = match opts.reduction {
+                Reduction::None => per_row,
+                reduction => {
+                    let total = self.new_vector(OP, 1)?;
+                    if reduction == Reduction::Mean && rows == 0 {
+                        self.queue
+                            .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
+                    } else {
+                        // The per-row values already carry the reduction's scale.
+                        rec.clear(&total.buffer);
+                        rec.rows(
+                            Kernel::SumRows,
+                            rows,
+                            1,
+                            &[&per_row.buffer, &total.buffer],
+                            Extra::f0(1.0),
+                        )?;
+                    }
+                    total
+                }
+            };
+            let loss = GpuLoss {
+                values,
+                reduction: opts.reduction,
+            };
+            Ok((loss, grad))
+        })
+    }
+
     /// Copies a loss back to the host.
     pub fn download_loss(&self, loss: &GpuLoss) -> Result<Loss> {
         self.check_owned("download_loss", &[loss.values.owner])?;

@@ -170,12 +170,13 @@ pub(crate) enum Kernel {
     SoftmaxBackward,
     LogSoftmaxBackward,
     BceWithLogits,
+    CrossEntropySoft,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 20] = [
+    pub(crate) const ALL: [Kernel; 21] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -196,6 +197,7 @@ impl Kernel {
         Kernel::SoftmaxBackward,
         Kernel::LogSoftmaxBackward,
         Kernel::BceWithLogits,
+        Kernel::CrossEntropySoft,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -208,9 +210,11 @@ impl Kernel {
             MatmulNn | MatmulTn => Family::Matmul,
             SoftmaxGradRows | LossErrRows => Family::Train,
             CopyRows => Family::Copy,
-            SoftmaxFused | LogsumexpFused | CrossEntropyLossFused | CrossEntropyFused => {
-                Family::Fused
-            }
+            SoftmaxFused
+            | LogsumexpFused
+            | CrossEntropyLossFused
+            | CrossEntropyFused
+            | CrossEntropySoft => Family::Fused,
             SoftmaxBackward | LogSoftmaxBackward | BceWithLogits => Family::Backward,
         }
     }
@@ -238,6 +242,7 @@ impl Kernel {
             SoftmaxBackward => "softmax_backward",
             LogSoftmaxBackward => "log_softmax_backward",
             BceWithLogits => "bce_with_logits",
+            CrossEntropySoft => "cross_entropy_soft",
         }
     }
 
@@ -261,6 +266,7 @@ impl Kernel {
             CrossEntropyFused => &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT, WHOLE_IN, ROW_IN],
             SoftmaxBackward | LogSoftmaxBackward => &[MAT_IN, MAT_IN, MAT_OUT],
             BceWithLogits => &[MAT_IN, MAT_IN, MAT_OUT, MAT_OUT],
+            CrossEntropySoft => &[MAT_IN, MAT_IN, ROW_OUT, MAT_OUT, WHOLE_IN],
         }
     }
 
