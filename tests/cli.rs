@@ -671,3 +671,54 @@ fn eval_backward_and_bce() {
         "softmax_backward",
     );
 }
+
+/// The loss-family options through `eval`: every bad value is one line naming it.
+#[test]
+fn eval_cross_entropy_options_reject_bad_values() {
+    let dir = scratch("eval_options");
+    let p = |n: &str| dir.join(n);
+    let s = |path: &Path| path.to_str().unwrap().to_string();
+    npy::write_f32(&p("x.npy"), logits(4, 3, 1.0, 1).view().into_dyn()).unwrap();
+    npy::write_f32(&p("w2.npy"), ndarray::array![1.0f32, 2.0].view().into_dyn()).unwrap();
+    npy::write_f32(&p("t.npy"), logits(4, 5, 1.0, 2).view().into_dyn()).unwrap();
+    write_labels_i64(&p("y.npy"), &[0, 1, 2, 0]);
+    let base = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "eval",
+            "cross-entropy",
+            "--logits",
+            &s(&p("x.npy")),
+            "--out",
+            &s(&p("o.npy")),
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let run_with = |extra: &[&str], needle: &str| {
+        let args = base(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&refs, needle);
+    };
+    run_with(
+        &["--labels", &s(&p("y.npy")), "--label-smoothing", "2"],
+        "label smoothing 2",
+    );
+    run_with(
+        &["--labels", &s(&p("y.npy")), "--weight", &s(&p("w2.npy"))],
+        "3 class weights",
+    );
+    run_with(
+        &["--labels", &s(&p("y.npy")), "--z-loss", "-1"],
+        "z-loss strength -1",
+    );
+    run_with(&["--targets", &s(&p("t.npy"))], "targets of shape");
+    // Labels and targets together are refused by the parser.
+    let args = base(&["--labels", &s(&p("y.npy")), "--targets", &s(&p("t.npy"))]);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+}

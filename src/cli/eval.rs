@@ -126,13 +126,13 @@ pub struct CrossEntropyArgs {
     #[arg(long, default_value_t = DEFAULT_IGNORE_INDEX, allow_negative_numbers = true)]
     ignore_index: i64,
     /// Label smoothing e in [0, 1]: the target becomes (1 - e) onehot(y) + e / C.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     label_smoothing: f32,
     /// C class weights (.npy, float32 or float64), as F.cross_entropy's weight.
     #[arg(long)]
     weight: Option<PathBuf>,
     /// z-loss strength S: adds S * logsumexp^2 per row not ignored.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     z_loss: f32,
     /// Where to write the loss (.npy, float32).
     #[arg(long)]
