@@ -59,14 +59,24 @@ fn rescale(s: f32, m_old: f32, m_new: f32) -> f32 {
 
 // The row's (m, s) in one pass, merged over the team. Every invocation of the workgroup must
 // call it, since it holds barriers.
-fn row_stats(l: Lane, lid: u32) -> vec2<f32> {
+//
+// With `keep`, the first ROW_CACHE vectors a thread reads are kept in `cache`, so that the
+// write pass takes them from there (`cached`) instead of reading storage again: on a CPU
+// adapter a private array is far cheaper than a bounds-checked storage load. ROW_CACHE is 1 on
+// GPUs, where a large private array would spill (src/gpu/shaders.rs, Config).
+fn row_stats(l: Lane, lid: u32, keep: bool, cache: ptr<function, array<V, ROW_CACHE>>) -> vec2<f32> {
     let start = row_start(l);
     // Seeded with an element of the row, not a sentinel (WGSL has no -inf literal); s = 0
     // makes a thread with no vectors of its own a neutral partner in the merge.
     var m = hmax(x[start]);
     var s = 0.0;
+    var k = 0u;
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
         let v = x[start + i];
+        if keep && k < ROW_CACHE {
+            (*cache)[k] = v;
+        }
+        k++;
         let mv = hmax(v);
         if mv > m {
             s = s * exp(m - mv);
@@ -96,6 +106,14 @@ fn row_stats(l: Lane, lid: u32) -> vec2<f32> {
     return r;
 }
 
+// Vector i of the row, the k-th this thread reads: from the cache when row_stats kept it.
+fn cached(cache: ptr<function, array<V, ROW_CACHE>>, k: u32, index: u32) -> V {
+    if k < ROW_CACHE {
+        return (*cache)[k];
+    }
+    return x[index];
+}
+
 @compute @workgroup_size(WG)
 fn softmax_fused(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -103,19 +121,23 @@ fn softmax_fused(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    let stats = row_stats(l, lid);
+    var cache: array<V, ROW_CACHE>;
+    let stats = row_stats(l, lid, true, &cache);
     let m = splat(stats.x);
     let start = row_start(l);
+    var k = 0u;
     if p.flags == 1u {
         let log_s = splat(log(stats.y));
         for (var i = l.t; i < row_vectors(l); i += p.tpr) {
             // (x - m) first: exact next to the maximum.
-            out[start + i] = (x[start + i] - m) - log_s;
+            out[start + i] = (cached(&cache, k, start + i) - m) - log_s;
+            k++;
         }
     } else {
         let inv = 1.0 / stats.y;
         for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-            out[start + i] = exp(x[start + i] - m) * inv;
+            out[start + i] = exp(cached(&cache, k, start + i) - m) * inv;
+            k++;
         }
     }
 }
@@ -127,7 +149,8 @@ fn logsumexp_fused(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    let stats = row_stats(l, lid);
+    var cache: array<V, ROW_CACHE>;
+    let stats = row_stats(l, lid, false, &cache);
     if l.live && l.t == 0u {
         lse_out[p.vec_base + l.row] = select(stats.x + log(stats.y), stats.x, abs(stats.x) > F32_MAX);
     }
@@ -147,7 +170,8 @@ fn cross_entropy_loss_fused(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    let stats = row_stats(l, lid);
+    var cache: array<V, ROW_CACHE>;
+    let stats = row_stats(l, lid, false, &cache);
     if l.live && l.t == 0u {
         let i = p.vec_base + l.row;
         loss_out[i] = row_loss(l, y[i], stats);
@@ -161,7 +185,8 @@ fn cross_entropy_fused(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    let stats = row_stats(l, lid);
+    var cache: array<V, ROW_CACHE>;
+    let stats = row_stats(l, lid, true, &cache);
     let i_row = p.vec_base + safe_row(l);
     let label = y[i_row];
     let ignored = label == IGNORED;
@@ -178,8 +203,10 @@ fn cross_entropy_fused(
     let c = p.f1 * 2.0 * p.f3 * (m + log_s) * upstream;
     let inv = 1.0 / stats.y;
     var smoothing = splat(0.0);
+    var k = 0u;
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        let v = x[start + i];
+        let v = cached(&cache, k, start + i);
+        k++;
         let prob = exp(v - splat(m)) * inv;
         var grad = (prob - onehot(i, label)) * a;
         if eps > 0.0 {
@@ -219,7 +246,8 @@ fn cross_entropy_soft(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    let stats = row_stats(l, lid);
+    var cache: array<V, ROW_CACHE>;
+    let stats = row_stats(l, lid, false, &cache);
     let start = row_start(l);
     let m = stats.x;
     let log_s = log(stats.y);

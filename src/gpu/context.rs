@@ -290,6 +290,11 @@ impl GpuContext {
             info.backend,
             info.device_type
         );
+        let row_cache = if info.device_type == wgpu::DeviceType::Cpu {
+            256
+        } else {
+            1
+        };
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(GpuContext {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -297,7 +302,7 @@ impl GpuContext {
             queue,
             info,
             limits,
-            config: Config { row_wg },
+            config: Config { row_wg, row_cache },
             geometry,
             pipelines: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),

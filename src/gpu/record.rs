@@ -90,6 +90,10 @@ impl GpuContext {
         let wg = self.config.row_wg;
         let tpr = match kernel.shape() {
             Shape::TeamPerRow => threads_per_row(cols.div_ceil(width.lanes()), wg),
+            Shape::CachedTeamPerRow => {
+                let lanes = cols.div_ceil(width.lanes());
+                threads_per_row(lanes.div_ceil(self.config.row_cache as usize), wg)
+            }
             Shape::ThreadPerRow => 1,
             Shape::OneWorkgroup => wg,
             Shape::Tiles => unreachable!("{} is not a row kernel", kernel.entry()),
