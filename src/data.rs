@@ -158,6 +158,17 @@ pub fn from_npy(
                 ),
             ));
         }
+        // A NaN or infinite feature would silently make every loss NaN.
+        if let Some(pos) = features.iter().position(|v| !v.is_finite()) {
+            let (row, col) = (pos / features.ncols().max(1), pos % features.ncols().max(1));
+            return Err(Error::parse(
+                x,
+                format!(
+                    "feature {} at row {row}, column {col} is not finite",
+                    features[[row, col]]
+                ),
+            ));
+        }
         if let Some(pos) = labels.iter().position(|&v| v < 0) {
             return Err(Error::parse(
                 y,

@@ -229,6 +229,20 @@ fn npy_data_infers_or_takes_the_class_count() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("2 labels") && err.contains("3 rows"), "{err}");
+    npy::write_f32(
+        &p("nan.npy"),
+        array![[1.0f32, 2.0], [3.0, f32::NAN], [5.0, 6.0]]
+            .into_dyn()
+            .view(),
+    )
+    .unwrap();
+    let err = data::from_npy(&p("nan.npy"), &p("y.npy"), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nan.npy") && err.contains("row 1, column 1"),
+        "{err}"
+    );
     npy::write_f32(&p("wide.npy"), array![[0.5f32, 0.5, 0.5]].into_dyn().view()).unwrap();
     let err = data::from_npy(
         &p("x.npy"),
