@@ -19,9 +19,11 @@ struct RowParams {
     f2: f32,        // kernel-specific
     f3: f32,        // kernel-specific
     f4: f32,        // kernel-specific
-    pad0: u32,
+    pad0: u32,      // padding to 64 bytes, as RowParams
     pad1: u32,
     pad2: u32,
+    pad3: u32,
+    pad4: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: RowParams;

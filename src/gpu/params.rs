@@ -31,7 +31,7 @@ pub(crate) struct RowParams {
     /// Kernel-specific scalar.
     pub f4: f32,
     /// Pads the block to a multiple of 16 bytes, as WGSL lays out uniforms.
-    pub pad: [u32; 3],
+    pub pad: [u32; 5],
 }
 
 /// Params of the matmul kernels. Keep in sync with `struct MatmulParams` in

@@ -153,7 +153,7 @@ impl GpuContext {
                 f2: extra.f2,
                 f3: extra.f3,
                 f4: extra.f4,
-                pad: [0; 3],
+                pad: [0; 5],
             };
             out.push(self.dispatch(
                 kernel,
