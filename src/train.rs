@@ -206,7 +206,6 @@ impl<'d> SoftmaxRegression<'d> {
                 };
                 let test = test.as_ref().map(|(x, y)| (x.view(), y));
                 let model = GpuRegression::new(gpu, (train.0.view(), &train.1), test, step)?;
-                model.reset(gpu)?;
                 State::Gpu {
                     gpu,
                     model: Box::new(model),

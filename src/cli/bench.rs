@@ -59,19 +59,8 @@ struct Row {
 }
 
 impl Row {
-    fn median(&self) -> f64 {
-        let mut t = self.times.clone();
-        t.sort_by(f64::total_cmp);
-        let n = t.len();
-        if n % 2 == 1 {
-            t[n / 2]
-        } else {
-            (t[n / 2 - 1] + t[n / 2]) / 2.0
-        }
-    }
-
     fn json(&self) -> Value {
-        let median = self.median();
+        let median = median(&self.times);
         let min = self.times.iter().copied().fold(f64::INFINITY, f64::min);
         let max = self.times.iter().copied().fold(0.0, f64::max);
         let mut v = json!({
@@ -382,10 +371,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The median of `times` (the mean of the middle two for an even count).
 fn median(times: &[f64]) -> f64 {
     let mut t = times.to_vec();
     t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+    let n = t.len();
+    if n % 2 == 1 {
+        t[n / 2]
+    } else {
+        (t[n / 2 - 1] + t[n / 2]) / 2.0
+    }
 }
 
 fn rayon_threads() -> usize {

@@ -105,28 +105,57 @@ fn record_reduction(
     labels: &GpuLabels,
     reduction: Reduction,
 ) -> Result<GpuVector> {
+    if reduction == Reduction::None {
+        return Ok(per_row);
+    }
+    let empty_mean = reduction == Reduction::Mean && labels.active_count() == 0;
     let scale = reduction_scale(reduction, labels.active_count());
-    Ok(match reduction {
-        Reduction::None => per_row,
-        Reduction::Mean | Reduction::Sum => {
-            let total = gpu.new_vector(op, 1)?;
-            if reduction == Reduction::Mean && labels.active_count() == 0 {
-                // PyTorch's mean over no rows: 0 / 0.
-                gpu.queue
-                    .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
-            } else {
-                rec.clear(&total.buffer);
-                rec.rows(
-                    Kernel::SumRows,
-                    labels.len(),
-                    1,
-                    &[&per_row.buffer, &total.buffer],
-                    Extra::f0(scale),
-                )?;
-            }
-            total
-        }
-    })
+    record_total(
+        rec,
+        gpu,
+        op,
+        &per_row.buffer,
+        labels.len(),
+        scale,
+        empty_mean,
+    )
+}
+
+/// `scale * sum` of the first `len` values of `values`, in a new one-element vector; NaN
+/// instead for `empty_mean`, PyTorch's mean over no rows (0 / 0). Every reduced loss ends here.
+fn record_total(
+    rec: &mut Recorder<'_>,
+    gpu: &GpuContext,
+    op: &'static str,
+    values: &wgpu::Buffer,
+    len: usize,
+    scale: f32,
+    empty_mean: bool,
+) -> Result<GpuVector> {
+    let total = gpu.new_vector(op, 1)?;
+    if empty_mean {
+        gpu.queue
+            .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
+    } else {
+        rec.clear(&total.buffer);
+        rec.rows(
+            Kernel::SumRows,
+            len,
+            1,
+            &[values, &total.buffer],
+            Extra::f0(scale),
+        )?;
+    }
+    Ok(total)
+}
+
+/// The class weights of `opts` for `classes` classes, 1 each without weights: the fused
+/// kernels always read a weight.
+fn class_weights(opts: &CrossEntropyOptions, classes: usize) -> Vec<f32> {
+    match &opts.weight {
+        Some(w) => w.to_vec(),
+        None => vec![1.0; classes],
+    }
 }
 
 impl<'a> Staged<'a> {
@@ -532,10 +561,7 @@ impl GpuContext {
         self.check_owned(op, &[x.owner, labels.owner])?;
         opts.validate(op, x.cols())?;
         let (rows, cols) = x.dim();
-        let weights: Vec<f32> = match &opts.weight {
-            Some(w) => w.to_vec(),
-            None => vec![1.0; cols],
-        };
+        let weights = class_weights(opts, cols);
         let (ce_scale, z_scale) = match opts.reduction {
             Reduction::Mean => {
                 let total: f64 = labels
@@ -576,17 +602,13 @@ impl GpuContext {
                 ],
                 extra,
             )?;
-            // The per-row values already carry the reduction's scales.
+            // The per-row values already carry the reduction's scales: a plain sum remains.
             let values = match opts.reduction {
                 Reduction::None => per_row,
-                Reduction::Mean if labels.active_count() == 0 => {
-                    // PyTorch's mean over no rows: 0 / 0.
-                    let total = self.new_vector(op, 1)?;
-                    self.queue
-                        .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
-                    total
+                reduction => {
+                    let empty_mean = reduction == Reduction::Mean && labels.active_count() == 0;
+                    record_total(rec, self, op, &per_row.buffer, rows, 1.0, empty_mean)?
                 }
-                _ => record_reduction(rec, self, op, per_row, labels, Reduction::Sum)?,
             };
             let loss = GpuLoss {
                 values,
@@ -618,10 +640,7 @@ impl GpuContext {
         self.check_owned(OP, &[x.owner, targets.owner])?;
         opts.validate(OP, x.cols())?;
         let (rows, cols) = x.dim();
-        let weights: Vec<f32> = match &opts.weight {
-            Some(w) => w.to_vec(),
-            None => vec![1.0; cols],
-        };
+        let weights = class_weights(opts, cols);
         let scale = match opts.reduction {
             Reduction::Mean => 1.0 / rows as f32,
             Reduction::Sum | Reduction::None => 1.0,
@@ -648,25 +667,12 @@ impl GpuContext {
                     ..Default::default()
                 },
             )?;
+            // The per-row values already carry the reduction's scale: a plain sum remains.
             let values = match opts.reduction {
                 Reduction::None => per_row,
                 reduction => {
-                    let total = self.new_vector(OP, 1)?;
-                    if reduction == Reduction::Mean && rows == 0 {
-                        self.queue
-                            .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
-                    } else {
-                        // The per-row values already carry the reduction's scale.
-                        rec.clear(&total.buffer);
-                        rec.rows(
-                            Kernel::SumRows,
-                            rows,
-                            1,
-                            &[&per_row.buffer, &total.buffer],
-                            Extra::f0(1.0),
-                        )?;
-                    }
-                    total
+                    let empty_mean = reduction == Reduction::Mean && rows == 0;
+                    record_total(rec, self, OP, &per_row.buffer, rows, 1.0, empty_mean)?
                 }
             };
             let loss = GpuLoss {
@@ -800,22 +806,17 @@ impl GpuContext {
             let loss = match reduction {
                 Reduction::None => GpuBceLoss::PerElement(loss),
                 Reduction::Mean | Reduction::Sum => {
-                    let total = self.new_vector(OP, 1)?;
-                    if reduction == Reduction::Mean && elems == 0 {
-                        self.queue
-                            .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
-                    } else {
-                        rec.clear(&total.buffer);
-                        // The loss matrix, read as one long vector of per-element values.
-                        rec.rows(
-                            Kernel::SumRows,
-                            elems,
-                            1,
-                            &[&loss.buffer, &total.buffer],
-                            Extra::f0(scale),
-                        )?;
-                    }
-                    GpuBceLoss::Reduced(total)
+                    // The loss matrix, read as one long vector of per-element values.
+                    let empty_mean = reduction == Reduction::Mean && elems == 0;
+                    GpuBceLoss::Reduced(record_total(
+                        rec,
+                        self,
+                        OP,
+                        &loss.buffer,
+                        elems,
+                        scale,
+                        empty_mean,
+                    )?)
                 }
             };
             Ok((loss, grad))

@@ -69,7 +69,7 @@ pub(crate) struct GpuRegression {
 }
 
 impl GpuRegression {
-    /// Uploads the data, zeroes theta (`features x classes`) and plans every dispatch.
+    /// Uploads the data, creates theta (`features x classes`, zero) and plans every dispatch.
     pub(crate) fn new(
         gpu: &GpuContext,
         train: (ArrayView2<f32>, &Labels),
@@ -82,6 +82,7 @@ impl GpuRegression {
         let test_set = test.map(|t| upload_set(gpu, OP, t)).transpose()?;
 
         let theta_bytes = gpu.check_bytes(OP, "theta", features * classes)?;
+        // wgpu zero-initialises every buffer: theta starts at zero, as in the seed.
         let theta = gpu.storage("theta", theta_bytes);
         let batch_bytes = gpu.check_bytes(OP, "a batch of logits", step.batch * classes)?;
         let batch_logits = gpu.storage("batch logits", batch_bytes);
@@ -165,15 +166,6 @@ impl GpuRegression {
             eval_test,
             results,
             _scratch: vec![batch_logits, scratch.logits, scratch.loss, scratch.err],
-        })
-    }
-
-    /// Zeroes theta.
-    pub(crate) fn reset(&self, gpu: &GpuContext) -> Result<()> {
-        gpu.check_owned("train", &[self.owner])?;
-        gpu.record("train", |rec| {
-            rec.clear(&self.theta);
-            Ok(())
         })
     }
 
