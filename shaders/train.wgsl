@@ -15,7 +15,36 @@
 //                      3 loss_out  read_write  array<f32>  one per row
 //                      4 err_out   read_write  array<f32>  one per row
 // Dispatch: one thread per row (p.tpr = 1), always scalar (W = 1).
-// Rust side: Kernel::{SoftmaxGradRows, LossErrRows}; src/gpu/train.rs; src/train.rs on the CPU.
+// Rust side (row kernels): Kernel::{SoftmaxGradRows, LossErrRows}.
+//
+// The fused batch step, for models whose theta (features x C, C <= STEP_CLASSES) and whose batch
+// gradient (B x C) each fit one uniform binding of STEP_UNIFORM vec4s. Every thread reads the
+// same element of theta or G at the same time: from a uniform binding that is one broadcast
+// (a constant-cache hit on a GPU, one scalar load for all SIMD lanes on lavapipe), where a
+// storage load would be repeated per lane. A batch step is then two dispatches:
+//
+//   step_forward:  g[b, j] = (softmax(x[b] theta)_j - [j == y[b]]) * p.f0, from the logits
+//                  computed in registers (the matmul, softmax and one-hot subtract in one pass);
+//                  0 for rows with y = IGNORED.
+//   step_update:   theta[k, j] = p.f1 * theta[k, j] + p.f0 * sum_b x[b, k] g[b, j]:
+//                  one thread per feature k, the SGD update theta - lr/B X^T G (p.f0 = -lr/B,
+//                  p.f1 = 1 - lr l2).
+//   loss_err_fused: loss_err_rows of the logits x[i] theta, computed in registers.
+//
+// Bindings (group 0):
+//   step_forward    1 x        read        array<f32>  B x features, windowed by rows
+//                   2 y        read        array<u32>  one label per row
+//                   3 g_out    read_write  array<f32>  B x C, bound whole (one window)
+//                   4 theta_u  uniform     features x C, row-major, as vec4s
+//   step_update     1 xb       read        array<f32>  the batch's rows, from element p.mat_base
+//                   2 g_u      uniform     B x C, row-major, as vec4s
+//                   3 theta    read_write  array<f32>  features x C
+//   loss_err_fused  1 x, 2 y, 3 loss_out as loss_err_rows; 4 theta_u as step_forward;
+//                   5 err_fused  read_write  array<f32>  one per row (loss_err_rows' err_out)
+// Params: p.flags = C in every step kernel; step_update: p.rows = features, p.cols = B.
+// Dispatch: one thread per row (batch row, feature, or data row), p.tpr = 1, scalar (W = 1).
+// Rust side: Kernel::{SoftmaxGradRows, LossErrRows, StepForward, StepUpdate, LossErrFused};
+// src/gpu/train.rs; src/train.rs on the CPU.
 
 @group(0) @binding(1) var<storage, read> labels: array<u32>;
 @group(0) @binding(2) var<storage, read_write> g: array<f32>;
@@ -23,6 +52,12 @@
 @group(0) @binding(2) var<storage, read> y: array<u32>;
 @group(0) @binding(3) var<storage, read_write> loss_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> err_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> g_out: array<f32>;
+@group(0) @binding(4) var<uniform> theta_u: array<vec4<f32>, STEP_UNIFORM>;
+@group(0) @binding(5) var<storage, read_write> err_fused: array<f32>;
+@group(0) @binding(1) var<storage, read> xb: array<f32>;
+@group(0) @binding(2) var<uniform> g_u: array<vec4<f32>, STEP_UNIFORM>;
+@group(0) @binding(3) var<storage, read_write> theta: array<f32>;
 
 @compute @workgroup_size(WG)
 fn softmax_grad_rows(
@@ -89,4 +124,164 @@ fn loss_err_rows(
     }
     loss_out[i] = (m - x[start + label]) + log(s);
     err_out[i] = select(0.0, 1.0, arg != label);
+}
+
+// The fused kernels keep a row's logits (or a feature's gradient) in four named vec4s, classes
+// 0-15: an array indexed in a loop would live in memory on lavapipe. Lanes past the last class
+// accumulate whatever follows in theta or G and are never read.
+struct Classes {
+    q0: vec4<f32>,
+    q1: vec4<f32>,
+    q2: vec4<f32>,
+    q3: vec4<f32>,
+}
+
+fn class_of(c: Classes, j: u32) -> f32 {
+    switch j / 4u {
+        case 0u: { return c.q0[j % 4u]; }
+        case 1u: { return c.q1[j % 4u]; }
+        case 2u: { return c.q2[j % 4u]; }
+        default: { return c.q3[j % 4u]; }
+    }
+}
+
+// Four consecutive elements of a row-major matrix held in a uniform array of vec4s.
+fn theta4(i: u32) -> vec4<f32> {
+    return vec4(theta_u[i / 4u][i % 4u], theta_u[(i + 1u) / 4u][(i + 1u) % 4u],
+                theta_u[(i + 2u) / 4u][(i + 2u) % 4u], theta_u[(i + 3u) / 4u][(i + 3u) % 4u]);
+}
+
+fn g4(i: u32) -> vec4<f32> {
+    return vec4(g_u[i / 4u][i % 4u], g_u[(i + 1u) / 4u][(i + 1u) % 4u],
+                g_u[(i + 2u) / 4u][(i + 2u) % 4u], g_u[(i + 3u) / 4u][(i + 3u) % 4u]);
+}
+
+// x[row] theta for the row starting at element `start` of x, p.flags classes.
+// Dead lanes call this on the last row and discard the result: returning before the loop
+// would make it divergent.
+fn row_logits(start: u32) -> Classes {
+    let classes = p.flags;
+    var c = Classes(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
+    for (var k = 0u; k < p.cols; k++) {
+        let v = x[start + k];
+        let base = k * classes;
+        c.q0 += v * theta4(base);
+        if classes > 4u {
+            c.q1 += v * theta4(base + 4u);
+        }
+        if classes > 8u {
+            c.q2 += v * theta4(base + 8u);
+        }
+        if classes > 12u {
+            c.q3 += v * theta4(base + 12u);
+        }
+    }
+    return c;
+}
+
+// The largest logit and the first class holding it (numpy's argmax: strictly greater wins).
+fn arg_max(z: Classes, classes: u32) -> vec2<f32> {
+    var m = z.q0.x;
+    var arg = 0u;
+    for (var j = 1u; j < classes; j++) {
+        let v = class_of(z, j);
+        if v > m {
+            m = v;
+            arg = j;
+        }
+    }
+    return vec2(m, f32(arg));
+}
+
+@compute @workgroup_size(WG)
+fn step_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    let classes = p.flags;
+    let z = row_logits(row_start(l));
+    if !l.live {
+        return;
+    }
+    let label = y[p.vec_base + l.row];
+    let out = l.row * classes;
+    if label == IGNORED {
+        for (var j = 0u; j < classes; j++) {
+            g_out[out + j] = 0.0;
+        }
+        return;
+    }
+    let m = arg_max(z, classes).x;
+    var s = 0.0;
+    for (var j = 0u; j < classes; j++) {
+        s += exp(class_of(z, j) - m);
+    }
+    let scale = p.f0 / s;
+    for (var j = 0u; j < classes; j++) {
+        g_out[out + j] = exp(class_of(z, j) - m) * scale - select(0.0, p.f0, j == label);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn step_update(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    let classes = p.flags;
+    let features = p.rows;
+    let k = safe_row(l);
+    var c = Classes(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
+    for (var b = 0u; b < p.cols; b++) {
+        let v = xb[p.mat_base + b * features + k];
+        let base = b * classes;
+        c.q0 += v * g4(base);
+        if classes > 4u {
+            c.q1 += v * g4(base + 4u);
+        }
+        if classes > 8u {
+            c.q2 += v * g4(base + 8u);
+        }
+        if classes > 12u {
+            c.q3 += v * g4(base + 12u);
+        }
+    }
+    if !l.live {
+        return;
+    }
+    for (var j = 0u; j < classes; j++) {
+        let i = k * classes + j;
+        theta[i] = p.f1 * theta[i] + p.f0 * class_of(c, j);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn loss_err_fused(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    let classes = p.flags;
+    let z = row_logits(row_start(l));
+    if !l.live {
+        return;
+    }
+    let i = p.vec_base + l.row;
+    let label = y[i];
+    if label == IGNORED {
+        loss_out[i] = 0.0;
+        err_fused[i] = 0.0;
+        return;
+    }
+    let best = arg_max(z, classes);
+    var s = 0.0;
+    for (var j = 0u; j < classes; j++) {
+        s += exp(class_of(z, j) - best.x);
+    }
+    loss_out[i] = (best.x - class_of(z, label)) + log(s);
+    err_fused[i] = select(0.0, 1.0, u32(best.y) != label);
 }

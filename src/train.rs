@@ -231,6 +231,15 @@ impl<'d> SoftmaxRegression<'d> {
         self.train.1.classes()
     }
 
+    /// Kernel dispatches per SGD step on the GPU: 2 where the fused step fits the model (up to
+    /// 16 classes, theta and a batch's gradient within 64 KiB each), else 3; `None` on the CPU.
+    pub fn dispatches_per_step(&self) -> Option<usize> {
+        match &self.state {
+            State::Cpu { .. } => None,
+            State::Gpu { model, .. } => Some(model.dispatches_per_step()),
+        }
+    }
+
     /// SGD steps per epoch: whole batches of the training set.
     pub fn batches_per_epoch(&self) -> usize {
         self.train.0.nrows() / self.opts.batch

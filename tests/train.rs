@@ -122,6 +122,50 @@ fn every_configuration_trains_alike() {
     }
 }
 
+/// The fused two-dispatch step at every class count around its vec4 groups and its limit of
+/// 16, and the three-dispatch step past it (17 and 20 classes, and a theta over the 64 KiB
+/// uniform binding), all against the CPU.
+#[test]
+fn both_step_paths_match_cpu_at_every_class_count() {
+    let gpu = require_gpu!();
+    let cases = [
+        (1, 5, 2),
+        (2, 5, 2),
+        (3, 6, 2),
+        (4, 7, 2),
+        (5, 3, 2),
+        (8, 9, 2),
+        (9, 4, 2),
+        (12, 13, 2),
+        (13, 2, 2),
+        (16, 11, 2),
+        (17, 6, 3),
+        (20, 5, 3),
+        (15, 1100, 3), // 16,500 floats of theta: over one uniform binding
+    ];
+    for (classes, features, dispatches) in cases {
+        let case = format!("{classes} classes, {features} features");
+        let (x, y) = blobs(230, features, classes, classes as u64);
+        let (xt, yt) = blobs(70, features, classes, 99);
+        let opts = TrainOptions::default()
+            .lr(0.4)
+            .batch(23)
+            .bias(features % 2 == 0);
+        let train = (x.view(), &y);
+        let test = Some((xt.view(), &yt));
+        let mut on_gpu = SoftmaxRegression::new(gpu, train, test, opts.clone()).unwrap();
+        let mut on_cpu = SoftmaxRegression::new(&Device::Cpu, train, test, opts).unwrap();
+        assert_eq!(on_gpu.dispatches_per_step(), Some(dispatches), "{case}");
+        assert_eq!(on_cpu.dispatches_per_step(), None);
+        for _ in 0..2 {
+            let (g, c) = (on_gpu.fit_epoch().unwrap(), on_cpu.fit_epoch().unwrap());
+            assert_same_epoch(&g, &c, (230, 70), &case);
+        }
+        let (tg, tc) = (on_gpu.theta().unwrap(), on_cpu.theta().unwrap());
+        assert_close(tg.view(), tc.view(), 1e-4, 1e-3, &format!("{case}: theta"));
+    }
+}
+
 /// The seed's first step by hand: theta = 0 gives uniform probabilities, so
 /// theta = -lr/B X^T (1/k - I_y).
 #[test]

@@ -7,6 +7,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::gpu::shaders::STEP_UNIFORM_BYTES;
 use crate::labels::Labels;
 
 /// An `rows x cols` row-major `f32` matrix on the device.
@@ -136,6 +137,18 @@ impl GpuContext {
             label: Some(label),
             size: bytes.max(4),
             usage: STORAGE,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A zeroed buffer that kernels may also read as a uniform
+    /// ([`Slot::Uniform`](crate::gpu::shaders::Slot::Uniform)): at least
+    /// [`STEP_UNIFORM_BYTES`], the size its uniform binding declares.
+    pub(crate) fn uniform_storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(STEP_UNIFORM_BYTES),
+            usage: STORAGE | wgpu::BufferUsages::UNIFORM,
             mapped_at_creation: false,
         })
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::dispatch::Geometry;
-use crate::gpu::shaders::{Config, Family, Kernel, Width};
+use crate::gpu::shaders::{Config, Family, Kernel, Slot, Width};
 
 /// Environment variable naming the adapter to use (a case-insensitive fragment of its name);
 /// `WGPU_ADAPTER_NAME` is honoured too. `WGPU_BACKEND` (e.g. `vulkan`, `gl`) limits the backends
@@ -400,8 +400,12 @@ impl GpuContext {
                     binding: i as u32 + 1,
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage {
-                            read_only: !b.writable,
+                        ty: if b.slot == Slot::Uniform {
+                            wgpu::BufferBindingType::Uniform
+                        } else {
+                            wgpu::BufferBindingType::Storage {
+                                read_only: !b.writable,
+                            }
                         },
                         has_dynamic_offset: false,
                         min_binding_size: None,

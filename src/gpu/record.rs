@@ -15,7 +15,7 @@ use crate::gpu::GpuContext;
 use crate::gpu::context::Pipeline;
 use crate::gpu::dispatch::{row_groups, threads_per_row};
 use crate::gpu::params::RowParams;
-use crate::gpu::shaders::{Kernel, Shape, Slot};
+use crate::gpu::shaders::{Kernel, STEP_UNIFORM_BYTES, Shape, Slot};
 
 /// The kernel-specific fields of [`RowParams`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -111,6 +111,7 @@ impl GpuContext {
             for (binding, at) in signature.iter().zip(buffers) {
                 let resource = match binding.slot {
                     Slot::Whole => at.buffer.as_entire_binding(),
+                    Slot::Uniform => uniform_binding(at.buffer),
                     Slot::Matrix | Slot::PerRow => {
                         let elems = if binding.slot == Slot::Matrix {
                             cols
@@ -201,6 +202,15 @@ impl GpuContext {
             groups,
         }
     }
+}
+
+/// The first [`STEP_UNIFORM_BYTES`] of `buffer`, the size the kernels declare.
+pub(crate) fn uniform_binding(buffer: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset: 0,
+        size: wgpu::BufferSize::new(STEP_UNIFORM_BYTES),
+    })
 }
 
 /// One op's command encoder.

@@ -112,6 +112,10 @@ pub(crate) enum Slot {
     PerRow,
     /// Bound whole (a scalar accumulator, class weights).
     Whole,
+    /// A small matrix every thread reads at the same index at the same time (theta, a batch
+    /// gradient), bound whole as a uniform buffer of [`STEP_UNIFORM_BYTES`]: each read is one
+    /// broadcast instead of a load per thread.
+    Uniform,
 }
 
 /// One binding after the params uniform (binding 0): what it holds, and whether it is written.
@@ -145,6 +149,10 @@ const WHOLE_OUT: Binding = Binding {
     slot: Slot::Whole,
     writable: true,
 };
+const UNIFORM_IN: Binding = Binding {
+    slot: Slot::Uniform,
+    writable: false,
+};
 
 /// One entry point. The variant name, the WGSL entry point and the CPU reference function share
 /// one spelling (`RowMax` / `row_max` / `cpu::row_max`).
@@ -171,12 +179,15 @@ pub(crate) enum Kernel {
     LogSoftmaxBackward,
     BceWithLogits,
     CrossEntropySoft,
+    StepForward,
+    StepUpdate,
+    LossErrFused,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 21] = [
+    pub(crate) const ALL: [Kernel; 24] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -198,6 +209,9 @@ impl Kernel {
         Kernel::LogSoftmaxBackward,
         Kernel::BceWithLogits,
         Kernel::CrossEntropySoft,
+        Kernel::StepForward,
+        Kernel::StepUpdate,
+        Kernel::LossErrFused,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -208,7 +222,9 @@ impl Kernel {
             LogsumexpRows | CrossEntropyRows | SumRows => Family::Loss,
             OneHotSubtract => Family::Grad,
             MatmulNn | MatmulTn => Family::Matmul,
-            SoftmaxGradRows | LossErrRows => Family::Train,
+            SoftmaxGradRows | LossErrRows | StepForward | StepUpdate | LossErrFused => {
+                Family::Train
+            }
             CopyRows => Family::Copy,
             SoftmaxFused
             | LogsumexpFused
@@ -243,6 +259,9 @@ impl Kernel {
             LogSoftmaxBackward => "log_softmax_backward",
             BceWithLogits => "bce_with_logits",
             CrossEntropySoft => "cross_entropy_soft",
+            StepForward => "step_forward",
+            StepUpdate => "step_update",
+            LossErrFused => "loss_err_fused",
         }
     }
 
@@ -267,6 +286,10 @@ impl Kernel {
             SoftmaxBackward | LogSoftmaxBackward => &[MAT_IN, MAT_IN, MAT_OUT],
             BceWithLogits => &[MAT_IN, MAT_IN, MAT_OUT, MAT_OUT],
             CrossEntropySoft => &[MAT_IN, MAT_IN, ROW_OUT, MAT_OUT, WHOLE_IN],
+            StepForward => &[MAT_IN, ROW_IN, WHOLE_OUT, UNIFORM_IN],
+            // The batch's rows of x are bound by the caller (src/gpu/train.rs), not windowed.
+            StepUpdate => &[WHOLE_IN, UNIFORM_IN, WHOLE_OUT],
+            LossErrFused => &[MAT_IN, ROW_IN, ROW_OUT, UNIFORM_IN, ROW_OUT],
         }
     }
 
@@ -274,7 +297,8 @@ impl Kernel {
     pub(crate) fn shape(self) -> Shape {
         use Kernel::*;
         match self {
-            LogsumexpRows | CrossEntropyRows | SoftmaxGradRows | LossErrRows => Shape::ThreadPerRow,
+            LogsumexpRows | CrossEntropyRows | SoftmaxGradRows | LossErrRows | StepForward
+            | StepUpdate | LossErrFused => Shape::ThreadPerRow,
             SumRows => Shape::OneWorkgroup,
             MatmulNn | MatmulTn => Shape::Tiles,
             SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
@@ -310,6 +334,12 @@ pub(crate) const MM_TY: u32 = 8;
 pub(crate) const MM_BK: u32 = 32;
 /// Output rows and columns of one matmul workgroup's tile.
 pub(crate) const MM_TILE: [u32; 2] = [4 * MM_TY, 4 * MM_TX];
+
+/// The most classes the fused training step handles (its per-thread logits live in registers).
+pub(crate) const STEP_CLASSES: u32 = 16;
+/// Size of the fused step's uniform bindings (theta, the batch gradient): the 64 KiB every
+/// WebGPU adapter offers. Buffers bound there are allocated at least this large.
+pub(crate) const STEP_UNIFORM_BYTES: u64 = 64 << 10;
 
 /// How a kernel's invocations map onto the rows of a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,6 +379,8 @@ impl Config {
         let _ = writeln!(s, "const MM_TX: u32 = {MM_TX}u;");
         let _ = writeln!(s, "const MM_TY: u32 = {MM_TY}u;");
         let _ = writeln!(s, "const MM_BK: u32 = {MM_BK}u;");
+        let _ = writeln!(s, "const STEP_CLASSES: u32 = {STEP_CLASSES}u;");
+        let _ = writeln!(s, "const STEP_UNIFORM: u32 = {}u;", STEP_UNIFORM_BYTES / 16);
         let _ = writeln!(s, "const IGNORED: u32 = {IGNORED:#x}u;");
         // WGSL has no infinity literal; `x < -F32_MAX` is how the kernels test for -inf.
         let _ = writeln!(s, "const F32_MAX: f32 = {:e};", f32::MAX);

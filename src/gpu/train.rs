@@ -1,7 +1,14 @@
 //! Softmax-regression training on the device: the seed's SGD epoch, with the data, theta and
 //! every intermediate resident, and every dispatch built once.
 //!
-//! One batch step is three dispatches:
+//! A batch step is two dispatches when theta and the batch gradient each fit one uniform
+//! binding (up to [`STEP_CLASSES`] classes, [`STEP_UNIFORM_BYTES`] each; MNIST-sized models):
+//!
+//! 1. `G = softmax(X_b theta) - I_y`, logits in registers ([`Kernel::StepForward`]);
+//! 2. `theta = (1 - lr l2) theta - lr/B X_b^T G`, a thread per feature ([`Kernel::StepUpdate`]).
+//!
+//! Both read the small operand (theta, then G) as a uniform, which every thread reads at the
+//! same index: a broadcast on every adapter. Larger models take three dispatches:
 //!
 //! 1. `logits = X_b theta` ([`Kernel::MatmulNn`]);
 //! 2. `G = softmax(logits) - I_y`, in place ([`Kernel::SoftmaxGradRows`]);
@@ -16,9 +23,11 @@ use ndarray::{Array2, ArrayView2};
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::gpu::dispatch::row_groups;
 use crate::gpu::matmul::Gemm;
-use crate::gpu::record::{At, Dispatch, Extra, Recorder};
-use crate::gpu::shaders::Kernel;
+use crate::gpu::params::RowParams;
+use crate::gpu::record::{At, Dispatch, Extra, Recorder, uniform_binding};
+use crate::gpu::shaders::{Kernel, STEP_CLASSES, STEP_UNIFORM_BYTES, Width};
 use crate::labels::Labels;
 
 /// The step's knobs, already validated by the caller.
@@ -58,12 +67,14 @@ pub(crate) struct GpuRegression {
     theta: wgpu::Buffer,
     train: DeviceSet,
     test: Option<DeviceSet>,
-    /// Per batch: the three step dispatches.
+    /// Per batch: the step's dispatches (two fused, three otherwise).
     batches: Vec<Vec<Dispatch>>,
     eval_train: EvalPlan,
     eval_test: Option<EvalPlan>,
     /// `[train loss, train error, test loss, test error]`, gathered for the one readback.
     results: wgpu::Buffer,
+    /// Whether the batch step and evaluation take the fused kernels.
+    fused: bool,
     // Scratch the plans bind; kept alive with them.
     _scratch: Vec<wgpu::Buffer>,
 }
@@ -82,61 +93,34 @@ impl GpuRegression {
         let test_set = test.map(|t| upload_set(gpu, OP, t)).transpose()?;
 
         let theta_bytes = gpu.check_bytes(OP, "theta", features * classes)?;
-        // wgpu zero-initialises every buffer: theta starts at zero, as in the seed.
-        let theta = gpu.storage("theta", theta_bytes);
         let batch_bytes = gpu.check_bytes(OP, "a batch of logits", step.batch * classes)?;
-        let batch_logits = gpu.storage("batch logits", batch_bytes);
+        let fused = fused_step_fits(gpu, features, classes, step.batch)?;
+        // wgpu zero-initialises every buffer: theta starts at zero, as in the seed.
+        let (theta, batch_logits) = if fused {
+            (
+                gpu.uniform_storage("theta", theta_bytes),
+                gpu.uniform_storage("batch gradient", batch_bytes),
+            )
+        } else {
+            (
+                gpu.storage("theta", theta_bytes),
+                gpu.storage("batch logits", batch_bytes),
+            )
+        };
 
         let mut batches = Vec::new();
         for b in 0..train_set.rows / step.batch {
             let first_row = b * step.batch;
-            let x_b = At {
-                buffer: &train_set.x,
-                first_row,
-            };
-            let mut plan = gpu.plan_matmul(
-                OP,
-                &Gemm {
-                    a: x_b,
-                    b: (&theta).into(),
-                    c: (&batch_logits).into(),
-                    m: step.batch,
-                    n: classes,
-                    k: features,
-                    transposed_a: false,
-                    alpha: 1.0,
-                    beta: 0.0,
-                },
-            )?;
-            plan.extend(gpu.plan_rows(
-                OP,
-                Kernel::SoftmaxGradRows,
-                step.batch,
+            let model = Model {
+                theta: &theta,
+                features,
                 classes,
-                &[
-                    At {
-                        buffer: &train_set.y,
-                        first_row,
-                    },
-                    (&batch_logits).into(),
-                ],
-                Extra::f0(1.0),
-            )?);
-            plan.extend(gpu.plan_matmul(
-                OP,
-                &Gemm {
-                    a: x_b,
-                    b: (&batch_logits).into(),
-                    c: (&theta).into(),
-                    m: features,
-                    n: classes,
-                    k: step.batch,
-                    transposed_a: true,
-                    alpha: -step.lr / step.batch as f32,
-                    beta: 1.0 - step.lr * step.l2,
-                },
-            )?);
-            batches.push(plan);
+            };
+            batches.push(if fused {
+                plan_fused_step(gpu, OP, &train_set, first_row, &model, &batch_logits, step)?
+            } else {
+                plan_step(gpu, OP, &train_set, first_row, &model, &batch_logits, step)?
+            });
         }
 
         let eval_rows = train_set.rows.max(test_set.as_ref().map_or(0, |t| t.rows));
@@ -148,10 +132,15 @@ impl GpuRegression {
             loss: gpu.storage("eval loss", eval_rows as u64 * 4),
             err: gpu.storage("eval err", eval_rows as u64 * 4),
         };
-        let eval_train = plan_eval(gpu, OP, &train_set, &theta, features, classes, &scratch)?;
+        let model = Model {
+            theta: &theta,
+            features,
+            classes,
+        };
+        let eval_train = plan_eval(gpu, OP, &train_set, &model, fused, &scratch)?;
         let eval_test = test_set
             .as_ref()
-            .map(|t| plan_eval(gpu, OP, t, &theta, features, classes, &scratch))
+            .map(|t| plan_eval(gpu, OP, t, &model, fused, &scratch))
             .transpose()?;
         let results = gpu.storage("results", 16);
         Ok(GpuRegression {
@@ -165,6 +154,7 @@ impl GpuRegression {
             eval_train,
             eval_test,
             results,
+            fused,
             _scratch: vec![batch_logits, scratch.logits, scratch.loss, scratch.err],
         })
     }
@@ -178,6 +168,13 @@ impl GpuRegression {
             .write_buffer(&self.train.x, 0, bytemuck::cast_slice(data));
         gpu.queue
             .write_buffer(&self.train.y, 0, bytemuck::cast_slice(y.raw()));
+    }
+
+    /// Dispatches per batch step: 2 fused, 3 otherwise.
+    pub(crate) fn dispatches_per_step(&self) -> usize {
+        self.batches
+            .first()
+            .map_or(if self.fused { 2 } else { 3 }, Vec::len)
     }
 
     /// Whether a test set was given.
@@ -265,15 +262,12 @@ impl GpuRegression {
             loss: gpu.storage("eval loss", set.rows as u64 * 4),
             err: gpu.storage("eval err", set.rows as u64 * 4),
         };
-        let plan = plan_eval(
-            gpu,
-            OP,
-            &set,
-            &self.theta,
-            self.features,
-            self.classes,
-            &scratch,
-        )?;
+        let model = Model {
+            theta: &self.theta,
+            features: self.features,
+            classes: self.classes,
+        };
+        let plan = plan_eval(gpu, OP, &set, &model, self.fused, &scratch)?;
         gpu.record(OP, |rec| {
             rec.clear(&plan.loss);
             rec.clear(&plan.err);
@@ -346,38 +340,58 @@ fn plan_eval(
     gpu: &GpuContext,
     op: &'static str,
     set: &DeviceSet,
-    theta: &wgpu::Buffer,
-    features: usize,
-    classes: usize,
+    model: &Model<'_>,
+    fused: bool,
     scratch: &EvalScratch,
 ) -> Result<EvalPlan> {
-    let mut dispatches = gpu.plan_matmul(
-        op,
-        &Gemm {
-            a: (&set.x).into(),
-            b: theta.into(),
-            c: (&scratch.logits).into(),
-            m: set.rows,
-            n: classes,
-            k: features,
-            transposed_a: false,
-            alpha: 1.0,
-            beta: 0.0,
-        },
-    )?;
-    dispatches.extend(gpu.plan_rows(
-        op,
-        Kernel::LossErrRows,
-        set.rows,
-        classes,
-        &[
-            (&scratch.logits).into(),
-            (&set.y).into(),
-            (&scratch.loss).into(),
-            (&scratch.err).into(),
-        ],
-        Extra::default(),
-    )?);
+    let mut dispatches = if fused {
+        gpu.plan_rows(
+            op,
+            Kernel::LossErrFused,
+            set.rows,
+            model.features,
+            &[
+                (&set.x).into(),
+                (&set.y).into(),
+                (&scratch.loss).into(),
+                model.theta.into(),
+                (&scratch.err).into(),
+            ],
+            Extra {
+                flags: model.classes as u32,
+                ..Extra::default()
+            },
+        )?
+    } else {
+        let mut plan = gpu.plan_matmul(
+            op,
+            &Gemm {
+                a: (&set.x).into(),
+                b: model.theta.into(),
+                c: (&scratch.logits).into(),
+                m: set.rows,
+                n: model.classes,
+                k: model.features,
+                transposed_a: false,
+                alpha: 1.0,
+                beta: 0.0,
+            },
+        )?;
+        plan.extend(gpu.plan_rows(
+            op,
+            Kernel::LossErrRows,
+            set.rows,
+            model.classes,
+            &[
+                (&scratch.logits).into(),
+                (&set.y).into(),
+                (&scratch.loss).into(),
+                (&scratch.err).into(),
+            ],
+            Extra::default(),
+        )?);
+        plan
+    };
     let loss = gpu.storage("loss total", 4);
     let err = gpu.storage("error total", 4);
     let mean = Extra::f0(1.0 / set.rows as f32);
@@ -396,4 +410,164 @@ fn plan_eval(
         loss,
         err,
     })
+}
+
+/// Theta and its shape, as the planners bind it.
+struct Model<'a> {
+    theta: &'a wgpu::Buffer,
+    features: usize,
+    classes: usize,
+}
+
+/// Whether the fused two-dispatch step fits the model: few enough classes for its registers,
+/// theta and a batch gradient within one uniform binding each, and a batch within one binding.
+fn fused_step_fits(
+    gpu: &GpuContext,
+    features: usize,
+    classes: usize,
+    batch: usize,
+) -> Result<bool> {
+    let uniform_floats = (STEP_UNIFORM_BYTES / 4) as usize;
+    Ok(classes <= STEP_CLASSES as usize
+        && features * classes <= uniform_floats
+        && batch * classes <= uniform_floats
+        && gpu.limits().max_uniform_buffer_binding_size >= STEP_UNIFORM_BYTES
+        && gpu.geometry.windows("train", batch, features)?.len() == 1)
+}
+
+/// The fused step of the batch starting at `first_row`: [`Kernel::StepForward`] into `grad`,
+/// then [`Kernel::StepUpdate`] into theta.
+fn plan_fused_step(
+    gpu: &GpuContext,
+    op: &'static str,
+    set: &DeviceSet,
+    first_row: usize,
+    model: &Model<'_>,
+    grad: &wgpu::Buffer,
+    step: Step,
+) -> Result<Vec<Dispatch>> {
+    let classes = model.classes as u32;
+    let mut plan = gpu.plan_rows(
+        op,
+        Kernel::StepForward,
+        step.batch,
+        model.features,
+        &[
+            At {
+                buffer: &set.x,
+                first_row,
+            },
+            At {
+                buffer: &set.y,
+                first_row,
+            },
+            grad.into(),
+            model.theta.into(),
+        ],
+        Extra {
+            flags: classes,
+            f0: 1.0,
+            ..Extra::default()
+        },
+    )?;
+    // fused_step_fits checked this: the kernel indexes the gradient by row within its window.
+    assert_eq!(plan.len(), 1, "a fused batch spans one window");
+
+    let pipeline = gpu.pipeline(Kernel::StepUpdate, Width::Scalar)?;
+    let (offset, size, base) = gpu
+        .geometry
+        .slice(&(first_row..first_row + step.batch), model.features);
+    let params = RowParams {
+        rows: model.features as u32,
+        cols: step.batch as u32,
+        tpr: 1,
+        mat_base: base,
+        vec_base: 0,
+        flags: classes,
+        f0: -step.lr / step.batch as f32,
+        f1: 1.0 - step.lr * step.l2,
+        f2: 0.0,
+        f3: 0.0,
+        f4: 0.0,
+        pad: [0; 5],
+    };
+    let groups = gpu
+        .geometry
+        .fold(op, row_groups(model.features, 1, gpu.config.row_wg))?;
+    plan.push(gpu.dispatch(
+        Kernel::StepUpdate,
+        &pipeline,
+        bytemuck::bytes_of(&params),
+        vec![
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &set.x,
+                offset,
+                size: wgpu::BufferSize::new(size),
+            }),
+            uniform_binding(grad),
+            model.theta.as_entire_binding(),
+        ],
+        groups,
+    ));
+    Ok(plan)
+}
+
+/// The three-dispatch step of the batch starting at `first_row`, for any model: matmul,
+/// softmax minus one-hot in place in `logits`, matmul accumulating into theta.
+fn plan_step(
+    gpu: &GpuContext,
+    op: &'static str,
+    set: &DeviceSet,
+    first_row: usize,
+    model: &Model<'_>,
+    logits: &wgpu::Buffer,
+    step: Step,
+) -> Result<Vec<Dispatch>> {
+    let x_b = At {
+        buffer: &set.x,
+        first_row,
+    };
+    let mut plan = gpu.plan_matmul(
+        op,
+        &Gemm {
+            a: x_b,
+            b: model.theta.into(),
+            c: logits.into(),
+            m: step.batch,
+            n: model.classes,
+            k: model.features,
+            transposed_a: false,
+            alpha: 1.0,
+            beta: 0.0,
+        },
+    )?;
+    plan.extend(gpu.plan_rows(
+        op,
+        Kernel::SoftmaxGradRows,
+        step.batch,
+        model.classes,
+        &[
+            At {
+                buffer: &set.y,
+                first_row,
+            },
+            logits.into(),
+        ],
+        Extra::f0(1.0),
+    )?);
+    plan.extend(gpu.plan_matmul(
+        op,
+        &Gemm {
+            a: x_b,
+            b: logits.into(),
+            c: model.theta.into(),
+            m: model.features,
+            n: model.classes,
+            k: step.batch,
+            transposed_a: true,
+            alpha: -step.lr / step.batch as f32,
+            beta: 1.0 - step.lr * step.l2,
+        },
+    )?);
+    Ok(plan)
 }
