@@ -59,13 +59,22 @@ fn row_vectors(l: Lane) -> u32 {
 
 var<workgroup> scratch: array<f32, WG>;
 
+// Team reductions run in two stages. Within a subgroup, lanes_max / lanes_sum (subgroup_*.wgsl)
+// combine each aligned chunk of min(tpr, SG) threads with shuffles, no barrier; SG is 1 where
+// the adapter has no subgroups, and that stage does nothing. Past SG threads, the chunks meet in
+// workgroup memory, one barrier per halving.
+
 // The maximum of `v` over the team of this lane's row. Every invocation of the workgroup must
-// call it, since it holds barriers.
+// call it, since it holds barriers and shuffles.
 fn team_max(lid: u32, v: f32) -> f32 {
-    scratch[lid] = v;
+    let part = lanes_max(v);
+    if p.tpr <= SG {
+        return part;
+    }
+    scratch[lid] = part;
     workgroupBarrier();
     let t = lid % p.tpr;
-    for (var k = p.tpr / 2u; k > 0u; k >>= 1u) {
+    for (var k = p.tpr / 2u; k >= SG; k >>= 1u) {
         if t < k {
             scratch[lid] = max(scratch[lid], scratch[lid + k]);
         }
@@ -79,10 +88,14 @@ fn team_max(lid: u32, v: f32) -> f32 {
 
 // The sum of `v` over the team of this lane's row; the same contract as team_max.
 fn team_sum(lid: u32, v: f32) -> f32 {
-    scratch[lid] = v;
+    let part = lanes_sum(v);
+    if p.tpr <= SG {
+        return part;
+    }
+    scratch[lid] = part;
     workgroupBarrier();
     let t = lid % p.tpr;
-    for (var k = p.tpr / 2u; k > 0u; k >>= 1u) {
+    for (var k = p.tpr / 2u; k >= SG; k >>= 1u) {
         if t < k {
             scratch[lid] = scratch[lid] + scratch[lid + k];
         }

@@ -30,6 +30,10 @@ pub struct GpuOptions {
     /// are processed in row windows that each fit one binding; a small cap exercises that path
     /// on small data (tests use it).
     pub max_binding_bytes: Option<u64>,
+    /// Whether row reductions may use subgroup shuffles where the device has
+    /// [`wgpu::Features::SUBGROUP`]. `None` means yes; `Some(false)` keeps every reduction in
+    /// workgroup memory (tests compare the two paths).
+    pub subgroups: Option<bool>,
 }
 
 impl GpuOptions {
@@ -48,6 +52,12 @@ impl GpuOptions {
     /// Sets [`row_workgroup_size`](Self::row_workgroup_size).
     pub fn row_workgroup_size(mut self, threads: u32) -> Self {
         self.row_workgroup_size = Some(threads);
+        self
+    }
+
+    /// Sets [`subgroups`](Self::subgroups).
+    pub fn subgroups(mut self, on: bool) -> Self {
+        self.subgroups = Some(on);
         self
     }
 
@@ -229,7 +239,7 @@ impl GpuContext {
     pub fn with_options(opts: &GpuOptions) -> Result<Self> {
         let adapter = choose_adapter(opts)?;
         // Only features some kernel or benchmark uses; everything else stays off.
-        let wanted = wgpu::Features::TIMESTAMP_QUERY;
+        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
         let (device, queue) =
             pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("softmax_ce"),
@@ -295,6 +305,18 @@ impl GpuContext {
         } else {
             1
         };
+        let subgroup = if opts.subgroups != Some(false)
+            && device.features().contains(wgpu::Features::SUBGROUP)
+        {
+            // The butterfly's distances must stay inside every subgroup the driver may pick.
+            match info.subgroup_min_size {
+                s if s.is_power_of_two() => s.min(row_wg),
+                _ => 1,
+            }
+        } else {
+            1
+        };
+        log::info!("subgroup shuffles over {subgroup} threads");
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(GpuContext {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -302,7 +324,11 @@ impl GpuContext {
             queue,
             info,
             limits,
-            config: Config { row_wg, row_cache },
+            config: Config {
+                row_wg,
+                row_cache,
+                subgroup,
+            },
             geometry,
             pipelines: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),

@@ -62,6 +62,8 @@ pub fn configs() -> Vec<(&'static str, &'static GpuContext)> {
             ("wg32", GpuOptions::default().row_workgroup_size(32)),
             ("wg256", GpuOptions::default().row_workgroup_size(256)),
             ("windows", GpuOptions::default().max_binding_bytes(4096)),
+            // Every reduction in workgroup memory, where the default shuffles within subgroups.
+            ("no-subgroups", GpuOptions::default().subgroups(false)),
         ];
         variants
             .into_iter()
