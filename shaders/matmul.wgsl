@@ -1,5 +1,5 @@
-// matmul.wgsl: the tiled matrix product, for the softmax-regression forward pass X theta and
-// its gradient X^T (Z - I_y).
+// matmul.wgsl: the register-tiled matrix product, for the softmax-regression forward pass
+// X theta and its gradient X^T (Z - I_y).
 //
 //   matmul_nn: C = alpha * A B   + beta * C    A: M x K, B: K x N, C: M x N
 //   matmul_tn: C = alpha * A^T B + beta * C    A: K x M (read transposed by indexing, never
@@ -8,19 +8,22 @@
 // All row-major f32. beta = 0 overwrites C without reading it (it may hold garbage or NaN), so
 // the same kernel computes a fresh product and an SGD update theta = theta - lr/B X^T G.
 //
-// Each workgroup computes one BM x BN tile of C: MM_TY x MM_TX threads, each owning a TM x TN
-// block of accumulators in registers (a 4 x 4 block: 16 multiply-adds for every two vec4 loads
-// from workgroup memory). The K dimension is walked in steps of MM_BK: the workgroup stages a
-// BM x MM_BK slice of op(A) and an MM_BK x BN slice of B in workgroup memory, stored k-major so
-// that a thread's four rows (or four columns) are one vec4. Elements outside the matrices load
-// as 0, so every shape works, tile-aligned or not.
+// Each thread owns an 8 x 8 block of C (MM_BLOCK) in registers and walks the whole K dimension
+// reading its operands straight from storage: per step of k it takes 8 values of op(A) and two
+// quads (4 consecutive columns) of B, then does 64 multiply-adds (a rank-1 update). There is
+// no workgroup memory: caches do that job on GPUs, and on lavapipe, where every storage or
+// workgroup access is a loop over the SIMD lanes, fewer and wider accesses are the whole game.
+// A and B are `array<V>`: at W = 4 (every row length involved a multiple of 4, chosen by
+// src/gpu/matmul.rs) one access moves four floats, at W = 1 four accesses make a quad.
+// Rows and columns past the edge of C read the last row or column instead (never stored), so
+// every shape works with no branch in the loop.
 //
 // Bindings (group 0):
 //   0 q  uniform                MatmulParams
-//   1 a  read        array<f32> A, from element q.a_base
-//   2 b  read        array<f32> B, from element q.b_base
+//   1 a  read        array<V>   A, from element q.a_base (a multiple of W)
+//   2 b  read        array<V>   B, from element q.b_base (a multiple of W)
 //   3 c  read_write  array<f32> C, from element q.c_base
-// Dispatch: ceil(N / BN) x ceil(M / BM) workgroups of MM_TX x MM_TY threads.
+// Dispatch: ceil(N / (MM_BLOCK MM_TX)) x ceil(M / (MM_BLOCK MM_TY)) workgroups of MM_TX x MM_TY.
 // Rust side: Kernel::{MatmulNn, MatmulTn}; src/gpu/matmul.rs; the reference is ndarray's dot.
 
 // Keep in sync with MatmulParams in src/gpu/params.rs.
@@ -36,100 +39,179 @@ struct MatmulParams {
 }
 
 @group(0) @binding(0) var<uniform> q: MatmulParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<V>;
+@group(0) @binding(2) var<storage, read> b: array<V>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-const TM: u32 = 4u;
-const TN: u32 = 4u;
-const BM: u32 = MM_TY * TM;
-const BN: u32 = MM_TX * TN;
-const THREADS: u32 = MM_TX * MM_TY;
+// The block is named registers, never an array: lavapipe keeps an array indexed in a loop in
+// memory, and there every access is a loop over the lanes.
+const_assert MM_BLOCK == 8u;
 
-// a_tile[kk * BM / 4 + i] holds op(A) rows 4i .. 4i + 3 of the tile at depth kk.
-var<workgroup> a_tile: array<vec4<f32>, MM_BK * BM / 4u>;
-// b_tile[kk * BN / 4 + j] holds B columns 4j .. 4j + 3 of the tile at depth kk.
-var<workgroup> b_tile: array<vec4<f32>, MM_BK * BN / 4u>;
-
-fn matmul(wid: vec3<u32>, lid: vec3<u32>, a_transposed: bool) {
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
-    let flat = lid.y * MM_TX + lid.x;
-    // Four named accumulators, not an array: an array indexed in a loop may live in memory.
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-
-    for (var k0 = 0u; k0 < q.k; k0 += MM_BK) {
-        for (var e = flat; e < BM * MM_BK; e += THREADS) {
-            // Consecutive threads read consecutive addresses of A in either layout.
-            var row: u32;
-            var kk: u32;
-            var index: u32;
-            if a_transposed {
-                kk = e / BM;
-                row = e % BM;
-                index = (k0 + kk) * q.m + m0 + row;
-            } else {
-                row = e / MM_BK;
-                kk = e % MM_BK;
-                index = (m0 + row) * q.k + k0 + kk;
-            }
-            let inside = m0 + row < q.m && k0 + kk < q.k;
-            a_tile[kk * (BM / 4u) + row / 4u][row % 4u] = select(0.0, a[q.a_base + select(0u, index, inside)], inside);
-        }
-        for (var e = flat; e < MM_BK * BN; e += THREADS) {
-            let kk = e / BN;
-            let col = e % BN;
-            let inside = k0 + kk < q.k && n0 + col < q.n;
-            let index = (k0 + kk) * q.n + n0 + col;
-            b_tile[kk * (BN / 4u) + col / 4u][col % 4u] = select(0.0, b[q.b_base + select(0u, index, inside)], inside);
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < MM_BK; kk++) {
-            let av = a_tile[kk * (BM / 4u) + lid.y];
-            let bv = b_tile[kk * (BN / 4u) + lid.x];
-            acc0 += av.x * bv;
-            acc1 += av.y * bv;
-            acc2 += av.z * bv;
-            acc3 += av.w * bv;
-        }
-        // The next step overwrites the tiles; everyone must be done reading them.
-        workgroupBarrier();
-    }
-
-    let row = m0 + lid.y * TM;
-    let col = n0 + lid.x * TN;
-    store(row, col, acc0);
-    store(row + 1u, col, acc1);
-    store(row + 2u, col, acc2);
-    store(row + 3u, col, acc3);
+// Eight consecutive values: a row of the block, or a column of op(A) beside it.
+struct Oct {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
 }
 
-// Writes the part of one row of four results that lies inside C.
-fn store(row: u32, col: u32, v: vec4<f32>) {
+struct Block {
+    r0: Oct,
+    r1: Oct,
+    r2: Oct,
+    r3: Oct,
+    r4: Oct,
+    r5: Oct,
+    r6: Oct,
+    r7: Oct,
+}
+
+// acc + x y^T for a column x of op(A) and a row y of B.
+fn rank1(acc: Block, x: Oct, y: Oct) -> Block {
+    return Block(
+        axpy(acc.r0, x.lo.x, y),
+        axpy(acc.r1, x.lo.y, y),
+        axpy(acc.r2, x.lo.z, y),
+        axpy(acc.r3, x.lo.w, y),
+        axpy(acc.r4, x.hi.x, y),
+        axpy(acc.r5, x.hi.y, y),
+        axpy(acc.r6, x.hi.z, y),
+        axpy(acc.r7, x.hi.w, y),
+    );
+}
+
+fn axpy(row: Oct, x: f32, y: Oct) -> Oct {
+    return Oct(row.lo + x * y.lo, row.hi + x * y.hi);
+}
+
+// Four consecutive elements of a row of `len` elements starting at element `start` of A (or
+// B), from column `col`; a quad past the row's end reads its last columns instead. At W = 4,
+// `start`, `col` and `len` are multiples of 4. The branch on the constant W is resolved at
+// compile time; `vec4<f32>(...)` and `lane_of` type-check at either width, so the branch not
+// taken still compiles.
+fn a_quad(start: u32, col: u32, len: u32) -> vec4<f32> {
+    if W == 4u {
+        return vec4<f32>(a[(start + min(col, len - 4u)) / 4u]);
+    }
+    let last = start + len - 1u;
+    let i = start + col;
+    return vec4<f32>(
+        lane_of(a[min(i, last)], 0u),
+        lane_of(a[min(i + 1u, last)], 0u),
+        lane_of(a[min(i + 2u, last)], 0u),
+        lane_of(a[min(i + 3u, last)], 0u),
+    );
+}
+
+fn b_quad(start: u32, col: u32, len: u32) -> vec4<f32> {
+    if W == 4u {
+        return vec4<f32>(b[(start + min(col, len - 4u)) / 4u]);
+    }
+    let last = start + len - 1u;
+    let i = start + col;
+    return vec4<f32>(
+        lane_of(b[min(i, last)], 0u),
+        lane_of(b[min(i + 1u, last)], 0u),
+        lane_of(b[min(i + 2u, last)], 0u),
+        lane_of(b[min(i + 3u, last)], 0u),
+    );
+}
+
+// Columns `col .. col + 8` of row `k` of B.
+fn b_oct(k: u32, col: u32) -> Oct {
+    let start = q.b_base + k * q.n;
+    return Oct(b_quad(start, col, q.n), b_quad(start, col + 4u, q.n));
+}
+
+// The first row and first column of this thread's block of C.
+fn origin(wid: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
+    return vec2<u32>(wid.y * MM_TY + lid.y, wid.x * MM_TX + lid.x) * MM_BLOCK;
+}
+
+// Eight rows of A, W consecutive elements of each.
+struct Rows {
+    v0: V,
+    v1: V,
+    v2: V,
+    v3: V,
+    v4: V,
+    v5: V,
+    v6: V,
+    v7: V,
+}
+
+// Lane `i` of each of the rows: a column of op(A).
+fn column(r: Rows, i: u32) -> Oct {
+    return Oct(
+        vec4<f32>(lane_of(r.v0, i), lane_of(r.v1, i), lane_of(r.v2, i), lane_of(r.v3, i)),
+        vec4<f32>(lane_of(r.v4, i), lane_of(r.v5, i), lane_of(r.v6, i), lane_of(r.v7, i)),
+    );
+}
+
+@compute @workgroup_size(MM_TX, MM_TY)
+fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = origin(wid, lid);
+    // The first vector of each of the block's rows of A; rows past M repeat row M - 1.
+    let last = q.m - 1u;
+    let stride = q.k / W;
+    let r0 = (q.a_base + min(o.x, last) * q.k) / W;
+    let r1 = (q.a_base + min(o.x + 1u, last) * q.k) / W;
+    let r2 = (q.a_base + min(o.x + 2u, last) * q.k) / W;
+    let r3 = (q.a_base + min(o.x + 3u, last) * q.k) / W;
+    let r4 = (q.a_base + min(o.x + 4u, last) * q.k) / W;
+    let r5 = (q.a_base + min(o.x + 5u, last) * q.k) / W;
+    let r6 = (q.a_base + min(o.x + 6u, last) * q.k) / W;
+    let r7 = (q.a_base + min(o.x + 7u, last) * q.k) / W;
+    var acc: Block;
+    // W steps of k at a time: one V of each row of A holds them all.
+    for (var v = 0u; v < stride; v++) {
+        let rows = Rows(a[r0 + v], a[r1 + v], a[r2 + v], a[r3 + v], a[r4 + v], a[r5 + v], a[r6 + v], a[r7 + v]);
+        let k = v * W;
+        acc = rank1(acc, column(rows, 0u), b_oct(k, o.y));
+        if W == 4u {
+            acc = rank1(acc, column(rows, 1u), b_oct(k + 1u, o.y));
+            acc = rank1(acc, column(rows, 2u), b_oct(k + 2u, o.y));
+            acc = rank1(acc, column(rows, 3u), b_oct(k + 3u, o.y));
+        }
+    }
+    store(o, acc);
+}
+
+@compute @workgroup_size(MM_TX, MM_TY)
+fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = origin(wid, lid);
+    var acc: Block;
+    // Row k of A holds column k of op(A).
+    for (var k = 0u; k < q.k; k++) {
+        let start = q.a_base + k * q.m;
+        let x = Oct(a_quad(start, o.x, q.m), a_quad(start, o.x + 4u, q.m));
+        acc = rank1(acc, x, b_oct(k, o.y));
+    }
+    store(o, acc);
+}
+
+// Writes the part of the block that lies inside C.
+fn store(o: vec2<u32>, acc: Block) {
+    store_row(o.x, o.y, acc.r0);
+    store_row(o.x + 1u, o.y, acc.r1);
+    store_row(o.x + 2u, o.y, acc.r2);
+    store_row(o.x + 3u, o.y, acc.r3);
+    store_row(o.x + 4u, o.y, acc.r4);
+    store_row(o.x + 5u, o.y, acc.r5);
+    store_row(o.x + 6u, o.y, acc.r6);
+    store_row(o.x + 7u, o.y, acc.r7);
+}
+
+fn store_row(row: u32, col: u32, v: Oct) {
     if row >= q.m {
         return;
     }
-    for (var j = 0u; j < TN; j++) {
+    for (var j = 0u; j < 8u; j++) {
         if col + j < q.n {
             let index = q.c_base + row * q.n + col + j;
-            var out = q.alpha * v[j];
+            var out = q.alpha * select(v.hi[j % 4u], v.lo[j % 4u], j < 4u);
             if q.beta != 0.0 {
                 out += q.beta * c[index];
             }
             c[index] = out;
         }
     }
-}
-
-@compute @workgroup_size(MM_TX, MM_TY)
-fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    matmul(wid, lid, false);
-}
-
-@compute @workgroup_size(MM_TX, MM_TY)
-fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    matmul(wid, lid, true);
 }

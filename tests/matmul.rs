@@ -1,5 +1,6 @@
-//! The tiled matmul against ndarray's `dot`, on shapes around the tile (32 x 32 outputs, K in
-//! steps of 32), ragged shapes, long inner dimensions, and row windows.
+//! The register-tiled matmul against ndarray's `dot`, on shapes around its blocks (8 x 8
+//! outputs per thread, 64 x 64 per workgroup, quads of 4 columns, K in steps of 4 where rows
+//! allow vec4 loads), ragged shapes at both load widths, long inner dimensions, and row windows.
 
 mod common;
 
@@ -7,8 +8,11 @@ use common::*;
 use ndarray::{Array2, ArrayView2};
 use softmax_ce::{Error, GpuContext};
 
-/// Sizes around the 32-wide output tile and the 32-deep K step.
-const AROUND_TILE: &[usize] = &[1, 2, 3, 5, 31, 32, 33, 63, 64, 65, 97];
+/// Sizes around a quad (4), a thread's block (8), a workgroup's tile (64) and two tiles: every
+/// multiple of 4 here takes the vec4 loads, every other size the scalar ones.
+const AROUND_TILE: &[usize] = &[1, 3, 4, 5, 7, 8, 9, 33, 63, 64, 65, 129];
+/// Inner dimensions: one step, scalar steps either side of one vec4 step, and longer ones.
+const INNER: &[usize] = &[1, 3, 4, 5, 32, 33, 100];
 
 /// The rigorous error bound of an f32 dot product of length `k`, in any summation order, with
 /// or without fused multiply-adds: `(k + 1) u sum_l |a_il b_lj|`, with `u = eps / 2` the unit
@@ -51,7 +55,7 @@ fn products_around_the_tile_match_ndarray() {
     let gpu = require_gpu!();
     for &m in AROUND_TILE {
         for &n in AROUND_TILE {
-            for &k in &[1, 31, 32, 33, 100] {
+            for &k in INNER {
                 let seed = (m * 10_007 + n * 101 + k) as u64;
                 let a = logits(m, k, 1.0, seed);
                 let b = logits(k, n, 1.0, seed + 1);
@@ -105,27 +109,31 @@ fn a_square_product_matches_ndarray() {
 }
 
 /// Products cut into row windows: `A B` windows A's and C's rows, `A^T B` windows the inner
-/// dimension and accumulates, under 4 KiB bindings.
+/// dimension and accumulates, under 4 KiB bindings; at both load widths.
 #[test]
 fn windowed_products_match_ndarray() {
     for (name, gpu) in configs() {
-        let a = logits(300, 7, 1.0, 8);
-        let b = logits(7, 9, 1.0, 9);
-        assert_product(
-            nn(gpu, &a, &b).view(),
-            a.view(),
-            b.view(),
-            &format!("{name} nn"),
-        );
-        let x = logits(500, 13, 1.0, 10);
-        let g = logits(500, 6, 1.0, 11);
-        let xt = x.t().as_standard_layout().into_owned();
-        assert_product(
-            tn(gpu, &x, &g).view(),
-            xt.view(),
-            g.view(),
-            &format!("{name} tn"),
-        );
+        for (k, n) in [(7, 9), (8, 12)] {
+            let a = logits(300, k, 1.0, 8);
+            let b = logits(k, n, 1.0, 9);
+            assert_product(
+                nn(gpu, &a, &b).view(),
+                a.view(),
+                b.view(),
+                &format!("{name} nn 300x{k}x{n}"),
+            );
+        }
+        for (m, n) in [(13, 6), (12, 8)] {
+            let x = logits(500, m, 1.0, 10);
+            let g = logits(500, n, 1.0, 11);
+            let xt = x.t().as_standard_layout().into_owned();
+            assert_product(
+                tn(gpu, &x, &g).view(),
+                xt.view(),
+                g.view(),
+                &format!("{name} tn {m}x500x{n}"),
+            );
+        }
     }
 }
 
@@ -149,6 +157,18 @@ fn products_keep_infinities_and_nan() {
     assert_eq!(c[[1, 0]], f32::INFINITY);
     assert!(c[[1, 1]].is_nan(), "inf * 0 is NaN, as in ndarray");
     assert!(c[[2, 0]].is_nan());
+
+    // The same through the vec4 loads, with the specials in the last quad of a row.
+    let mut a = Array2::<f32>::zeros((3, 8));
+    a[[0, 7]] = f32::INFINITY;
+    a[[1, 4]] = f32::NAN;
+    a[[2, 0]] = 1.0;
+    let b = Array2::<f32>::eye(8);
+    let c = nn(gpu, &a, &b);
+    assert_eq!(c[[0, 7]], f32::INFINITY);
+    assert!(c[[0, 0]].is_nan(), "inf * 0 is NaN, as in ndarray");
+    assert!(c.row(1).iter().all(|v| v.is_nan()));
+    assert_eq!(c.row(2), b.row(0));
 }
 
 #[test]

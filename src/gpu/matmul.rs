@@ -1,4 +1,4 @@
-//! The tiled matrix product (`shaders/matmul.wgsl`): `A B` and `A^T B`, the two products of
+//! The register-tiled matrix product (`shaders/matmul.wgsl`): `A B` and `A^T B`, the two products of
 //! softmax-regression training.
 
 use std::ops::Range;
@@ -37,7 +37,17 @@ impl GpuContext {
         } else {
             Kernel::MatmulNn
         };
-        let pipeline = self.pipeline(kernel, Width::Scalar)?;
+        // Vec4 loads need every row that is read in quads (op(A)'s along the inner dimension
+        // for A B, A's along M for A^T B, and B's) to be a whole number of vec4s; bases of such
+        // rows always are (see `Geometry::slice`). An empty inner dimension binds 4 bytes,
+        // less than one vec4.
+        let a_row = if g.transposed_a { g.m } else { g.k };
+        let width = if g.k > 0 && a_row.is_multiple_of(4) && g.n.is_multiple_of(4) {
+            Width::Vec4
+        } else {
+            Width::Scalar
+        };
+        let pipeline = self.pipeline(kernel, width)?;
         let geometry = self.geometry;
         let max_groups = geometry.max_groups_per_dim as usize;
         let [tile_m, tile_n] = MM_TILE.map(|t| t as usize);

@@ -21,7 +21,7 @@
 //! | `record.rs` | recording kernels into a command buffer |
 //! | `buffers.rs` | device arrays, uploads and downloads |
 //! | `ops.rs` | the ops: staged kernels and the default path |
-//! | `matmul.rs` | the tiled matrix product `A B` and `A^T B` |
+//! | `matmul.rs` | the register-tiled matrix product `A B` and `A^T B` |
 //! | `train.rs` | softmax-regression training: every dispatch of an epoch, planned once |
 //! | `timing.rs` | device time of submitted work, for benchmarks |
 

@@ -312,7 +312,7 @@ impl Kernel {
     /// the kernels written for scalars only.
     pub(crate) fn width(self, cols: usize) -> Width {
         match self.family() {
-            Family::Matmul | Family::Train => Width::Scalar,
+            Family::Train => Width::Scalar,
             _ => Width::for_cols(cols),
         }
     }
@@ -327,15 +327,15 @@ impl Kernel {
     }
 }
 
-/// Matmul threads per workgroup along the columns (x) and rows (y) of the output tile; each
-/// thread computes 4 x 4 outputs, so a workgroup owns a `4 MM_TY x 4 MM_TX` tile.
+/// Matmul threads per workgroup along the columns (x) and rows (y) of the output tile.
 pub(crate) const MM_TX: u32 = 8;
 /// See [`MM_TX`].
 pub(crate) const MM_TY: u32 = 8;
-/// Depth of the K slice a matmul workgroup stages in workgroup memory per step.
-pub(crate) const MM_BK: u32 = 32;
+/// Rows and columns of C each matmul thread accumulates in registers: 64 multiply-adds for
+/// every 8 values of op(A) and 8 of B it loads. The kernel's registers are written out for 8.
+pub(crate) const MM_BLOCK: u32 = 8;
 /// Output rows and columns of one matmul workgroup's tile.
-pub(crate) const MM_TILE: [u32; 2] = [4 * MM_TY, 4 * MM_TX];
+pub(crate) const MM_TILE: [u32; 2] = [MM_BLOCK * MM_TY, MM_BLOCK * MM_TX];
 
 /// The most classes the fused training step handles (its per-thread logits live in registers).
 pub(crate) const STEP_CLASSES: u32 = 16;
@@ -385,7 +385,7 @@ impl Config {
         let _ = writeln!(s, "const ROW_CACHE: u32 = {}u;", self.row_cache.max(1));
         let _ = writeln!(s, "const MM_TX: u32 = {MM_TX}u;");
         let _ = writeln!(s, "const MM_TY: u32 = {MM_TY}u;");
-        let _ = writeln!(s, "const MM_BK: u32 = {MM_BK}u;");
+        let _ = writeln!(s, "const MM_BLOCK: u32 = {MM_BLOCK}u;");
         let _ = writeln!(s, "const STEP_CLASSES: u32 = {STEP_CLASSES}u;");
         let _ = writeln!(s, "const STEP_UNIFORM: u32 = {}u;", STEP_UNIFORM_BYTES / 16);
         let _ = writeln!(s, "const IGNORED: u32 = {IGNORED:#x}u;");
