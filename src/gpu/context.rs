@@ -23,8 +23,9 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Backends to search. `None` reads `WGPU_BACKEND` (e.g. `vulkan`, `gl`), else searches all.
     pub backends: Option<wgpu::Backends>,
-    /// Threads per row-kernel workgroup (a power of two from 32 to the adapter's limit); `None`
-    /// picks one for the adapter.
+    /// Threads per row-kernel workgroup (a power of two from 32 to the adapter's limit), the
+    /// fused kernels' included; `None` picks one for the adapter (and a larger one for the
+    /// fused kernels on a CPU adapter).
     pub row_workgroup_size: Option<u32>,
     /// A cap on the bytes one kernel binding may see, below the device's limit. Large matrices
     /// are processed in row windows that each fit one binding; a small cap exercises that path
@@ -285,6 +286,10 @@ impl GpuContext {
             }
             None => default_row_workgroup(&info).min(max_wg),
         };
+        let fused_wg = match opts.row_workgroup_size {
+            Some(_) => row_wg,
+            None => default_fused_workgroup(&info).min(max_wg).max(row_wg),
+        };
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
@@ -295,7 +300,7 @@ impl GpuContext {
             max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
         };
         log::info!(
-            "softmax-ce on {} ({:?}, {:?}), row workgroup {row_wg}",
+            "softmax-ce on {} ({:?}, {:?}), row workgroup {row_wg}, fused {fused_wg}",
             info.name,
             info.backend,
             info.device_type
@@ -326,6 +331,7 @@ impl GpuContext {
             limits,
             config: Config {
                 row_wg,
+                fused_wg,
                 row_cache,
                 subgroup,
             },
@@ -490,5 +496,19 @@ fn default_row_workgroup(info: &wgpu::AdapterInfo) -> u32 {
         64
     } else {
         256
+    }
+}
+
+/// Threads per workgroup of the fused kernels, which keep their share of a row in a private
+/// cache between the read and the write pass: on a CPU adapter 128, twice the row workgroup,
+/// so that rows of up to 131,072 floats fit 128 caches of 256 vec4s instead of re-reading
+/// half of the row from storage (measured on lavapipe: 256 x 131072 softmax from 1.44x to
+/// 1.18x a copy, no change on shorter rows; the other kernels stay at 64, where the training
+/// step's 100-row batches still fill two workgroups); on a GPU the row workgroup.
+fn default_fused_workgroup(info: &wgpu::AdapterInfo) -> u32 {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        128
+    } else {
+        default_row_workgroup(info)
     }
 }

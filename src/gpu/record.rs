@@ -87,7 +87,7 @@ impl GpuContext {
         let width = kernel.width(cols);
         let pipeline = self.pipeline(kernel, width)?;
         let geometry = self.geometry;
-        let wg = self.config.row_wg;
+        let wg = self.config.wg(kernel.family());
         let tpr = match kernel.shape() {
             Shape::TeamPerRow => threads_per_row(cols.div_ceil(width.lanes()), wg),
             Shape::CachedTeamPerRow => {
