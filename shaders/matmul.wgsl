@@ -26,43 +26,13 @@
 // Dispatch: ceil(N / (MM_BLOCK MM_TX)) x ceil(M / (MM_BLOCK MM_TY)) workgroups of MM_TX x MM_TY.
 // Rust side: Kernel::{MatmulNn, MatmulTn}; src/gpu/matmul.rs; the reference is ndarray's dot.
 
-// Keep in sync with MatmulParams in src/gpu/params.rs.
-struct MatmulParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_base: u32,
-    b_base: u32,
-    c_base: u32,
-    alpha: f32,
-    beta: f32,
-}
-
 @group(0) @binding(0) var<uniform> q: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<V>;
 @group(0) @binding(2) var<storage, read> b: array<V>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-// The block is named registers, never an array: lavapipe keeps an array indexed in a loop in
-// memory, and there every access is a loop over the lanes.
+// Oct, Block and store_block come from matmul_common.wgsl, written out for 8 x 8.
 const_assert MM_BLOCK == 8u;
-
-// Eight consecutive values: a row of the block, or a column of op(A) beside it.
-struct Oct {
-    lo: vec4<f32>,
-    hi: vec4<f32>,
-}
-
-struct Block {
-    r0: Oct,
-    r1: Oct,
-    r2: Oct,
-    r3: Oct,
-    r4: Oct,
-    r5: Oct,
-    r6: Oct,
-    r7: Oct,
-}
 
 // acc + x y^T for a column x of op(A) and a row y of B.
 fn rank1(acc: Block, x: Oct, y: Oct) -> Block {
@@ -172,7 +142,7 @@ fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             acc = rank1(acc, column(rows, 3u), b_oct(k + 3u, o.y));
         }
     }
-    store(o, acc);
+    store_block(o.x, o.y, acc);
 }
 
 @compute @workgroup_size(MM_TX, MM_TY)
@@ -185,33 +155,5 @@ fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let x = Oct(a_quad(start, o.x, q.m), a_quad(start, o.x + 4u, q.m));
         acc = rank1(acc, x, b_oct(k, o.y));
     }
-    store(o, acc);
-}
-
-// Writes the part of the block that lies inside C.
-fn store(o: vec2<u32>, acc: Block) {
-    store_row(o.x, o.y, acc.r0);
-    store_row(o.x + 1u, o.y, acc.r1);
-    store_row(o.x + 2u, o.y, acc.r2);
-    store_row(o.x + 3u, o.y, acc.r3);
-    store_row(o.x + 4u, o.y, acc.r4);
-    store_row(o.x + 5u, o.y, acc.r5);
-    store_row(o.x + 6u, o.y, acc.r6);
-    store_row(o.x + 7u, o.y, acc.r7);
-}
-
-fn store_row(row: u32, col: u32, v: Oct) {
-    if row >= q.m {
-        return;
-    }
-    for (var j = 0u; j < 8u; j++) {
-        if col + j < q.n {
-            let index = q.c_base + row * q.n + col + j;
-            var out = q.alpha * select(v.hi[j % 4u], v.lo[j % 4u], j < 4u);
-            if q.beta != 0.0 {
-                out += q.beta * c[index];
-            }
-            c[index] = out;
-        }
-    }
+    store_block(o.x, o.y, acc);
 }

@@ -232,7 +232,11 @@ impl<'d> SoftmaxRegression<'d> {
     }
 
     /// Kernel dispatches per SGD step on the GPU: 2 where the fused step fits the model (up to
-    /// 16 classes, theta and a batch's gradient within 64 KiB each), else 3; `None` on the CPU.
+    /// 16 classes, theta and a batch's gradient within 64 KiB each), else 3 (7 where the
+    /// products pack their operands into textures first, see [`GpuContext::texture_matmul`]);
+    /// `None` on the CPU.
+    ///
+    /// [`GpuContext::texture_matmul`]: crate::GpuContext::texture_matmul
     pub fn dispatches_per_step(&self) -> Option<usize> {
         match &self.state {
             State::Cpu { .. } => None,

@@ -439,6 +439,12 @@ fn info_names_the_chosen_adapter() {
             stdout.contains("max_storage_buffer_binding_size"),
             "{stdout}"
         );
+        let kernel = if gpu.texture_matmul() {
+            "matmul kernel: matmul_tex.wgsl"
+        } else {
+            "matmul kernel: matmul.wgsl"
+        };
+        assert!(stdout.contains(kernel), "{stdout}");
     }
 }
 

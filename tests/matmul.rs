@@ -1,6 +1,8 @@
-//! The register-tiled matmul against ndarray's `dot`, on shapes around its blocks (8 x 8
-//! outputs per thread, 64 x 64 per workgroup, quads of 4 columns, K in steps of 4 where rows
-//! allow vec4 loads), ragged shapes at both load widths, long inner dimensions, and row windows.
+//! Both matmul kernels against ndarray's `dot`, on shapes around their blocks (8 x 8 outputs
+//! per thread, 64 x 64 per workgroup, quads of 4 columns, K in steps of 4 where rows allow vec4
+//! loads or the texture kernel packs), ragged shapes at both load widths, long inner
+//! dimensions, row windows, and the texture kernel's limits. The default context on lavapipe
+//! runs the texture kernel (`matmul_tex.wgsl`); the `no-subgroups` one runs `matmul.wgsl`.
 
 mod common;
 
@@ -50,9 +52,23 @@ fn tn(gpu: &GpuContext, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
     gpu.download(&gpu.matmul_tn(&da, &db).unwrap()).unwrap()
 }
 
+/// The default context and the one without subgroups, which between them run both kernels on
+/// a CPU adapter with subgroups of 8 (lavapipe); on other adapters both run `matmul.wgsl`.
+fn both_kernels() -> Vec<(&'static str, &'static GpuContext)> {
+    configs()
+        .into_iter()
+        .filter(|(name, _)| ["default", "no-subgroups"].contains(name))
+        .collect()
+}
+
 #[test]
 fn products_around_the_tile_match_ndarray() {
-    let gpu = require_gpu!();
+    for (name, gpu) in both_kernels() {
+        products_around_the_tile(name, gpu);
+    }
+}
+
+fn products_around_the_tile(name: &str, gpu: &GpuContext) {
     for &m in AROUND_TILE {
         for &n in AROUND_TILE {
             for &k in INNER {
@@ -63,7 +79,7 @@ fn products_around_the_tile_match_ndarray() {
                     nn(gpu, &a, &b).view(),
                     a.view(),
                     b.view(),
-                    &format!("nn {m}x{k}x{n}"),
+                    &format!("{name} nn {m}x{k}x{n}"),
                 );
                 // A^T B with A stored k x m.
                 let at = a.t().as_standard_layout().into_owned();
@@ -71,7 +87,7 @@ fn products_around_the_tile_match_ndarray() {
                     tn(gpu, &at, &b).view(),
                     a.view(),
                     b.view(),
-                    &format!("tn {m}x{k}x{n}"),
+                    &format!("{name} tn {m}x{k}x{n}"),
                 );
             }
         }
@@ -100,12 +116,75 @@ fn training_shapes_match_ndarray() {
     assert_product(nn(gpu, &a, &b).view(), a.view(), b.view(), "3x20000x5");
 }
 
+/// On a software adapter with subgroups of 8 the default context runs the texture kernel, so
+/// that the tests above hold it to ndarray (and not the buffer kernel twice).
+#[test]
+fn lavapipe_runs_the_texture_kernel() {
+    let gpu = require_gpu!();
+    let info = gpu.adapter_info();
+    let eight = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
+    assert_eq!(gpu.texture_matmul(), gpu.is_software() && eight, "{info:?}");
+    for (name, gpu) in configs() {
+        if name == "no-subgroups" {
+            assert!(!gpu.texture_matmul());
+        }
+    }
+}
+
+/// Products whose packed operands reach the device's largest texture side, and one past it
+/// (which runs the buffer kernel instead): op(A) is `m` texels high, B `n / 4` texels wide.
+#[test]
+fn products_at_the_texture_limit_match_ndarray() {
+    let gpu = require_gpu!();
+    let side = gpu.limits().max_texture_dimension_2d as usize;
+    for m in [side, side + 1] {
+        let a = logits(m, 5, 1.0, 20);
+        let b = logits(5, 9, 1.0, 21);
+        assert_product(
+            nn(gpu, &a, &b).view(),
+            a.view(),
+            b.view(),
+            &format!("{m}x5x9"),
+        );
+        let at = a.t().as_standard_layout().into_owned();
+        assert_product(
+            tn(gpu, &at, &b).view(),
+            a.view(),
+            b.view(),
+            &format!("tn {m}x5x9"),
+        );
+    }
+    for n in [4 * side, 4 * side + 1] {
+        let a = logits(3, 6, 1.0, 22);
+        let b = logits(6, n, 1.0, 23);
+        assert_product(
+            nn(gpu, &a, &b).view(),
+            a.view(),
+            b.view(),
+            &format!("3x6x{n}"),
+        );
+    }
+    // The inner dimension: B is 4 ceil(k / 4) texels high.
+    for k in [side, side + 1] {
+        let a = logits(2, k, 1.0, 24);
+        let b = logits(k, 3, 1.0, 25);
+        assert_product(
+            nn(gpu, &a, &b).view(),
+            a.view(),
+            b.view(),
+            &format!("2x{k}x3"),
+        );
+    }
+}
+
 #[test]
 fn a_square_product_matches_ndarray() {
-    let gpu = require_gpu!();
-    let a = logits(257, 300, 2.0, 6);
-    let b = logits(300, 129, 2.0, 7);
-    assert_product(nn(gpu, &a, &b).view(), a.view(), b.view(), "257x300x129");
+    for (name, gpu) in both_kernels() {
+        let a = logits(257, 300, 2.0, 6);
+        let b = logits(300, 129, 2.0, 7);
+        let case = format!("{name} 257x300x129");
+        assert_product(nn(gpu, &a, &b).view(), a.view(), b.view(), &case);
+    }
 }
 
 /// Products cut into row windows: `A B` windows A's and C's rows, `A^T B` windows the inner

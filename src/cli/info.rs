@@ -20,6 +20,16 @@ pub fn run() -> Result<()> {
             if gpu.is_software() {
                 println!("  software adapter: timings measure kernel quality, not GPU speed");
             }
+            println!(
+                "matmul kernel: {} (subgroup sizes {} to {})",
+                if gpu.texture_matmul() {
+                    "matmul_tex.wgsl (packed textures, subgroup broadcasts)"
+                } else {
+                    "matmul.wgsl (register-tiled, storage buffers)"
+                },
+                info.subgroup_min_size,
+                info.subgroup_max_size
+            );
             let l = gpu.limits();
             println!("limits:");
             let rows: [(&str, u64); 9] = [

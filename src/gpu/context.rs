@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::dispatch::Geometry;
-use crate::gpu::shaders::{Config, Family, Kernel, Slot, Width};
+use crate::gpu::shaders::{Config, Family, Kernel, MT_LANES, Slot, Width};
 
 /// Environment variable naming the adapter to use (a case-insensitive fragment of its name);
 /// `WGPU_ADAPTER_NAME` is honoured too. `WGPU_BACKEND` (e.g. `vulkan`, `gl`) limits the backends
@@ -322,6 +322,13 @@ impl GpuContext {
             1
         };
         log::info!("subgroup shuffles over {subgroup} threads");
+        // The texture matmul's broadcasts name lanes 0..8 of subgroups of exactly 8, which is
+        // what a CPU adapter's SIMD registers are (lavapipe on AVX2); GPUs keep matmul.wgsl.
+        let texture_matmul = info.device_type == wgpu::DeviceType::Cpu
+            && subgroup > 1
+            && info.subgroup_min_size == MT_LANES
+            && info.subgroup_max_size == MT_LANES;
+        log::info!("texture matmul: {texture_matmul}");
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(GpuContext {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -334,6 +341,7 @@ impl GpuContext {
                 fused_wg,
                 row_cache,
                 subgroup,
+                texture_matmul,
             },
             geometry,
             pipelines: Mutex::new(HashMap::new()),
@@ -356,6 +364,15 @@ impl GpuContext {
     /// measure kernel quality and overhead, not GPU speed.
     pub fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Whether matrix products run `matmul_tex.wgsl` (operands packed into textures, rows of
+    /// op(A) shared by subgroup broadcasts) where their shapes fit the device's texture limits:
+    /// on a CPU adapter whose subgroups hold exactly 8 threads, unless subgroups are turned
+    /// off ([`GpuOptions::subgroups`]). Other products, and every product elsewhere, run the
+    /// register-tiled `matmul.wgsl`.
+    pub fn texture_matmul(&self) -> bool {
+        self.config.texture_matmul
     }
 
     /// How many times this context has read device memory back to the host (each download,
@@ -431,16 +448,27 @@ impl GpuContext {
                 .map(|(i, b)| wgpu::BindGroupLayoutEntry {
                     binding: i as u32 + 1,
                     visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: if b.slot == Slot::Uniform {
-                            wgpu::BufferBindingType::Uniform
-                        } else {
-                            wgpu::BufferBindingType::Storage {
-                                read_only: !b.writable,
-                            }
+                    ty: match b.slot {
+                        Slot::Texture => wgpu::BindingType::StorageTexture {
+                            access: if b.writable {
+                                wgpu::StorageTextureAccess::WriteOnly
+                            } else {
+                                wgpu::StorageTextureAccess::ReadOnly
+                            },
+                            format: wgpu::TextureFormat::Rgba32Float,
+                            view_dimension: wgpu::TextureViewDimension::D2,
                         },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
+                        _ => wgpu::BindingType::Buffer {
+                            ty: if b.slot == Slot::Uniform {
+                                wgpu::BufferBindingType::Uniform
+                            } else {
+                                wgpu::BufferBindingType::Storage {
+                                    read_only: !b.writable,
+                                }
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
                     },
                     count: None,
                 });

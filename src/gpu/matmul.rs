@@ -1,5 +1,6 @@
-//! The register-tiled matrix product (`shaders/matmul.wgsl`): `A B` and `A^T B`, the two products of
-//! softmax-regression training.
+//! The matrix products `A B` and `A^T B`, the two products of softmax-regression training: the
+//! register-tiled kernel over storage buffers (`shaders/matmul.wgsl`), and on CPU adapters with
+//! subgroups of 8 the kernel over operands packed into textures (`shaders/matmul_tex.wgsl`).
 
 use std::ops::Range;
 
@@ -7,9 +8,9 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::GpuMatrix;
 use crate::gpu::dispatch::Geometry;
-use crate::gpu::params::MatmulParams;
+use crate::gpu::params::{MatmulParams, PackParams};
 use crate::gpu::record::{At, Dispatch};
-use crate::gpu::shaders::{Kernel, MM_TILE, Width};
+use crate::gpu::shaders::{Kernel, MM_TILE, MT_TILE, PACK_TX, Width};
 
 /// One product `C = alpha op(A) B + beta C` over buffers, where op(A) is `A` (`transposed_a`
 /// false, A is `m x k`) or `A^T` (A is `k x m`); B is `k x n`, C is `m x n`. Each operand
@@ -32,6 +33,9 @@ impl GpuContext {
     /// into windows of the inner dimension (the rows of A and B), accumulated into C; the
     /// operand not windowed must fit one binding.
     pub(crate) fn plan_matmul(&self, op: &'static str, g: &Gemm<'_>) -> Result<Vec<Dispatch>> {
+        if let Some(plan) = self.plan_texture_matmul(g)? {
+            return Ok(plan);
+        }
         let kernel = if g.transposed_a {
             Kernel::MatmulTn
         } else {
@@ -125,6 +129,113 @@ impl GpuContext {
         Ok(out)
     }
 
+    /// The product through `matmul_tex.wgsl`: pack op(A) and B into textures, then one dispatch.
+    /// `None` where the context has no texture matmul ([`Config::texture_matmul`]) or the
+    /// shape does not fit it (a texture side over the device's limit, an operand over one
+    /// binding, an empty inner dimension); `matmul.wgsl` takes those.
+    ///
+    /// [`Config::texture_matmul`]: crate::gpu::shaders::Config::texture_matmul
+    fn plan_texture_matmul(&self, g: &Gemm<'_>) -> Result<Option<Vec<Dispatch>>> {
+        if !self.config.texture_matmul || g.k == 0 || g.m == 0 || g.n == 0 {
+            return Ok(None);
+        }
+        let tile = MT_TILE as usize;
+        let steps = g.k.div_ceil(4);
+        // Texels, width x height: op(A) a row per row, B four columns to a texel; both padded
+        // to whole tiles and whole steps of 4 along k, the padding zero.
+        let a_size = [steps, g.m.div_ceil(tile) * tile];
+        let b_size = [g.n.div_ceil(tile) * tile / 4, 4 * steps];
+        let max_side = self.limits().max_texture_dimension_2d as usize;
+        if a_size.iter().chain(&b_size).any(|&side| side > max_side) {
+            return Ok(None);
+        }
+        let (a_rows, a_cols) = if g.transposed_a {
+            (g.k, g.m)
+        } else {
+            (g.m, g.k)
+        };
+        let geometry = self.geometry;
+        let (Some(a), Some(b), Some(c)) = (
+            bound(geometry, &g.a, a_rows, a_cols),
+            bound(geometry, &g.b, g.k, g.n),
+            bound(geometry, &g.c, g.m, g.n),
+        ) else {
+            return Ok(None);
+        };
+        let a_tex = self.packed_texture(a_size);
+        let b_tex = self.packed_texture(b_size);
+        let product = self.pipeline(Kernel::MatmulTex, Width::Scalar)?;
+        let pack_into = |(binding, base), view, [w, h]: [usize; 2], rows, cols, transposed| {
+            let params = PackParams {
+                rows: rows as u32,
+                cols: cols as u32,
+                base,
+                transposed: u32::from(transposed),
+            };
+            // Vec4 loads where the source's rows are whole vec4s; their bases then are too.
+            let source_row = if transposed { rows } else { cols };
+            let pack = self.pipeline(Kernel::Pack, Width::for_cols(source_row))?;
+            let groups = [
+                w.div_ceil(PACK_TX as usize),
+                h.div_ceil(4 * PACK_TX as usize),
+                1,
+            ];
+            Ok::<_, Error>(self.dispatch(
+                Kernel::Pack,
+                &pack,
+                bytemuck::bytes_of(&params),
+                vec![binding, wgpu::BindingResource::TextureView(view)],
+                groups.map(|n| n as u32),
+            ))
+        };
+        let params = MatmulParams {
+            m: g.m as u32,
+            n: g.n as u32,
+            k: g.k as u32,
+            a_base: 0,
+            b_base: 0,
+            c_base: c.1,
+            alpha: g.alpha,
+            beta: g.beta,
+        };
+        Ok(Some(vec![
+            pack_into(a, &a_tex, a_size, g.m, g.k, g.transposed_a)?,
+            pack_into(b, &b_tex, b_size, g.k, g.n, false)?,
+            self.dispatch(
+                Kernel::MatmulTex,
+                &product,
+                bytemuck::bytes_of(&params),
+                vec![
+                    wgpu::BindingResource::TextureView(&a_tex),
+                    wgpu::BindingResource::TextureView(&b_tex),
+                    c.0,
+                ],
+                [g.n.div_ceil(tile) as u32, g.m.div_ceil(tile) as u32, 1],
+            ),
+        ]))
+    }
+
+    /// A write-once, read-many `rgba32float` texture of `[width, height]` texels for a packed
+    /// operand. Dispatches bound to it keep it alive.
+    fn packed_texture(&self, [width, height]: [usize; 2]) -> wgpu::TextureView {
+        self.device
+            .create_texture(&wgpu::TextureDescriptor {
+                label: Some("packed operand"),
+                size: wgpu::Extent3d {
+                    width: width as u32,
+                    height: height as u32,
+                    depth_or_array_layers: 1,
+                },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba32Float,
+                usage: wgpu::TextureUsages::STORAGE_BINDING,
+                view_formats: &[],
+            })
+            .create_view(&wgpu::TextureViewDescriptor::default())
+    }
+
     /// `a b`: the product of an `m x k` and a `k x n` matrix, as ndarray's `a.dot(&b)`.
     ///
     /// # Errors
@@ -213,6 +324,19 @@ fn windowed<'b>(
     let rows = at.first_row + window.start..at.first_row + window.end;
     let (offset, size, base) = geometry.slice(&rows, cols);
     (binding(at.buffer, offset, size), base)
+}
+
+/// `rows x cols` of `at` in one binding, with the first element's index inside it; `None` when
+/// they exceed one binding.
+fn bound<'b>(
+    geometry: Geometry,
+    at: &At<'b>,
+    rows: usize,
+    cols: usize,
+) -> Option<(wgpu::BindingResource<'b>, u32)> {
+    let range = at.first_row..at.first_row + rows;
+    let (offset, size, base) = geometry.slice(&range, cols);
+    (size <= geometry.max_binding).then(|| (binding(at.buffer, offset, size), base))
 }
 
 /// The operand bound whole across every window of a product.

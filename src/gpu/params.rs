@@ -57,6 +57,21 @@ pub(crate) struct MatmulParams {
     pub beta: f32,
 }
 
+/// Params of `pack` (`shaders/matmul_tex.wgsl`): which matrix goes into a texture. Keep in sync
+/// with `struct PackParams` there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct PackParams {
+    /// Rows of the packed matrix (texture rows).
+    pub rows: u32,
+    /// Its columns, packed four to a texel.
+    pub cols: u32,
+    /// Where it starts inside its binding, in elements.
+    pub base: u32,
+    /// 1 when the binding holds the matrix transposed (`cols x rows`), else 0.
+    pub transposed: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +82,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<RowParams>(), 64);
         assert_eq!(std::mem::size_of::<RowParams>() % 16, 0);
         assert_eq!(std::mem::size_of::<MatmulParams>(), 32);
+        assert_eq!(std::mem::size_of::<PackParams>(), 16);
     }
 }

@@ -112,6 +112,7 @@ impl GpuContext {
                 let resource = match binding.slot {
                     Slot::Whole => at.buffer.as_entire_binding(),
                     Slot::Uniform => uniform_binding(at.buffer),
+                    Slot::Texture => unreachable!("row kernels bind no textures"),
                     Slot::Matrix | Slot::PerRow => {
                         let elems = if binding.slot == Slot::Matrix {
                             cols

@@ -19,6 +19,7 @@ pub(crate) enum Family {
     Loss,
     Grad,
     Matmul,
+    MatmulTex,
     Train,
     Copy,
     Fused,
@@ -30,16 +31,18 @@ const LANES_1: &str = include_str!("../../shaders/lanes1.wgsl");
 const LANES_4: &str = include_str!("../../shaders/lanes4.wgsl");
 const SUBGROUP_NONE: &str = include_str!("../../shaders/subgroup_none.wgsl");
 const SUBGROUP_SHUFFLE: &str = include_str!("../../shaders/subgroup_shuffle.wgsl");
+const MATMUL_COMMON: &str = include_str!("../../shaders/matmul_common.wgsl");
 
 impl Family {
     /// Every family, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Family; 9] = [
+    pub(crate) const ALL: [Family; 10] = [
         Family::Reduce,
         Family::Softmax,
         Family::Loss,
         Family::Grad,
         Family::Matmul,
+        Family::MatmulTex,
         Family::Train,
         Family::Copy,
         Family::Fused,
@@ -53,6 +56,7 @@ impl Family {
             Family::Loss => "loss",
             Family::Grad => "grad",
             Family::Matmul => "matmul",
+            Family::MatmulTex => "matmul_tex",
             Family::Train => "train",
             Family::Copy => "copy",
             Family::Fused => "fused",
@@ -67,6 +71,7 @@ impl Family {
             Family::Loss => include_str!("../../shaders/loss.wgsl"),
             Family::Grad => include_str!("../../shaders/grad.wgsl"),
             Family::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Family::MatmulTex => include_str!("../../shaders/matmul_tex.wgsl"),
             Family::Train => include_str!("../../shaders/train.wgsl"),
             Family::Copy => include_str!("../../shaders/copy.wgsl"),
             Family::Fused => include_str!("../../shaders/fused.wgsl"),
@@ -76,7 +81,12 @@ impl Family {
 
     /// Whether the family is built on the row plumbing of `common.wgsl`.
     fn uses_rows(self) -> bool {
-        self != Family::Matmul
+        !self.is_matmul()
+    }
+
+    /// Whether the family is a matrix product, built on `matmul_common.wgsl`.
+    fn is_matmul(self) -> bool {
+        matches!(self, Family::Matmul | Family::MatmulTex)
     }
 }
 
@@ -118,6 +128,8 @@ pub(crate) enum Slot {
     /// gradient), bound whole as a uniform buffer of [`STEP_UNIFORM_BYTES`]: each read is one
     /// broadcast instead of a load per thread.
     Uniform,
+    /// A 2-D `rgba32float` storage texture: read-only, or write-only when `writable`.
+    Texture,
 }
 
 /// One binding after the params uniform (binding 0): what it holds, and whether it is written.
@@ -155,6 +167,14 @@ const UNIFORM_IN: Binding = Binding {
     slot: Slot::Uniform,
     writable: false,
 };
+const TEX_IN: Binding = Binding {
+    slot: Slot::Texture,
+    writable: false,
+};
+const TEX_OUT: Binding = Binding {
+    slot: Slot::Texture,
+    writable: true,
+};
 
 /// One entry point. The variant name, the WGSL entry point and the CPU reference function share
 /// one spelling (`RowMax` / `row_max` / `cpu::row_max`).
@@ -170,6 +190,8 @@ pub(crate) enum Kernel {
     OneHotSubtract,
     MatmulNn,
     MatmulTn,
+    Pack,
+    MatmulTex,
     SoftmaxGradRows,
     LossErrRows,
     CopyRows,
@@ -189,7 +211,7 @@ pub(crate) enum Kernel {
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 24] = [
+    pub(crate) const ALL: [Kernel; 26] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -200,6 +222,8 @@ impl Kernel {
         Kernel::OneHotSubtract,
         Kernel::MatmulNn,
         Kernel::MatmulTn,
+        Kernel::Pack,
+        Kernel::MatmulTex,
         Kernel::SoftmaxGradRows,
         Kernel::LossErrRows,
         Kernel::CopyRows,
@@ -224,6 +248,7 @@ impl Kernel {
             LogsumexpRows | CrossEntropyRows | SumRows => Family::Loss,
             OneHotSubtract => Family::Grad,
             MatmulNn | MatmulTn => Family::Matmul,
+            Pack | MatmulTex => Family::MatmulTex,
             SoftmaxGradRows | LossErrRows | StepForward | StepUpdate | LossErrFused => {
                 Family::Train
             }
@@ -250,6 +275,8 @@ impl Kernel {
             OneHotSubtract => "one_hot_subtract",
             MatmulNn => "matmul_nn",
             MatmulTn => "matmul_tn",
+            Pack => "pack",
+            MatmulTex => "matmul_tex",
             SoftmaxGradRows => "softmax_grad_rows",
             LossErrRows => "loss_err_rows",
             CopyRows => "copy_rows",
@@ -280,6 +307,8 @@ impl Kernel {
             SumRows => &[ROW_IN, WHOLE_OUT],
             OneHotSubtract | SoftmaxGradRows => &[ROW_IN, MAT_OUT],
             MatmulNn | MatmulTn => &[WHOLE_IN, WHOLE_IN, WHOLE_OUT],
+            Pack => &[WHOLE_IN, TEX_OUT],
+            MatmulTex => &[TEX_IN, TEX_IN, WHOLE_OUT],
             LossErrRows => &[MAT_IN, ROW_IN, ROW_OUT, ROW_OUT],
             CopyRows | SoftmaxFused => &[MAT_IN, MAT_OUT],
             LogsumexpFused => &[MAT_IN, ROW_OUT],
@@ -302,7 +331,7 @@ impl Kernel {
             LogsumexpRows | CrossEntropyRows | SoftmaxGradRows | LossErrRows | StepForward
             | StepUpdate | LossErrFused => Shape::ThreadPerRow,
             SumRows => Shape::OneWorkgroup,
-            MatmulNn | MatmulTn => Shape::Tiles,
+            MatmulNn | MatmulTn | Pack | MatmulTex => Shape::Tiles,
             SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
             _ => Shape::TeamPerRow,
         }
@@ -320,8 +349,10 @@ impl Kernel {
     /// The workgroup size the kernel declares.
     #[cfg(test)]
     pub(crate) fn workgroup_size(self, config: &Config) -> [u32; 3] {
-        match self.shape() {
-            Shape::Tiles => [MM_TX, MM_TY, 1],
+        match self {
+            Kernel::Pack => [PACK_TX, PACK_TX, 1],
+            Kernel::MatmulTex => [MT_TILE, 1, 1],
+            _ if self.shape() == Shape::Tiles => [MM_TX, MM_TY, 1],
             _ => [config.wg(self.family()), 1, 1],
         }
     }
@@ -336,6 +367,15 @@ pub(crate) const MM_TY: u32 = 8;
 pub(crate) const MM_BLOCK: u32 = 8;
 /// Output rows and columns of one matmul workgroup's tile.
 pub(crate) const MM_TILE: [u32; 2] = [MM_BLOCK * MM_TY, MM_BLOCK * MM_TX];
+
+/// Threads of a subgroup in the texture matmul (`matmul_tex.wgsl`), which it must hold exactly:
+/// each subgroup shares 8 rows of op(A) by broadcasts from its 8 lanes.
+pub(crate) const MT_LANES: u32 = 8;
+/// Output rows and columns of one texture-matmul workgroup (`MT_LANES` subgroups of
+/// `MT_LANES` threads, each thread an 8 x 8 block).
+pub(crate) const MT_TILE: u32 = MT_LANES * MT_LANES;
+/// Threads along each side of a `pack` workgroup, one per texel.
+pub(crate) const PACK_TX: u32 = 8;
 
 /// The most classes the fused training step handles (its per-thread logits live in registers).
 pub(crate) const STEP_CLASSES: u32 = 16;
@@ -376,6 +416,10 @@ pub(crate) struct Config {
     /// before they touch workgroup memory: the adapter's smallest subgroup size (at most
     /// `row_wg`), or 1 where there are no subgroup operations (or they are turned off).
     pub subgroup: u32,
+    /// Whether products run `matmul_tex.wgsl` (operands packed into textures, op(A) shared by
+    /// subgroup broadcasts) where their shapes fit: on a CPU adapter whose subgroups hold
+    /// exactly [`MT_LANES`] threads. Everything else runs `matmul.wgsl`.
+    pub texture_matmul: bool,
 }
 
 impl Config {
@@ -390,6 +434,9 @@ impl Config {
         let _ = writeln!(s, "const MM_TX: u32 = {MM_TX}u;");
         let _ = writeln!(s, "const MM_TY: u32 = {MM_TY}u;");
         let _ = writeln!(s, "const MM_BLOCK: u32 = {MM_BLOCK}u;");
+        let _ = writeln!(s, "const MT_LANES: u32 = {MT_LANES}u;");
+        let _ = writeln!(s, "const MT_TILE: u32 = {MT_TILE}u;");
+        let _ = writeln!(s, "const PACK_TX: u32 = {PACK_TX}u;");
         let _ = writeln!(s, "const STEP_CLASSES: u32 = {STEP_CLASSES}u;");
         let _ = writeln!(s, "const STEP_UNIFORM: u32 = {}u;", STEP_UNIFORM_BYTES / 16);
         let _ = writeln!(s, "const IGNORED: u32 = {IGNORED:#x}u;");
@@ -421,6 +468,9 @@ impl Config {
             });
             s.push_str(COMMON);
         }
+        if family.is_matmul() {
+            s.push_str(MATMUL_COMMON);
+        }
         s.push_str(family.file());
         s
     }
@@ -436,18 +486,21 @@ mod tests {
             fused_wg: 128,
             row_cache: 64,
             subgroup: 8,
+            texture_matmul: true,
         },
         Config {
             row_wg: 256,
             fused_wg: 512,
             row_cache: 1,
             subgroup: 1,
+            texture_matmul: false,
         },
         Config {
             row_wg: 256,
             fused_wg: 512,
             row_cache: 1,
             subgroup: 32,
+            texture_matmul: false,
         },
     ];
 
@@ -484,6 +537,7 @@ mod tests {
             fused_wg: 128,
             row_cache: 64,
             subgroup: 8,
+            texture_matmul: true,
         };
         for kernel in Kernel::ALL {
             let module = parse(&config, kernel.family(), kernel.width(4));
@@ -517,10 +571,17 @@ mod tests {
                 .filter(|(handle, _)| !ep_info[*handle].is_empty())
                 .filter_map(|(_, var)| {
                     let binding = var.binding.as_ref()?;
-                    let writable = match var.space {
-                        naga::AddressSpace::Storage { access } => {
+                    let writable = match (var.space, &module.types[var.ty].inner) {
+                        (naga::AddressSpace::Storage { access }, _) => {
                             access.contains(naga::StorageAccess::STORE)
                         }
+                        (
+                            naga::AddressSpace::Handle,
+                            naga::TypeInner::Image {
+                                class: naga::ImageClass::Storage { access, .. },
+                                ..
+                            },
+                        ) => access.contains(naga::StorageAccess::STORE),
                         _ => false,
                     };
                     Some((binding.binding, writable))
@@ -546,6 +607,7 @@ mod tests {
             fused_wg: 256,
             row_cache: 1,
             subgroup: 1,
+            texture_matmul: false,
         }
         .prelude(Family::Softmax, Width::Vec4);
         assert!(p.contains("const WG: u32 = 128u;"));
