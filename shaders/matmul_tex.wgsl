@@ -3,11 +3,15 @@
 // matmul.wgsl, 25x faster there.
 //
 //   pack:       t[y, x] = (L[y, 4x], L[y, 4x + 1], L[y, 4x + 2], L[y, 4x + 3]), 0 past L's
-//               edges, where L (rows x cols) is the matrix starting at element pq.base of
-//               src: L[i, j] = src[base + i cols + j], or src[base + j rows + i] when
+//               last column, where L (rows x cols) is the matrix starting at element pq.base
+//               of src: L[i, j] = src[base + i cols + j], or src[base + j rows + i] when
 //               pq.transposed (src then holds L^T, cols x rows). op(A) and B are packed into
 //               an `a` and a `b` texture this way, one texel per 4 consecutive elements of a
-//               row; each thread writes a column of 4 texels.
+//               row; each thread writes a column of 4 texels. Rows past L are left as they
+//               are (wgpu zeroes new textures). A matrix taller than a texture is packed in
+//               panels of pq.panel_rows rows, panel p's texels at x + p ceil(cols / 4), and
+//               in windows of rows (pq.first_row), one dispatch per window (the training
+//               data in src/gpu/train.rs).
 //   matmul_tex: C = alpha * A B + beta * C from the packed A (M x K) and B (K x N); C is
 //               row-major in storage, from element q.c_base. beta = 0 never reads C.
 //
@@ -23,7 +27,7 @@
 //
 // This kernel is chosen only where the host knows subgroups hold exactly MT_LANES invocations,
 // consecutive in local_invocation_index (a CPU adapter with subgroups of 8: see
-// `Config::texture_matmul`); everything else runs matmul.wgsl.
+// `Config::texture_kernels`); everything else runs matmul.wgsl.
 //
 // Bindings (group 0):
 //   pack        0 pq   uniform          PackParams
@@ -41,11 +45,16 @@
 // PACK_TX x PACK_TX, one thread per 4 texels of a column; matmul_tex: ceil(N / MT_TILE) x ceil(M / MT_TILE) workgroups of MT_LANES^2 threads.
 // Rust side: Kernel::{Pack, MatmulTex}; src/gpu/matmul.rs.
 
+// Keep in sync with PackParams in src/gpu/params.rs.
 struct PackParams {
-    rows: u32,
+    rows: u32,        // rows of L in this window
     cols: u32,
-    base: u32,
-    transposed: u32,
+    base: u32,        // L's (or L^T's) first element in the src binding
+    transposed: u32,  // 1: src holds L^T
+    first_row: u32,   // the window's first row in the whole matrix
+    panel_rows: u32,  // rows per panel of the texture; panels sit side by side
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> pq: PackParams;
@@ -85,16 +94,26 @@ fn source_quad(i: u32, j: u32) -> vec4<f32> {
     return select(vec4(0.0), v, inside);
 }
 
-// Texels (x, 4y) .. (x, 4y + 3): a 4 x 4 block of L. Stores past the texture's edge do nothing.
+// Writes texel x of row i of L (a row of the window) where its panel puts it.
+fn put(x: u32, i: u32, v: vec4<f32>) {
+    if i >= pq.rows {
+        return;
+    }
+    let r = pq.first_row + i;
+    let panel = r / pq.panel_rows;
+    textureStore(t, vec2(panel * ((pq.cols + 3u) / 4u) + x, r - panel * pq.panel_rows), v);
+}
+
+// Texels x of rows 4y .. 4y + 4 of L: a 4 x 4 block.
 @compute @workgroup_size(PACK_TX, PACK_TX)
 fn pack(@builtin(global_invocation_id) g: vec3<u32>) {
     let col = 4u * g.x;
     let row = 4u * g.y;
     if pq.transposed == 0u {
-        textureStore(t, vec2(g.x, row), source_quad(row, col));
-        textureStore(t, vec2(g.x, row + 1u), source_quad(row + 1u, col));
-        textureStore(t, vec2(g.x, row + 2u), source_quad(row + 2u, col));
-        textureStore(t, vec2(g.x, row + 3u), source_quad(row + 3u, col));
+        put(g.x, row, source_quad(row, col));
+        put(g.x, row + 1u, source_quad(row + 1u, col));
+        put(g.x, row + 2u, source_quad(row + 2u, col));
+        put(g.x, row + 3u, source_quad(row + 3u, col));
         return;
     }
     // Rows col .. col + 4 of L^T hold columns col .. col + 4 of L: transpose the 4 x 4 block.
@@ -102,10 +121,10 @@ fn pack(@builtin(global_invocation_id) g: vec3<u32>) {
     let c1 = source_quad(col + 1u, row);
     let c2 = source_quad(col + 2u, row);
     let c3 = source_quad(col + 3u, row);
-    textureStore(t, vec2(g.x, row), vec4(c0.x, c1.x, c2.x, c3.x));
-    textureStore(t, vec2(g.x, row + 1u), vec4(c0.y, c1.y, c2.y, c3.y));
-    textureStore(t, vec2(g.x, row + 2u), vec4(c0.z, c1.z, c2.z, c3.z));
-    textureStore(t, vec2(g.x, row + 3u), vec4(c0.w, c1.w, c2.w, c3.w));
+    put(g.x, row, vec4(c0.x, c1.x, c2.x, c3.x));
+    put(g.x, row + 1u, vec4(c0.y, c1.y, c2.y, c3.y));
+    put(g.x, row + 2u, vec4(c0.z, c1.z, c2.z, c3.z));
+    put(g.x, row + 3u, vec4(c0.w, c1.w, c2.w, c3.w));
 }
 
 // Four consecutive rows k .. k + 4 of B, 8 columns each: what one step of 4 multiplies.

@@ -233,10 +233,10 @@ impl<'d> SoftmaxRegression<'d> {
 
     /// Kernel dispatches per SGD step on the GPU: 2 where the fused step fits the model (up to
     /// 16 classes, theta and a batch's gradient within 64 KiB each), else 3 (7 where the
-    /// products pack their operands into textures first, see [`GpuContext::texture_matmul`]);
+    /// products pack their operands into textures first, see [`GpuContext::texture_kernels`]);
     /// `None` on the CPU.
     ///
-    /// [`GpuContext::texture_matmul`]: crate::GpuContext::texture_matmul
+    /// [`GpuContext::texture_kernels`]: crate::GpuContext::texture_kernels
     pub fn dispatches_per_step(&self) -> Option<usize> {
         match &self.state {
             State::Cpu { .. } => None,
@@ -312,7 +312,7 @@ impl<'d> SoftmaxRegression<'d> {
             )?;
             self.train = (x, y);
             if let State::Gpu { gpu, model } = &self.state {
-                model.rewrite_train(gpu, self.train.0.view(), &self.train.1);
+                model.rewrite_train(gpu, self.train.0.view(), &self.train.1)?;
             }
         }
         match &mut self.state {

@@ -439,7 +439,7 @@ fn info_names_the_chosen_adapter() {
             stdout.contains("max_storage_buffer_binding_size"),
             "{stdout}"
         );
-        let kernel = if gpu.texture_matmul() {
+        let kernel = if gpu.texture_kernels() {
             "matmul kernel: matmul_tex.wgsl"
         } else {
             "matmul kernel: matmul.wgsl"

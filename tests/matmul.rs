@@ -52,15 +52,6 @@ fn tn(gpu: &GpuContext, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
     gpu.download(&gpu.matmul_tn(&da, &db).unwrap()).unwrap()
 }
 
-/// The default context and the one without subgroups, which between them run both kernels on
-/// a CPU adapter with subgroups of 8 (lavapipe); on other adapters both run `matmul.wgsl`.
-fn both_kernels() -> Vec<(&'static str, &'static GpuContext)> {
-    configs()
-        .into_iter()
-        .filter(|(name, _)| ["default", "no-subgroups"].contains(name))
-        .collect()
-}
-
 #[test]
 fn products_around_the_tile_match_ndarray() {
     for (name, gpu) in both_kernels() {
@@ -123,10 +114,14 @@ fn lavapipe_runs_the_texture_kernel() {
     let gpu = require_gpu!();
     let info = gpu.adapter_info();
     let eight = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
-    assert_eq!(gpu.texture_matmul(), gpu.is_software() && eight, "{info:?}");
+    assert_eq!(
+        gpu.texture_kernels(),
+        gpu.is_software() && eight,
+        "{info:?}"
+    );
     for (name, gpu) in configs() {
         if name == "no-subgroups" {
-            assert!(!gpu.texture_matmul());
+            assert!(!gpu.texture_kernels());
         }
     }
 }

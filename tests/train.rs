@@ -124,10 +124,16 @@ fn every_configuration_trains_alike() {
 
 /// The fused two-dispatch step at every class count around its vec4 groups and its limit of
 /// 16, and the three-dispatch step past it (17 and 20 classes, and a theta over the 64 KiB
-/// uniform binding; seven dispatches where its products pack textures), all against the CPU.
+/// uniform binding; seven dispatches where its products pack textures), all against the CPU,
+/// on the texture kernels and the storage-buffer ones.
 #[test]
 fn both_step_paths_match_cpu_at_every_class_count() {
-    let gpu = require_gpu!();
+    for (name, gpu) in both_kernels() {
+        step_paths_match_cpu(name, gpu);
+    }
+}
+
+fn step_paths_match_cpu(name: &str, gpu: &GpuContext) {
     let cases = [
         (1, 5, 2),
         (2, 5, 2),
@@ -144,7 +150,7 @@ fn both_step_paths_match_cpu_at_every_class_count() {
         (15, 1100, 3), // 16,500 floats of theta: over one uniform binding
     ];
     for (classes, features, dispatches) in cases {
-        let case = format!("{classes} classes, {features} features");
+        let case = format!("{name}: {classes} classes, {features} features");
         let (x, y) = blobs(230, features, classes, classes as u64);
         let (xt, yt) = blobs(70, features, classes, 99);
         let opts = TrainOptions::default()
@@ -158,7 +164,7 @@ fn both_step_paths_match_cpu_at_every_class_count() {
         // The three-dispatch step's products each pack their operands first on the texture
         // kernel (two more dispatches per product).
         let dispatches = match dispatches {
-            3 if gpu.texture_matmul() => 7,
+            3 if gpu.texture_kernels() => 7,
             d => d,
         };
         assert_eq!(on_gpu.dispatches_per_step(), Some(dispatches), "{case}");
@@ -174,6 +180,26 @@ fn both_step_paths_match_cpu_at_every_class_count() {
 
 /// The seed's first step by hand: theta = 0 gives uniform probabilities, so
 /// theta = -lr/B X^T (1/k - I_y).
+/// More training rows than the tallest texture: the texture kernels' data is packed in
+/// panels side by side, and a batch straddles the first panel's end (rows 16,300 to 16,400 on
+/// lavapipe's 16,384). Also more rows than a 4 KiB binding on the `windows` context, so the
+/// packing runs in windows there.
+#[test]
+fn data_taller_than_a_texture_trains_alike() {
+    for (name, gpu) in configs() {
+        let rows = gpu.limits().max_texture_dimension_2d as usize + 116;
+        let (x, y) = blobs(rows, 6, 3, 7);
+        let opts = TrainOptions::default().lr(0.3).batch(100);
+        let train = (x.view(), &y);
+        let mut on_gpu = SoftmaxRegression::new(gpu, train, None, opts.clone()).unwrap();
+        let mut on_cpu = SoftmaxRegression::new(&Device::Cpu, train, None, opts).unwrap();
+        let (g, c) = (on_gpu.fit_epoch().unwrap(), on_cpu.fit_epoch().unwrap());
+        assert_same_epoch(&g, &c, (rows, 0), &format!("{name}: {rows} rows"));
+        let (tg, tc) = (on_gpu.theta().unwrap(), on_cpu.theta().unwrap());
+        assert_close(tg.view(), tc.view(), 1e-4, 1e-3, &format!("{name}: theta"));
+    }
+}
+
 #[test]
 fn the_first_step_is_the_seed_formula() {
     let x = ndarray::array![[1.0f32, 2.0], [3.0, -1.0]];

@@ -22,7 +22,7 @@ pub fn run() -> Result<()> {
             }
             println!(
                 "matmul kernel: {} (subgroup sizes {} to {})",
-                if gpu.texture_matmul() {
+                if gpu.texture_kernels() {
                     "matmul_tex.wgsl (packed textures, subgroup broadcasts)"
                 } else {
                     "matmul.wgsl (register-tiled, storage buffers)"

@@ -322,13 +322,14 @@ impl GpuContext {
             1
         };
         log::info!("subgroup shuffles over {subgroup} threads");
-        // The texture matmul's broadcasts name lanes 0..8 of subgroups of exactly 8, which is
-        // what a CPU adapter's SIMD registers are (lavapipe on AVX2); GPUs keep matmul.wgsl.
-        let texture_matmul = info.device_type == wgpu::DeviceType::Cpu
+        // The texture kernels' broadcasts name lanes 0..8 of subgroups of exactly 8, which is
+        // what a CPU adapter's SIMD registers are (lavapipe on AVX2); GPUs keep the storage
+        // kernels, whose loads their caches serve.
+        let texture_kernels = info.device_type == wgpu::DeviceType::Cpu
             && subgroup > 1
             && info.subgroup_min_size == MT_LANES
             && info.subgroup_max_size == MT_LANES;
-        log::info!("texture matmul: {texture_matmul}");
+        log::info!("texture kernels: {texture_kernels}");
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(GpuContext {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -341,7 +342,7 @@ impl GpuContext {
                 fused_wg,
                 row_cache,
                 subgroup,
-                texture_matmul,
+                texture_kernels,
             },
             geometry,
             pipelines: Mutex::new(HashMap::new()),
@@ -366,13 +367,15 @@ impl GpuContext {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    /// Whether matrix products run `matmul_tex.wgsl` (operands packed into textures, rows of
-    /// op(A) shared by subgroup broadcasts) where their shapes fit the device's texture limits:
-    /// on a CPU adapter whose subgroups hold exactly 8 threads, unless subgroups are turned
-    /// off ([`GpuOptions::subgroups`]). Other products, and every product elsewhere, run the
-    /// register-tiled `matmul.wgsl`.
-    pub fn texture_matmul(&self) -> bool {
-        self.config.texture_matmul
+    /// Whether the kernels written for CPU adapters run where shapes fit the device's texture
+    /// limits: matrix products through `matmul_tex.wgsl` (operands packed into textures, rows
+    /// of op(A) shared by subgroup broadcasts), and the fused training step reading its data
+    /// from a texture (`step_forward_tex`, `step_update_tex`). True on a CPU adapter whose
+    /// subgroups hold exactly 8 threads, unless subgroups are turned off
+    /// ([`GpuOptions::subgroups`]); elsewhere products run the register-tiled `matmul.wgsl`
+    /// and training reads storage buffers.
+    pub fn texture_kernels(&self) -> bool {
+        self.config.texture_kernels
     }
 
     /// How many times this context has read device memory back to the host (each download,

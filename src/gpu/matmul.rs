@@ -28,6 +28,19 @@ pub(crate) struct Gemm<'b> {
     pub beta: f32,
 }
 
+/// A matrix to pack into an `rgba32float` texture ([`GpuContext::plan_pack`]): `rows x cols`
+/// of `src`, or with `transposed` the transpose of `src`'s `cols x rows`, a texel per 4
+/// consecutive elements of a row, in panels of `panel_rows` rows side by side (see `pack` in
+/// `shaders/matmul_tex.wgsl`).
+pub(crate) struct Packing<'a> {
+    pub src: At<'a>,
+    pub rows: usize,
+    pub cols: usize,
+    pub transposed: bool,
+    pub texture: &'a wgpu::TextureView,
+    pub panel_rows: usize,
+}
+
 impl GpuContext {
     /// The dispatches of one product. `A B` is cut into windows of A's and C's rows, `A^T B`
     /// into windows of the inner dimension (the rows of A and B), accumulated into C; the
@@ -130,13 +143,13 @@ impl GpuContext {
     }
 
     /// The product through `matmul_tex.wgsl`: pack op(A) and B into textures, then one dispatch.
-    /// `None` where the context has no texture matmul ([`Config::texture_matmul`]) or the
+    /// `None` where the context has no texture matmul ([`Config::texture_kernels`]) or the
     /// shape does not fit it (a texture side over the device's limit, an operand over one
     /// binding, an empty inner dimension); `matmul.wgsl` takes those.
     ///
-    /// [`Config::texture_matmul`]: crate::gpu::shaders::Config::texture_matmul
+    /// [`Config::texture_kernels`]: crate::gpu::shaders::Config::texture_kernels
     fn plan_texture_matmul(&self, g: &Gemm<'_>) -> Result<Option<Vec<Dispatch>>> {
-        if !self.config.texture_matmul || g.k == 0 || g.m == 0 || g.n == 0 {
+        if !self.config.texture_kernels || g.k == 0 || g.m == 0 || g.n == 0 {
             return Ok(None);
         }
         let tile = MT_TILE as usize;
@@ -149,45 +162,22 @@ impl GpuContext {
         if a_size.iter().chain(&b_size).any(|&side| side > max_side) {
             return Ok(None);
         }
+        let geometry = self.geometry;
+        let Some(c) = bound(geometry, &g.c, g.m, g.n) else {
+            return Ok(None);
+        };
         let (a_rows, a_cols) = if g.transposed_a {
             (g.k, g.m)
         } else {
             (g.m, g.k)
         };
-        let geometry = self.geometry;
-        let (Some(a), Some(b), Some(c)) = (
-            bound(geometry, &g.a, a_rows, a_cols),
-            bound(geometry, &g.b, g.k, g.n),
-            bound(geometry, &g.c, g.m, g.n),
-        ) else {
+        let fits = |at: &At<'_>, rows, cols| bound(geometry, at, rows, cols).is_some();
+        if !fits(&g.a, a_rows, a_cols) || !fits(&g.b, g.k, g.n) {
             return Ok(None);
-        };
+        }
         let a_tex = self.packed_texture(a_size);
         let b_tex = self.packed_texture(b_size);
         let product = self.pipeline(Kernel::MatmulTex, Width::Scalar)?;
-        let pack_into = |(binding, base), view, [w, h]: [usize; 2], rows, cols, transposed| {
-            let params = PackParams {
-                rows: rows as u32,
-                cols: cols as u32,
-                base,
-                transposed: u32::from(transposed),
-            };
-            // Vec4 loads where the source's rows are whole vec4s; their bases then are too.
-            let source_row = if transposed { rows } else { cols };
-            let pack = self.pipeline(Kernel::Pack, Width::for_cols(source_row))?;
-            let groups = [
-                w.div_ceil(PACK_TX as usize),
-                h.div_ceil(4 * PACK_TX as usize),
-                1,
-            ];
-            Ok::<_, Error>(self.dispatch(
-                Kernel::Pack,
-                &pack,
-                bytemuck::bytes_of(&params),
-                vec![binding, wgpu::BindingResource::TextureView(view)],
-                groups.map(|n| n as u32),
-            ))
-        };
         let params = MatmulParams {
             m: g.m as u32,
             n: g.n as u32,
@@ -198,26 +188,86 @@ impl GpuContext {
             alpha: g.alpha,
             beta: g.beta,
         };
-        Ok(Some(vec![
-            pack_into(a, &a_tex, a_size, g.m, g.k, g.transposed_a)?,
-            pack_into(b, &b_tex, b_size, g.k, g.n, false)?,
-            self.dispatch(
-                Kernel::MatmulTex,
-                &product,
+        let mut plan = self.plan_pack(
+            "matmul",
+            &Packing {
+                src: g.a,
+                rows: g.m,
+                cols: g.k,
+                transposed: g.transposed_a,
+                texture: &a_tex,
+                panel_rows: a_size[1],
+            },
+        )?;
+        plan.extend(self.plan_pack(
+            "matmul",
+            &Packing {
+                src: g.b,
+                rows: g.k,
+                cols: g.n,
+                transposed: false,
+                texture: &b_tex,
+                panel_rows: b_size[1],
+            },
+        )?);
+        plan.push(self.dispatch(
+            Kernel::MatmulTex,
+            &product,
+            bytemuck::bytes_of(&params),
+            vec![
+                wgpu::BindingResource::TextureView(&a_tex),
+                wgpu::BindingResource::TextureView(&b_tex),
+                c.0,
+            ],
+            [g.n.div_ceil(tile) as u32, g.m.div_ceil(tile) as u32, 1],
+        ));
+        Ok(Some(plan))
+    }
+
+    /// The dispatches that pack a matrix into a texture (see [`Packing`]). A matrix over one
+    /// binding is packed in row windows; a transposed one must fit one binding.
+    pub(crate) fn plan_pack(&self, op: &'static str, p: &Packing<'_>) -> Result<Vec<Dispatch>> {
+        let (src, rows, cols, transposed) = (&p.src, p.rows, p.cols, p.transposed);
+        // Vec4 loads where the source's rows are whole vec4s; their bases then are too.
+        let source_row = if transposed { rows } else { cols };
+        let pipeline = self.pipeline(Kernel::Pack, Width::for_cols(source_row))?;
+        let windows = if transposed {
+            std::iter::once(0..rows).collect()
+        } else {
+            self.geometry.windows(op, rows, cols)?
+        };
+        let mut plan = Vec::with_capacity(windows.len());
+        for window in windows {
+            let (binding, base) = if transposed {
+                whole(op, self.geometry, src, cols, rows, "a transposed operand")?
+            } else {
+                windowed(self.geometry, src, &window, cols)
+            };
+            let params = PackParams {
+                rows: window.len() as u32,
+                cols: cols as u32,
+                base,
+                transposed: u32::from(transposed),
+                first_row: window.start as u32,
+                panel_rows: p.panel_rows as u32,
+                pad: [0; 2],
+            };
+            let tx = PACK_TX as usize;
+            let groups = [cols.div_ceil(4 * tx), window.len().div_ceil(4 * tx), 1];
+            plan.push(self.dispatch(
+                Kernel::Pack,
+                &pipeline,
                 bytemuck::bytes_of(&params),
-                vec![
-                    wgpu::BindingResource::TextureView(&a_tex),
-                    wgpu::BindingResource::TextureView(&b_tex),
-                    c.0,
-                ],
-                [g.n.div_ceil(tile) as u32, g.m.div_ceil(tile) as u32, 1],
-            ),
-        ]))
+                vec![binding, wgpu::BindingResource::TextureView(p.texture)],
+                groups.map(|n| n as u32),
+            ));
+        }
+        Ok(plan)
     }
 
     /// A write-once, read-many `rgba32float` texture of `[width, height]` texels for a packed
     /// operand. Dispatches bound to it keep it alive.
-    fn packed_texture(&self, [width, height]: [usize; 2]) -> wgpu::TextureView {
+    pub(crate) fn packed_texture(&self, [width, height]: [usize; 2]) -> wgpu::TextureView {
         self.device
             .create_texture(&wgpu::TextureDescriptor {
                 label: Some("packed operand"),

@@ -57,12 +57,12 @@ pub(crate) struct MatmulParams {
     pub beta: f32,
 }
 
-/// Params of `pack` (`shaders/matmul_tex.wgsl`): which matrix goes into a texture. Keep in sync
-/// with `struct PackParams` there.
+/// Params of `pack` (`shaders/matmul_tex.wgsl`): which matrix goes into a texture, and where.
+/// Keep in sync with `struct PackParams` there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub(crate) struct PackParams {
-    /// Rows of the packed matrix (texture rows).
+    /// Rows of the packed matrix in this window.
     pub rows: u32,
     /// Its columns, packed four to a texel.
     pub cols: u32,
@@ -70,6 +70,35 @@ pub(crate) struct PackParams {
     pub base: u32,
     /// 1 when the binding holds the matrix transposed (`cols x rows`), else 0.
     pub transposed: u32,
+    /// The window's first row in the whole matrix.
+    pub first_row: u32,
+    /// Rows per panel of the texture (panels side by side, `ceil(cols / 4)` texels each).
+    pub panel_rows: u32,
+    /// Pads the block to a multiple of 16 bytes.
+    pub pad: [u32; 2],
+}
+
+/// Params of the fused training step on CPU adapters (`step_forward_tex`, `step_update_tex`
+/// in `shaders/train.wgsl`). Keep in sync with `struct StepParams` there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct StepParams {
+    /// Rows in the batch.
+    pub batch: u32,
+    /// Features per row.
+    pub features: u32,
+    /// Classes (columns of theta).
+    pub classes: u32,
+    /// The batch's first row in the data set.
+    pub first_row: u32,
+    /// Data-set rows per panel of the data texture.
+    pub panel_rows: u32,
+    /// Texels per row of the data texture, `ceil(features / 4)`.
+    pub quads: u32,
+    /// Forward: the gradient's scale; update: `-lr / B`.
+    pub scale: f32,
+    /// Update: `1 - lr l2`.
+    pub decay: f32,
 }
 
 #[cfg(test)]
@@ -82,6 +111,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<RowParams>(), 64);
         assert_eq!(std::mem::size_of::<RowParams>() % 16, 0);
         assert_eq!(std::mem::size_of::<MatmulParams>(), 32);
-        assert_eq!(std::mem::size_of::<PackParams>(), 16);
+        assert_eq!(std::mem::size_of::<PackParams>(), 32);
+        assert_eq!(std::mem::size_of::<StepParams>(), 32);
     }
 }

@@ -206,12 +206,14 @@ pub(crate) enum Kernel {
     StepForward,
     StepUpdate,
     LossErrFused,
+    StepForwardTex,
+    StepUpdateTex,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 26] = [
+    pub(crate) const ALL: [Kernel; 28] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -238,6 +240,8 @@ impl Kernel {
         Kernel::StepForward,
         Kernel::StepUpdate,
         Kernel::LossErrFused,
+        Kernel::StepForwardTex,
+        Kernel::StepUpdateTex,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -249,9 +253,8 @@ impl Kernel {
             OneHotSubtract => Family::Grad,
             MatmulNn | MatmulTn => Family::Matmul,
             Pack | MatmulTex => Family::MatmulTex,
-            SoftmaxGradRows | LossErrRows | StepForward | StepUpdate | LossErrFused => {
-                Family::Train
-            }
+            SoftmaxGradRows | LossErrRows | StepForward | StepUpdate | LossErrFused
+            | StepForwardTex | StepUpdateTex => Family::Train,
             CopyRows => Family::Copy,
             SoftmaxFused
             | LogsumexpFused
@@ -291,6 +294,8 @@ impl Kernel {
             StepForward => "step_forward",
             StepUpdate => "step_update",
             LossErrFused => "loss_err_fused",
+            StepForwardTex => "step_forward_tex",
+            StepUpdateTex => "step_update_tex",
         }
     }
 
@@ -321,6 +326,8 @@ impl Kernel {
             // The batch's rows of x are bound by the caller (src/gpu/train.rs), not windowed.
             StepUpdate => &[WHOLE_IN, UNIFORM_IN, WHOLE_OUT],
             LossErrFused => &[MAT_IN, ROW_IN, ROW_OUT, UNIFORM_IN, ROW_OUT],
+            StepForwardTex => &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN],
+            StepUpdateTex => &[TEX_IN, UNIFORM_IN, WHOLE_OUT],
         }
     }
 
@@ -331,7 +338,7 @@ impl Kernel {
             LogsumexpRows | CrossEntropyRows | SoftmaxGradRows | LossErrRows | StepForward
             | StepUpdate | LossErrFused => Shape::ThreadPerRow,
             SumRows => Shape::OneWorkgroup,
-            MatmulNn | MatmulTn | Pack | MatmulTex => Shape::Tiles,
+            MatmulNn | MatmulTn | Pack | MatmulTex | StepForwardTex | StepUpdateTex => Shape::Tiles,
             SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
             _ => Shape::TeamPerRow,
         }
@@ -352,6 +359,7 @@ impl Kernel {
         match self {
             Kernel::Pack => [PACK_TX, PACK_TX, 1],
             Kernel::MatmulTex => [MT_TILE, 1, 1],
+            Kernel::StepForwardTex | Kernel::StepUpdateTex => [MT_LANES, 1, 1],
             _ if self.shape() == Shape::Tiles => [MM_TX, MM_TY, 1],
             _ => [config.wg(self.family()), 1, 1],
         }
@@ -395,7 +403,8 @@ pub(crate) enum Shape {
     ThreadPerRow,
     /// One workgroup reduces the whole window (`tpr = WG`).
     OneWorkgroup,
-    /// A 2-D grid of output tiles (the matmul); not a row kernel.
+    /// Not a row kernel: a grid of output tiles (the products, `pack`) or of subgroups (the
+    /// training step's texture kernels), planned by its own code.
     Tiles,
 }
 
@@ -416,10 +425,10 @@ pub(crate) struct Config {
     /// before they touch workgroup memory: the adapter's smallest subgroup size (at most
     /// `row_wg`), or 1 where there are no subgroup operations (or they are turned off).
     pub subgroup: u32,
-    /// Whether products run `matmul_tex.wgsl` (operands packed into textures, op(A) shared by
-    /// subgroup broadcasts) where their shapes fit: on a CPU adapter whose subgroups hold
-    /// exactly [`MT_LANES`] threads. Everything else runs `matmul.wgsl`.
-    pub texture_matmul: bool,
+    /// Whether the texture kernels run where shapes fit (products through `matmul_tex.wgsl`,
+    /// the fused training step's `*_tex` kernels): on a CPU adapter whose subgroups hold
+    /// exactly [`MT_LANES`] threads. Everything else runs the storage-buffer kernels.
+    pub texture_kernels: bool,
 }
 
 impl Config {
@@ -486,21 +495,21 @@ mod tests {
             fused_wg: 128,
             row_cache: 64,
             subgroup: 8,
-            texture_matmul: true,
+            texture_kernels: true,
         },
         Config {
             row_wg: 256,
             fused_wg: 512,
             row_cache: 1,
             subgroup: 1,
-            texture_matmul: false,
+            texture_kernels: false,
         },
         Config {
             row_wg: 256,
             fused_wg: 512,
             row_cache: 1,
             subgroup: 32,
-            texture_matmul: false,
+            texture_kernels: false,
         },
     ];
 
@@ -537,7 +546,7 @@ mod tests {
             fused_wg: 128,
             row_cache: 64,
             subgroup: 8,
-            texture_matmul: true,
+            texture_kernels: true,
         };
         for kernel in Kernel::ALL {
             let module = parse(&config, kernel.family(), kernel.width(4));
@@ -607,7 +616,7 @@ mod tests {
             fused_wg: 256,
             row_cache: 1,
             subgroup: 1,
-            texture_matmul: false,
+            texture_kernels: false,
         }
         .prelude(Family::Softmax, Width::Vec4);
         assert!(p.contains("const WG: u32 = 128u;"));

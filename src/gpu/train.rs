@@ -8,7 +8,11 @@
 //! 2. `theta = (1 - lr l2) theta - lr/B X_b^T G`, a thread per feature ([`Kernel::StepUpdate`]).
 //!
 //! Both read the small operand (theta, then G) as a uniform, which every thread reads at the
-//! same index: a broadcast on every adapter. Larger models take three dispatches:
+//! same index: a broadcast on every adapter. On a CPU adapter with subgroups of 8
+//! ([`GpuContext::texture_kernels`]) the same two steps run as [`Kernel::StepForwardTex`] and
+//! [`Kernel::StepUpdateTex`]: the training rows are packed once into a texture (a texel is
+//! about as cheap there as one float from a storage buffer) and each subgroup loads theta or G
+//! once, lane by lane, and broadcasts it. Larger models take three dispatches:
 //!
 //! 1. `logits = X_b theta` ([`Kernel::MatmulNn`]);
 //! 2. `G = softmax(logits) - I_y`, in place ([`Kernel::SoftmaxGradRows`]);
@@ -24,10 +28,10 @@ use ndarray::{Array2, ArrayView2};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::row_groups;
-use crate::gpu::matmul::Gemm;
-use crate::gpu::params::RowParams;
+use crate::gpu::matmul::{Gemm, Packing};
+use crate::gpu::params::{RowParams, StepParams};
 use crate::gpu::record::{At, Dispatch, Extra, Recorder, uniform_binding};
-use crate::gpu::shaders::{Kernel, STEP_CLASSES, STEP_UNIFORM_BYTES, Width};
+use crate::gpu::shaders::{Kernel, MT_LANES, STEP_CLASSES, STEP_UNIFORM_BYTES, Width};
 use crate::labels::Labels;
 
 /// The step's knobs, already validated by the caller.
@@ -48,6 +52,65 @@ struct DeviceSet {
     x: wgpu::Buffer,
     y: wgpu::Buffer,
     rows: usize,
+    /// The rows of `x` packed into a texture, for the texture kernels of the fused step.
+    texture: Option<DataTexture>,
+}
+
+/// A data set's rows in an `rgba32float` texture: row `r` in panel `r / panel_rows`, texel `q`
+/// of it holding features `4q .. 4q + 4` (zero past the last), panels side by side.
+#[derive(Debug)]
+struct DataTexture {
+    view: wgpu::TextureView,
+    panel_rows: usize,
+    /// The dispatches that pack `x` into it, run again when the rows are rewritten.
+    pack: Vec<Dispatch>,
+}
+
+impl DataTexture {
+    /// Packs the rows of `set` (`features` each) where the texture kernels run and a texture
+    /// can hold them; `None` otherwise.
+    fn new(
+        gpu: &GpuContext,
+        op: &'static str,
+        set: &DeviceSet,
+        features: usize,
+    ) -> Result<Option<Self>> {
+        let max_side = gpu.limits().max_texture_dimension_2d as usize;
+        let quads = features.div_ceil(4);
+        let panel_rows = set.rows.min(max_side);
+        if !gpu.config.texture_kernels
+            || set.rows == 0
+            || set.rows.div_ceil(panel_rows) * quads > max_side
+        {
+            return Ok(None);
+        }
+        let view = gpu.packed_texture([set.rows.div_ceil(panel_rows) * quads, panel_rows]);
+        let pack = gpu.plan_pack(
+            op,
+            &Packing {
+                src: (&set.x).into(),
+                rows: set.rows,
+                cols: features,
+                transposed: false,
+                texture: &view,
+                panel_rows,
+            },
+        )?;
+        let texture = DataTexture {
+            view,
+            panel_rows,
+            pack,
+        };
+        texture.repack(gpu, op)?;
+        Ok(Some(texture))
+    }
+
+    fn repack(&self, gpu: &GpuContext, op: &'static str) -> Result<()> {
+        gpu.record(op, |rec| {
+            rec.run(&self.pack);
+            Ok(())
+        })
+    }
 }
 
 /// Loss and error of one data set, each summed into its own one-float buffer.
@@ -89,12 +152,15 @@ impl GpuRegression {
     ) -> Result<Self> {
         const OP: &str = "train";
         let (features, classes) = (train.0.ncols(), train.1.classes());
-        let train_set = upload_set(gpu, OP, train)?;
+        let mut train_set = upload_set(gpu, OP, train)?;
         let test_set = test.map(|t| upload_set(gpu, OP, t)).transpose()?;
 
         let theta_bytes = gpu.check_bytes(OP, "theta", features * classes)?;
         let batch_bytes = gpu.check_bytes(OP, "a batch of logits", step.batch * classes)?;
         let fused = fused_step_fits(gpu, features, classes, step.batch)?;
+        if fused {
+            train_set.texture = DataTexture::new(gpu, OP, &train_set, features)?;
+        }
         // wgpu zero-initialises every buffer: theta starts at zero, as in the seed.
         let (theta, batch_logits) = if fused {
             (
@@ -160,7 +226,12 @@ impl GpuRegression {
     }
 
     /// Replaces the training rows with `x` and `y` (the same shape: a reshuffled epoch).
-    pub(crate) fn rewrite_train(&self, gpu: &GpuContext, x: ArrayView2<f32>, y: &Labels) {
+    pub(crate) fn rewrite_train(
+        &self,
+        gpu: &GpuContext,
+        x: ArrayView2<f32>,
+        y: &Labels,
+    ) -> Result<()> {
         debug_assert_eq!(x.nrows(), self.train.rows);
         let x = x.as_standard_layout();
         let data = x.as_slice().expect("standard layout is contiguous");
@@ -168,6 +239,10 @@ impl GpuRegression {
             .write_buffer(&self.train.x, 0, bytemuck::cast_slice(data));
         gpu.queue
             .write_buffer(&self.train.y, 0, bytemuck::cast_slice(y.raw()));
+        match &self.train.texture {
+            Some(texture) => texture.repack(gpu, "train"),
+            None => Ok(()),
+        }
     }
 
     /// Dispatches per batch step: 2 fused, 3 otherwise.
@@ -332,6 +407,7 @@ fn upload_set(
         x: x_buf,
         y: y_buf,
         rows: x.nrows(),
+        texture: None,
     })
 }
 
@@ -446,6 +522,9 @@ fn plan_fused_step(
     grad: &wgpu::Buffer,
     step: Step,
 ) -> Result<Vec<Dispatch>> {
+    if let Some(texture) = &set.texture {
+        return plan_fused_step_tex(gpu, set, texture, first_row, model, grad, step);
+    }
     let classes = model.classes as u32;
     let mut plan = gpu.plan_rows(
         op,
@@ -510,6 +589,62 @@ fn plan_fused_step(
         groups,
     ));
     Ok(plan)
+}
+
+/// [`plan_fused_step`] on the texture kernels: [`Kernel::StepForwardTex`] over 32 batch rows
+/// per subgroup, then [`Kernel::StepUpdateTex`] over 32 features per subgroup.
+fn plan_fused_step_tex(
+    gpu: &GpuContext,
+    set: &DeviceSet,
+    texture: &DataTexture,
+    first_row: usize,
+    model: &Model<'_>,
+    grad: &wgpu::Buffer,
+    step: Step,
+) -> Result<Vec<Dispatch>> {
+    let quads = model.features.div_ceil(4);
+    let params = |scale: f32, decay: f32| StepParams {
+        batch: step.batch as u32,
+        features: model.features as u32,
+        classes: model.classes as u32,
+        first_row: first_row as u32,
+        panel_rows: texture.panel_rows as u32,
+        quads: quads as u32,
+        scale,
+        decay,
+    };
+    let lanes = MT_LANES as usize;
+    let data = || wgpu::BindingResource::TextureView(&texture.view);
+    let forward = gpu.pipeline(Kernel::StepForwardTex, Width::Scalar)?;
+    let update = gpu.pipeline(Kernel::StepUpdateTex, Width::Scalar)?;
+    Ok(vec![
+        gpu.dispatch(
+            Kernel::StepForwardTex,
+            &forward,
+            bytemuck::bytes_of(&params(1.0, 1.0)),
+            vec![
+                data(),
+                set.y.as_entire_binding(),
+                grad.as_entire_binding(),
+                uniform_binding(model.theta),
+            ],
+            [step.batch.div_ceil(4 * lanes) as u32, 1, 1],
+        ),
+        gpu.dispatch(
+            Kernel::StepUpdateTex,
+            &update,
+            bytemuck::bytes_of(&params(
+                -step.lr / step.batch as f32,
+                1.0 - step.lr * step.l2,
+            )),
+            vec![
+                data(),
+                uniform_binding(grad),
+                model.theta.as_entire_binding(),
+            ],
+            [quads.div_ceil(lanes) as u32, 1, 1],
+        ),
+    ])
 }
 
 /// The three-dispatch step of the batch starting at `first_row`, for any model: matmul,

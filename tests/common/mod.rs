@@ -73,6 +73,16 @@ pub fn configs() -> Vec<(&'static str, &'static GpuContext)> {
     all.iter().map(|(n, g)| (*n, g)).collect()
 }
 
+/// The default context and the one without subgroups: on a CPU adapter with subgroups of 8
+/// (lavapipe) the first runs the texture kernels (`GpuContext::texture_kernels`) and the
+/// second the storage-buffer ones, so that a test over both holds both to the reference.
+pub fn both_kernels() -> Vec<(&'static str, &'static GpuContext)> {
+    configs()
+        .into_iter()
+        .filter(|(name, _)| ["default", "no-subgroups"].contains(name))
+        .collect()
+}
+
 /// Returns the shared context, or returns from the test after a SKIPPED line.
 #[macro_export]
 macro_rules! require_gpu {
