@@ -320,7 +320,8 @@ struct StepParams {
     features: u32,
     classes: u32,     // C, at most STEP_CLASSES
     first_row: u32,   // the batch's first row in the data set
-    panel_rows: u32,  // data-set rows per panel of the texture; panels sit side by side
+    panel_shift: u32, // log2 of the data-set rows per panel of the texture (panels side by
+                      // side): a shift, where a division would be a scalar loop per lane
     quads: u32,       // texels per row: ceil(features / 4), zero-padded
     scale: f32,       // forward: the gradient's scale; update: -lr / B
     decay: f32,       // update: 1 - lr l2
@@ -333,8 +334,8 @@ const_assert MT_LANES == 8u;
 
 // Features 4q .. 4q + 4 of data-set row r.
 fn x_quad(r: u32, q: u32) -> vec4<f32> {
-    let panel = r / sp.panel_rows;
-    return textureLoad(xt, vec2(panel * sp.quads + q, r - panel * sp.panel_rows));
+    let panel = r >> sp.panel_shift;
+    return textureLoad(xt, vec2(panel * sp.quads + q, r & ((1u << sp.panel_shift) - 1u)));
 }
 
 // Class quad `g` (classes 4g .. 4g + 4) of row `k` of a row-major matrix of C columns held

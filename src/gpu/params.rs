@@ -91,8 +91,8 @@ pub(crate) struct StepParams {
     pub classes: u32,
     /// The batch's first row in the data set.
     pub first_row: u32,
-    /// Data-set rows per panel of the data texture.
-    pub panel_rows: u32,
+    /// Log2 of the data-set rows per panel of the data texture.
+    pub panel_shift: u32,
     /// Texels per row of the data texture, `ceil(features / 4)`.
     pub quads: u32,
     /// Forward: the gradient's scale; update: `-lr / B`.

@@ -56,8 +56,9 @@ struct DeviceSet {
     texture: Option<DataTexture>,
 }
 
-/// A data set's rows in an `rgba32float` texture: row `r` in panel `r / panel_rows`, texel `q`
-/// of it holding features `4q .. 4q + 4` (zero past the last), panels side by side.
+/// A data set's rows in an `rgba32float` texture: row `r` in panel `r / panel_rows` (a power
+/// of two), texel `q` of it holding features `4q .. 4q + 4` (zero past the last), panels side
+/// by side.
 #[derive(Debug)]
 struct DataTexture {
     view: wgpu::TextureView,
@@ -77,14 +78,19 @@ impl DataTexture {
     ) -> Result<Option<Self>> {
         let max_side = gpu.limits().max_texture_dimension_2d as usize;
         let quads = features.div_ceil(4);
-        let panel_rows = set.rows.min(max_side);
+        // A power of two, so that the kernels find a row's panel by a shift.
+        let panel_rows = set
+            .rows
+            .next_power_of_two()
+            .min(prev_power_of_two(max_side));
         if !gpu.config.texture_kernels
             || set.rows == 0
             || set.rows.div_ceil(panel_rows) * quads > max_side
         {
             return Ok(None);
         }
-        let view = gpu.packed_texture([set.rows.div_ceil(panel_rows) * quads, panel_rows]);
+        let height = set.rows.min(panel_rows);
+        let view = gpu.packed_texture([set.rows.div_ceil(panel_rows) * quads, height]);
         let pack = gpu.plan_pack(
             op,
             &Packing {
@@ -511,6 +517,10 @@ fn fused_step_fits(
         && gpu.geometry.windows("train", batch, features)?.len() == 1)
 }
 
+fn prev_power_of_two(n: usize) -> usize {
+    1 << n.ilog2()
+}
+
 /// The fused step of the batch starting at `first_row`: [`Kernel::StepForward`] into `grad`,
 /// then [`Kernel::StepUpdate`] into theta.
 fn plan_fused_step(
@@ -608,7 +618,7 @@ fn plan_fused_step_tex(
         features: model.features as u32,
         classes: model.classes as u32,
         first_row: first_row as u32,
-        panel_rows: texture.panel_rows as u32,
+        panel_shift: texture.panel_rows.trailing_zeros(),
         quads: quads as u32,
         scale,
         decay,
