@@ -94,14 +94,16 @@ fn source_quad(i: u32, j: u32) -> vec4<f32> {
     return select(vec4(0.0), v, inside);
 }
 
-// Writes texel x of row i of L (a row of the window) where its panel puts it.
+// Writes texel x of row i of L (a row of the window) where its panel puts it. Threads past
+// the row's last texel write nothing: their texel would land in the next panel.
 fn put(x: u32, i: u32, v: vec4<f32>) {
-    if i >= pq.rows {
+    let texels = (pq.cols + 3u) / 4u;
+    if i >= pq.rows || x >= texels {
         return;
     }
     let r = pq.first_row + i;
     let panel = r / pq.panel_rows;
-    textureStore(t, vec2(panel * ((pq.cols + 3u) / 4u) + x, r - panel * pq.panel_rows), v);
+    textureStore(t, vec2(panel * texels + x, r - panel * pq.panel_rows), v);
 }
 
 // Texels x of rows 4y .. 4y + 4 of L: a 4 x 4 block.

@@ -275,7 +275,11 @@ fn loss_err_fused(
     if !l.live {
         return;
     }
-    let i = p.vec_base + l.row;
+    write_loss_err(p.vec_base + l.row, z, classes);
+}
+
+// Row i's loss and error from its logits z (zeros for an ignored row).
+fn write_loss_err(i: u32, z: Classes, classes: u32) {
     let label = y[i];
     if label == IGNORED {
         loss_out[i] = 0.0;
@@ -303,6 +307,8 @@ fn loss_err_fused(
 //                      32 w + j + 8 i, i = 0..4, in four sets of logits.
 //   step_update_tex:   as step_update; lane j of workgroup w takes features 4 q .. 4 q + 4,
 //                      q = 8 w + j, walking the batch two rows per step.
+//   loss_err_tex:      loss_err_fused over a whole data set (sp.batch rows from row 0), rows
+//                      as step_forward_tex; workgroups folded over x and y.
 //
 // Bindings (group 0), bound whole:
 //   step_forward_tex  0 sp       uniform     StepParams
@@ -311,8 +317,10 @@ fn loss_err_fused(
 //                     3 g_out    read_write  array<f32>  B x C
 //                     4 theta_u  uniform     features x C, row-major, as vec4s
 //   step_update_tex   0 sp, 1 xt as step_forward_tex; 2 g_u uniform B x C; 3 theta read_write
-// Dispatch: ceil(B / 32) (forward) or ceil(quads / 8) (update) workgroups of MT_LANES.
-// Rust side: Kernel::{StepForwardTex, StepUpdateTex}; src/gpu/train.rs.
+//   loss_err_tex      0 sp, 1 xt, 2 y, 4 theta_u as step_forward_tex; 3 loss_out and
+//                     5 err_fused read_write array<f32>, one per row
+// Dispatch: ceil(B / 32) (forward, loss) or ceil(quads / 8) (update) workgroups of MT_LANES.
+// Rust side: Kernel::{StepForwardTex, StepUpdateTex, LossErrTex}; src/gpu/train.rs.
 
 // Keep in sync with StepParams in src/gpu/params.rs.
 struct StepParams {
@@ -384,23 +392,24 @@ fn madd4(acc: Classes, x: vec4<f32>, t0: Classes, t1: Classes, t2: Classes, t3: 
     return c;
 }
 
-@compute @workgroup_size(MT_LANES)
-fn step_forward_tex(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(subgroup_invocation_id) lane: u32,
-) {
-    let classes = sp.classes;
-    let quads = (classes + 3u) / 4u;
-    let last_theta = sp.features * classes - 1u;
-    let row0 = wid.x * 4u * MT_LANES + lane;
-    // Rows past the batch read its last row (and write nothing): every lane runs the loop.
+// The logits of four rows, z0 .. z3.
+struct Logits4 {
+    z0: Classes,
+    z1: Classes,
+    z2: Classes,
+    z3: Classes,
+}
+
+// x theta for rows row0, row0 + 8, row0 + 16 and row0 + 24 of the sp.batch rows from
+// sp.first_row; rows past them read the last (every lane runs the loop, the caller writes
+// nothing for them).
+fn logits4(row0: u32, lane: u32) -> Logits4 {
+    let quads = (sp.classes + 3u) / 4u;
+    let last_theta = sp.features * sp.classes - 1u;
     let last = sp.batch - 1u;
     let rows = min(vec4(row0) + vec4(0u, 8u, 16u, 24u), vec4(last)) + sp.first_row;
     let zero = Classes(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
-    var z0 = zero;
-    var z1 = zero;
-    var z2 = zero;
-    var z3 = zero;
+    var z = Logits4(zero, zero, zero, zero);
     for (var q = 0u; q < sp.quads; q++) {
         let k = 4u * q + lane / 4u;
         let t01 = theta_quad(k, lane % 4u, last_theta);
@@ -409,20 +418,51 @@ fn step_forward_tex(
         let t1 = lanes_hi(t01);
         let t2 = lanes_lo(t23);
         let t3 = lanes_hi(t23);
-        z0 = madd4(z0, x_quad(rows.x, q), t0, t1, t2, t3, quads);
-        z1 = madd4(z1, x_quad(rows.y, q), t0, t1, t2, t3, quads);
-        z2 = madd4(z2, x_quad(rows.z, q), t0, t1, t2, t3, quads);
-        z3 = madd4(z3, x_quad(rows.w, q), t0, t1, t2, t3, quads);
+        z.z0 = madd4(z.z0, x_quad(rows.x, q), t0, t1, t2, t3, quads);
+        z.z1 = madd4(z.z1, x_quad(rows.y, q), t0, t1, t2, t3, quads);
+        z.z2 = madd4(z.z2, x_quad(rows.z, q), t0, t1, t2, t3, quads);
+        z.z3 = madd4(z.z3, x_quad(rows.w, q), t0, t1, t2, t3, quads);
     }
-    forward_row(row0, z0);
-    forward_row(row0 + 8u, z1);
-    forward_row(row0 + 16u, z2);
-    forward_row(row0 + 24u, z3);
+    return z;
+}
+
+@compute @workgroup_size(MT_LANES)
+fn step_forward_tex(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let row0 = wid.x * 4u * MT_LANES + lane;
+    let z = logits4(row0, lane);
+    forward_row(row0, z.z0);
+    forward_row(row0 + 8u, z.z1);
+    forward_row(row0 + 16u, z.z2);
+    forward_row(row0 + 24u, z.z3);
 }
 
 fn forward_row(row: u32, z: Classes) {
     if row < sp.batch {
         write_gradient(row, y[sp.first_row + row], z, sp.classes, sp.scale);
+    }
+}
+
+// loss_err_fused over a data set in a texture: sp.batch is the set's rows, sp.first_row 0.
+@compute @workgroup_size(MT_LANES)
+fn loss_err_tex(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let row0 = (wid.x + wid.y * nwg.x) * 4u * MT_LANES + lane;
+    let z = logits4(row0, lane);
+    loss_err_row(row0, z.z0);
+    loss_err_row(row0 + 8u, z.z1);
+    loss_err_row(row0 + 16u, z.z2);
+    loss_err_row(row0 + 24u, z.z3);
+}
+
+fn loss_err_row(row: u32, z: Classes) {
+    if row < sp.batch {
+        write_loss_err(row, z, sp.classes);
     }
 }
 

@@ -208,12 +208,13 @@ pub(crate) enum Kernel {
     LossErrFused,
     StepForwardTex,
     StepUpdateTex,
+    LossErrTex,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 28] = [
+    pub(crate) const ALL: [Kernel; 29] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -242,6 +243,7 @@ impl Kernel {
         Kernel::LossErrFused,
         Kernel::StepForwardTex,
         Kernel::StepUpdateTex,
+        Kernel::LossErrTex,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -254,7 +256,7 @@ impl Kernel {
             MatmulNn | MatmulTn => Family::Matmul,
             Pack | MatmulTex => Family::MatmulTex,
             SoftmaxGradRows | LossErrRows | StepForward | StepUpdate | LossErrFused
-            | StepForwardTex | StepUpdateTex => Family::Train,
+            | StepForwardTex | StepUpdateTex | LossErrTex => Family::Train,
             CopyRows => Family::Copy,
             SoftmaxFused
             | LogsumexpFused
@@ -296,6 +298,7 @@ impl Kernel {
             LossErrFused => "loss_err_fused",
             StepForwardTex => "step_forward_tex",
             StepUpdateTex => "step_update_tex",
+            LossErrTex => "loss_err_tex",
         }
     }
 
@@ -328,6 +331,7 @@ impl Kernel {
             LossErrFused => &[MAT_IN, ROW_IN, ROW_OUT, UNIFORM_IN, ROW_OUT],
             StepForwardTex => &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN],
             StepUpdateTex => &[TEX_IN, UNIFORM_IN, WHOLE_OUT],
+            LossErrTex => &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN, WHOLE_OUT],
         }
     }
 
@@ -359,7 +363,7 @@ impl Kernel {
         match self {
             Kernel::Pack => [PACK_TX, PACK_TX, 1],
             Kernel::MatmulTex => [MT_TILE, 1, 1],
-            Kernel::StepForwardTex | Kernel::StepUpdateTex => [MT_LANES, 1, 1],
+            Kernel::StepForwardTex | Kernel::StepUpdateTex | Kernel::LossErrTex => [MT_LANES, 1, 1],
             _ if self.shape() == Shape::Tiles => [MM_TX, MM_TY, 1],
             _ => [config.wg(self.family()), 1, 1],
         }

@@ -111,6 +111,27 @@ impl DataTexture {
         Ok(Some(texture))
     }
 
+    /// The texture kernels' params for `rows` rows from `first_row`.
+    fn step_params(
+        &self,
+        rows: usize,
+        first_row: usize,
+        model: &Model<'_>,
+        scale: f32,
+        decay: f32,
+    ) -> StepParams {
+        StepParams {
+            batch: rows as u32,
+            features: model.features as u32,
+            classes: model.classes as u32,
+            first_row: first_row as u32,
+            panel_shift: self.panel_rows.trailing_zeros(),
+            quads: model.features.div_ceil(4) as u32,
+            scale,
+            decay,
+        }
+    }
+
     fn repack(&self, gpu: &GpuContext, op: &'static str) -> Result<()> {
         gpu.record(op, |rec| {
             rec.run(&self.pack);
@@ -159,13 +180,16 @@ impl GpuRegression {
         const OP: &str = "train";
         let (features, classes) = (train.0.ncols(), train.1.classes());
         let mut train_set = upload_set(gpu, OP, train)?;
-        let test_set = test.map(|t| upload_set(gpu, OP, t)).transpose()?;
+        let mut test_set = test.map(|t| upload_set(gpu, OP, t)).transpose()?;
 
         let theta_bytes = gpu.check_bytes(OP, "theta", features * classes)?;
         let batch_bytes = gpu.check_bytes(OP, "a batch of logits", step.batch * classes)?;
         let fused = fused_step_fits(gpu, features, classes, step.batch)?;
         if fused {
             train_set.texture = DataTexture::new(gpu, OP, &train_set, features)?;
+            if let Some(test) = &mut test_set {
+                test.texture = DataTexture::new(gpu, OP, test, features)?;
+            }
         }
         // wgpu zero-initialises every buffer: theta starts at zero, as in the seed.
         let (theta, batch_logits) = if fused {
@@ -334,7 +358,10 @@ impl GpuRegression {
     ) -> Result<(f32, f32)> {
         const OP: &str = "evaluate";
         gpu.check_owned(OP, &[self.owner])?;
-        let set = upload_set(gpu, OP, (x, y))?;
+        let mut set = upload_set(gpu, OP, (x, y))?;
+        if self.fused {
+            set.texture = DataTexture::new(gpu, OP, &set, self.features)?;
+        }
         let scratch = EvalScratch {
             logits: gpu.storage(
                 "eval logits",
@@ -426,7 +453,9 @@ fn plan_eval(
     fused: bool,
     scratch: &EvalScratch,
 ) -> Result<EvalPlan> {
-    let mut dispatches = if fused {
+    let mut dispatches = if let (true, Some(texture)) = (fused, &set.texture) {
+        vec![plan_loss_err_tex(gpu, op, set, texture, model, scratch)?]
+    } else if fused {
         gpu.plan_rows(
             op,
             Kernel::LossErrFused,
@@ -492,6 +521,34 @@ fn plan_eval(
         loss,
         err,
     })
+}
+
+/// [`Kernel::LossErrTex`] over every row of `set`: per-row loss and error into `scratch`.
+fn plan_loss_err_tex(
+    gpu: &GpuContext,
+    op: &'static str,
+    set: &DeviceSet,
+    texture: &DataTexture,
+    model: &Model<'_>,
+    scratch: &EvalScratch,
+) -> Result<Dispatch> {
+    let params = texture.step_params(set.rows, 0, model, 0.0, 0.0);
+    let groups = gpu
+        .geometry
+        .fold(op, set.rows.div_ceil(4 * MT_LANES as usize) as u64)?;
+    Ok(gpu.dispatch(
+        Kernel::LossErrTex,
+        &gpu.pipeline(Kernel::LossErrTex, Width::Scalar)?,
+        bytemuck::bytes_of(&params),
+        vec![
+            wgpu::BindingResource::TextureView(&texture.view),
+            set.y.as_entire_binding(),
+            scratch.loss.as_entire_binding(),
+            uniform_binding(model.theta),
+            scratch.err.as_entire_binding(),
+        ],
+        groups,
+    ))
 }
 
 /// Theta and its shape, as the planners bind it.
@@ -613,16 +670,7 @@ fn plan_fused_step_tex(
     step: Step,
 ) -> Result<Vec<Dispatch>> {
     let quads = model.features.div_ceil(4);
-    let params = |scale: f32, decay: f32| StepParams {
-        batch: step.batch as u32,
-        features: model.features as u32,
-        classes: model.classes as u32,
-        first_row: first_row as u32,
-        panel_shift: texture.panel_rows.trailing_zeros(),
-        quads: quads as u32,
-        scale,
-        decay,
-    };
+    let params = |scale, decay| texture.step_params(step.batch, first_row, model, scale, decay);
     let lanes = MT_LANES as usize;
     let data = || wgpu::BindingResource::TextureView(&texture.view);
     let forward = gpu.pipeline(Kernel::StepForwardTex, Width::Scalar)?;
