@@ -4,14 +4,14 @@
 //
 //   pack:       t[y, x] = (L[y, 4x], L[y, 4x + 1], L[y, 4x + 2], L[y, 4x + 3]), 0 past L's
 //               last column, where L (rows x cols) is the matrix starting at element pq.base
-//               of src: L[i, j] = src[base + i cols + j], or src[base + j rows + i] when
-//               pq.transposed (src then holds L^T, cols x rows). op(A) and B are packed into
-//               an `a` and a `b` texture this way, one texel per 4 consecutive elements of a
-//               row; each thread writes a column of 4 texels. Rows past L are left as they
-//               are (wgpu zeroes new textures). A matrix taller than a texture is packed in
-//               panels of pq.panel_rows rows, panel p's texels at x + p ceil(cols / 4), and
-//               in windows of rows (pq.first_row), one dispatch per window (the training
-//               data in src/gpu/train.rs).
+//               of src, L[i, j] = src[base + i cols + j]. pack_transposed: the same for
+//               L[i, j] = src[base + j rows + i] (src holds L^T, cols x rows). op(A) and B are
+//               packed into an `a` and a `b` texture this way, a texel per 4 consecutive
+//               elements of a row; each thread writes a column of 4 texels. Texels past L are
+//               not written (wgpu zeroes new textures). A matrix taller than a texture is
+//               packed in panels of pq.panel_rows rows, panel p's texels at
+//               x + p ceil(cols / 4), and in windows of rows (pq.first_row), one dispatch per
+//               window (the training data in src/gpu/train.rs).
 //   matmul_tex: C = alpha * A B + beta * C from the packed A (M x K) and B (K x N); C is
 //               row-major in storage, from element q.c_base. beta = 0 never reads C.
 //
@@ -20,7 +20,8 @@
 // while a storage-texture load is a branchless gather of whole texels; a texel of 4 floats
 // costs about what one float costs from a storage buffer (BENCHMARKS.md has the measurements).
 // Why subgroups: the 8 lanes of a subgroup are the 8 SIMD lanes of one register, so
-// `subgroupBroadcast` with a constant lane is a register shuffle. The lanes of a subgroup
+// `subgroupBroadcast` with a constant lane is an extract and a splat (after a scan of the
+// lane mask), far cheaper than 8 lanes each loading the same value. The lanes of a subgroup
 // cover 64 consecutive columns (8 each) of the same 8 rows: lane r loads 4 steps of k of row
 // r of op(A), and the broadcasts hand every lane all 8 rows, so op(A) costs one texel per lane
 // per 4 steps of k and B two texels per step, for 256 multiply-adds.
@@ -30,31 +31,34 @@
 // `Config::texture_kernels`); everything else runs matmul.wgsl.
 //
 // Bindings (group 0):
-//   pack        0 pq   uniform          PackParams
+//   pack, pack_transposed
+//               0 pq   uniform          PackParams
 //               1 src  read             array<V>    L or L^T, from element pq.base (a
 //                                       multiple of W)
-//               2 t    write            texture_storage_2d<rgba32float>, ceil(cols/4) x rows
-//                                       at least (padding texels get zeros)
+//               2 t    write            texture_storage_2d<rgba32float>: panels of
+//                                       ceil(cols/4) texels side by side; texels past L keep
+//                                       the zeros wgpu initialises textures with
 //   matmul_tex  0 q    uniform          MatmulParams (matmul_common.wgsl; a_base, b_base unused)
 //               1 a    read             texture_storage_2d<rgba32float>: op(A), ceil(K/4)
 //                                       texels x M rows, padded to MT_TILE rows
 //               2 b    read             texture_storage_2d<rgba32float>: B, MT_TILE/4
 //                                       texels per tile of columns x 4 ceil(K/4) rows
 //               3 c    read_write       array<f32>  C, from element q.c_base
-// Dispatch: pack: ceil(width / PACK_TX) x ceil(height / (4 PACK_TX)) workgroups of
-// PACK_TX x PACK_TX, one thread per 4 texels of a column; matmul_tex: ceil(N / MT_TILE) x ceil(M / MT_TILE) workgroups of MT_LANES^2 threads.
-// Rust side: Kernel::{Pack, MatmulTex}; src/gpu/matmul.rs.
+// Dispatch: pack, pack_transposed: ceil(ceil(cols/4) / PACK_TX) x ceil(rows / (4 PACK_TX))
+// workgroups of PACK_TX x PACK_TX, one thread per 4 texels of a column, one dispatch per
+// window of rows; matmul_tex: ceil(N / MT_TILE) x ceil(M / MT_TILE) workgroups of MT_TILE.
+// Rust side: Kernel::{Pack, PackTransposed, MatmulTex}; src/gpu/matmul.rs.
 
 // Keep in sync with PackParams in src/gpu/params.rs.
 struct PackParams {
     rows: u32,        // rows of L in this window
     cols: u32,
-    base: u32,        // L's (or L^T's) first element in the src binding
-    transposed: u32,  // 1: src holds L^T
+    base: u32,        // L's (or L^T's, for pack_transposed) first element in the src binding
     first_row: u32,   // the window's first row in the whole matrix
     panel_rows: u32,  // rows per panel of the texture; panels sit side by side
     pad0: u32,
     pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> pq: PackParams;
@@ -74,8 +78,7 @@ const_assert MT_TILE == MT_LANES * MT_LANES;
 // (on lavapipe a branch makes every load inside it test the lanes' mask). At W = 4 the row
 // length is a multiple of 4 (the host compiles `pack` at W = 4 only then), so a quad is one
 // load and lies wholly inside or wholly outside a row.
-fn source_quad(i: u32, j: u32) -> vec4<f32> {
-    let transposed = pq.transposed != 0u;
+fn source_quad(i: u32, j: u32, transposed: bool) -> vec4<f32> {
     let rows = select(pq.rows, pq.cols, transposed);
     let cols = select(pq.cols, pq.rows, transposed);
     let start = pq.base + min(i, rows - 1u) * cols;
@@ -106,23 +109,27 @@ fn put(x: u32, i: u32, v: vec4<f32>) {
     textureStore(t, vec2(panel * texels + x, r - panel * pq.panel_rows), v);
 }
 
-// Texels x of rows 4y .. 4y + 4 of L: a 4 x 4 block.
+// Texels x of rows 4y .. 4y + 4 of L: a 4 x 4 block. Two entry points rather than a flag, so
+// that neither branches (on lavapipe every load inside a branch tests the lanes' mask).
 @compute @workgroup_size(PACK_TX, PACK_TX)
 fn pack(@builtin(global_invocation_id) g: vec3<u32>) {
     let col = 4u * g.x;
     let row = 4u * g.y;
-    if pq.transposed == 0u {
-        put(g.x, row, source_quad(row, col));
-        put(g.x, row + 1u, source_quad(row + 1u, col));
-        put(g.x, row + 2u, source_quad(row + 2u, col));
-        put(g.x, row + 3u, source_quad(row + 3u, col));
-        return;
-    }
-    // Rows col .. col + 4 of L^T hold columns col .. col + 4 of L: transpose the 4 x 4 block.
-    let c0 = source_quad(col, row);
-    let c1 = source_quad(col + 1u, row);
-    let c2 = source_quad(col + 2u, row);
-    let c3 = source_quad(col + 3u, row);
+    put(g.x, row, source_quad(row, col, false));
+    put(g.x, row + 1u, source_quad(row + 1u, col, false));
+    put(g.x, row + 2u, source_quad(row + 2u, col, false));
+    put(g.x, row + 3u, source_quad(row + 3u, col, false));
+}
+
+// Rows col .. col + 4 of L^T hold columns col .. col + 4 of L: transpose the 4 x 4 block.
+@compute @workgroup_size(PACK_TX, PACK_TX)
+fn pack_transposed(@builtin(global_invocation_id) g: vec3<u32>) {
+    let col = 4u * g.x;
+    let row = 4u * g.y;
+    let c0 = source_quad(col, row, true);
+    let c1 = source_quad(col + 1u, row, true);
+    let c2 = source_quad(col + 2u, row, true);
+    let c3 = source_quad(col + 3u, row, true);
     put(g.x, row, vec4(c0.x, c1.x, c2.x, c3.x));
     put(g.x, row + 1u, vec4(c0.y, c1.y, c2.y, c3.y));
     put(g.x, row + 2u, vec4(c0.z, c1.z, c2.z, c3.z));

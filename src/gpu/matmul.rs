@@ -230,7 +230,12 @@ impl GpuContext {
         let (src, rows, cols, transposed) = (&p.src, p.rows, p.cols, p.transposed);
         // Vec4 loads where the source's rows are whole vec4s; their bases then are too.
         let source_row = if transposed { rows } else { cols };
-        let pipeline = self.pipeline(Kernel::Pack, Width::for_cols(source_row))?;
+        let kernel = if transposed {
+            Kernel::PackTransposed
+        } else {
+            Kernel::Pack
+        };
+        let pipeline = self.pipeline(kernel, Width::for_cols(source_row))?;
         let windows = if transposed {
             std::iter::once(0..rows).collect()
         } else {
@@ -247,15 +252,14 @@ impl GpuContext {
                 rows: window.len() as u32,
                 cols: cols as u32,
                 base,
-                transposed: u32::from(transposed),
                 first_row: window.start as u32,
                 panel_rows: p.panel_rows as u32,
-                pad: [0; 2],
+                pad: [0; 3],
             };
             let tx = PACK_TX as usize;
             let groups = [cols.div_ceil(4 * tx), window.len().div_ceil(4 * tx), 1];
             plan.push(self.dispatch(
-                Kernel::Pack,
+                kernel,
                 &pipeline,
                 bytemuck::bytes_of(&params),
                 vec![binding, wgpu::BindingResource::TextureView(p.texture)],

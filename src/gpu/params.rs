@@ -66,16 +66,15 @@ pub(crate) struct PackParams {
     pub rows: u32,
     /// Its columns, packed four to a texel.
     pub cols: u32,
-    /// Where it starts inside its binding, in elements.
+    /// Where it (or, for `pack_transposed`, its transpose) starts inside its binding, in
+    /// elements.
     pub base: u32,
-    /// 1 when the binding holds the matrix transposed (`cols x rows`), else 0.
-    pub transposed: u32,
     /// The window's first row in the whole matrix.
     pub first_row: u32,
     /// Rows per panel of the texture (panels side by side, `ceil(cols / 4)` texels each).
     pub panel_rows: u32,
     /// Pads the block to a multiple of 16 bytes.
-    pub pad: [u32; 2],
+    pub pad: [u32; 3],
 }
 
 /// Params of the fused training step on CPU adapters (`step_forward_tex`, `step_update_tex`

@@ -191,6 +191,7 @@ pub(crate) enum Kernel {
     MatmulNn,
     MatmulTn,
     Pack,
+    PackTransposed,
     MatmulTex,
     SoftmaxGradRows,
     LossErrRows,
@@ -214,7 +215,7 @@ pub(crate) enum Kernel {
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 29] = [
+    pub(crate) const ALL: [Kernel; 30] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -226,6 +227,7 @@ impl Kernel {
         Kernel::MatmulNn,
         Kernel::MatmulTn,
         Kernel::Pack,
+        Kernel::PackTransposed,
         Kernel::MatmulTex,
         Kernel::SoftmaxGradRows,
         Kernel::LossErrRows,
@@ -254,7 +256,7 @@ impl Kernel {
             LogsumexpRows | CrossEntropyRows | SumRows => Family::Loss,
             OneHotSubtract => Family::Grad,
             MatmulNn | MatmulTn => Family::Matmul,
-            Pack | MatmulTex => Family::MatmulTex,
+            Pack | PackTransposed | MatmulTex => Family::MatmulTex,
             SoftmaxGradRows | LossErrRows | StepForward | StepUpdate | LossErrFused
             | StepForwardTex | StepUpdateTex | LossErrTex => Family::Train,
             CopyRows => Family::Copy,
@@ -281,6 +283,7 @@ impl Kernel {
             MatmulNn => "matmul_nn",
             MatmulTn => "matmul_tn",
             Pack => "pack",
+            PackTransposed => "pack_transposed",
             MatmulTex => "matmul_tex",
             SoftmaxGradRows => "softmax_grad_rows",
             LossErrRows => "loss_err_rows",
@@ -315,7 +318,7 @@ impl Kernel {
             SumRows => &[ROW_IN, WHOLE_OUT],
             OneHotSubtract | SoftmaxGradRows => &[ROW_IN, MAT_OUT],
             MatmulNn | MatmulTn => &[WHOLE_IN, WHOLE_IN, WHOLE_OUT],
-            Pack => &[WHOLE_IN, TEX_OUT],
+            Pack | PackTransposed => &[WHOLE_IN, TEX_OUT],
             MatmulTex => &[TEX_IN, TEX_IN, WHOLE_OUT],
             LossErrRows => &[MAT_IN, ROW_IN, ROW_OUT, ROW_OUT],
             CopyRows | SoftmaxFused => &[MAT_IN, MAT_OUT],
@@ -361,7 +364,7 @@ impl Kernel {
     #[cfg(test)]
     pub(crate) fn workgroup_size(self, config: &Config) -> [u32; 3] {
         match self {
-            Kernel::Pack => [PACK_TX, PACK_TX, 1],
+            Kernel::Pack | Kernel::PackTransposed => [PACK_TX, PACK_TX, 1],
             Kernel::MatmulTex => [MT_TILE, 1, 1],
             Kernel::StepForwardTex | Kernel::StepUpdateTex | Kernel::LossErrTex => [MT_LANES, 1, 1],
             _ if self.shape() == Shape::Tiles => [MM_TX, MM_TY, 1],
