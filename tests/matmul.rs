@@ -172,6 +172,23 @@ fn products_at_the_texture_limit_match_ndarray() {
     }
 }
 
+/// Rows of a multiple of 64 floats (256 bytes) are packed by a buffer-to-texture copy
+/// instead of the pack kernel: A at k = 192, B at n = 256, and both kinds side by side.
+#[test]
+fn products_with_copied_operands_match_ndarray() {
+    for (name, gpu) in both_kernels() {
+        for (m, k, n) in [(128, 192, 256), (70, 64, 9), (33, 20, 64), (64, 128, 128)] {
+            let a = logits(m, k, 1.0, (m + k + n) as u64);
+            let b = logits(k, n, 1.0, (m * k + n) as u64);
+            let case = format!("{name} {m}x{k}x{n}");
+            assert_product(nn(gpu, &a, &b).view(), a.view(), b.view(), &case);
+            let at = a.t().as_standard_layout().into_owned();
+            let case = format!("{name} tn {m}x{k}x{n}");
+            assert_product(tn(gpu, &at, &b).view(), a.view(), b.view(), &case);
+        }
+    }
+}
+
 #[test]
 fn a_square_product_matches_ndarray() {
     for (name, gpu) in both_kernels() {

@@ -180,6 +180,25 @@ fn step_paths_match_cpu(name: &str, gpu: &GpuContext) {
 
 /// The seed's first step by hand: theta = 0 gives uniform probabilities, so
 /// theta = -lr/B X^T (1/k - I_y).
+/// Rows of 64 features are 256 bytes, which the texture matmul of the three-dispatch step
+/// copies into its texture instead of packing: from each batch's first row.
+#[test]
+fn rows_of_256_bytes_train_alike() {
+    for (name, gpu) in both_kernels() {
+        let (x, y) = blobs(230, 64, 20, 5);
+        let opts = TrainOptions::default().lr(0.4).batch(23);
+        let train = (x.view(), &y);
+        let mut on_gpu = SoftmaxRegression::new(gpu, train, None, opts.clone()).unwrap();
+        let mut on_cpu = SoftmaxRegression::new(&Device::Cpu, train, None, opts).unwrap();
+        for _ in 0..2 {
+            let (g, c) = (on_gpu.fit_epoch().unwrap(), on_cpu.fit_epoch().unwrap());
+            assert_same_epoch(&g, &c, (230, 0), name);
+        }
+        let (tg, tc) = (on_gpu.theta().unwrap(), on_cpu.theta().unwrap());
+        assert_close(tg.view(), tc.view(), 1e-4, 1e-3, &format!("{name}: theta"));
+    }
+}
+
 /// More training rows than the tallest texture: the texture kernels' data is packed in
 /// panels side by side, and a batch straddles the first panel's end (rows 16,300 to 16,400 on
 /// lavapipe's 16,384). Also more rows than a 4 KiB binding on the `windows` context, so the

@@ -37,8 +37,15 @@ pub(crate) struct Packing<'a> {
     pub rows: usize,
     pub cols: usize,
     pub transposed: bool,
-    pub texture: &'a wgpu::TextureView,
+    pub texture: &'a PackedTexture,
     pub panel_rows: usize,
+}
+
+/// An `rgba32float` texture a matrix is packed into, and the view the kernels bind.
+#[derive(Debug)]
+pub(crate) struct PackedTexture {
+    pub texture: wgpu::Texture,
+    pub view: wgpu::TextureView,
 }
 
 impl GpuContext {
@@ -215,8 +222,8 @@ impl GpuContext {
             &product,
             bytemuck::bytes_of(&params),
             vec![
-                wgpu::BindingResource::TextureView(&a_tex),
-                wgpu::BindingResource::TextureView(&b_tex),
+                wgpu::BindingResource::TextureView(&a_tex.view),
+                wgpu::BindingResource::TextureView(&b_tex.view),
                 c.0,
             ],
             [g.n.div_ceil(tile) as u32, g.m.div_ceil(tile) as u32, 1],
@@ -228,6 +235,23 @@ impl GpuContext {
     /// binding is packed in row windows; a transposed one must fit one binding.
     pub(crate) fn plan_pack(&self, op: &'static str, p: &Packing<'_>) -> Result<Vec<Dispatch>> {
         let (src, rows, cols, transposed) = (&p.src, p.rows, p.cols, p.transposed);
+        // Whole rows of a multiple of 256 bytes in one panel are a plain buffer-to-texture
+        // copy, no kernel (wgpu's alignment for such copies; 64 floats).
+        let row_bytes = cols as u64 * 4;
+        if !transposed && rows <= p.panel_rows && row_bytes.is_multiple_of(256) {
+            let size = wgpu::Extent3d {
+                width: (cols / 4) as u32,
+                height: rows as u32,
+                depth_or_array_layers: 1,
+            };
+            return Ok(vec![Dispatch::copy_to_texture(
+                src.buffer,
+                src.first_row as u64 * row_bytes,
+                row_bytes as u32,
+                &p.texture.texture,
+                size,
+            )]);
+        }
         // Vec4 loads where the source's rows are whole vec4s; their bases then are too.
         let source_row = if transposed { rows } else { cols };
         let kernel = if transposed {
@@ -262,7 +286,7 @@ impl GpuContext {
                 kernel,
                 &pipeline,
                 bytemuck::bytes_of(&params),
-                vec![binding, wgpu::BindingResource::TextureView(p.texture)],
+                vec![binding, wgpu::BindingResource::TextureView(&p.texture.view)],
                 groups.map(|n| n as u32),
             ));
         }
@@ -271,23 +295,23 @@ impl GpuContext {
 
     /// A write-once, read-many `rgba32float` texture of `[width, height]` texels for a packed
     /// operand. Dispatches bound to it keep it alive.
-    pub(crate) fn packed_texture(&self, [width, height]: [usize; 2]) -> wgpu::TextureView {
-        self.device
-            .create_texture(&wgpu::TextureDescriptor {
-                label: Some("packed operand"),
-                size: wgpu::Extent3d {
-                    width: width as u32,
-                    height: height as u32,
-                    depth_or_array_layers: 1,
-                },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba32Float,
-                usage: wgpu::TextureUsages::STORAGE_BINDING,
-                view_formats: &[],
-            })
-            .create_view(&wgpu::TextureViewDescriptor::default())
+    pub(crate) fn packed_texture(&self, [width, height]: [usize; 2]) -> PackedTexture {
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("packed operand"),
+            size: wgpu::Extent3d {
+                width: width as u32,
+                height: height as u32,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        PackedTexture { texture, view }
     }
 
     /// `a b`: the product of an `m x k` and a `k x n` matrix, as ndarray's `a.dot(&b)`.

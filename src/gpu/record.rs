@@ -37,13 +37,52 @@ impl Extra {
     }
 }
 
-/// One dispatch, with everything bound: built once, recorded as often as needed. The trainer
-/// builds its per-batch dispatches once per shape and replays them every epoch.
+/// One step of a plan, with everything bound: built once, recorded as often as needed. The
+/// trainer builds its per-batch dispatches once per shape and replays them every epoch.
 #[derive(Debug)]
 pub(crate) struct Dispatch {
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    groups: [u32; 3],
+    work: Work,
+}
+
+#[derive(Debug)]
+enum Work {
+    /// A kernel dispatch.
+    Kernel {
+        pipeline: wgpu::ComputePipeline,
+        bind_group: wgpu::BindGroup,
+        groups: [u32; 3],
+    },
+    /// A copy of whole rows of a buffer into the top-left of a texture: how an operand whose
+    /// rows are whole multiples of 256 bytes is packed for the texture matmul, with no kernel.
+    CopyToTexture {
+        buffer: wgpu::Buffer,
+        offset: u64,
+        bytes_per_row: u32,
+        texture: wgpu::Texture,
+        size: wgpu::Extent3d,
+    },
+}
+
+impl Dispatch {
+    /// Copies `size` texels of `texture` from `buffer`, rows `bytes_per_row` apart from byte
+    /// `offset` (a multiple of 256 bytes per row, as wgpu requires of buffer-texture copies).
+    pub(crate) fn copy_to_texture(
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        bytes_per_row: u32,
+        texture: &wgpu::Texture,
+        size: wgpu::Extent3d,
+    ) -> Self {
+        Dispatch {
+            work: Work::CopyToTexture {
+                buffer: buffer.clone(),
+                offset,
+                bytes_per_row,
+                texture: texture.clone(),
+                size,
+            },
+        }
+    }
 }
 
 /// A buffer and the first row of it that a dispatch covers (rows of the kernel's column count
@@ -198,9 +237,11 @@ impl GpuContext {
             entries: &entries,
         });
         Dispatch {
-            pipeline: pipeline.pipeline.clone(),
-            bind_group,
-            groups,
+            work: Work::Kernel {
+                pipeline: pipeline.pipeline.clone(),
+                bind_group,
+                groups,
+            },
         }
     }
 }
@@ -248,22 +289,57 @@ impl<'a> Recorder<'a> {
         Ok(())
     }
 
-    /// Records `dispatches` in order, in one compute pass. WebGPU makes each dispatch's writes
-    /// visible to the next.
+    /// Records `dispatches` in order: each run of kernels in one compute pass, copies between
+    /// them. WebGPU makes each step's writes visible to the next.
     pub(crate) fn run(&mut self, dispatches: &[Dispatch]) {
-        if dispatches.is_empty() {
-            return;
-        }
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(self.op),
-                timestamp_writes: None,
-            });
-        for d in dispatches {
-            pass.set_pipeline(&d.pipeline);
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        let mut rest = dispatches;
+        while let Some((first, tail)) = rest.split_first() {
+            if let Work::CopyToTexture {
+                buffer,
+                offset,
+                bytes_per_row,
+                texture,
+                size,
+            } = &first.work
+            {
+                self.encoder.copy_buffer_to_texture(
+                    wgpu::TexelCopyBufferInfo {
+                        buffer,
+                        layout: wgpu::TexelCopyBufferLayout {
+                            offset: *offset,
+                            bytes_per_row: Some(*bytes_per_row),
+                            rows_per_image: None,
+                        },
+                    },
+                    texture.as_image_copy(),
+                    *size,
+                );
+                rest = tail;
+                continue;
+            }
+            let mut pass = self
+                .encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(self.op),
+                    timestamp_writes: None,
+                });
+            while let Some((
+                Dispatch {
+                    work:
+                        Work::Kernel {
+                            pipeline,
+                            bind_group,
+                            groups,
+                        },
+                },
+                tail,
+            )) = rest.split_first()
+            {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, bind_group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                rest = tail;
+            }
         }
     }
 

@@ -28,7 +28,7 @@ use ndarray::{Array2, ArrayView2};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::row_groups;
-use crate::gpu::matmul::{Gemm, Packing};
+use crate::gpu::matmul::{Gemm, PackedTexture, Packing};
 use crate::gpu::params::{RowParams, StepParams};
 use crate::gpu::record::{At, Dispatch, Extra, Recorder, uniform_binding};
 use crate::gpu::shaders::{Kernel, MT_LANES, STEP_CLASSES, STEP_UNIFORM_BYTES, Width};
@@ -61,7 +61,7 @@ struct DeviceSet {
 /// by side.
 #[derive(Debug)]
 struct DataTexture {
-    view: wgpu::TextureView,
+    texture: PackedTexture,
     panel_rows: usize,
     /// The dispatches that pack `x` into it, run again when the rows are rewritten.
     pack: Vec<Dispatch>,
@@ -90,7 +90,7 @@ impl DataTexture {
             return Ok(None);
         }
         let height = set.rows.min(panel_rows);
-        let view = gpu.packed_texture([set.rows.div_ceil(panel_rows) * quads, height]);
+        let texture = gpu.packed_texture([set.rows.div_ceil(panel_rows) * quads, height]);
         let pack = gpu.plan_pack(
             op,
             &Packing {
@@ -98,12 +98,12 @@ impl DataTexture {
                 rows: set.rows,
                 cols: features,
                 transposed: false,
-                texture: &view,
+                texture: &texture,
                 panel_rows,
             },
         )?;
         let texture = DataTexture {
-            view,
+            texture,
             panel_rows,
             pack,
         };
@@ -541,7 +541,7 @@ fn plan_loss_err_tex(
         &gpu.pipeline(Kernel::LossErrTex, Width::Scalar)?,
         bytemuck::bytes_of(&params),
         vec![
-            wgpu::BindingResource::TextureView(&texture.view),
+            wgpu::BindingResource::TextureView(&texture.texture.view),
             set.y.as_entire_binding(),
             scratch.loss.as_entire_binding(),
             uniform_binding(model.theta),
@@ -672,7 +672,7 @@ fn plan_fused_step_tex(
     let quads = model.features.div_ceil(4);
     let params = |scale, decay| texture.step_params(step.batch, first_row, model, scale, decay);
     let lanes = MT_LANES as usize;
-    let data = || wgpu::BindingResource::TextureView(&texture.view);
+    let data = || wgpu::BindingResource::TextureView(&texture.texture.view);
     let forward = gpu.pipeline(Kernel::StepForwardTex, Width::Scalar)?;
     let update = gpu.pipeline(Kernel::StepUpdateTex, Width::Scalar)?;
     Ok(vec![
