@@ -1,6 +1,6 @@
 // matmul_tex.wgsl: the matrix product for CPU adapters (lavapipe), with its operands packed into
 // textures and op(A) shared across each subgroup: the same C = alpha op(A) B + beta C as
-// matmul.wgsl, 25x faster there.
+// matmul.wgsl, about 5x faster there (BENCHMARKS.md, side by side).
 //
 //   pack:       t[y, x] = (L[y, 4x], L[y, 4x + 1], L[y, 4x + 2], L[y, 4x + 3]), 0 past L's
 //               last column, where L (rows x cols) is the matrix starting at element pq.base
