@@ -232,8 +232,9 @@ impl<'d> SoftmaxRegression<'d> {
     }
 
     /// Kernel dispatches per SGD step on the GPU: 2 where the fused step fits the model (up to
-    /// 16 classes, theta and a batch's gradient within 64 KiB each), else 3 (7 where the
-    /// products pack their operands into textures first, see [`GpuContext::texture_kernels`]);
+    /// 16 classes, theta and a batch's gradient within 64 KiB each), else 3, plus one step per
+    /// operand where the products pack their operands into textures first (a `pack` dispatch
+    /// or a buffer-to-texture copy each: 7 in all; see [`GpuContext::texture_kernels`]);
     /// `None` on the CPU.
     ///
     /// [`GpuContext::texture_kernels`]: crate::GpuContext::texture_kernels

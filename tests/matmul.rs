@@ -113,7 +113,9 @@ fn training_shapes_match_ndarray() {
 fn lavapipe_runs_the_texture_kernel() {
     let gpu = require_gpu!();
     let info = gpu.adapter_info();
-    let eight = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
+    let eight = info.subgroup_min_size == 8
+        && info.subgroup_max_size == 8
+        && gpu.device().features().contains(wgpu::Features::SUBGROUP);
     assert_eq!(
         gpu.texture_kernels(),
         gpu.is_software() && eight,

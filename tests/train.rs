@@ -178,8 +178,33 @@ fn step_paths_match_cpu(name: &str, gpu: &GpuContext) {
     }
 }
 
-/// The seed's first step by hand: theta = 0 gives uniform probabilities, so
-/// theta = -lr/B X^T (1/k - I_y).
+/// Evaluation over more rows than one pack dispatch or one loss dispatch covers along y
+/// (65,535 workgroups of 32 rows): the packing is cut in two, the loss kernel's workgroups
+/// fold into a second dimension.
+#[test]
+fn evaluation_past_one_dispatch_of_rows_agrees() {
+    let gpu = require_gpu!();
+    let (x, y) = blobs(300, 1, 2, 11);
+    let opts = TrainOptions::default().lr(0.5).batch(50);
+    let train = (x.view(), &y);
+    let mut on_gpu = SoftmaxRegression::new(gpu, train, None, opts.clone()).unwrap();
+    let mut on_cpu = SoftmaxRegression::new(&Device::Cpu, train, None, opts).unwrap();
+    on_gpu.fit_epoch().unwrap();
+    on_cpu.fit_epoch().unwrap();
+    let rows = 65_535 * 32 + 4_000;
+    let (xe, ye) = blobs(rows, 1, 2, 12);
+    let (gl, ge) = on_gpu.evaluate(xe.view(), &ye).unwrap();
+    let (cl, ce) = on_cpu.evaluate(xe.view(), &ye).unwrap();
+    assert!(
+        (gl - cl).abs() <= 1e-4 * cl.abs().max(1.0),
+        "loss gpu {gl} cpu {cl}"
+    );
+    assert!(
+        ((ge - ce).abs() * rows as f32) <= 2.0,
+        "error gpu {ge} cpu {ce}"
+    );
+}
+
 /// Rows of 64 features are 256 bytes, which the texture matmul of the three-dispatch step
 /// copies into its texture instead of packing: from each batch's first row.
 #[test]
@@ -219,6 +244,8 @@ fn data_taller_than_a_texture_trains_alike() {
     }
 }
 
+/// The seed's first step by hand: theta = 0 gives uniform probabilities, so
+/// theta = -lr/B X^T (1/k - I_y).
 #[test]
 fn the_first_step_is_the_seed_formula() {
     let x = ndarray::array![[1.0f32, 2.0], [3.0, -1.0]];

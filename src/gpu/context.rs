@@ -369,8 +369,9 @@ impl GpuContext {
 
     /// Whether the kernels written for CPU adapters run where shapes fit the device's texture
     /// limits: matrix products through `matmul_tex.wgsl` (operands packed into textures, rows
-    /// of op(A) shared by subgroup broadcasts), and the fused training step reading its data
-    /// from a texture (`step_forward_tex`, `step_update_tex`). True on a CPU adapter whose
+    /// of op(A) shared by subgroup broadcasts), and the fused training step and its
+    /// evaluation reading the data from a texture (`train_tex.wgsl`). True on a CPU adapter
+    /// whose
     /// subgroups hold exactly 8 threads, unless subgroups are turned off
     /// ([`GpuOptions::subgroups`]); elsewhere products run the register-tiled `matmul.wgsl`
     /// and training reads storage buffers.

@@ -26,6 +26,16 @@ pub(crate) struct Gemm<'b> {
     pub transposed_a: bool,
     pub alpha: f32,
     pub beta: f32,
+    /// Where the texture matmul finds its packed operands' textures: plans replayed in order
+    /// (a trainer's batches) share one set instead of holding a set each. `None` makes new ones.
+    pub textures: Option<&'b TextureSet>,
+}
+
+/// Packed-operand textures shared by plans that run one after another (never two at once: the
+/// products of one plan take different ones, by role), keyed by role and size.
+#[derive(Debug, Default)]
+pub(crate) struct TextureSet {
+    made: std::sync::Mutex<Vec<(u8, [usize; 2], PackedTexture)>>,
 }
 
 /// A matrix to pack into an `rgba32float` texture ([`GpuContext::plan_pack`]): `rows x cols`
@@ -42,14 +52,16 @@ pub(crate) struct Packing<'a> {
 }
 
 /// An `rgba32float` texture a matrix is packed into, and the view the kernels bind.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct PackedTexture {
     pub texture: wgpu::Texture,
     pub view: wgpu::TextureView,
 }
 
 impl GpuContext {
-    /// The dispatches of one product. `A B` is cut into windows of A's and C's rows, `A^T B`
+    /// The dispatches of one product: through the texture kernel where the context has it and
+    /// the shape fits ([`plan_texture_matmul`](Self::plan_texture_matmul)), else through
+    /// `matmul.wgsl`, where `A B` is cut into windows of A's and C's rows, `A^T B`
     /// into windows of the inner dimension (the rows of A and B), accumulated into C; the
     /// operand not windowed must fit one binding.
     pub(crate) fn plan_matmul(&self, op: &'static str, g: &Gemm<'_>) -> Result<Vec<Dispatch>> {
@@ -182,8 +194,23 @@ impl GpuContext {
         if !fits(&g.a, a_rows, a_cols) || !fits(&g.b, g.k, g.n) {
             return Ok(None);
         }
-        let a_tex = self.packed_texture(a_size);
-        let b_tex = self.packed_texture(b_size);
+        let texture = |role: u8, size: [usize; 2]| match g.textures {
+            None => self.packed_texture(size),
+            Some(set) => {
+                let mut made = set.made.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((_, _, t)) = made.iter().find(|(r, s, _)| (*r, *s) == (role, size)) {
+                    return t.clone();
+                }
+                let t = self.packed_texture(size);
+                made.push((role, size, t.clone()));
+                t
+            }
+        };
+        // Roles: op(A) and B of a plain product, then of a transposed one, so that the two
+        // products of a training step never share a texture even at equal sizes.
+        let role = 2 * u8::from(g.transposed_a);
+        let a_tex = texture(role, a_size);
+        let b_tex = texture(role + 1, b_size);
         let product = self.pipeline(Kernel::MatmulTex, Width::Scalar)?;
         let params = MatmulParams {
             m: g.m as u32,
@@ -263,7 +290,18 @@ impl GpuContext {
         let windows = if transposed {
             std::iter::once(0..rows).collect()
         } else {
-            self.geometry.windows(op, rows, cols)?
+            // Windows that fit one binding, cut again where their rows would need more
+            // workgroups along y than a dispatch may have.
+            let most = self.geometry.max_groups_per_dim as usize * 4 * PACK_TX as usize;
+            self.geometry
+                .windows(op, rows, cols)?
+                .into_iter()
+                .flat_map(|w| {
+                    (w.start..w.end)
+                        .step_by(most)
+                        .map(move |s| s..w.end.min(s + most))
+                })
+                .collect::<Vec<_>>()
         };
         let mut plan = Vec::with_capacity(windows.len());
         for window in windows {
@@ -293,8 +331,8 @@ impl GpuContext {
         Ok(plan)
     }
 
-    /// A write-once, read-many `rgba32float` texture of `[width, height]` texels for a packed
-    /// operand. Dispatches bound to it keep it alive.
+    /// An `rgba32float` texture of `[width, height]` texels for a packed operand, written by
+    /// packing and read by the texture kernels. Dispatches bound to it keep it alive.
     pub(crate) fn packed_texture(&self, [width, height]: [usize; 2]) -> PackedTexture {
         let texture = self.device.create_texture(&wgpu::TextureDescriptor {
             label: Some("packed operand"),
@@ -375,6 +413,7 @@ impl GpuContext {
                     transposed_a,
                     alpha: 1.0,
                     beta: 0.0,
+                    textures: None,
                 },
             )?;
             rec.run(&plan);

@@ -35,7 +35,7 @@ pub(crate) struct RowParams {
 }
 
 /// Params of the matmul kernels. Keep in sync with `struct MatmulParams` in
-/// `shaders/matmul.wgsl`.
+/// `shaders/matmul_common.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub(crate) struct MatmulParams {

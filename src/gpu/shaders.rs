@@ -21,6 +21,7 @@ pub(crate) enum Family {
     Matmul,
     MatmulTex,
     Train,
+    TrainTex,
     Copy,
     Fused,
     Backward,
@@ -36,7 +37,7 @@ const MATMUL_COMMON: &str = include_str!("../../shaders/matmul_common.wgsl");
 impl Family {
     /// Every family, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Family; 10] = [
+    pub(crate) const ALL: [Family; 11] = [
         Family::Reduce,
         Family::Softmax,
         Family::Loss,
@@ -44,6 +45,7 @@ impl Family {
         Family::Matmul,
         Family::MatmulTex,
         Family::Train,
+        Family::TrainTex,
         Family::Copy,
         Family::Fused,
         Family::Backward,
@@ -58,6 +60,7 @@ impl Family {
             Family::Matmul => "matmul",
             Family::MatmulTex => "matmul_tex",
             Family::Train => "train",
+            Family::TrainTex => "train_tex",
             Family::Copy => "copy",
             Family::Fused => "fused",
             Family::Backward => "backward",
@@ -73,6 +76,7 @@ impl Family {
             Family::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Family::MatmulTex => include_str!("../../shaders/matmul_tex.wgsl"),
             Family::Train => include_str!("../../shaders/train.wgsl"),
+            Family::TrainTex => include_str!("../../shaders/train_tex.wgsl"),
             Family::Copy => include_str!("../../shaders/copy.wgsl"),
             Family::Fused => include_str!("../../shaders/fused.wgsl"),
             Family::Backward => include_str!("../../shaders/backward.wgsl"),
@@ -82,6 +86,15 @@ impl Family {
     /// Whether the family is built on the row plumbing of `common.wgsl`.
     fn uses_rows(self) -> bool {
         !self.is_matmul()
+    }
+
+    /// Whether the family's source uses subgroup operations under `config`: the texture
+    /// families always (they are compiled only where `Config::texture_kernels` holds), the row
+    /// families where `config.subgroup > 1`.
+    #[cfg(test)]
+    fn needs_subgroups(self, config: &Config) -> bool {
+        matches!(self, Family::MatmulTex | Family::TrainTex)
+            || (self.uses_rows() && config.subgroup > 1)
     }
 
     /// Whether the family is a matrix product, built on `matmul_common.wgsl`.
@@ -257,8 +270,10 @@ impl Kernel {
             OneHotSubtract => Family::Grad,
             MatmulNn | MatmulTn => Family::Matmul,
             Pack | PackTransposed | MatmulTex => Family::MatmulTex,
-            SoftmaxGradRows | LossErrRows | StepForward | StepUpdate | LossErrFused
-            | StepForwardTex | StepUpdateTex | LossErrTex => Family::Train,
+            SoftmaxGradRows | LossErrRows | StepForward | StepUpdate | LossErrFused => {
+                Family::Train
+            }
+            StepForwardTex | StepUpdateTex | LossErrTex => Family::TrainTex,
             CopyRows => Family::Copy,
             SoftmaxFused
             | LogsumexpFused
@@ -345,7 +360,8 @@ impl Kernel {
             LogsumexpRows | CrossEntropyRows | SoftmaxGradRows | LossErrRows | StepForward
             | StepUpdate | LossErrFused => Shape::ThreadPerRow,
             SumRows => Shape::OneWorkgroup,
-            MatmulNn | MatmulTn | Pack | MatmulTex | StepForwardTex | StepUpdateTex => Shape::Tiles,
+            MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
+            | StepUpdateTex | LossErrTex => Shape::Tiles,
             SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
             _ => Shape::TeamPerRow,
         }
@@ -355,7 +371,7 @@ impl Kernel {
     /// the kernels written for scalars only.
     pub(crate) fn width(self, cols: usize) -> Width {
         match self.family() {
-            Family::Train => Width::Scalar,
+            Family::Train | Family::TrainTex => Width::Scalar,
             _ => Width::for_cols(cols),
         }
     }
@@ -487,6 +503,9 @@ impl Config {
         if family.is_matmul() {
             s.push_str(MATMUL_COMMON);
         }
+        if family == Family::TrainTex {
+            s.push_str(Family::Train.file());
+        }
         s.push_str(family.file());
         s
     }
@@ -531,14 +550,22 @@ mod tests {
     fn every_family_validates_at_every_width() {
         for config in &CONFIGS {
             for family in Family::ALL {
+                // wgpu validates a module against the device's features: only the families
+                // that run where subgroups do may use them, so that the rest work without.
+                let subgroups = family.needs_subgroups(config);
+                let mut caps = naga::valid::Capabilities::all();
+                if !subgroups {
+                    caps -= naga::valid::Capabilities::SUBGROUP
+                        | naga::valid::Capabilities::SUBGROUP_BARRIER
+                        | naga::valid::Capabilities::SUBGROUP_VERTEX_STAGE;
+                }
                 for width in [Width::Scalar, Width::Vec4] {
                     let module = parse(config, family, width);
-                    naga::valid::Validator::new(
-                        naga::valid::ValidationFlags::all(),
-                        naga::valid::Capabilities::all(),
-                    )
-                    .validate(&module)
-                    .unwrap_or_else(|e| panic!("{} ({width:?}): {e:?}", family.name()));
+                    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                        .validate(&module)
+                        .unwrap_or_else(|e| {
+                            panic!("{} ({width:?}, {config:?}): {e:?}", family.name())
+                        });
                 }
             }
         }

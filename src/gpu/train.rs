@@ -28,7 +28,7 @@ use ndarray::{Array2, ArrayView2};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::row_groups;
-use crate::gpu::matmul::{Gemm, PackedTexture, Packing};
+use crate::gpu::matmul::{Gemm, PackedTexture, Packing, TextureSet};
 use crate::gpu::params::{RowParams, StepParams};
 use crate::gpu::record::{At, Dispatch, Extra, Recorder, uniform_binding};
 use crate::gpu::shaders::{Kernel, MT_LANES, STEP_CLASSES, STEP_UNIFORM_BYTES, Width};
@@ -68,8 +68,9 @@ struct DataTexture {
 }
 
 impl DataTexture {
-    /// Packs the rows of `set` (`features` each) where the texture kernels run and a texture
-    /// can hold them; `None` otherwise.
+    /// Packs the rows of `set` (`features` each) where the texture kernels run, a texture can
+    /// hold them, and one binding their labels and per-row results (the kernels bind those
+    /// whole); `None` otherwise, and the storage-buffer kernels run.
     fn new(
         gpu: &GpuContext,
         op: &'static str,
@@ -85,7 +86,9 @@ impl DataTexture {
             .min(prev_power_of_two(max_side));
         if !gpu.config.texture_kernels
             || set.rows == 0
+            || features == 0
             || set.rows.div_ceil(panel_rows) * quads > max_side
+            || set.rows as u64 * 4 > gpu.geometry.max_binding
         {
             return Ok(None);
         }
@@ -205,6 +208,9 @@ impl GpuRegression {
         };
 
         let mut batches = Vec::new();
+        // The three-dispatch step's products pack their operands into the same textures in
+        // every batch: one set for all of them.
+        let textures = TextureSet::default();
         for b in 0..train_set.rows / step.batch {
             let first_row = b * step.batch;
             let model = Model {
@@ -215,7 +221,15 @@ impl GpuRegression {
             batches.push(if fused {
                 plan_fused_step(gpu, OP, &train_set, first_row, &model, &batch_logits, step)?
             } else {
-                plan_step(gpu, OP, &train_set, first_row, &model, &batch_logits, step)?
+                plan_step(
+                    gpu,
+                    OP,
+                    &train_set,
+                    first_row,
+                    &model,
+                    (&batch_logits, &textures),
+                    step,
+                )?
             });
         }
 
@@ -275,7 +289,8 @@ impl GpuRegression {
         }
     }
 
-    /// Dispatches per batch step: 2 fused, 3 otherwise.
+    /// Steps per batch: 2 fused, 3 otherwise, and with the texture matmul the packing of each
+    /// product's operands (a copy or a `pack` dispatch each) on top.
     pub(crate) fn dispatches_per_step(&self) -> usize {
         self.batches
             .first()
@@ -407,6 +422,7 @@ impl GpuRegression {
                     transposed_a: false,
                     alpha: 1.0,
                     beta: 0.0,
+                    textures: None,
                 },
             )?;
             rec.run(&plan);
@@ -486,6 +502,7 @@ fn plan_eval(
                 transposed_a: false,
                 alpha: 1.0,
                 beta: 0.0,
+                textures: None,
             },
         )?;
         plan.extend(gpu.plan_rows(
@@ -713,7 +730,7 @@ fn plan_step(
     set: &DeviceSet,
     first_row: usize,
     model: &Model<'_>,
-    logits: &wgpu::Buffer,
+    (logits, textures): (&wgpu::Buffer, &TextureSet),
     step: Step,
 ) -> Result<Vec<Dispatch>> {
     let x_b = At {
@@ -732,6 +749,7 @@ fn plan_step(
             transposed_a: false,
             alpha: 1.0,
             beta: 0.0,
+            textures: Some(textures),
         },
     )?;
     plan.extend(gpu.plan_rows(
@@ -760,6 +778,7 @@ fn plan_step(
             transposed_a: true,
             alpha: -step.lr / step.batch as f32,
             beta: 1.0 - step.lr * step.l2,
+            textures: Some(textures),
         },
     )?);
     Ok(plan)
