@@ -205,12 +205,14 @@ fn evaluation_past_one_dispatch_of_rows_agrees() {
     );
 }
 
-/// Rows of 64 features are 256 bytes, which the texture matmul of the three-dispatch step
-/// copies into its texture instead of packing: from each batch's first row.
+/// Rows of 64 features are 256 bytes, which go into a texture by a copy instead of the pack
+/// kernel: the whole data set for the fused step (10 classes), and each batch's rows in the
+/// texture matmul of the three-dispatch step (20 classes).
 #[test]
 fn rows_of_256_bytes_train_alike() {
-    for (name, gpu) in both_kernels() {
-        let (x, y) = blobs(230, 64, 20, 5);
+    for ((name, gpu), classes) in both_kernels().into_iter().flat_map(|c| [(c, 10), (c, 20)]) {
+        let name = &format!("{name}, {classes} classes");
+        let (x, y) = blobs(230, 64, classes, 5);
         let opts = TrainOptions::default().lr(0.4).batch(23);
         let train = (x.view(), &y);
         let mut on_gpu = SoftmaxRegression::new(gpu, train, None, opts.clone()).unwrap();

@@ -93,23 +93,26 @@ impl DataTexture {
             return Ok(None);
         }
         let height = set.rows.min(panel_rows);
-        let texture = gpu.packed_texture([set.rows.div_ceil(panel_rows) * quads, height]);
-        let pack = gpu.plan_pack(
-            op,
-            &Packing {
-                src: (&set.x).into(),
-                rows: set.rows,
-                cols: features,
-                transposed: false,
-                texture: &texture,
+        // A texture of up to a few GiB: running out of memory is an error naming the op.
+        let texture = gpu.capture(op, || {
+            let texture = gpu.packed_texture([set.rows.div_ceil(panel_rows) * quads, height]);
+            let pack = gpu.plan_pack(
+                op,
+                &Packing {
+                    src: (&set.x).into(),
+                    rows: set.rows,
+                    cols: features,
+                    transposed: false,
+                    texture: &texture,
+                    panel_rows,
+                },
+            )?;
+            Ok(DataTexture {
+                texture,
                 panel_rows,
-            },
-        )?;
-        let texture = DataTexture {
-            texture,
-            panel_rows,
-            pack,
-        };
+                pack,
+            })
+        })?;
         texture.repack(gpu, op)?;
         Ok(Some(texture))
     }
