@@ -371,8 +371,7 @@ impl GpuContext {
     /// limits: matrix products through `matmul_tex.wgsl` (operands packed into textures, rows
     /// of op(A) shared by subgroup broadcasts), and the fused training step and its
     /// evaluation reading the data from a texture (`train_tex.wgsl`). True on a CPU adapter
-    /// whose
-    /// subgroups hold exactly 8 threads, unless subgroups are turned off
+    /// whose subgroups hold exactly 8 threads, unless subgroups are turned off
     /// ([`GpuOptions::subgroups`]); elsewhere products run the register-tiled `matmul.wgsl`
     /// and training reads storage buffers.
     pub fn texture_kernels(&self) -> bool {

@@ -38,6 +38,19 @@ pub(crate) struct TextureSet {
     made: std::sync::Mutex<Vec<(u8, [usize; 2], PackedTexture)>>,
 }
 
+impl TextureSet {
+    /// The set's texture for `role` at `size`, made on first use.
+    fn get(&self, gpu: &GpuContext, role: u8, size: [usize; 2]) -> PackedTexture {
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, t)) = made.iter().find(|(r, s, _)| (*r, *s) == (role, size)) {
+            return t.clone();
+        }
+        let t = gpu.packed_texture(size);
+        made.push((role, size, t.clone()));
+        t
+    }
+}
+
 /// A matrix to pack into an `rgba32float` texture ([`GpuContext::plan_pack`]): `rows x cols`
 /// of `src`, or with `transposed` the transpose of `src`'s `cols x rows`, a texel per 4
 /// consecutive elements of a row, in panels of `panel_rows` rows side by side (see `pack` in
@@ -194,17 +207,9 @@ impl GpuContext {
         if !fits(&g.a, a_rows, a_cols) || !fits(&g.b, g.k, g.n) {
             return Ok(None);
         }
-        let texture = |role: u8, size: [usize; 2]| match g.textures {
+        let texture = |role, size| match g.textures {
             None => self.packed_texture(size),
-            Some(set) => {
-                let mut made = set.made.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((_, _, t)) = made.iter().find(|(r, s, _)| (*r, *s) == (role, size)) {
-                    return t.clone();
-                }
-                let t = self.packed_texture(size);
-                made.push((role, size, t.clone()));
-                t
-            }
+            Some(set) => set.get(self, role, size),
         };
         // Roles: op(A) and B of a plain product, then of a transposed one, so that the two
         // products of a training step never share a texture even at equal sizes.
@@ -465,17 +470,12 @@ fn whole<'b>(
     cols: usize,
     what: &str,
 ) -> Result<(wgpu::BindingResource<'b>, u32)> {
-    let range = at.first_row..at.first_row + rows;
-    let (offset, size, base) = geometry.slice(&range, cols);
-    if size > geometry.max_binding {
-        return Err(Error::TooLarge {
-            op,
-            what: format!("{what}, {rows} x {cols}, bound whole by the matmul"),
-            bytes: size,
-            limit: geometry.max_binding,
-        });
-    }
-    Ok((binding(at.buffer, offset, size), base))
+    bound(geometry, at, rows, cols).ok_or_else(|| Error::TooLarge {
+        op,
+        what: format!("{what}, {rows} x {cols}, bound whole by the matmul"),
+        bytes: geometry.slice(&(at.first_row..at.first_row + rows), cols).1,
+        limit: geometry.max_binding,
+    })
 }
 
 fn too_many_groups(op: &'static str, len: usize, groups: usize, max: usize) -> Error {

@@ -399,13 +399,14 @@ pub(crate) const MM_BLOCK: u32 = 8;
 /// Output rows and columns of one matmul workgroup's tile.
 pub(crate) const MM_TILE: [u32; 2] = [MM_BLOCK * MM_TY, MM_BLOCK * MM_TX];
 
-/// Threads of a subgroup in the texture matmul (`matmul_tex.wgsl`), which it must hold exactly:
-/// each subgroup shares 8 rows of op(A) by broadcasts from its 8 lanes.
+/// Threads of a subgroup in the texture kernels (`matmul_tex.wgsl`, `train_tex.wgsl`), which
+/// it must hold exactly: they broadcast from lanes named 0 to 7 (the rows of op(A), the class
+/// quads of theta or G), and the training kernels run one subgroup per workgroup.
 pub(crate) const MT_LANES: u32 = 8;
 /// Output rows and columns of one texture-matmul workgroup (`MT_LANES` subgroups of
 /// `MT_LANES` threads, each thread an 8 x 8 block).
 pub(crate) const MT_TILE: u32 = MT_LANES * MT_LANES;
-/// Threads along each side of a `pack` workgroup, one per texel.
+/// Threads along each side of a `pack` workgroup; each writes 4 texels of a column.
 pub(crate) const PACK_TX: u32 = 8;
 
 /// The most classes the fused training step handles (its per-thread logits live in registers).

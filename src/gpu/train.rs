@@ -84,10 +84,11 @@ impl DataTexture {
             .rows
             .next_power_of_two()
             .min(prev_power_of_two(max_side));
+        let width = set.rows.div_ceil(panel_rows) * quads;
         if !gpu.config.texture_kernels
             || set.rows == 0
             || features == 0
-            || set.rows.div_ceil(panel_rows) * quads > max_side
+            || width > max_side
             || set.rows as u64 * 4 > gpu.geometry.max_binding
         {
             return Ok(None);
@@ -95,7 +96,7 @@ impl DataTexture {
         let height = set.rows.min(panel_rows);
         // A texture of up to a few GiB: running out of memory is an error naming the op.
         let texture = gpu.capture(op, || {
-            let texture = gpu.packed_texture([set.rows.div_ceil(panel_rows) * quads, height]);
+            let texture = gpu.packed_texture([width, height]);
             let pack = gpu.plan_pack(
                 op,
                 &Packing {
@@ -689,9 +690,10 @@ fn plan_fused_step_tex(
     grad: &wgpu::Buffer,
     step: Step,
 ) -> Result<Vec<Dispatch>> {
-    let quads = model.features.div_ceil(4);
     let params = |scale, decay| texture.step_params(step.batch, first_row, model, scale, decay);
-    let lanes = MT_LANES as usize;
+    let lanes = MT_LANES;
+    let forward_params = params(1.0, 1.0);
+    let update_params = params(-step.lr / step.batch as f32, 1.0 - step.lr * step.l2);
     let data = || wgpu::BindingResource::TextureView(&texture.texture.view);
     let forward = gpu.pipeline(Kernel::StepForwardTex, Width::Scalar)?;
     let update = gpu.pipeline(Kernel::StepUpdateTex, Width::Scalar)?;
@@ -699,28 +701,25 @@ fn plan_fused_step_tex(
         gpu.dispatch(
             Kernel::StepForwardTex,
             &forward,
-            bytemuck::bytes_of(&params(1.0, 1.0)),
+            bytemuck::bytes_of(&forward_params),
             vec![
                 data(),
                 set.y.as_entire_binding(),
                 grad.as_entire_binding(),
                 uniform_binding(model.theta),
             ],
-            [step.batch.div_ceil(4 * lanes) as u32, 1, 1],
+            [forward_params.batch.div_ceil(4 * lanes), 1, 1],
         ),
         gpu.dispatch(
             Kernel::StepUpdateTex,
             &update,
-            bytemuck::bytes_of(&params(
-                -step.lr / step.batch as f32,
-                1.0 - step.lr * step.l2,
-            )),
+            bytemuck::bytes_of(&update_params),
             vec![
                 data(),
                 uniform_binding(grad),
                 model.theta.as_entire_binding(),
             ],
-            [quads.div_ceil(lanes) as u32, 1, 1],
+            [update_params.quads.div_ceil(lanes), 1, 1],
         ),
     ])
 }
