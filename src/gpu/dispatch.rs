@@ -22,7 +22,15 @@ pub(crate) struct Geometry {
     pub align: u64,
     /// Largest workgroup count along one dispatch dimension.
     pub max_groups_per_dim: u32,
+    /// Loop iterations one invocation may run in all its loops together (Mesa's llvmpipe
+    /// silently cuts every loop short past 65,535; see `shaders/probe.wgsl`).
+    pub loop_budget: u64,
 }
+
+/// Loop iterations a row kernel spends outside its passes over the row, at most: the team
+/// reductions' halvings (log2 of the workgroup, a few reductions per kernel) and the matmul's
+/// stores (8 x 8). Generous on purpose: an undercount would be a silent wrong answer.
+pub(crate) const FIXED_TRIPS: u64 = 128;
 
 /// Bytes of one `f32` or `u32`.
 const ELEM: u64 = 4;
@@ -65,6 +73,20 @@ impl Geometry {
         (offset, size, ((start - offset) / ELEM) as u32)
     }
 
+    /// Fails unless a thread whose loops run `trips` iterations in all stays within the loop
+    /// budget. `what` says what the thread walks, for the message.
+    pub(crate) fn check_trips(&self, op: &'static str, trips: u64, what: &str) -> Result<()> {
+        if trips <= self.loop_budget {
+            return Ok(());
+        }
+        Err(Error::LoopLimit {
+            op,
+            what: what.to_string(),
+            trips,
+            limit: self.loop_budget,
+        })
+    }
+
     /// Workgroup counts for `groups` groups, folded into `y` past the per-dimension limit.
     pub(crate) fn fold(&self, op: &'static str, groups: u64) -> Result<[u32; 3]> {
         let max = self.max_groups_per_dim as u64;
@@ -104,6 +126,7 @@ mod tests {
         max_binding: 128 * MIB,
         align: 32,
         max_groups_per_dim: 65535,
+        loop_budget: 65535,
     };
 
     #[test]
@@ -144,6 +167,7 @@ mod tests {
             max_binding: 1000,
             align: 256,
             max_groups_per_dim: 65535,
+            loop_budget: 65535,
         };
         for cols in [1, 3, 7, 64, 100] {
             for win in g.windows("t", 1000, cols).unwrap() {
@@ -163,6 +187,7 @@ mod tests {
             max_binding: 4096,
             align: 16,
             max_groups_per_dim: 65535,
+            loop_budget: 65535,
         };
         for win in g.windows("t", 500, 12).unwrap() {
             let (_, _, base) = g.slice(&win, 12);

@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::GpuMatrix;
-use crate::gpu::dispatch::Geometry;
+use crate::gpu::dispatch::{FIXED_TRIPS, Geometry};
 use crate::gpu::params::{MatmulParams, PackParams};
 use crate::gpu::record::{At, Dispatch};
 use crate::gpu::shaders::{Kernel, MM_TILE, MT_TILE, PACK_TX, Width};
@@ -114,7 +114,18 @@ impl GpuContext {
             if groups_y > max_groups {
                 return Err(too_many_groups(op, g.m, groups_y, max_groups));
             }
-            let mut windows = geometry.windows(op, g.k, g.m.max(g.n))?;
+            // Each thread walks its window of the inner dimension once: windows within the
+            // loop budget, each adding its share to C.
+            let steps = geometry.loop_budget.saturating_sub(FIXED_TRIPS).max(1) as usize;
+            let mut windows: Vec<_> = geometry
+                .windows(op, g.k, g.m.max(g.n))?
+                .into_iter()
+                .flat_map(|w| {
+                    (w.start..w.end)
+                        .step_by(steps)
+                        .map(move |s| s..(s + steps).min(w.end))
+                })
+                .collect();
             if windows.is_empty() {
                 // An empty inner dimension still writes C = beta C.
                 windows.push(0..0);
@@ -142,6 +153,12 @@ impl GpuContext {
                 ));
             }
         } else {
+            // The inner dimension is a row of A, walked whole by each thread, W at a time.
+            geometry.check_trips(
+                op,
+                (g.k / width.lanes()) as u64 + FIXED_TRIPS,
+                &format!("an inner dimension of {}", g.k),
+            )?;
             let (b_binding, b_base) = whole(op, geometry, &g.b, g.k, g.n, "the right-hand matrix")?;
             let rows_per_dispatch = max_groups * tile_m;
             for window in geometry.windows(op, g.m, g.k.max(g.n))? {
@@ -186,6 +203,9 @@ impl GpuContext {
         }
         let tile = MT_TILE as usize;
         let steps = g.k.div_ceil(4);
+        if steps as u64 + FIXED_TRIPS > self.geometry.loop_budget {
+            return Ok(None);
+        }
         // Texels, width x height: op(A) a row per row, B four columns to a texel; both padded
         // to whole tiles and whole steps of 4 along k, the padding zero.
         let a_size = [steps, g.m.div_ceil(tile) * tile];

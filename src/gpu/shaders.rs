@@ -199,7 +199,7 @@ pub(crate) enum Kernel {
     LogSoftmaxNormalise,
     LogsumexpRows,
     CrossEntropyRows,
-    SumRows,
+    SumTree,
     OneHotSubtract,
     MatmulNn,
     MatmulTn,
@@ -235,7 +235,7 @@ impl Kernel {
         Kernel::LogSoftmaxNormalise,
         Kernel::LogsumexpRows,
         Kernel::CrossEntropyRows,
-        Kernel::SumRows,
+        Kernel::SumTree,
         Kernel::OneHotSubtract,
         Kernel::MatmulNn,
         Kernel::MatmulTn,
@@ -266,7 +266,7 @@ impl Kernel {
         match self {
             RowMax | RowSumexp => Family::Reduce,
             SoftmaxNormalise | LogSoftmaxNormalise => Family::Softmax,
-            LogsumexpRows | CrossEntropyRows | SumRows => Family::Loss,
+            LogsumexpRows | CrossEntropyRows | SumTree => Family::Loss,
             OneHotSubtract => Family::Grad,
             MatmulNn | MatmulTn => Family::Matmul,
             Pack | PackTransposed | MatmulTex => Family::MatmulTex,
@@ -293,7 +293,7 @@ impl Kernel {
             LogSoftmaxNormalise => "log_softmax_normalise",
             LogsumexpRows => "logsumexp_rows",
             CrossEntropyRows => "cross_entropy_rows",
-            SumRows => "sum_rows",
+            SumTree => "sum_tree",
             OneHotSubtract => "one_hot_subtract",
             MatmulNn => "matmul_nn",
             MatmulTn => "matmul_tn",
@@ -330,7 +330,7 @@ impl Kernel {
             SoftmaxNormalise | LogSoftmaxNormalise => &[MAT_IN, ROW_IN, ROW_IN, MAT_OUT],
             LogsumexpRows => &[ROW_IN, ROW_IN, ROW_OUT],
             CrossEntropyRows => &[MAT_IN, ROW_IN, ROW_IN, ROW_IN, ROW_OUT],
-            SumRows => &[ROW_IN, WHOLE_OUT],
+            SumTree => &[ROW_IN, WHOLE_OUT],
             OneHotSubtract | SoftmaxGradRows => &[ROW_IN, MAT_OUT],
             MatmulNn | MatmulTn => &[WHOLE_IN, WHOLE_IN, WHOLE_OUT],
             Pack | PackTransposed => &[WHOLE_IN, TEX_OUT],
@@ -357,13 +357,40 @@ impl Kernel {
     pub(crate) fn shape(self) -> Shape {
         use Kernel::*;
         match self {
-            LogsumexpRows | CrossEntropyRows | SoftmaxGradRows | LossErrRows | StepForward
-            | StepUpdate | LossErrFused => Shape::ThreadPerRow,
-            SumRows => Shape::OneWorkgroup,
+            LogsumexpRows | CrossEntropyRows | StepForward | StepUpdate | LossErrFused => {
+                Shape::ThreadPerRow
+            }
+            SumTree => Shape::Blocks,
             MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
             | StepUpdateTex | LossErrTex => Shape::Tiles,
             SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
             _ => Shape::TeamPerRow,
+        }
+    }
+
+    /// How many loops of a row kernel walk a thread's share of its row (each of
+    /// `ceil(vectors / tpr)` trips), at most: with [`FIXED_TRIPS`] for its reductions, what a
+    /// thread's loops cost against the loop budget (`Geometry::check_trips`). Count the
+    /// `for` loops over `row_vectors` (or over `p.cols` for a thread per row) in the kernel's
+    /// WGSL, `row_stats` included; the boundary tests in `tests/limits.rs` hold the count to
+    /// lavapipe's real limit.
+    ///
+    /// [`FIXED_TRIPS`]: crate::gpu::dispatch::FIXED_TRIPS
+    pub(crate) fn row_passes(self) -> u64 {
+        use Kernel::*;
+        match self {
+            LogsumexpRows | CrossEntropyRows => 0,
+            RowMax | RowSumexp | SoftmaxNormalise | LogSoftmaxNormalise | OneHotSubtract
+            | CopyRows | LogsumexpFused | CrossEntropyLossFused | BceWithLogits => 1,
+            // step_forward and loss_err_fused walk the features once, step_update the batch;
+            // their loops over at most STEP_CLASSES classes are within FIXED_TRIPS.
+            StepForward | StepUpdate | LossErrFused => 1,
+            SoftmaxFused | CrossEntropyFused | SoftmaxBackward | LogSoftmaxBackward
+            | LossErrRows => 2,
+            CrossEntropySoft | SoftmaxGradRows => 3,
+            // Not row kernels: their planners count their own loops.
+            SumTree | MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
+            | StepUpdateTex | LossErrTex => 0,
         }
     }
 
@@ -415,6 +442,10 @@ pub(crate) const STEP_CLASSES: u32 = 16;
 /// WebGPU adapter offers. Buffers bound there are allocated at least this large.
 pub(crate) const STEP_UNIFORM_BYTES: u64 = 64 << 10;
 
+/// Values each thread of `sum_tree` adds before its workgroup's tree (written out in
+/// `loss.wgsl`, which must match): a workgroup reduces `SUM_TERMS * WG` values.
+pub(crate) const SUM_TERMS: u32 = 4;
+
 /// How a kernel's invocations map onto the rows of a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Shape {
@@ -425,8 +456,9 @@ pub(crate) enum Shape {
     CachedTeamPerRow,
     /// One thread per row (`tpr = 1`).
     ThreadPerRow,
-    /// One workgroup reduces the whole window (`tpr = WG`).
-    OneWorkgroup,
+    /// Each workgroup sums [`SUM_TERMS`] x WG consecutive values into one partial sum
+    /// (`tpr = WG`); planned as a tree of such dispatches by `GpuContext::plan_sum`.
+    Blocks,
     /// Not a row kernel: a grid of output tiles (the products, `pack`) or of subgroups (the
     /// training step's texture kernels), planned by its own code.
     Tiles,
