@@ -89,7 +89,9 @@ fn sums_around_the_old_single_workgroup_limit_are_right() {
     // stopped its loops there and returned about half of the sum, silently.
     let gpu = require_gpu!();
     for n in [64 * 65_535 - 1, 64 * 65_535, 64 * 65_535 + 1, 5_000_000] {
-        let v = logits(n, 1, 1.0, n as u64).into_shape_with_order(n).unwrap();
+        let v = logits(n, 1, 1.0, n as u64)
+            .into_shape_with_order(n)
+            .unwrap();
         let v = v.mapv(|x| x + 1.5); // positive, so the relative error is meaningful
         let (got, right) = (gpu_sum(gpu, &v), sum_f64(v.as_slice().unwrap()));
         assert!(ulps(got, right) <= 8.0, "n = {n}: {got} vs {right}");
@@ -102,12 +104,12 @@ fn cross_entropy_over_5m_rows_reduces_to_the_f64_sum() {
     let rows = 5_000_000;
     let x = logits(rows, 2, 2.0, 11);
     let y = labels(rows, 2, 0, 11);
-    let (gx, gy) = (gpu.upload(x.view()).unwrap(), gpu.upload_labels(&y).unwrap());
+    let (gx, gy) = (
+        gpu.upload(x.view()).unwrap(),
+        gpu.upload_labels(&y).unwrap(),
+    );
     let per_row = |reduction| {
-        let opts = CrossEntropyOptions {
-            reduction,
-            ..Default::default()
-        };
+        let opts = CrossEntropyOptions::default().reduction(reduction);
         gpu.download_loss(&gpu.cross_entropy(&gx, &gy, &opts).unwrap())
             .unwrap()
     };
@@ -120,15 +122,15 @@ fn cross_entropy_over_5m_rows_reduces_to_the_f64_sum() {
     assert!(ulps(sum, right) <= 8.0, "sum {sum} vs {right}");
     assert!(ulps(mean, right / rows as f64) <= 8.0, "mean {mean}");
     // And the per-row values are the CPU reference's.
-    let opts = CrossEntropyOptions {
-        reduction: Reduction::Sum,
-        ..Default::default()
-    };
+    let opts = CrossEntropyOptions::default().reduction(Reduction::Sum);
     let cpu_sum = cpu::cross_entropy(x.view(), &y, &opts)
         .unwrap()
         .scalar()
         .unwrap();
-    assert!((sum - cpu_sum).abs() <= 1e-6 * cpu_sum.abs(), "{sum} vs {cpu_sum}");
+    assert!(
+        (sum - cpu_sum).abs() <= 1e-6 * cpu_sum.abs(),
+        "{sum} vs {cpu_sum}"
+    );
 }
 
 #[test]
@@ -137,8 +139,7 @@ fn sums_cross_block_window_and_fold_boundaries() {
     contexts.extend(lowered());
     for (name, gpu) in contexts {
         for n in [
-            0, 1, 2, 63, 64, 65, 255, 256, 257, 1023, 1024, 1025, 4095, 4096, 4097, 12_289,
-            65_537,
+            0, 1, 2, 63, 64, 65, 255, 256, 257, 1023, 1024, 1025, 4095, 4096, 4097, 12_289, 65_537,
         ] {
             let v = logits(n, 1, 4.0, n as u64)
                 .into_shape_with_order(n)
@@ -163,11 +164,13 @@ fn sums_propagate_infinities_and_nan() {
     assert!(gpu_sum(gpu, &v).is_nan());
 }
 
-/// The smallest `cols` (a multiple of 4, up to `max`) at which `op` on one row fails with
-/// [`Error::LoopLimit`], found by bisection, and the op's result just below it; `None` when
-/// nothing up to `max` fails. Every success on the way is checked by `check`.
+/// The smallest `cols` of the form `4 j + offset` (up to `max`) at which `op` on one row fails
+/// with [`Error::LoopLimit`], found by bisection; `None` when nothing up to `max` fails. Rows
+/// of whole vec4s (offset 0) and the others (scalar loads) have limits of their own. `op`
+/// checks every result it computes against the CPU.
 fn loop_boundary(
     max: usize,
+    offset: usize,
     op: impl Fn(usize) -> Result<(), Error>,
 ) -> Option<usize> {
     let fails = |cols: usize| match op(cols) {
@@ -175,13 +178,13 @@ fn loop_boundary(
         Err(Error::LoopLimit { .. }) => true,
         Err(e) => panic!("{cols} columns: {e}"),
     };
-    if !fails(max) {
+    let (mut ok, mut bad) = (4 + offset, max / 4 * 4 + offset);
+    if !fails(bad) {
         return None;
     }
-    let (mut ok, mut bad) = (4usize, max);
-    assert!(!fails(ok), "one row of 4 columns must run");
+    assert!(!fails(ok), "one row of {ok} columns must run");
     while bad - ok > 4 {
-        let mid = (ok + bad) / 2 / 4 * 4;
+        let mid = ((ok + bad) / 2) / 4 * 4 + offset;
         if fails(mid) {
             bad = mid;
         } else {
@@ -196,11 +199,18 @@ fn loop_boundary(
 fn row_ops(gpu: &GpuContext, cols: usize, which: &str) -> Result<(), Error> {
     let x = logits(1, cols, 4.0, cols as u64);
     let gx = gpu.upload(x.view())?;
-    let tol = |what: &str| format!("{which} {what} at {cols} columns");
+    let case = |what: &str| format!("{which} {what} at {cols} columns");
+    // Relative tolerances only: in a row of millions every probability is tiny, and an
+    // element a cut-short loop never wrote (0) would pass any absolute one.
+    let close = |got: Array2<f32>, want: Array2<f32>, what: &str| {
+        assert_close(got.view(), want.view(), 1e-30, 1e-3, &case(what));
+    };
     match which {
         "softmax" => {
             let got = gpu.download(&gpu.softmax(&gx)?)?;
-            assert_close(got.view(), cpu::softmax(x.view())?.view(), 1e-5, 1e-4, &tol("p"));
+            let total = sum_f64(got.as_slice().unwrap());
+            assert!((total - 1.0).abs() < 1e-3, "{}: sums to {total}", case("p"));
+            close(got, cpu::softmax(x.view())?, "p");
         }
         "cross_entropy" => {
             let y = Labels::new([(cols / 3) as i64], cols, -100)?;
@@ -208,27 +218,45 @@ fn row_ops(gpu: &GpuContext, cols: usize, which: &str) -> Result<(), Error> {
             let (loss, grad) = gpu.cross_entropy_with_grad(&gx, &gpu.upload_labels(&y)?, &opts)?;
             let loss = gpu.download_loss(&loss)?.scalar().unwrap();
             let right = cpu::cross_entropy(x.view(), &y, &opts)?.scalar().unwrap();
-            assert!((loss - right).abs() <= 1e-5 * right.abs().max(1.0), "{}", tol("loss"));
-            let right = cpu::cross_entropy_grad(x.view(), &y, &opts)?;
-            assert_close(gpu.download(&grad)?.view(), right.view(), 1e-5, 1e-4, &tol("grad"));
+            assert_close_scalar(loss, right, 0.0, 1e-5, &case("loss"));
+            close(
+                gpu.download(&grad)?,
+                cpu::cross_entropy_grad(x.view(), &y, &opts)?,
+                "grad",
+            );
         }
         "soft" => {
             let t = cpu::softmax(logits(1, cols, 1.0, 5).view())?;
             let opts = CrossEntropyOptions::default();
-            let gt = gpu.upload(t.view())?;
-            let (loss, _) = gpu.cross_entropy_soft_with_grad(&gx, &gt, &opts)?;
+            let (loss, grad) =
+                gpu.cross_entropy_soft_with_grad(&gx, &gpu.upload(t.view())?, &opts)?;
             let loss = gpu.download_loss(&loss)?.scalar().unwrap();
             let right = cpu::cross_entropy_soft(x.view(), t.view(), &opts)?
                 .scalar()
                 .unwrap();
-            assert!((loss - right).abs() <= 1e-4 * right.abs().max(1.0), "{}", tol("loss"));
+            assert_close_scalar(loss, right, 0.0, 1e-4, &case("loss"));
+            let right = cpu::cross_entropy_soft_grad(x.view(), t.view(), &opts)?;
+            // The gradient p - t cancels where p and t are close: judge it against |p| + |t|.
+            let got = gpu.download(&grad)?;
+            let p = cpu::softmax(x.view())?;
+            for (((g, r), p), t) in got.iter().zip(&right).zip(&p).zip(&t) {
+                assert!(
+                    (g - r).abs() <= 1e-3 * (p.abs() + t.abs()),
+                    "{}",
+                    case("grad")
+                );
+            }
         }
         "backward" => {
             let p = cpu::softmax(x.view())?;
-            let dy = logits(1, cols, 1.0, 9);
+            let dy = logits(1, cols, 1.0, 9).mapv(|v| v + 2.0);
             let got = gpu.softmax_backward(&gpu.upload(p.view())?, &gpu.upload(dy.view())?)?;
             let right = cpu::softmax_backward(p.view(), dy.view())?;
-            assert_close(gpu.download(&got)?.view(), right.view(), 1e-5, 1e-4, &tol("dx"));
+            let got = gpu.download(&got)?;
+            for ((g, r), p) in got.iter().zip(&right).zip(&p) {
+                // dx = p (dy - <dy, p>): its error scales with p |dy|.
+                assert!((g - r).abs() <= 1e-3 * p * 4.0, "{}", case("dx"));
+            }
         }
         other => unreachable!("{other}"),
     }
@@ -239,20 +267,22 @@ const ROW_OPS: [&str; 4] = ["softmax", "cross_entropy", "soft", "backward"];
 
 #[test]
 fn rows_past_a_small_loop_budget_are_errors_and_rows_below_it_are_right() {
-    for (name, gpu) in lowered().into_iter().filter(|(n, _)| n.starts_with("loops")) {
+    for (name, gpu) in lowered()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("loops"))
+    {
         for which in ROW_OPS {
-            let boundary = loop_boundary(1 << 20, |cols| row_ops(gpu, cols, which))
-                .unwrap_or_else(|| panic!("{name}: {which} never reached the loop budget"));
-            // Right up to the boundary, at every length near it.
-            for cols in (boundary.saturating_sub(9)..boundary).filter(|&c| c > 0) {
-                row_ops(gpu, cols, which).unwrap();
-            }
-            // And an error, never a wrong number, past it.
-            for cols in [boundary, boundary + 1, boundary + 17, 2 * boundary] {
-                assert!(
-                    matches!(row_ops(gpu, cols, which), Err(Error::LoopLimit { .. })),
-                    "{name}: {which} at {cols} columns"
-                );
+            for offset in [0, 1, 3] {
+                let boundary = loop_boundary(1 << 20, offset, |cols| row_ops(gpu, cols, which))
+                    .unwrap_or_else(|| panic!("{name}: {which} never reached the loop budget"));
+                // Right just below the boundary, and an error, never a wrong number, past it.
+                row_ops(gpu, boundary - 4, which).unwrap();
+                for cols in [boundary, boundary + 4, boundary + 64, 2 * boundary] {
+                    assert!(
+                        matches!(row_ops(gpu, cols, which), Err(Error::LoopLimit { .. })),
+                        "{name}: {which} at {cols} columns"
+                    );
+                }
             }
         }
     }
@@ -271,7 +301,7 @@ fn rows_at_the_drivers_own_loop_limit_are_right() {
     // for the kernels that walk their rows twice or more.
     let max_cols = (gpu.limits().max_storage_buffer_binding_size / 4) as usize / 4 * 4 - 64;
     for which in ["softmax", "soft"] {
-        let Some(boundary) = loop_boundary(max_cols, |cols| row_ops(gpu, cols, which)) else {
+        let Some(boundary) = loop_boundary(max_cols, 0, |cols| row_ops(gpu, cols, which)) else {
             panic!("{which}: no loop limit below one binding");
         };
         row_ops(gpu, boundary - 4, which).unwrap();
@@ -285,16 +315,31 @@ fn check_products(gpu: &GpuContext, m: usize, k: usize, n: usize, case: &str) ->
     let right = a.mapv(f64::from).dot(&b.mapv(f64::from)).mapv(|v| v as f32);
     let bound = 2e-6 * (k as f32 + 1.0);
     let got = gpu.download(&gpu.matmul(&gpu.upload(a.view())?, &gpu.upload(b.view())?)?)?;
-    assert_close(got.view(), right.view(), bound, 0.0, &format!("{case}: A B"));
+    assert_close(
+        got.view(),
+        right.view(),
+        bound,
+        0.0,
+        &format!("{case}: A B"),
+    );
     let at = a.t().as_standard_layout().into_owned();
     let got = gpu.download(&gpu.matmul_tn(&gpu.upload(at.view())?, &gpu.upload(b.view())?)?)?;
-    assert_close(got.view(), right.view(), bound, 0.0, &format!("{case}: A^T B"));
+    assert_close(
+        got.view(),
+        right.view(),
+        bound,
+        0.0,
+        &format!("{case}: A^T B"),
+    );
     Ok(())
 }
 
 #[test]
 fn products_split_or_refuse_inner_dimensions_past_the_loop_budget() {
-    for (name, gpu) in lowered().into_iter().filter(|(n, _)| n.starts_with("loops")) {
+    for (name, gpu) in lowered()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("loops"))
+    {
         // The inner dimension of A^T B is cut into windows within the budget, so any k runs;
         // A B walks rows of A whole (W = 4 where rows are whole vec4s).
         for k in [1, 64, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1000] {
@@ -305,11 +350,18 @@ fn products_split_or_refuse_inner_dimensions_past_the_loop_budget() {
                     // Only A B may refuse; A^T B must then still be right.
                     let a = logits(k, 9, 1.0, 1);
                     let b = logits(k, 12, 1.0, 2);
-                    let right = a.t().mapv(f64::from).dot(&b.mapv(f64::from)).mapv(|v| v as f32);
+                    let right = a
+                        .t()
+                        .mapv(f64::from)
+                        .dot(&b.mapv(f64::from))
+                        .mapv(|v| v as f32);
                     let got = gpu
                         .download(
-                            &gpu.matmul_tn(&gpu.upload(a.view()).unwrap(), &gpu.upload(b.view()).unwrap())
-                                .unwrap(),
+                            &gpu.matmul_tn(
+                                &gpu.upload(a.view()).unwrap(),
+                                &gpu.upload(b.view()).unwrap(),
+                            )
+                            .unwrap(),
                         )
                         .unwrap();
                     assert_close(got.view(), right.view(), 2e-6 * k as f32, 0.0, &case);
@@ -322,7 +374,7 @@ fn products_split_or_refuse_inner_dimensions_past_the_loop_budget() {
 }
 
 #[test]
-fn ops_fold_past_a_small_workgroup_limit_and_refuse_past_its_square() {
+fn ops_fold_and_split_past_a_small_workgroup_limit() {
     let (name, gpu) = match lowered().into_iter().find(|(n, _)| *n == "groups") {
         Some(c) => c,
         None => return,
@@ -332,22 +384,37 @@ fn ops_fold_past_a_small_workgroup_limit_and_refuse_past_its_square() {
         let x = adversarial(rows, 5, rows as u64);
         let y = labels(rows, 5, 4, rows as u64);
         let case = format!("{name}, {rows} rows");
+        // Past 9 groups a dispatch covers no more rows: windows split the rest.
         match gpu.softmax(&gpu.upload(x.view()).unwrap()) {
             Ok(p) => {
                 let got = gpu.download(&p).unwrap();
-                assert_close(got.view(), cpu::softmax(x.view()).unwrap().view(), 1e-5, 1e-4, &case);
+                assert_close(
+                    got.view(),
+                    cpu::softmax(x.view()).unwrap().view(),
+                    1e-5,
+                    1e-4,
+                    &case,
+                );
                 let opts = CrossEntropyOptions::default();
                 let gx = gpu.upload(x.view()).unwrap();
                 let (loss, grad) = gpu
                     .cross_entropy_with_grad(&gx, &gpu.upload_labels(&y).unwrap(), &opts)
                     .unwrap();
                 let loss = gpu.download_loss(&loss).unwrap().scalar().unwrap();
-                let right = cpu::cross_entropy(x.view(), &y, &opts).unwrap().scalar().unwrap();
-                assert!((loss - right).abs() <= 1e-5 * right.abs().max(1.0), "{case}");
+                let right = cpu::cross_entropy(x.view(), &y, &opts)
+                    .unwrap()
+                    .scalar()
+                    .unwrap();
+                assert_close_scalar(loss, right, 1e-5, 1e-5, &case);
                 let right = cpu::cross_entropy_grad(x.view(), &y, &opts).unwrap();
-                assert_close(gpu.download(&grad).unwrap().view(), right.view(), 1e-5, 1e-4, &case);
+                assert_close(
+                    gpu.download(&grad).unwrap().view(),
+                    right.view(),
+                    1e-5,
+                    1e-4,
+                    &case,
+                );
             }
-            Err(Error::TooLarge { .. }) => assert!(rows > 9 * 16, "{case}: refused"),
             Err(e) => panic!("{case}: {e}"),
         }
     }
@@ -383,7 +450,10 @@ fn train_against_cpu(
             g.train_loss,
             c.train_loss
         );
-        assert!((g.train_err - c.train_err).abs() <= 0.01, "{case}, epoch {epoch}: error");
+        assert!(
+            (g.train_err - c.train_err).abs() <= 0.01,
+            "{case}, epoch {epoch}: error"
+        );
     }
     let (tg, tc) = (on_gpu.theta().unwrap(), on_cpu.theta().unwrap());
     assert_close(tg.view(), tc.view(), 1e-5, 1e-3, &format!("{case}: theta"));
@@ -410,16 +480,34 @@ fn training_plans_within_a_small_loop_budget_match_the_cpu() {
     // Past the budget the fused step gives way to the three-dispatch step, whose A^T B splits
     // the batch into windows within it.
     for (name, gpu) in lowered() {
-        for shape in [(3, 20, 50), (3, 20, 200), (10, 120, 50), (17, 64, 200), (300, 8, 130)] {
+        for shape in [
+            (3, 20, 50),
+            (3, 20, 200),
+            (10, 120, 50),
+            (17, 64, 200),
+            (300, 8, 130),
+        ] {
+            if name == "groups" && shape.0 > 3 * 64 {
+                // Products refuse more than 3 tiles of 64 columns there (a tested error in
+                // tests/matmul.rs at the real limit's scale).
+                continue;
+            }
             let case = format!("{name}: (classes, features, batch) {shape:?}");
             train_against_cpu(gpu, shape, 2, &case);
         }
     }
-    // Features past it are refused by the forward product, with an error.
-    let (name, gpu) = lowered()[0];
-    let (x, ys) = wide_problem(100, 300, 3);
-    let y = Labels::new(ys, 5, -100).unwrap();
-    let made = SoftmaxRegression::new(gpu, (x.view(), &y), None, TrainOptions::default())
-        .and_then(|mut m| m.fit_epoch().map(|_| ()));
-    assert!(matches!(made, Err(Error::LoopLimit { .. })), "{name}: {made:?}");
+    // Features past it are refused by the forward product (texture or storage), with an error.
+    for (name, gpu) in lowered()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("loops"))
+    {
+        let (x, ys) = wide_problem(100, 600, 3);
+        let y = Labels::new(ys, 5, -100).unwrap();
+        let made = SoftmaxRegression::new(gpu, (x.view(), &y), None, TrainOptions::default())
+            .and_then(|mut m| m.fit_epoch().map(|_| ()));
+        assert!(
+            matches!(made, Err(Error::LoopLimit { .. })),
+            "{name}: {made:?}"
+        );
+    }
 }

@@ -149,9 +149,8 @@ fn measure_loop_limit(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Opti
             },
         ],
     });
-    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-        label: Some(OP),
-    });
+    let mut encoder =
+        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
     {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(OP),

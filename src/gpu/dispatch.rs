@@ -46,8 +46,22 @@ impl Geometry {
         rows: usize,
         row_elems: usize,
     ) -> Result<Vec<Range<usize>>> {
-        let row_bytes = row_elems as u64 * ELEM;
-        let per_window = self.max_binding.saturating_sub(self.align) / row_bytes.max(1);
+        self.windows_capped(op, rows, row_elems, u64::MAX)
+    }
+
+    /// [`windows`](Self::windows) of at most `max_rows` rows each: what one dispatch can cover
+    /// when its workgroups, folded into `y`, would otherwise pass the limit of both dimensions
+    /// (see [`dispatch_rows`](Self::dispatch_rows)).
+    pub(crate) fn windows_capped(
+        &self,
+        op: &'static str,
+        rows: usize,
+        row_elems: usize,
+        max_rows: u64,
+    ) -> Result<Vec<Range<usize>>> {
+        let row_bytes = (row_elems as u64).saturating_mul(ELEM);
+        let per_window =
+            (self.max_binding.saturating_sub(self.align) / row_bytes.max(1)).min(max_rows);
         if per_window == 0 {
             return Err(Error::TooLarge {
                 op,
@@ -85,6 +99,13 @@ impl Geometry {
             trips,
             limit: self.loop_budget,
         })
+    }
+
+    /// Rows one dispatch can cover at `rows_per_group` rows per workgroup: its groups folded
+    /// into `x` and `y`, each within the per-dimension limit.
+    pub(crate) fn dispatch_rows(&self, rows_per_group: u64) -> u64 {
+        let max = u64::from(self.max_groups_per_dim);
+        (max * max).saturating_mul(rows_per_group)
     }
 
     /// Workgroup counts for `groups` groups, folded into `y` past the per-dimension limit.

@@ -696,7 +696,9 @@ impl GpuContext {
     pub fn sum(&self, v: &GpuVector) -> Result<GpuVector> {
         const OP: &str = "sum";
         self.check_owned(OP, &[v.owner])?;
-        self.record(OP, |rec| record_total(rec, self, OP, &v.buffer, v.len(), 1.0, false))
+        self.record(OP, |rec| {
+            record_total(rec, self, OP, &v.buffer, v.len(), 1.0, false)
+        })
     }
 
     /// A plain copy of `x` through the same row plumbing as the row kernels: the speed of light

@@ -148,7 +148,8 @@ impl GpuContext {
             &format!("rows of {cols} elements"),
         )?;
         let mut out = Vec::new();
-        for window in geometry.windows(op, rows, cols)? {
+        let per_dispatch = geometry.dispatch_rows(u64::from(wg / tpr));
+        for window in geometry.windows_capped(op, rows, cols, per_dispatch)? {
             let groups = geometry.fold(op, row_groups(window.len(), tpr, wg))?;
             // Every buffer sees the same window of rows, shifted to where its rows start.
             let shifted = |at: &At<'_>| at.first_row + window.start..at.first_row + window.end;
@@ -241,10 +242,16 @@ impl GpuContext {
         let wg = self.config.wg(kernel.family());
         let block = (SUM_TERMS * wg) as usize;
         let mut plan = Vec::new();
-        let mut level: (wgpu::Buffer, usize, usize) = (values.buffer.clone(), values.first_row, len);
+        let mut level: (wgpu::Buffer, usize, usize) =
+            (values.buffer.clone(), values.first_row, len);
         loop {
             let (input, first, len) = &level;
-            let windows = self.geometry.windows(op, *len, 1)?;
+            let windows = self.geometry.windows_capped(
+                op,
+                *len,
+                1,
+                self.geometry.dispatch_rows(block as u64),
+            )?;
             let partials: usize = windows.iter().map(|w| w.len().div_ceil(block)).sum();
             let last = partials == 1;
             let target = if last {
@@ -254,8 +261,9 @@ impl GpuContext {
             };
             let mut base = 0;
             for window in &windows {
-                let (offset, size, vec_base) =
-                    self.geometry.slice(&(first + window.start..first + window.end), 1);
+                let (offset, size, vec_base) = self
+                    .geometry
+                    .slice(&(first + window.start..first + window.end), 1);
                 let groups = window.len().div_ceil(block);
                 let params = RowParams {
                     rows: window.len() as u32,

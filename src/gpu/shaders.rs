@@ -380,8 +380,15 @@ impl Kernel {
         use Kernel::*;
         match self {
             LogsumexpRows | CrossEntropyRows => 0,
-            RowMax | RowSumexp | SoftmaxNormalise | LogSoftmaxNormalise | OneHotSubtract
-            | CopyRows | LogsumexpFused | CrossEntropyLossFused | BceWithLogits => 1,
+            RowMax
+            | RowSumexp
+            | SoftmaxNormalise
+            | LogSoftmaxNormalise
+            | OneHotSubtract
+            | CopyRows
+            | LogsumexpFused
+            | CrossEntropyLossFused
+            | BceWithLogits => 1,
             // step_forward and loss_err_fused walk the features once, step_update the batch;
             // their loops over at most STEP_CLASSES classes are within FIXED_TRIPS.
             StepForward | StepUpdate | LossErrFused => 1,

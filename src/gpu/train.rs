@@ -473,7 +473,11 @@ fn plan_eval(
     fused: bool,
     scratch: &EvalScratch,
 ) -> Result<EvalPlan> {
-    let mut dispatches = if let (true, Some(texture)) = (fused, &set.texture) {
+    // The texture kernel covers every row in one dispatch of 32 rows per workgroup.
+    let one_dispatch =
+        set.rows.div_ceil(4 * MT_LANES as usize) as u64 <= gpu.geometry.dispatch_rows(1);
+    let texture = set.texture.as_ref().filter(|_| one_dispatch);
+    let mut dispatches = if let (true, Some(texture)) = (fused, texture) {
         vec![plan_loss_err_tex(gpu, op, set, texture, model, scratch)?]
     } else if fused {
         gpu.plan_rows(
