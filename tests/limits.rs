@@ -511,3 +511,28 @@ fn training_plans_within_a_small_loop_budget_match_the_cpu() {
         );
     }
 }
+
+#[test]
+fn a_billion_classes_is_an_error_not_an_abort() {
+    // Labels may claim any class count; sizes follow from them only through checked,
+    // fallible allocations.
+    let (x, mut ys) = wide_problem(200, 784, 3);
+    ys[17] = 999_999_999;
+    let y = Labels::new(ys, 1_000_000_000, -100).unwrap();
+    let cpu = SoftmaxRegression::new(&Device::Cpu, (x.view(), &y), None, TrainOptions::default());
+    assert!(
+        matches!(cpu, Err(Error::InvalidArgument { .. })),
+        "cpu: {:?}",
+        cpu.err()
+    );
+    let gpu = require_gpu!();
+    // Uploading such labels costs their rows, not their classes.
+    let on = gpu.upload_labels(&y).unwrap();
+    assert_eq!(on.len(), 200);
+    let trained = SoftmaxRegression::new(gpu, (x.view(), &y), None, TrainOptions::default());
+    assert!(
+        matches!(trained, Err(Error::TooLarge { .. })),
+        "gpu: {:?}",
+        trained.err()
+    );
+}

@@ -70,8 +70,9 @@ pub struct GpuLabels {
     len: usize,
     classes: usize,
     active: usize,
-    /// Rows of each class (for the weighted mean's denominator without a readback).
-    pub(crate) counts: std::sync::Arc<[u64]>,
+    /// Rows of each class present, as `(class, rows)` sorted by class (for the weighted mean's
+    /// denominator without a readback).
+    pub(crate) counts: std::sync::Arc<[(u32, u64)]>,
 }
 
 impl GpuLabels {
@@ -235,10 +236,14 @@ impl GpuContext {
         self.check_bytes(OP, &format!("{} labels", labels.len()), labels.len())?;
         let bytes = bytemuck::cast_slice(labels.raw());
         let buffer = self.capture(OP, || Ok(self.storage_init("labels", bytes)))?;
-        let mut counts = vec![0u64; labels.classes()];
-        for y in labels.iter().flatten() {
-            counts[y] += 1;
-        }
+        // Rows per class present, sorted by class: a sort of the labels, never an array of
+        // `classes` counters (a label set may claim a billion classes).
+        let mut present: Vec<u32> = labels.iter().flatten().map(|y| y as u32).collect();
+        present.sort_unstable();
+        let counts: Vec<(u32, u64)> = present
+            .chunk_by(|a, b| a == b)
+            .map(|run| (run[0], run.len() as u64))
+            .collect();
         Ok(GpuLabels {
             buffer,
             owner: self.id,

@@ -560,8 +560,7 @@ impl GpuContext {
                 let total: f64 = labels
                     .counts
                     .iter()
-                    .zip(&weights)
-                    .map(|(&n, &w)| n as f64 * f64::from(w))
+                    .map(|&(class, n)| n as f64 * f64::from(weights[class as usize]))
                     .sum();
                 (1.0 / total, 1.0 / labels.active_count() as f64)
             }
