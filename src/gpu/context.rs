@@ -310,6 +310,10 @@ fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
 /// kept: a pipeline is built once per context, never per call. A context is cheap to share by
 /// reference across threads; every call blocks until its work is submitted, and downloads block
 /// until the GPU has finished.
+///
+/// A context is cheap to clone and `Send + Sync`: clones share the device, the compiled
+/// kernels and the readback counter, and arrays made by one are arrays of all of them.
+#[derive(Clone)]
 pub struct GpuContext {
     /// Tells this context's arrays from another's (see `check_owned`).
     pub(crate) id: u64,
@@ -321,10 +325,10 @@ pub struct GpuContext {
     pub(crate) geometry: Geometry,
     /// What `probe.wgsl` measured: the loop iterations an invocation may run, if bounded.
     driver_loop_limit: Option<u32>,
-    pipelines: Mutex<HashMap<(Kernel, Width), Pipeline>>,
-    modules: Mutex<HashMap<(Family, Width), wgpu::ShaderModule>>,
+    pipelines: Arc<Mutex<HashMap<(Kernel, Width), Pipeline>>>,
+    modules: Arc<Mutex<HashMap<(Family, Width), wgpu::ShaderModule>>>,
     /// Device-to-host reads so far (see [`GpuContext::readbacks`]).
-    pub(crate) readbacks: AtomicU64,
+    pub(crate) readbacks: Arc<AtomicU64>,
 }
 
 /// A compiled kernel and the layout its bind groups are built against.
@@ -491,9 +495,9 @@ impl GpuContext {
             },
             geometry,
             driver_loop_limit,
-            pipelines: Mutex::new(HashMap::new()),
-            modules: Mutex::new(HashMap::new()),
-            readbacks: AtomicU64::new(0),
+            pipelines: Arc::default(),
+            modules: Arc::default(),
+            readbacks: Arc::default(),
         })
     }
 
