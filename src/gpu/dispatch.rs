@@ -227,6 +227,60 @@ mod tests {
     }
 
     #[test]
+    fn capped_windows_hold_at_most_the_cap() {
+        let w = LAVAPIPE.windows_capped("t", 1000, 3, 96).unwrap();
+        assert!(w.iter().all(|r| r.len() <= 96));
+        assert_eq!(w.len(), 1000usize.div_ceil(96));
+        assert_eq!(w.last().unwrap().end, 1000);
+        // The binding still caps when it is the smaller limit.
+        let (rows, cols) = (1024, 131072);
+        assert_eq!(
+            LAVAPIPE.windows_capped("t", rows, cols, u64::MAX).unwrap(),
+            LAVAPIPE.windows("t", rows, cols).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_dispatch_covers_the_square_of_the_group_limit() {
+        let g = Geometry {
+            max_groups_per_dim: 3,
+            ..LAVAPIPE
+        };
+        assert_eq!(g.dispatch_rows(64), 9 * 64);
+        assert_eq!(g.fold("t", 9).unwrap(), [3, 3, 1]);
+        assert!(g.fold("t", 10).is_err());
+        assert_eq!(LAVAPIPE.dispatch_rows(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn trips_pass_at_the_budget_and_fail_past_it() {
+        assert!(LAVAPIPE.check_trips("t", 65_535, "rows").is_ok());
+        let err = LAVAPIPE
+            .check_trips("softmax", 65_536, "rows of 9 elements")
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::LoopLimit {
+                    op: "softmax",
+                    trips: 65_536,
+                    limit: 65_535,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("rows of 9 elements"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_empty_row_does_not_wrap() {
+        // 2^62 elements of 4 bytes would wrap a u64 byte count to 0.
+        assert!(LAVAPIPE.windows("t", 0, 1 << 62).is_err());
+        assert!(LAVAPIPE.windows("t", 1, usize::MAX).is_err());
+    }
+
+    #[test]
     fn zero_groups_still_dispatch_one() {
         assert_eq!(LAVAPIPE.fold("t", 0).unwrap(), [1, 1, 1]);
     }

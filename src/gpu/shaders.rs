@@ -471,6 +471,23 @@ pub(crate) enum Shape {
     Tiles,
 }
 
+/// A finite `f32` as a WGSL hexadecimal float literal (`0x1.fffffep+127f` for `f32::MAX`):
+/// exact, so every implementation reads the same value.
+pub(crate) fn hex_f32(v: f32) -> String {
+    assert!(v.is_finite(), "WGSL has no literal for {v}");
+    let bits = v.to_bits();
+    let sign = if bits >> 31 == 1 { "-" } else { "" };
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let frac = bits & 0x7f_ffff;
+    if exp == 0 && frac == 0 {
+        return format!("{sign}0.0f");
+    }
+    // Normal: 1.frac x 2^(exp - 127); subnormal: 0.frac x 2^-126. 23 bits of fraction, shifted
+    // left once to fill six hex digits.
+    let (lead, e) = if exp == 0 { (0, -126) } else { (1, exp - 127) };
+    format!("{sign}0x{lead}.{:06x}p{e:+}f", frac << 1)
+}
+
 /// The compile-time choices of one context's kernels, injected into every shader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Config {
@@ -512,8 +529,10 @@ impl Config {
         let _ = writeln!(s, "const STEP_CLASSES: u32 = {STEP_CLASSES}u;");
         let _ = writeln!(s, "const STEP_UNIFORM: u32 = {}u;", STEP_UNIFORM_BYTES / 16);
         let _ = writeln!(s, "const IGNORED: u32 = {IGNORED:#x}u;");
-        // WGSL has no infinity literal; `x < -F32_MAX` is how the kernels test for -inf.
-        let _ = writeln!(s, "const F32_MAX: f32 = {:e};", f32::MAX);
+        // WGSL has no infinity literal; `x < -F32_MAX` is how the kernels test for -inf. The
+        // hexadecimal form is exactly f32::MAX: Tint rejects a decimal above it before
+        // rounding (Rust's shortest `{:e}`, 3.4028235e38, is one), naga accepts both.
+        let _ = writeln!(s, "const F32_MAX: f32 = {};", hex_f32(f32::MAX));
         s
     }
 
@@ -680,6 +699,36 @@ mod tests {
                     .map(|(i, b)| (i as u32 + 1, b.writable)),
             );
             assert_eq!(used, expected, "bindings of {}", kernel.entry());
+        }
+    }
+
+    #[test]
+    fn hex_literals_are_exact() {
+        assert_eq!(hex_f32(f32::MAX), "0x1.fffffep+127f");
+        assert_eq!(hex_f32(1.0), "0x1.000000p+0f");
+        assert_eq!(hex_f32(-0.75), "-0x1.800000p-1f");
+        assert_eq!(hex_f32(0.0), "0.0f");
+        assert_eq!(hex_f32(f32::MIN_POSITIVE), "0x1.000000p-126f");
+        assert_eq!(hex_f32(f32::from_bits(1)), "0x0.000002p-126f");
+        // And naga reads each back as the same bits.
+        for v in [
+            f32::MAX,
+            -f32::MAX,
+            1.0,
+            0.1,
+            -0.75,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+        ] {
+            let module =
+                naga::front::wgsl::parse_str(&format!("const X: f32 = {};", hex_f32(v))).unwrap();
+            let (_, c) = module.constants.iter().next().unwrap();
+            match module.global_expressions[c.init] {
+                naga::Expression::Literal(naga::Literal::F32(got)) => {
+                    assert_eq!(got.to_bits(), v.to_bits(), "{v:e}")
+                }
+                ref e => panic!("{v:e}: {e:?}"),
+            }
         }
     }
 
