@@ -407,7 +407,8 @@ fn read_idx(
         }
     };
     if let Stream::Raw(Some(len)) = stream {
-        let got = len - header as u64;
+        // Saturating: a file can shrink between its metadata and its read.
+        let got = len.saturating_sub(header as u64);
         if got != expected {
             return Err(bad(format!(
                 "header {wide:?} promises {expected} data bytes, the file has {got}"

@@ -138,6 +138,7 @@ fn wall(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 
+/// Runs the benchmark: sizes are checked first, then every case runs on every path.
 pub fn run(args: BenchArgs) -> Result<()> {
     let reps = args.reps.unwrap_or(if args.quick { 3 } else { 7 });
     if reps == 0 {

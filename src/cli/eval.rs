@@ -150,6 +150,7 @@ fn read_logits(path: &Path) -> Result<ndarray::Array2<f32>> {
     npy::read_matrix(path, "logits").context("--logits")
 }
 
+/// Runs one op; its outputs are replaced only if every one of them was written.
 pub fn run(op: Op) -> Result<()> {
     match op {
         Op::Softmax(a) => row_op(a, |d, x| Ok(d.softmax(x)?.into_dyn())),

@@ -4,6 +4,7 @@ use anyhow::Result;
 use softmax_ce::GpuContext;
 use softmax_ce::gpu::{AdapterReport, enumerate_adapters};
 
+/// Prints the adapters, the chosen one, its limits and features.
 pub fn run() -> Result<()> {
     let adapters = enumerate_adapters();
     outln!("adapters seen by wgpu ({}):", adapters.len())?;

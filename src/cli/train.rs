@@ -119,6 +119,7 @@ fn check_theta_fits(features: usize, classes: usize) -> Result<()> {
     }
 }
 
+/// Trains and prints one row per epoch; `--save-theta` is checked before the data is read.
 pub fn run(args: TrainArgs) -> Result<()> {
     let mnist = args
         .mnist_dir
