@@ -535,16 +535,10 @@ fn position(header: &Header, k: usize) -> String {
     }
 }
 
-/// Reads the payload, converting each element with `f` (given its bytes, already in the file's
-/// byte order, and its storage index), into one buffer of exactly the promised size.
-fn payload<U>(
-    path: &Path,
-    header: &Header,
-    reader: &mut impl Read,
-    mut f: impl FnMut(&[u8], usize) -> Result<U>,
-) -> Result<Vec<U>> {
-    let (len, item) = (header.len, header.dtype.size);
-    let out_bytes = (len as u64).saturating_mul(std::mem::size_of::<U>() as u64);
+/// An empty buffer with room for exactly the header's elements of `U`, once they are known to
+/// fit this machine's memory.
+fn reserve<U>(path: &Path, header: &Header) -> Result<Vec<U>> {
+    let out_bytes = (header.len as u64).saturating_mul(std::mem::size_of::<U>() as u64);
     if let Some(memory) = crate::data::physical_memory()
         && out_bytes > memory
     {
@@ -558,7 +552,7 @@ fn payload<U>(
         ));
     }
     let mut out = Vec::new();
-    out.try_reserve_exact(len).map_err(|_| {
+    out.try_reserve_exact(header.len).map_err(|_| {
         Error::parse(
             path,
             format!(
@@ -567,6 +561,30 @@ fn payload<U>(
             ),
         )
     })?;
+    Ok(out)
+}
+
+fn short_data(path: &Path, header: &Header, got: u64) -> Error {
+    Error::parse(
+        path,
+        format!(
+            "the data ends after {got} of the {} bytes that shape {:?} needs",
+            header.bytes, header.shape
+        ),
+    )
+}
+
+/// Reads the payload, converting each element with `f` (given its bytes, in the file's byte
+/// order, and its storage index), into one buffer of exactly the promised size: the input is
+/// never held twice, nor grown by doubling.
+fn payload<U>(
+    path: &Path,
+    header: &Header,
+    reader: &mut impl Read,
+    mut f: impl FnMut(&[u8], usize) -> Result<U>,
+) -> Result<Vec<U>> {
+    let (len, item) = (header.len, header.dtype.size);
+    let mut out = reserve(path, header)?;
     // Whole elements per chunk, so that no element straddles two reads.
     let mut buf = vec![0u8; (64 * 1024 / item).max(1) * item];
     let mut done = 0usize;
@@ -574,20 +592,29 @@ fn payload<U>(
         let want = ((len - done) * item).min(buf.len());
         let got = fill(reader, &mut buf[..want]).map_err(|e| Error::io(path, e))?;
         if got < want {
-            return Err(Error::parse(
+            return Err(short_data(
                 path,
-                format!(
-                    "the data ends after {} of the {} bytes that shape {:?} needs",
-                    done as u64 * item as u64 + got as u64,
-                    header.bytes,
-                    header.shape
-                ),
+                header,
+                done as u64 * item as u64 + got as u64,
             ));
         }
         for (i, bytes) in buf[..want].chunks_exact(item).enumerate() {
             out.push(f(bytes, done + i)?);
         }
         done += want / item;
+    }
+    Ok(out)
+}
+
+/// [`payload`] for float32 in the machine's own byte order, the common case: read straight
+/// into the result, with no per-element work.
+fn payload_f32_native(path: &Path, header: &Header, reader: &mut impl Read) -> Result<Vec<f32>> {
+    let mut out = reserve(path, header)?;
+    out.resize(header.len, 0.0f32);
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+    let got = fill(reader, bytes).map_err(|e| Error::io(path, e))?;
+    if got < bytes.len() {
+        return Err(short_data(path, header, got as u64));
     }
     Ok(out)
 }
@@ -630,6 +657,7 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     let be = dtype.big_endian;
     let (header, reader) = (&src.header, &mut src.reader);
     let data = match (dtype.kind, dtype.size) {
+        ('f', 4) if be == cfg!(target_endian = "big") => payload_f32_native(path, header, reader)?,
         ('f', 4) => payload(path, header, reader, |b, _| {
             Ok(f32::from_ne_bytes(native(b, be)))
         })?,
@@ -1127,6 +1155,26 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stream_shorter_than_its_shape_is_an_error() {
+        // Regular files are checked against their length when opened; a pipe is not.
+        let header =
+            parse_header(b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,)}").unwrap();
+        let path = Path::new("pipe");
+        let err = payload_f32_native(path, &header, &mut &[0u8; 10][..]).unwrap_err();
+        assert!(
+            err.to_string().contains("ends after 10 of the 16 bytes"),
+            "{err}"
+        );
+        let err = payload(path, &header, &mut &[0u8; 10][..], |b, _| Ok(b[0])).unwrap_err();
+        assert!(
+            err.to_string().contains("ends after 10 of the 16 bytes"),
+            "{err}"
+        );
+        let ok = payload_f32_native(path, &header, &mut &[0u8; 20][..]).unwrap();
+        assert_eq!(ok.len(), 4);
     }
 
     #[test]
