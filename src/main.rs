@@ -39,9 +39,12 @@ fn usage(e: &clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     let status = u8::try_from(e.exit_code()).unwrap_or(2);
     match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => match e.print() {
+        // No command at all: the help, on stderr (where a failure has nowhere to go), status 2.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(status)
+        }
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => match e.print() {
             Ok(()) => ExitCode::from(status),
             Err(io) => match cli::output::stdout_error(io) {
                 pipe if pipe.is::<cli::output::BrokenPipe>() => ExitCode::from(BROKEN_PIPE),
