@@ -724,7 +724,7 @@ pub fn read_vector(path: &Path, what: &str) -> Result<Array1<f32>> {
 /// [`Error::Io`] when the file cannot be read; [`Error::Parse`] when it is not a 1-D `.npy`
 /// array of an integer dtype, its data is short, or a `uint64` label does not fit `int64`.
 pub fn read_labels(path: &Path) -> Result<Array1<i64>> {
-    let mut src = open(path)?;
+    let src = open(path)?;
     if src.header.shape.len() != 1 {
         return Err(Error::parse(
             path,
@@ -734,6 +734,23 @@ pub fn read_labels(path: &Path) -> Result<Array1<i64>> {
             ),
         ));
     }
+    // Checked 1-D above, so this cannot fail.
+    integers(path, src)?
+        .into_dimensionality()
+        .map_err(|e| Error::parse(path, e.to_string()))
+}
+
+/// Reads integer labels of any shape and any integer dtype: per-position labels
+/// `(N, d1, ..., dk)` of a cross-entropy over extra dimensions, or a 0-d label.
+///
+/// # Errors
+/// As [`read_labels`], without its 1-D requirement.
+pub fn read_labels_nd(path: &Path) -> Result<ArrayD<i64>> {
+    integers(path, open(path)?)
+}
+
+/// The elements of an integer array of any dtype, as `i64`, in the file's shape and order.
+fn integers(path: &Path, mut src: Source) -> Result<ArrayD<i64>> {
     let dtype = src.header.dtype.clone();
     let be = dtype.big_endian;
     let (header, reader) = (&src.header, &mut src.reader);
@@ -757,8 +774,12 @@ pub fn read_labels(path: &Path) -> Result<Array1<i64>> {
         })?,
         ('u', 8) => payload(path, header, reader, |b, k| {
             let v = u64::from_ne_bytes(native(b, be));
-            i64::try_from(v)
-                .map_err(|_| Error::parse(path, format!("label {v} at row {k} does not fit int64")))
+            i64::try_from(v).map_err(|_| {
+                Error::parse(
+                    path,
+                    format!("label {v} at {} does not fit int64", position(header, k)),
+                )
+            })
         })?,
         _ => {
             return Err(Error::parse(
@@ -767,7 +788,7 @@ pub fn read_labels(path: &Path) -> Result<Array1<i64>> {
             ));
         }
     };
-    Ok(Array1::from(data))
+    into_array(path, &src.header, data)
 }
 
 /// Writes `a` as a little-endian `float32` `.npy` file (a 0-d array for a scalar) to `w`.
@@ -1251,6 +1272,26 @@ mod tests {
         std::fs::write(&path, npy_bytes(header, &[0, 0, 0, 7])).unwrap();
         let err = read_labels(&path).unwrap_err().to_string();
         assert!(err.contains("8 data bytes, the file has 4"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn labels_of_any_shape() {
+        let dir = scratch("labels_nd");
+        let path = dir.join("y.npy");
+        let header = "{'descr': '|u1', 'fortran_order': True, 'shape': (2, 3), }";
+        std::fs::write(&path, npy_bytes(header, &[0, 1, 2, 3, 4, 5])).unwrap();
+        let y = read_labels_nd(&path).unwrap();
+        assert_eq!(y, array![[0i64, 2, 4], [1, 3, 5]].into_dyn());
+        let err = read_labels(&path).unwrap_err().to_string();
+        assert!(err.contains("1-D integer array, got shape [2, 3]"), "{err}");
+        let header = "{'descr': '<u8', 'fortran_order': False, 'shape': (), }";
+        std::fs::write(&path, npy_bytes(header, &u64::MAX.to_le_bytes())).unwrap();
+        let err = read_labels_nd(&path).unwrap_err().to_string();
+        assert!(err.contains("does not fit int64"), "{err}");
+        std::fs::write(&path, npy_bytes(header, &7u64.to_le_bytes())).unwrap();
+        let y = read_labels_nd(&path).unwrap();
+        assert_eq!((y.ndim(), y.first()), (0, Some(&7)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

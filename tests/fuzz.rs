@@ -59,6 +59,10 @@ fn check_npy(path: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
         Ok(a) => prop_assert!(a.len() <= bytes.len()),
         Err(e) => one_line(&e)?,
     }
+    match npy::read_labels_nd(path) {
+        Ok(a) => prop_assert!(a.len() <= bytes.len()),
+        Err(e) => one_line(&e)?,
+    }
     if let Err(e) = npy::read_matrix(path, "m") {
         one_line(&e)?;
     }
