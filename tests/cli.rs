@@ -1294,3 +1294,23 @@ fn arguments_fail_in_one_line_and_negative_numbers_reach_validation() {
     let err = error_line(&["eval", "softmax", "--bogus"]);
     assert!(err.contains("--bogus"), "{err}");
 }
+
+/// A bench shape past the adapter's largest buffer is refused before the CPU paths run it.
+#[test]
+fn bench_sizes_past_the_adapters_buffers_are_refused_first() {
+    let Some(gpu) = gpu() else { return };
+    let limit = gpu.limits().max_buffer_size;
+    // The smallest square whose float32 array is over the limit.
+    let n = ((limit / 4) as f64).sqrt() as u64 + 1;
+    let fits_memory = softmax_ce::data::physical_memory().is_some_and(|m| n * n * 12 < m);
+    if !fits_memory {
+        eprintln!("SKIPPED: a {n}x{n} bench case would not fit this machine's memory");
+        return;
+    }
+    let shape = format!("{n}x{n}");
+    let err = error_line(&["bench", "--device", "gpu", "--shapes", &shape]);
+    assert!(
+        err.contains(&shape) && err.contains("largest buffer"),
+        "{err}"
+    );
+}

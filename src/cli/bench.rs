@@ -197,6 +197,34 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let device = open_device(args.device)?;
     let gpu = device.gpu();
+    if let Some(gpu) = gpu {
+        // Before the CPU paths spend minutes on a case whose upload the device must refuse.
+        let limit = gpu.limits().max_buffer_size;
+        let too_big = |flag: &str, shape: String, elems: usize| -> Result<()> {
+            // check_fits bounded every array to the address space, so this cannot overflow.
+            let bytes = elems as u64 * 4;
+            if bytes > limit {
+                bail!(
+                    "{flag} {shape:?}: an array of {bytes} bytes is larger than the adapter's \
+                     largest buffer ({limit} bytes); use --device cpu or a smaller shape"
+                );
+            }
+            Ok(())
+        };
+        for &[n, c] in &row_shapes {
+            too_big("--shapes", format!("{n}x{c}"), n * c)?;
+        }
+        for &[m, k, n] in &matmul_shapes {
+            let shape = format!("{m}x{k}x{n}");
+            too_big("--matmul", shape.clone(), (m * k).max(k * n).max(m * n))?;
+        }
+        let [rows, features, _] = epoch;
+        too_big(
+            "--epoch",
+            format!("{rows}x{features}x{}", epoch[2]),
+            rows * features,
+        )?;
+    }
     let cases = row_shapes.len() * (6 + 7 * usize::from(gpu.is_some()))
         + matmul_shapes.len() * (1 + usize::from(gpu.is_some()))
         + 1
