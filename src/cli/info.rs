@@ -23,6 +23,13 @@ pub fn run() -> Result<()> {
             if gpu.is_software() {
                 outln!("  software adapter: timings measure kernel quality, not GPU speed")?;
             }
+            match gpu.driver_loop_limit() {
+                Some(n) => outln!(
+                    "loop limit: {n} iterations per invocation (measured; longer loops are \
+                     cut short silently, so every dispatch is planned within it)"
+                )?,
+                None => outln!("loop limit: none seen (measured)")?,
+            }
             outln!(
                 "matmul kernel: {} (subgroup sizes {} to {})",
                 if gpu.texture_kernels() {
