@@ -23,7 +23,8 @@
 //   1 a  read        array<V>   A, from element q.a_base (a multiple of W)
 //   2 b  read        array<V>   B, from element q.b_base (a multiple of W)
 //   3 c  read_write  array<f32> C, from element q.c_base
-// Dispatch: ceil(N / (MM_BLOCK MM_TX)) x ceil(M / (MM_BLOCK MM_TY)) workgroups of MM_TX x MM_TY.
+// Dispatch: ceil(N / (MM_BLOCK MM_TX)) x ceil(M / (MM_BLOCK MM_TY)) workgroups of MM_TX x MM_TY;
+// past the workgroups of one dimension, further dispatches of the column tiles from q.tile_x0.
 // Rust side: Kernel::{MatmulNn, MatmulTn}; src/gpu/matmul.rs; the reference is ndarray's dot.
 
 @group(0) @binding(0) var<uniform> q: MatmulParams;
@@ -93,7 +94,7 @@ fn b_oct(k: u32, col: u32) -> Oct {
 
 // The first row and first column of this thread's block of C.
 fn origin(wid: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
-    return vec2<u32>(wid.y * MM_TY + lid.y, wid.x * MM_TX + lid.x) * MM_BLOCK;
+    return vec2<u32>(wid.y * MM_TY + lid.y, (q.tile_x0 + wid.x) * MM_TX + lid.x) * MM_BLOCK;
 }
 
 // Eight rows of A, W consecutive elements of each.
