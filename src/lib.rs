@@ -67,7 +67,7 @@ pub use device::{Device, DeviceKind};
 pub use error::{Error, Result};
 pub use gpu::{GpuContext, GpuLabels, GpuMatrix, GpuOptions, GpuVector};
 pub use labels::{DEFAULT_IGNORE_INDEX, Labels};
-pub use loss::{CrossEntropyOptions, Loss, Reduction};
+pub use loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

@@ -341,7 +341,7 @@ impl Kernel {
             CrossEntropyLossFused => &[MAT_IN, ROW_IN, ROW_OUT],
             CrossEntropyFused => &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT, WHOLE_IN, ROW_IN],
             SoftmaxBackward | LogSoftmaxBackward => &[MAT_IN, MAT_IN, MAT_OUT],
-            BceWithLogits => &[MAT_IN, MAT_IN, MAT_OUT, MAT_OUT],
+            BceWithLogits => &[MAT_IN, MAT_IN, MAT_IN, MAT_IN, WHOLE_IN, MAT_OUT, MAT_OUT],
             CrossEntropySoft => &[MAT_IN, MAT_IN, ROW_OUT, MAT_OUT, WHOLE_IN],
             StepForward => &[MAT_IN, ROW_IN, WHOLE_OUT, UNIFORM_IN],
             // The batch's rows of x are bound by the caller (src/gpu/train.rs), not windowed.
@@ -363,6 +363,8 @@ impl Kernel {
             MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
             | StepUpdateTex | LossErrTex => Shape::Tiles,
             SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
+            // Elementwise: one vector per "row" of the dispatch, so no thread loops.
+            BceWithLogits => Shape::ThreadPerRow,
             _ => Shape::TeamPerRow,
         }
     }
