@@ -102,10 +102,23 @@ pub fn read_labels(path: &Path) -> Result<Array1<i64>> {
             format!("labels must be a 1-D integer array, got shape {shape:?}"),
         ));
     }
+    Ok(integers(path, npy)?
+        .into_dimensionality()
+        .expect("checked 1-D above"))
+}
+
+/// Reads integer labels of any shape and any integer dtype: per-position labels
+/// `(N, d1, ..., dk)` of a cross-entropy over extra dimensions, or a 0-d label.
+pub fn read_labels_nd(path: &Path) -> Result<ArrayD<i64>> {
+    integers(path, open(path)?)
+}
+
+/// The elements of an integer array of any dtype, as `i64`.
+fn integers(path: &Path, npy: NpyFile<BufReader<File>>) -> Result<ArrayD<i64>> {
     let too_big = |v: u64| {
         i64::try_from(v).map_err(|_| Error::parse(path, format!("label {v} does not fit int64")))
     };
-    let a = match plain(path, &npy)? {
+    match plain(path, &npy)? {
         (TypeChar::Int, 1) => elements(path, npy, |v: i8| Ok(v as i64)),
         (TypeChar::Int, 2) => elements(path, npy, |v: i16| Ok(v as i64)),
         (TypeChar::Int, 4) => elements(path, npy, |v: i32| Ok(v as i64)),
@@ -114,14 +127,11 @@ pub fn read_labels(path: &Path) -> Result<Array1<i64>> {
         (TypeChar::Uint, 2) => elements(path, npy, |v: u16| Ok(v as i64)),
         (TypeChar::Uint, 4) => elements(path, npy, |v: u32| Ok(v as i64)),
         (TypeChar::Uint, 8) => elements(path, npy, |v: u64| too_big(v)),
-        (kind, size) => {
-            return Err(Error::parse(
-                path,
-                format!("labels must have an integer dtype, got {kind:?}{size}"),
-            ));
-        }
-    }?;
-    Ok(a.into_dimensionality().expect("checked 1-D above"))
+        (kind, size) => Err(Error::parse(
+            path,
+            format!("labels must have an integer dtype, got {kind:?}{size}"),
+        )),
+    }
 }
 
 /// Writes a float32 array of any shape (a 0-d array for a scalar).

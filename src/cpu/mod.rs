@@ -757,8 +757,10 @@ impl ClassRows {
             return Err(Error::shape(
                 op,
                 format!(
-                    "labels of shape {:?} (the logits' shape {:?} without the class axis 1)",
-                    self.positions, self.shape
+                    "{} labels of shape {:?} (the logits' shape {:?} without the class axis 1)",
+                    self.rows.nrows(),
+                    self.positions,
+                    self.shape
                 ),
                 format!("{:?}", labels.shape()),
             ));
