@@ -3,6 +3,8 @@
 //   softmax_backward:     dx[i, j] = p[i, j] * (dy[i, j] - sum_k dy[i, k] p[i, k])
 //                         (dy times the Jacobian diag(p) - p p^T; seeds 001 and 003)
 //   log_softmax_backward: dx[i, j] = dy[i, j] - exp(lp[i, j]) * sum_k dy[i, k]
+//   logistic_residual:    r[i] = sigmoid(z[i]) - y[i], in place over a batch's logits (the
+//                         logistic-regression step, src/gpu/logistic.rs; seed 002)
 //   bce_with_logits:      per element e of z, t (F.binary_cross_entropy_with_logits), with
 //                         weight w, positive weight pw and c = 1 + (pw - 1) t:
 //                         loss[e] = w ((1 - t) z + c softplus(-z))
@@ -22,20 +24,24 @@
 //                                                          positive weights (BCE_COLS)
 //                      6 bce_loss  read_write  array<V>    per-element loss, flat
 //                      7 bce_grad  read_write  array<V>    gradient, flat
+//   logistic_residual  1 a         read        array<V>    N x 1 targets y (W = 1)
+//                      2 resid     read_write  array<f32>  one per row: z in, sigmoid(z) - y out
 //   p.flags of bce_with_logits: bits 0-1 the weight's mode, bits 2-3 the positive weight's
 //   (BCE_ONE: 1; BCE_COLS: one per column of a K-column matrix, from bce_cols; BCE_FULL: one per
 //   element). p.f1 = K and p.f2 = the column of the window's first element, both exact integers
 //   below 2^24 where a mode is BCE_COLS (the host guarantees it).
-// Dispatch: softmax_backward and log_softmax_backward: a team of p.tpr threads per row
+// Dispatch: logistic_residual: one thread per row (p.tpr = 1).
+// softmax_backward and log_softmax_backward: a team of p.tpr threads per row
 // (common.wgsl). bce_with_logits: one thread per vector, no loop over elements (each "row" of
 // the dispatch is one V, p.tpr = 1): the host cuts the flat array into windows of one dispatch
 // each, vec4s first and the last len % 4 elements at W = 1, with groups folded into y.
-// Rust side: Kernel::{SoftmaxBackward, LogSoftmaxBackward, BceWithLogits};
+// Rust side: Kernel::{SoftmaxBackward, LogSoftmaxBackward, BceWithLogits, LogisticResidual};
 // cpu::{softmax_backward, log_softmax_backward, bce_with_logits_nd, bce_with_logits_nd_grad}.
 
 @group(0) @binding(1) var<storage, read> a: array<V>;
 @group(0) @binding(2) var<storage, read> dy: array<V>;
 @group(0) @binding(3) var<storage, read_write> dx: array<V>;
+@group(0) @binding(2) var<storage, read_write> resid: array<f32>;
 @group(0) @binding(3) var<storage, read> bce_w: array<V>;
 @group(0) @binding(4) var<storage, read> bce_pw: array<V>;
 @group(0) @binding(5) var<storage, read> bce_cols: array<f32>;
@@ -142,4 +148,22 @@ fn bce_with_logits(
     let s_pos = select(e, splat(1.0), pos) / (splat(1.0) + e);
     let s_neg = select(splat(1.0), e, pos) / (splat(1.0) + e);
     bce_grad[i] = w * ((splat(1.0) - t) * s_pos - pw * t * s_neg) * p.f0;
+}
+
+@compute @workgroup_size(WG)
+fn logistic_residual(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    if !l.live {
+        return;
+    }
+    let i = p.vec_base + l.row;
+    let z = resid[i];
+    // sigmoid(z) with no exp of a positive number.
+    let e = exp(-abs(z));
+    let sigmoid = select(e, 1.0, z >= 0.0) / (1.0 + e);
+    resid[i] = sigmoid - lane_of(a[row_start(l)], 0u);
 }

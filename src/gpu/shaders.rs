@@ -223,12 +223,13 @@ pub(crate) enum Kernel {
     StepForwardTex,
     StepUpdateTex,
     LossErrTex,
+    LogisticResidual,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 30] = [
+    pub(crate) const ALL: [Kernel; 31] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -259,6 +260,7 @@ impl Kernel {
         Kernel::StepForwardTex,
         Kernel::StepUpdateTex,
         Kernel::LossErrTex,
+        Kernel::LogisticResidual,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -281,6 +283,7 @@ impl Kernel {
             | CrossEntropyFused
             | CrossEntropySoft => Family::Fused,
             SoftmaxBackward | LogSoftmaxBackward | BceWithLogits => Family::Backward,
+            LogisticResidual => Family::Backward,
         }
     }
 
@@ -317,6 +320,7 @@ impl Kernel {
             StepForwardTex => "step_forward_tex",
             StepUpdateTex => "step_update_tex",
             LossErrTex => "loss_err_tex",
+            LogisticResidual => "logistic_residual",
         }
     }
 
@@ -350,6 +354,9 @@ impl Kernel {
             StepForwardTex => &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN],
             StepUpdateTex => &[TEX_IN, UNIFORM_IN, WHOLE_OUT],
             LossErrTex => &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN, WHOLE_OUT],
+            // Targets windowed as a 1-column matrix, so that their window may start at another
+            // row than the residuals'.
+            LogisticResidual => &[MAT_IN, ROW_OUT],
         }
     }
 
@@ -364,7 +371,7 @@ impl Kernel {
             | StepUpdateTex | LossErrTex => Shape::Tiles,
             SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
             // Elementwise: one vector per "row" of the dispatch, so no thread loops.
-            BceWithLogits => Shape::ThreadPerRow,
+            BceWithLogits | LogisticResidual => Shape::ThreadPerRow,
             _ => Shape::TeamPerRow,
         }
     }
