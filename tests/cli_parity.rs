@@ -356,3 +356,102 @@ fn eval_cross_entropy_one_row() {
         );
     }
 }
+
+/// `train --loss bce`: logistic regression on 0/1 labels from .npy files, the same numbers on
+/// both devices and as the library's, JSON per epoch, weights saved as a column.
+#[test]
+fn train_logistic_regression() {
+    use softmax_ce::logistic::LogisticRegression;
+    use softmax_ce::train::TrainOptions;
+    let dir = scratch("train_bce");
+    let x = random(&[60, 4], 1, |v| v);
+    let y: ArrayD<i64> = x
+        .map_axis(ndarray::Axis(1), |r| i64::from(r[0] - r[2] > 0.0))
+        .into_dyn();
+    let tx = random(&[15, 4], 2, |v| v);
+    let ty: ArrayD<i64> = tx
+        .map_axis(ndarray::Axis(1), |r| i64::from(r[0] - r[2] > 0.0))
+        .into_dyn();
+    let (xs, ys) = (
+        write(&dir, "x.npy", &x),
+        write_labels(&dir, "y.npy", &y, true),
+    );
+    let (txs, tys) = (
+        write(&dir, "tx.npy", &tx),
+        write_labels(&dir, "ty.npy", &ty, false),
+    );
+    let x2: ndarray::Array2<f32> = x.clone().into_dimensionality().unwrap();
+    let yf = y
+        .mapv(|v| v as f32)
+        .into_dimensionality::<ndarray::Ix1>()
+        .unwrap();
+    let opts = TrainOptions::default().lr(0.5).batch(8).bias(true);
+    let mut want =
+        LogisticRegression::new(&softmax_ce::Device::Cpu, (x2.view(), yf.view()), None, opts)
+            .unwrap();
+    let want: Vec<f32> = (0..3)
+        .map(|_| want.fit_epoch().unwrap().train_loss)
+        .collect();
+    for device in devices() {
+        let theta = dir.join(format!("w-{device}.npy"));
+        let out = run(&args(&[
+            "train",
+            "--loss",
+            "bce",
+            "--train-x",
+            &xs,
+            "--train-y",
+            &ys,
+            "--test-x",
+            &txs,
+            "--test-y",
+            &tys,
+            "--epochs",
+            "3",
+            "--lr",
+            "0.5",
+            "--batch",
+            "8",
+            "--bias",
+            "--json",
+            "--device",
+            device,
+            "--save-theta",
+            theta.to_str().unwrap(),
+        ]));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let losses: Vec<f32> = stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert!(v["test_err"].is_number(), "{l}");
+                v["train_loss"].as_f64().unwrap() as f32
+            })
+            .collect();
+        assert_eq!(losses.len(), 3, "{stdout}");
+        for (g, w) in losses.iter().zip(&want) {
+            assert_close_scalar(*g, *w, 1e-5, 1e-4, device);
+        }
+        assert_eq!(npy::read_f32(&theta).unwrap().shape(), &[5, 1]);
+    }
+    let bad = write_labels(&dir, "bad.npy", &y.mapv(|v| v * 2), false);
+    fails_with(
+        &args(&[
+            "train",
+            "--loss",
+            "bce",
+            "--train-x",
+            &xs,
+            "--train-y",
+            &bad,
+            "--device",
+            "cpu",
+        ]),
+        &["0/1 labels", "label 2"],
+    );
+}
