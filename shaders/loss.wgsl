@@ -3,8 +3,15 @@
 //   logsumexp_rows:     lse[i]  = m[i] + log(s[i]), or m[i] when m[i] is infinite
 //                                 (torch.logsumexp)
 //   cross_entropy_rows: loss[i] = (m[i] - x[i, y[i]]) + log(s[i]), 0 when y[i] = IGNORED
-//   sum_rows:           total[0] += p.f0 * sum_i v[i]  (the host zeroes total first; each
-//                                 row window adds its share)
+//   sum_tree:           partial[p.flags + g] = p.f0 * sum of values g * B .. (g + 1) * B of
+//                                 the window (B = SUM_TERMS * WG = 4 WG), as a fixed tree:
+//                                 each thread adds 4 values pairwise, the workgroup's tree adds
+//                                 the threads'. The host chains dispatches, partials of one
+//                                 level being the values of the next, until one value is left
+//                                 (GpuContext::plan_sum): a pairwise sum with no loop over the
+//                                 data (Mesa's llvmpipe cuts a loop short after 65,535
+//                                 iterations, and its fast-math folds compensated sums away),
+//                                 exact for equal values in whole blocks.
 //
 // Bindings (group 0), windowed by rows:
 //   logsumexp_rows      1 m          read        array<f32>  one per row
@@ -15,11 +22,11 @@
 //                       3 s          (as above)
 //                       4 y          read        array<u32>  one label per row, or IGNORED
 //                       5 loss_out   read_write  array<f32>  one per row
-//   sum_rows            1 v          read        array<f32>  one per row
-//                       2 total_out  read_write  array<f32>  bound whole; element 0
-// Dispatch: logsumexp_rows and cross_entropy_rows run one thread per row (p.tpr = 1); sum_rows
-// runs one workgroup per window with the whole workgroup as one team (p.tpr = WG).
-// Rust side: Kernel::{LogsumexpRows, CrossEntropyRows, SumRows}; cpu::{logsumexp, cross_entropy}.
+//   sum_tree            1 v          read        array<f32>  the values, windowed
+//                       2 total_out  read_write  array<f32>  bound whole: the partials
+// Dispatch: logsumexp_rows and cross_entropy_rows run one thread per row (p.tpr = 1); sum_tree
+// one workgroup per block of 4 WG values, the whole workgroup one team (p.tpr = WG).
+// Rust side: Kernel::{LogsumexpRows, CrossEntropyRows, SumTree}; cpu::{logsumexp, cross_entropy}.
 
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(1) var<storage, read> v: array<f32>;
@@ -69,20 +76,23 @@ fn cross_entropy_rows(
     loss_out[i] = (m[i] - x_y) + log(s[i]);
 }
 
+// Value i of the window, 0 past its end (p.rows >= 1: the host never sums an empty window).
+fn term(i: u32) -> f32 {
+    return select(0.0, v[p.vec_base + min(i, p.rows - 1u)], i < p.rows);
+}
+
 @compute @workgroup_size(WG)
-fn sum_rows(@builtin(local_invocation_index) lid: u32) {
-    // Compensated (Kahan) per thread, so a mean over millions of rows keeps f32 precision; the
-    // compensation is dropped once the sum is infinite, where it would turn inf into NaN.
-    var sum = 0.0;
-    var c = 0.0;
-    for (var i = lid; i < p.rows; i += WG) {
-        let term = v[p.vec_base + i] - c;
-        let t = sum + term;
-        c = select((t - sum) - term, 0.0, abs(t) > F32_MAX);
-        sum = t;
-    }
-    let total = team_sum(lid, sum) * p.f0;
-    if lid == 0u {
-        total_out[0] += total;
+fn sum_tree(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let group = wid.x + wid.y * nwg.x;
+    // Threads read WG apart, so that a workgroup's loads are consecutive at each step.
+    let first = group * (4u * WG) + lid;
+    let s = (term(first) + term(first + WG)) + (term(first + 2u * WG) + term(first + 3u * WG));
+    let total = team_sum(lid, s);
+    if lid == 0u && group * (4u * WG) < p.rows {
+        total_out[p.flags + group] = total * p.f0;
     }
 }

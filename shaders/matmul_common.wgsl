@@ -12,6 +12,10 @@ struct MatmulParams {
     c_base: u32,
     alpha: f32,
     beta: f32,
+    tile_x0: u32,  // the first column tile of this dispatch (matmul.wgsl)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 // Eight consecutive values: a row of the block, or a column of op(A) beside it.

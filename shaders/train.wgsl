@@ -1,5 +1,4 @@
-// train.wgsl: the row kernels of softmax-regression training, for the small class counts of a
-// classifier (one thread walks a whole row, so a batch step costs one dispatch here).
+// train.wgsl: the kernels of softmax-regression training.
 //
 //   softmax_grad_rows: g[i, j] = (softmax(g[i])_j - [j == y[i]]) * p.f0, in place over the
 //                      logits; 0 for rows with y = IGNORED. The SGD step's Z - I_y, scaled.
@@ -14,7 +13,8 @@
 //                      2 y         read        array<u32>  (as above)
 //                      3 loss_out  read_write  array<f32>  one per row
 //                      4 err_out   read_write  array<f32>  one per row
-// Dispatch: one thread per row (p.tpr = 1), always scalar (W = 1).
+// Dispatch: a team of p.tpr threads per row, as the other row kernels (a thread walking a whole
+// row of many classes would run past lavapipe's loop limit), always scalar (W = 1).
 // Rust side (row kernels): Kernel::{SoftmaxGradRows, LossErrRows}.
 //
 // The fused batch step, for models whose theta (features x C, C <= STEP_CLASSES) and whose batch
@@ -65,30 +65,45 @@ fn softmax_grad_rows(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    // Every lane runs to the end, dead ones on the last row: the team reductions hold barriers.
     let l = lane(wid, nwg, lid);
-    if !l.live {
-        return;
-    }
     let start = row_start(l);
-    let label = labels[p.vec_base + l.row];
-    if label == IGNORED {
-        for (var j = 0u; j < p.cols; j++) {
-            g[start + j] = 0.0;
-        }
-        return;
-    }
+    let label = labels[p.vec_base + safe_row(l)];
     var m = g[start];
-    for (var j = 1u; j < p.cols; j++) {
+    for (var j = l.t; j < row_vectors(l); j += p.tpr) {
         m = max(m, g[start + j]);
     }
+    m = team_max(lid, m);
     var s = 0.0;
-    for (var j = 0u; j < p.cols; j++) {
+    for (var j = l.t; j < row_vectors(l); j += p.tpr) {
         s += exp(g[start + j] - m);
     }
+    s = team_sum(lid, s);
     let scale = p.f0 / s;
-    for (var j = 0u; j < p.cols; j++) {
-        g[start + j] = exp(g[start + j] - m) * scale - select(0.0, p.f0, j == label);
+    let ignored = label == IGNORED;
+    for (var j = l.t; j < row_vectors(l); j += p.tpr) {
+        let v = exp(g[start + j] - m) * scale - select(0.0, p.f0, j == label);
+        // Nothing of an ignored row's logits reaches its gradient, not even a NaN.
+        g[start + j] = select(v, 0.0, ignored);
     }
+}
+
+var<workgroup> arg_scratch: array<u32, WG>;
+
+// The smallest `v` over the team of this lane's row; the contract of team_max.
+fn team_min_u32(lid: u32, v: u32) -> u32 {
+    arg_scratch[lid] = v;
+    workgroupBarrier();
+    let t = lid % p.tpr;
+    for (var k = p.tpr / 2u; k > 0u; k >>= 1u) {
+        if t < k {
+            arg_scratch[lid] = min(arg_scratch[lid], arg_scratch[lid + k]);
+        }
+        workgroupBarrier();
+    }
+    let r = arg_scratch[lid - t];
+    workgroupBarrier();
+    return r;
 }
 
 @compute @workgroup_size(WG)
@@ -98,32 +113,36 @@ fn loss_err_rows(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    if !l.live {
-        return;
-    }
-    let i = p.vec_base + l.row;
-    let label = y[i];
-    if label == IGNORED {
-        loss_out[i] = 0.0;
-        err_out[i] = 0.0;
-        return;
-    }
     let start = row_start(l);
+    let i = p.vec_base + safe_row(l);
+    let label = y[i];
+    // Seeded with class 0, which every thread may claim: its index is below any other.
     var m = x[start];
     var arg = 0u;
-    for (var j = 1u; j < p.cols; j++) {
+    for (var j = l.t; j < row_vectors(l); j += p.tpr) {
         // Strictly greater: the first of equal maxima wins, as numpy's argmax.
         if x[start + j] > m {
             m = x[start + j];
             arg = j;
         }
     }
+    let row_m = team_max(lid, m);
+    let first = team_min_u32(lid, select(0xffffffffu, arg, m == row_m));
     var s = 0.0;
-    for (var j = 0u; j < p.cols; j++) {
-        s += exp(x[start + j] - m);
+    for (var j = l.t; j < row_vectors(l); j += p.tpr) {
+        s += exp(x[start + j] - row_m);
     }
-    loss_out[i] = (m - x[start + label]) + log(s);
-    err_out[i] = select(0.0, 1.0, arg != label);
+    s = team_sum(lid, s);
+    if !l.live || l.t != 0u {
+        return;
+    }
+    if label == IGNORED {
+        loss_out[i] = 0.0;
+        err_out[i] = 0.0;
+        return;
+    }
+    loss_out[i] = (row_m - x[start + label]) + log(s);
+    err_out[i] = select(0.0, 1.0, first != label);
 }
 
 // The fused kernels keep a row's logits (or a feature's gradient) in four named vec4s, classes

@@ -124,6 +124,23 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A kernel thread would loop longer than the adapter lets one invocation loop, and the
+    /// work cannot be split to fit ([`GpuContext::loop_budget`](crate::GpuContext::loop_budget)).
+    #[error(
+        "{op}: {what}: a kernel thread would loop {trips} times, past the {limit} loop \
+         iterations the adapter runs per invocation (Mesa's llvmpipe cuts longer loops short)"
+    )]
+    LoopLimit {
+        /// The op that checked.
+        op: &'static str,
+        /// What the thread would walk.
+        what: String,
+        /// Iterations the thread would need.
+        trips: u64,
+        /// Iterations the adapter allows.
+        limit: u64,
+    },
+
     // === Files ===
     /// A file could not be read or written.
     #[error("{path}: {source}")]

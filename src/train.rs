@@ -194,10 +194,21 @@ impl<'d> SoftmaxRegression<'d> {
         let train = (design(train.0, opts.bias), train.1.clone());
         let test = test.map(|(x, y)| (design(x, opts.bias), y.clone()));
         let state = match backend.into() {
-            Backend::Cpu => State::Cpu {
-                theta: Array2::zeros((train.0.ncols(), train.1.classes())),
-                test,
-            },
+            Backend::Cpu => {
+                let (features, classes) = (train.0.ncols(), train.1.classes());
+                // What the CPU trainer holds at once: theta and its gradient, a batch's
+                // logits, and an evaluation's logits of each set.
+                let rows = train
+                    .0
+                    .nrows()
+                    .max(test.as_ref().map_or(0, |(x, _)| x.nrows()));
+                check_host("train", "theta and its gradient", &[2, features, classes])?;
+                check_host("train", "the logits of a data set", &[rows, classes])?;
+                State::Cpu {
+                    theta: Array2::zeros((features, classes)),
+                    test,
+                }
+            }
             Backend::Gpu(gpu) => {
                 let step = Step {
                     lr: opts.lr,
@@ -394,6 +405,26 @@ fn cpu_epoch(
         let (lr, l2, bf) = (opts.lr, opts.l2, b as f32);
         theta.zip_mut_with(&grad, |t, &g| *t -= lr * (g / bf + l2 * *t));
         progress(i + 1, batches);
+    }
+}
+
+/// Fails unless an array of `dims` f32s can be allocated on the host: its size computed with
+/// checked arithmetic, then reserved fallibly and released, so that an absurd request (a
+/// billion classes) is an error naming it instead of an abort in the allocator.
+fn check_host(op: &'static str, what: &str, dims: &[usize]) -> Result<()> {
+    let bytes = dims.iter().try_fold(4usize, |acc, &d| acc.checked_mul(d));
+    match bytes {
+        Some(b) if Vec::<u8>::new().try_reserve_exact(b).is_ok() => Ok(()),
+        _ => Err(Error::invalid(
+            op,
+            format!(
+                "{what} ({} f32s) cannot be allocated on this machine",
+                dims.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" x ")
+            ),
+        )),
     }
 }
 

@@ -114,6 +114,37 @@ fn a_matrix_over_the_buffer_limit_is_too_large() {
     assert!(err.to_string().contains(&max.to_string()), "{err}");
 }
 
+/// An empty matrix of a width whose byte count would wrap a u64 is refused, not allocated as
+/// a 0-byte buffer that later kernels would index.
+#[test]
+fn an_empty_matrix_of_huge_width_is_too_large() {
+    let gpu = require_gpu!();
+    for cols in [1usize << 40, 1 << 62] {
+        let empty = Array2::<f32>::zeros((0, cols));
+        let err = gpu.upload(empty.view()).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{cols}: {err}");
+    }
+}
+
+#[test]
+fn lowered_limits_below_what_the_plans_need_are_refused() {
+    if gpu().is_none() {
+        return;
+    }
+    for opts in [
+        GpuOptions::default().max_loop_iterations(255),
+        GpuOptions::default().max_workgroups_per_dimension(0),
+    ] {
+        let err = GpuContext::with_options(&opts).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{opts:?}: {err}"
+        );
+    }
+    let gpu = GpuContext::with_options(&GpuOptions::default().max_loop_iterations(256)).unwrap();
+    assert_eq!(gpu.loop_budget(), 256);
+}
+
 #[test]
 fn an_unknown_adapter_name_lists_what_exists() {
     let err = GpuContext::with_options(&GpuOptions::default().adapter("no-such-adapter-xyz"))

@@ -1,6 +1,9 @@
 //! Arrays that live on the device: uploads, downloads and the size checks in front of them.
 
-use std::sync::mpsc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, mpsc};
+use std::task::{Context, Poll, Waker};
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use wgpu::util::DeviceExt;
@@ -9,6 +12,31 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::shaders::STEP_UNIFORM_BYTES;
 use crate::labels::Labels;
+
+/// What a staging buffer's map callback hands to the future waiting on it.
+#[derive(Default)]
+struct MapState {
+    result: Option<std::result::Result<(), wgpu::BufferAsyncError>>,
+    waker: Option<Waker>,
+}
+
+/// The future of one `map_async`: ready once wgpu has run its callback.
+struct Mapped(Arc<Mutex<MapState>>);
+
+impl Future for Mapped {
+    type Output = std::result::Result<(), wgpu::BufferAsyncError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
 
 /// An `rows x cols` row-major `f32` matrix on the device.
 ///
@@ -70,8 +98,9 @@ pub struct GpuLabels {
     len: usize,
     classes: usize,
     active: usize,
-    /// Rows of each class (for the weighted mean's denominator without a readback).
-    pub(crate) counts: std::sync::Arc<[u64]>,
+    /// Rows of each class present, as `(class, rows)` sorted by class (for the weighted mean's
+    /// denominator without a readback).
+    pub(crate) counts: std::sync::Arc<[(u32, u64)]>,
 }
 
 impl GpuLabels {
@@ -235,10 +264,14 @@ impl GpuContext {
         self.check_bytes(OP, &format!("{} labels", labels.len()), labels.len())?;
         let bytes = bytemuck::cast_slice(labels.raw());
         let buffer = self.capture(OP, || Ok(self.storage_init("labels", bytes)))?;
-        let mut counts = vec![0u64; labels.classes()];
-        for y in labels.iter().flatten() {
-            counts[y] += 1;
-        }
+        // Rows per class present, sorted by class: a sort of the labels, never an array of
+        // `classes` counters (a label set may claim a billion classes).
+        let mut present: Vec<u32> = labels.iter().flatten().map(|y| y as u32).collect();
+        present.sort_unstable();
+        let counts: Vec<(u32, u64)> = present
+            .chunk_by(|a, b| a == b)
+            .map(|run| (run[0], run.len() as u64))
+            .collect();
         Ok(GpuLabels {
             buffer,
             owner: self.id,
@@ -272,6 +305,84 @@ impl GpuContext {
     pub fn download_vector(&self, v: &GpuVector) -> Result<Array1<f32>> {
         self.check_owned("download_vector", &[v.owner])?;
         Ok(Array1::from(self.read_f32(&v.buffer, v.len)?))
+    }
+
+    /// Copies a matrix back to the host without blocking: the future resolves once the device
+    /// has run the work that writes `m` and copied it out. Nothing waits inside: on native
+    /// backends wgpu delivers the mapping while the device is polled (the application's own
+    /// `device.poll`, say once a frame, or any blocking call of this context); in a browser the
+    /// event loop does. The staging buffer holds the whole matrix at once, where the blocking
+    /// [`download`](Self::download) goes through a smaller one in chunks.
+    pub fn download_async(
+        &self,
+        m: &GpuMatrix,
+    ) -> impl Future<Output = Result<Array2<f32>>> + Send + 'static {
+        let (rows, cols) = (m.rows, m.cols);
+        let read = self
+            .check_owned("download_async", &[m.owner])
+            .map(|()| self.read_pod_async::<f32>(&m.buffer, rows * cols));
+        async move {
+            let data = read?.await?;
+            Ok(Array2::from_shape_vec((rows, cols), data).expect("length matches the shape"))
+        }
+    }
+
+    /// [`download_async`](Self::download_async) for a vector.
+    pub fn download_vector_async(
+        &self,
+        v: &GpuVector,
+    ) -> impl Future<Output = Result<Array1<f32>>> + Send + 'static {
+        let read = self
+            .check_owned("download_vector_async", &[v.owner])
+            .map(|()| self.read_pod_async::<f32>(&v.buffer, v.len));
+        async move { Ok(Array1::from(read?.await?)) }
+    }
+
+    /// Records a copy of the first `len` values of `buffer` into a new staging buffer, submits
+    /// it, and returns a future of the values, ready once the staging buffer is mapped.
+    fn read_pod_async<T: bytemuck::Pod + Send>(
+        &self,
+        buffer: &wgpu::Buffer,
+        len: usize,
+    ) -> impl Future<Output = Result<Vec<T>>> + Send + 'static {
+        let total = (len * std::mem::size_of::<T>()) as u64;
+        self.readbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let state = Arc::new(Mutex::new(MapState::default()));
+        if total > 0 {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, total);
+            self.queue.submit([encoder.finish()]);
+            let done = Arc::clone(&state);
+            staging.map_async(wgpu::MapMode::Read, ..total, move |r| {
+                let mut s = done.lock().unwrap_or_else(|e| e.into_inner());
+                s.result = Some(r);
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+            });
+        }
+        async move {
+            if total == 0 {
+                return Ok(Vec::new());
+            }
+            Mapped(state).await?;
+            let out = {
+                let view = staging.get_mapped_range(..total).map_err(|e| Error::Gpu {
+                    op: "download_async",
+                    message: e.to_string(),
+                })?;
+                bytemuck::pod_collect_to_vec(&view)
+            };
+            staging.unmap();
+            Ok(out)
+        }
     }
 
     /// Reads the first `len` floats of `buffer`: copy into a mappable staging buffer, map it,

@@ -35,6 +35,15 @@ pub struct GpuOptions {
     /// [`wgpu::Features::SUBGROUP`]. `None` means yes; `Some(false)` keeps every reduction in
     /// workgroup memory (tests compare the two paths).
     pub subgroups: Option<bool>,
+    /// A cap on the loop iterations one kernel invocation may run, below the driver's own
+    /// limit (which the context measures: 65,535 on Mesa's llvmpipe, none on GPUs). Work whose
+    /// threads would loop longer is split across dispatches or refused with
+    /// [`Error::TooLarge`]; a small cap exercises that planning on small data (tests use it).
+    pub max_loop_iterations: Option<u32>,
+    /// A cap on the workgroups of one dispatch dimension, below the device's limit (65,535 on
+    /// most adapters). Dispatches past it fold into `y`; a small cap exercises the folding on
+    /// small data (tests use it).
+    pub max_workgroups_per_dimension: Option<u32>,
 }
 
 impl GpuOptions {
@@ -67,6 +76,114 @@ impl GpuOptions {
         self.max_binding_bytes = Some(bytes);
         self
     }
+
+    /// Sets [`max_loop_iterations`](Self::max_loop_iterations).
+    pub fn max_loop_iterations(mut self, iterations: u32) -> Self {
+        self.max_loop_iterations = Some(iterations);
+        self
+    }
+
+    /// Sets [`max_workgroups_per_dimension`](Self::max_workgroups_per_dimension).
+    pub fn max_workgroups_per_dimension(mut self, groups: u32) -> Self {
+        self.max_workgroups_per_dimension = Some(groups);
+        self
+    }
+}
+
+/// The smallest loop budget a context accepts: every kernel's fixed loops (team reductions,
+/// a matmul's stores) fit in it with room for some work.
+pub const MIN_LOOP_BUDGET: u32 = 256;
+
+/// Trips the probe asks for: far past any limiter seen (llvmpipe's 65,535), and a few
+/// milliseconds of one thread on the slowest adapter.
+const LOOP_PROBE_TRIPS: u32 = 1 << 20;
+
+/// Runs `probe.wgsl` once: the iterations a loop of [`LOOP_PROBE_TRIPS`] really ran, or `None`
+/// when it ran them all. A driver that cuts loops short (Mesa's llvmpipe stops every loop of an
+/// invocation after 65,535 iterations in all) would otherwise turn long loops into wrong
+/// numbers without an error.
+fn measure_loop_limit(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Option<u32>> {
+    use wgpu::util::DeviceExt;
+    const OP: &str = "loop limit probe";
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("probe"),
+        source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/probe.wgsl").into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("loop_limit"),
+        layout: None,
+        module: &module,
+        entry_point: Some("loop_limit"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let n = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("probe trips"),
+        contents: bytemuck::bytes_of(&LOOP_PROBE_TRIPS),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let count = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("probe count"),
+        size: 4,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("probe readback"),
+        size: 4,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("loop_limit"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: n.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: count.as_entire_binding(),
+            },
+        ],
+    });
+    let mut encoder =
+        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(OP),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+    encoder.copy_buffer_to_buffer(&count, 0, &staging, 0, 4);
+    queue.submit([encoder.finish()]);
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::Gpu {
+            op: OP,
+            message: e.to_string(),
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| drop(tx.send(r)));
+    device.poll(wgpu::PollType::wait_indefinitely())?;
+    rx.recv().map_err(|_| Error::Gpu {
+        op: OP,
+        message: "the readback was dropped".into(),
+    })??;
+    let ran = {
+        let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu {
+            op: OP,
+            message: e.to_string(),
+        })?;
+        u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+    };
+    staging.unmap();
+    Ok((ran < LOOP_PROBE_TRIPS).then_some(ran))
 }
 
 /// What `softmax-ce info` and a log line say about an adapter.
@@ -193,6 +310,10 @@ fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
 /// kept: a pipeline is built once per context, never per call. A context is cheap to share by
 /// reference across threads; every call blocks until its work is submitted, and downloads block
 /// until the GPU has finished.
+///
+/// A context is cheap to clone and `Send + Sync`: clones share the device, the compiled
+/// kernels and the readback counter, and arrays made by one are arrays of all of them.
+#[derive(Clone)]
 pub struct GpuContext {
     /// Tells this context's arrays from another's (see `check_owned`).
     pub(crate) id: u64,
@@ -202,10 +323,12 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     pub(crate) config: Config,
     pub(crate) geometry: Geometry,
-    pipelines: Mutex<HashMap<(Kernel, Width), Pipeline>>,
-    modules: Mutex<HashMap<(Family, Width), wgpu::ShaderModule>>,
+    /// What `probe.wgsl` measured: the loop iterations an invocation may run, if bounded.
+    driver_loop_limit: Option<u32>,
+    pipelines: Arc<Mutex<HashMap<(Kernel, Width), Pipeline>>>,
+    modules: Arc<Mutex<HashMap<(Family, Width), wgpu::ShaderModule>>>,
     /// Device-to-host reads so far (see [`GpuContext::readbacks`]).
-    pub(crate) readbacks: AtomicU64,
+    pub(crate) readbacks: Arc<AtomicU64>,
 }
 
 /// A compiled kernel and the layout its bind groups are built against.
@@ -294,10 +417,36 @@ impl GpuContext {
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
             .min(opts.max_binding_bytes.unwrap_or(u64::MAX));
+        let max_groups_per_dim = match opts.max_workgroups_per_dimension {
+            Some(g) if g >= 1 => g.min(limits.max_compute_workgroups_per_dimension),
+            Some(g) => {
+                return Err(Error::invalid(
+                    "GpuContext",
+                    format!("at most {g} workgroups per dimension: at least 1 is needed"),
+                ));
+            }
+            None => limits.max_compute_workgroups_per_dimension,
+        };
+        let driver_loop_limit = measure_loop_limit(&device, &queue)?;
+        let loop_budget = match opts.max_loop_iterations {
+            Some(n) if n < MIN_LOOP_BUDGET => {
+                return Err(Error::invalid(
+                    "GpuContext",
+                    format!(
+                        "at most {n} loop iterations per invocation: at least {MIN_LOOP_BUDGET} \
+                         are needed"
+                    ),
+                ));
+            }
+            Some(n) => driver_loop_limit.map_or(n, |d| d.min(n)),
+            None => driver_loop_limit.unwrap_or(u32::MAX),
+        };
+        log::info!("loop limit of the driver: {driver_loop_limit:?}; budget {loop_budget}");
         let geometry = Geometry {
             max_binding,
             align: (limits.min_storage_buffer_offset_alignment as u64).max(16),
-            max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
+            max_groups_per_dim,
+            loop_budget: u64::from(loop_budget),
         };
         log::info!(
             "softmax-ce on {} ({:?}, {:?}), row workgroup {row_wg}, fused {fused_wg}",
@@ -345,9 +494,10 @@ impl GpuContext {
                 texture_kernels,
             },
             geometry,
-            pipelines: Mutex::new(HashMap::new()),
-            modules: Mutex::new(HashMap::new()),
-            readbacks: AtomicU64::new(0),
+            driver_loop_limit,
+            pipelines: Arc::default(),
+            modules: Arc::default(),
+            readbacks: Arc::default(),
         })
     }
 
@@ -376,6 +526,20 @@ impl GpuContext {
     /// and training reads storage buffers.
     pub fn texture_kernels(&self) -> bool {
         self.config.texture_kernels
+    }
+
+    /// The loop iterations the driver lets one kernel invocation run before it silently cuts
+    /// every loop short, as measured when the context was built: `Some(65535)` on Mesa's
+    /// llvmpipe (lavapipe), `None` (no limit seen) on GPUs. Every dispatch is planned within it.
+    pub fn driver_loop_limit(&self) -> Option<u32> {
+        self.driver_loop_limit
+    }
+
+    /// The loop iterations one kernel invocation is planned to stay within: the driver's limit
+    /// ([`driver_loop_limit`](Self::driver_loop_limit)), or
+    /// [`GpuOptions::max_loop_iterations`] where lower; `u32::MAX` when neither bounds it.
+    pub fn loop_budget(&self) -> u64 {
+        self.geometry.loop_budget
     }
 
     /// How many times this context has read device memory back to the host (each download,

@@ -22,7 +22,15 @@ pub(crate) struct Geometry {
     pub align: u64,
     /// Largest workgroup count along one dispatch dimension.
     pub max_groups_per_dim: u32,
+    /// Loop iterations one invocation may run in all its loops together (Mesa's llvmpipe
+    /// silently cuts every loop short past 65,535; see `shaders/probe.wgsl`).
+    pub loop_budget: u64,
 }
+
+/// Loop iterations a row kernel spends outside its passes over the row, at most: the team
+/// reductions' halvings (log2 of the workgroup, a few reductions per kernel) and the matmul's
+/// stores (8 x 8). Generous on purpose: an undercount would be a silent wrong answer.
+pub(crate) const FIXED_TRIPS: u64 = 128;
 
 /// Bytes of one `f32` or `u32`.
 const ELEM: u64 = 4;
@@ -38,8 +46,22 @@ impl Geometry {
         rows: usize,
         row_elems: usize,
     ) -> Result<Vec<Range<usize>>> {
-        let row_bytes = row_elems as u64 * ELEM;
-        let per_window = self.max_binding.saturating_sub(self.align) / row_bytes.max(1);
+        self.windows_capped(op, rows, row_elems, u64::MAX)
+    }
+
+    /// [`windows`](Self::windows) of at most `max_rows` rows each: what one dispatch can cover
+    /// when its workgroups, folded into `y`, would otherwise pass the limit of both dimensions
+    /// (see [`dispatch_rows`](Self::dispatch_rows)).
+    pub(crate) fn windows_capped(
+        &self,
+        op: &'static str,
+        rows: usize,
+        row_elems: usize,
+        max_rows: u64,
+    ) -> Result<Vec<Range<usize>>> {
+        let row_bytes = (row_elems as u64).saturating_mul(ELEM);
+        let per_window =
+            (self.max_binding.saturating_sub(self.align) / row_bytes.max(1)).min(max_rows);
         if per_window == 0 {
             return Err(Error::TooLarge {
                 op,
@@ -63,6 +85,27 @@ impl Geometry {
         // Never bind zero bytes: an empty window still binds one element it does not read.
         let size = (end - offset).max(ELEM);
         (offset, size, ((start - offset) / ELEM) as u32)
+    }
+
+    /// Fails unless a thread whose loops run `trips` iterations in all stays within the loop
+    /// budget. `what` says what the thread walks, for the message.
+    pub(crate) fn check_trips(&self, op: &'static str, trips: u64, what: &str) -> Result<()> {
+        if trips <= self.loop_budget {
+            return Ok(());
+        }
+        Err(Error::LoopLimit {
+            op,
+            what: what.to_string(),
+            trips,
+            limit: self.loop_budget,
+        })
+    }
+
+    /// Rows one dispatch can cover at `rows_per_group` rows per workgroup: its groups folded
+    /// into `x` and `y`, each within the per-dimension limit.
+    pub(crate) fn dispatch_rows(&self, rows_per_group: u64) -> u64 {
+        let max = u64::from(self.max_groups_per_dim);
+        (max * max).saturating_mul(rows_per_group)
     }
 
     /// Workgroup counts for `groups` groups, folded into `y` past the per-dimension limit.
@@ -104,6 +147,7 @@ mod tests {
         max_binding: 128 * MIB,
         align: 32,
         max_groups_per_dim: 65535,
+        loop_budget: 65535,
     };
 
     #[test]
@@ -144,6 +188,7 @@ mod tests {
             max_binding: 1000,
             align: 256,
             max_groups_per_dim: 65535,
+            loop_budget: 65535,
         };
         for cols in [1, 3, 7, 64, 100] {
             for win in g.windows("t", 1000, cols).unwrap() {
@@ -163,6 +208,7 @@ mod tests {
             max_binding: 4096,
             align: 16,
             max_groups_per_dim: 65535,
+            loop_budget: 65535,
         };
         for win in g.windows("t", 500, 12).unwrap() {
             let (_, _, base) = g.slice(&win, 12);
@@ -178,6 +224,60 @@ mod tests {
         let [x, y, _] = LAVAPIPE.fold("t", 200_000).unwrap();
         assert!(x as u64 * y as u64 >= 200_000);
         assert!(LAVAPIPE.fold("t", 65535 * 65535 + 1).is_err());
+    }
+
+    #[test]
+    fn capped_windows_hold_at_most_the_cap() {
+        let w = LAVAPIPE.windows_capped("t", 1000, 3, 96).unwrap();
+        assert!(w.iter().all(|r| r.len() <= 96));
+        assert_eq!(w.len(), 1000usize.div_ceil(96));
+        assert_eq!(w.last().unwrap().end, 1000);
+        // The binding still caps when it is the smaller limit.
+        let (rows, cols) = (1024, 131072);
+        assert_eq!(
+            LAVAPIPE.windows_capped("t", rows, cols, u64::MAX).unwrap(),
+            LAVAPIPE.windows("t", rows, cols).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_dispatch_covers_the_square_of_the_group_limit() {
+        let g = Geometry {
+            max_groups_per_dim: 3,
+            ..LAVAPIPE
+        };
+        assert_eq!(g.dispatch_rows(64), 9 * 64);
+        assert_eq!(g.fold("t", 9).unwrap(), [3, 3, 1]);
+        assert!(g.fold("t", 10).is_err());
+        assert_eq!(LAVAPIPE.dispatch_rows(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn trips_pass_at_the_budget_and_fail_past_it() {
+        assert!(LAVAPIPE.check_trips("t", 65_535, "rows").is_ok());
+        let err = LAVAPIPE
+            .check_trips("softmax", 65_536, "rows of 9 elements")
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::LoopLimit {
+                    op: "softmax",
+                    trips: 65_536,
+                    limit: 65_535,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("rows of 9 elements"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_empty_row_does_not_wrap() {
+        // 2^62 elements of 4 bytes would wrap a u64 byte count to 0.
+        assert!(LAVAPIPE.windows("t", 0, 1 << 62).is_err());
+        assert!(LAVAPIPE.windows("t", 1, usize::MAX).is_err());
     }
 
     #[test]

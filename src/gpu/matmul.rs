@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::GpuMatrix;
-use crate::gpu::dispatch::Geometry;
+use crate::gpu::dispatch::{FIXED_TRIPS, Geometry};
 use crate::gpu::params::{MatmulParams, PackParams};
 use crate::gpu::record::{At, Dispatch};
 use crate::gpu::shaders::{Kernel, MM_TILE, MT_TILE, PACK_TX, Width};
@@ -104,9 +104,16 @@ impl GpuContext {
         if g.m == 0 || g.n == 0 {
             return Ok(Vec::new());
         }
-        if groups_x > max_groups {
-            return Err(too_many_groups(op, g.n, groups_x, max_groups));
-        }
+        // Column tiles past one dimension's workgroups go to further dispatches (`tile_x0`).
+        let column_chunks = |params: MatmulParams| {
+            (0..groups_x).step_by(max_groups).map(move |x0| {
+                let params = MatmulParams {
+                    tile_x0: x0 as u32,
+                    ..params
+                };
+                (params, (groups_x - x0).min(max_groups) as u32)
+            })
+        };
         let mut out = Vec::new();
         if g.transposed_a {
             let (c_binding, c_base) = whole(op, geometry, &g.c, g.m, g.n, "the product")?;
@@ -114,7 +121,18 @@ impl GpuContext {
             if groups_y > max_groups {
                 return Err(too_many_groups(op, g.m, groups_y, max_groups));
             }
-            let mut windows = geometry.windows(op, g.k, g.m.max(g.n))?;
+            // Each thread walks its window of the inner dimension once: windows within the
+            // loop budget, each adding its share to C.
+            let steps = geometry.loop_budget.saturating_sub(FIXED_TRIPS).max(1) as usize;
+            let mut windows: Vec<_> = geometry
+                .windows(op, g.k, g.m.max(g.n))?
+                .into_iter()
+                .flat_map(|w| {
+                    (w.start..w.end)
+                        .step_by(steps)
+                        .map(move |s| s..(s + steps).min(w.end))
+                })
+                .collect();
             if windows.is_empty() {
                 // An empty inner dimension still writes C = beta C.
                 windows.push(0..0);
@@ -132,16 +150,26 @@ impl GpuContext {
                     alpha: g.alpha,
                     // Later windows add their share to what the first one wrote.
                     beta: if i == 0 { g.beta } else { 1.0 },
+                    tile_x0: 0,
+                    pad: [0; 3],
                 };
-                out.push(self.dispatch(
-                    kernel,
-                    &pipeline,
-                    bytemuck::bytes_of(&params),
-                    vec![a_binding, b_binding, c_binding.clone()],
-                    [groups_x as u32, groups_y as u32, 1],
-                ));
+                for (params, gx) in column_chunks(params) {
+                    out.push(self.dispatch(
+                        kernel,
+                        &pipeline,
+                        bytemuck::bytes_of(&params),
+                        vec![a_binding.clone(), b_binding.clone(), c_binding.clone()],
+                        [gx, groups_y as u32, 1],
+                    ));
+                }
             }
         } else {
+            // The inner dimension is a row of A, walked whole by each thread, W at a time.
+            geometry.check_trips(
+                op,
+                (g.k / width.lanes()) as u64 + FIXED_TRIPS,
+                &format!("an inner dimension of {}", g.k),
+            )?;
             let (b_binding, b_base) = whole(op, geometry, &g.b, g.k, g.n, "the right-hand matrix")?;
             let rows_per_dispatch = max_groups * tile_m;
             for window in geometry.windows(op, g.m, g.k.max(g.n))? {
@@ -159,14 +187,18 @@ impl GpuContext {
                         c_base,
                         alpha: g.alpha,
                         beta: g.beta,
+                        tile_x0: 0,
+                        pad: [0; 3],
                     };
-                    out.push(self.dispatch(
-                        kernel,
-                        &pipeline,
-                        bytemuck::bytes_of(&params),
-                        vec![a_binding, b_binding.clone(), c_binding],
-                        [groups_x as u32, part.len().div_ceil(tile_m) as u32, 1],
-                    ));
+                    for (params, gx) in column_chunks(params) {
+                        out.push(self.dispatch(
+                            kernel,
+                            &pipeline,
+                            bytemuck::bytes_of(&params),
+                            vec![a_binding.clone(), b_binding.clone(), c_binding.clone()],
+                            [gx, part.len().div_ceil(tile_m) as u32, 1],
+                        ));
+                    }
                     start = part.end;
                 }
             }
@@ -186,6 +218,24 @@ impl GpuContext {
         }
         let tile = MT_TILE as usize;
         let steps = g.k.div_ceil(4);
+        if steps as u64 + FIXED_TRIPS > self.geometry.loop_budget {
+            return Ok(None);
+        }
+        // One dispatch for the product and one per operand's pack (the transposed pack in one
+        // window of rows): each within the workgroups of a dispatch dimension.
+        let max = self.geometry.max_groups_per_dim as usize;
+        let pack = |cols: usize| cols.div_ceil(4 * PACK_TX as usize);
+        let too_many = [
+            g.n.div_ceil(tile),
+            g.m.div_ceil(tile),
+            pack(g.k.max(g.m).max(g.n)),
+        ]
+        .into_iter()
+        .any(|groups| groups > max)
+            || (g.transposed_a && pack(g.k) > max);
+        if too_many {
+            return Ok(None);
+        }
         // Texels, width x height: op(A) a row per row, B four columns to a texel; both padded
         // to whole tiles and whole steps of 4 along k, the padding zero.
         let a_size = [steps, g.m.div_ceil(tile) * tile];
@@ -226,6 +276,8 @@ impl GpuContext {
             c_base: c.1,
             alpha: g.alpha,
             beta: g.beta,
+            tile_x0: 0,
+            pad: [0; 3],
         };
         let mut plan = self.plan_pack(
             "matmul",

@@ -138,14 +138,7 @@ fn record_total(
         gpu.queue
             .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
     } else {
-        rec.clear(&total.buffer);
-        rec.rows(
-            Kernel::SumRows,
-            len,
-            1,
-            &[values, &total.buffer],
-            Extra::f0(scale),
-        )?;
+        rec.run(&gpu.plan_sum(op, values.into(), len, &total.buffer, scale)?);
     }
     Ok(total)
 }
@@ -568,8 +561,7 @@ impl GpuContext {
                 let total: f64 = labels
                     .counts
                     .iter()
-                    .zip(&weights)
-                    .map(|(&n, &w)| n as f64 * f64::from(w))
+                    .map(|&(class, n)| n as f64 * f64::from(weights[class as usize]))
                     .sum();
                 (1.0 / total, 1.0 / labels.active_count() as f64)
             }
@@ -696,6 +688,19 @@ impl GpuContext {
 }
 
 impl GpuContext {
+    /// The sum of the elements of `v`, as a one-element vector on the device (0 for an empty
+    /// vector): the reduction every `mean` and `sum` loss ends with. A fixed pairwise tree of
+    /// partial sums (see `sum_tree` in `shaders/loss.wgsl`): its rounding error grows with the
+    /// logarithm of the length, and a sum of equal values is exact where blocks are whole.
+    /// Infinities and NaN propagate as in any sum.
+    pub fn sum(&self, v: &GpuVector) -> Result<GpuVector> {
+        const OP: &str = "sum";
+        self.check_owned(OP, &[v.owner])?;
+        self.record(OP, |rec| {
+            record_total(rec, self, OP, &v.buffer, v.len(), 1.0, false)
+        })
+    }
+
     /// A plain copy of `x` through the same row plumbing as the row kernels: the speed of light
     /// benchmarks compare the memory-bound kernels with (it moves the bytes softmax moves, and
     /// does nothing else).

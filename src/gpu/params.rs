@@ -55,6 +55,11 @@ pub(crate) struct MatmulParams {
     pub alpha: f32,
     /// See `alpha`; 0 means C is not read.
     pub beta: f32,
+    /// The first column tile of this dispatch: products wider than the workgroups of one
+    /// dispatch dimension cover take several dispatches (`matmul.wgsl` only).
+    pub tile_x0: u32,
+    /// Padding to a multiple of 16 bytes.
+    pub pad: [u32; 3],
 }
 
 /// Params of `pack` (`shaders/matmul_tex.wgsl`): which matrix goes into a texture, and where.

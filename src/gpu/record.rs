@@ -13,9 +13,9 @@ use wgpu::util::DeviceExt;
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::context::Pipeline;
-use crate::gpu::dispatch::{row_groups, threads_per_row};
+use crate::gpu::dispatch::{FIXED_TRIPS, row_groups, threads_per_row};
 use crate::gpu::params::RowParams;
-use crate::gpu::shaders::{Kernel, STEP_UNIFORM_BYTES, Shape, Slot};
+use crate::gpu::shaders::{Kernel, STEP_UNIFORM_BYTES, SUM_TERMS, Shape, Slot, Width};
 
 /// The kernel-specific fields of [`RowParams`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,6 +61,8 @@ enum Work {
         texture: wgpu::Texture,
         size: wgpu::Extent3d,
     },
+    /// Zeroing a buffer (the sum of no values).
+    Clear { buffer: wgpu::Buffer },
 }
 
 impl Dispatch {
@@ -134,15 +136,21 @@ impl GpuContext {
                 threads_per_row(lanes.div_ceil(self.config.row_cache as usize), wg)
             }
             Shape::ThreadPerRow => 1,
-            Shape::OneWorkgroup => wg,
-            Shape::Tiles => unreachable!("{} is not a row kernel", kernel.entry()),
+            Shape::Blocks | Shape::Tiles => {
+                unreachable!("{} is not a row kernel", kernel.entry())
+            }
         };
+        // A thread walks its share of the row once per pass: the loop budget bounds the row.
+        let share = (cols.div_ceil(width.lanes()) as u64).div_ceil(u64::from(tpr));
+        geometry.check_trips(
+            op,
+            kernel.row_passes() * share + FIXED_TRIPS,
+            &format!("rows of {cols} elements"),
+        )?;
         let mut out = Vec::new();
-        for window in geometry.windows(op, rows, cols)? {
-            let groups = match kernel.shape() {
-                Shape::OneWorkgroup => [1, 1, 1],
-                _ => geometry.fold(op, row_groups(window.len(), tpr, wg))?,
-            };
+        let per_dispatch = geometry.dispatch_rows(u64::from(wg / tpr));
+        for window in geometry.windows_capped(op, rows, cols, per_dispatch)? {
+            let groups = geometry.fold(op, row_groups(window.len(), tpr, wg))?;
             // Every buffer sees the same window of rows, shifted to where its rows start.
             let shifted = |at: &At<'_>| at.first_row + window.start..at.first_row + window.end;
             let mut bases = (None, None);
@@ -205,6 +213,93 @@ impl GpuContext {
             ));
         }
         Ok(out)
+    }
+
+    /// The dispatches that write `scale * sum` of `len` values of `values` (from its element
+    /// `first_row`) into element 0 of `out`: a tree of `sum_tree` dispatches, each level
+    /// reducing blocks of `SUM_TERMS x WG` values to one partial (scratch buffers that the
+    /// plan's bind groups keep alive), until one value is left. No thread loops over the data
+    /// and every value meets the others in a fixed pairwise tree, so the sum needs no
+    /// compensation that a fast-math compiler could fold away, and its error grows with the
+    /// tree's depth, not with `len`.
+    pub(crate) fn plan_sum(
+        &self,
+        op: &'static str,
+        values: At<'_>,
+        len: usize,
+        out: &wgpu::Buffer,
+        scale: f32,
+    ) -> Result<Vec<Dispatch>> {
+        if len == 0 {
+            return Ok(vec![Dispatch {
+                work: Work::Clear {
+                    buffer: out.clone(),
+                },
+            }]);
+        }
+        let kernel = Kernel::SumTree;
+        let pipeline = self.pipeline(kernel, Width::Scalar)?;
+        let wg = self.config.wg(kernel.family());
+        let block = (SUM_TERMS * wg) as usize;
+        let mut plan = Vec::new();
+        let mut level: (wgpu::Buffer, usize, usize) =
+            (values.buffer.clone(), values.first_row, len);
+        loop {
+            let (input, first, len) = &level;
+            let windows = self.geometry.windows_capped(
+                op,
+                *len,
+                1,
+                self.geometry.dispatch_rows(block as u64),
+            )?;
+            let partials: usize = windows.iter().map(|w| w.len().div_ceil(block)).sum();
+            let last = partials == 1;
+            let target = if last {
+                out.clone()
+            } else {
+                self.storage("partial sums", partials as u64 * 4)
+            };
+            let mut base = 0;
+            for window in &windows {
+                let (offset, size, vec_base) = self
+                    .geometry
+                    .slice(&(first + window.start..first + window.end), 1);
+                let groups = window.len().div_ceil(block);
+                let params = RowParams {
+                    rows: window.len() as u32,
+                    cols: 1,
+                    tpr: wg,
+                    mat_base: 0,
+                    vec_base,
+                    flags: base as u32,
+                    f0: if last { scale } else { 1.0 },
+                    f1: 0.0,
+                    f2: 0.0,
+                    f3: 0.0,
+                    f4: 0.0,
+                    pad: [0; 5],
+                };
+                plan.push(self.dispatch(
+                    kernel,
+                    &pipeline,
+                    bytemuck::bytes_of(&params),
+                    vec![
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: input,
+                            offset,
+                            size: wgpu::BufferSize::new(size),
+                        }),
+                        target.as_entire_binding(),
+                    ],
+                    self.geometry.fold(op, groups as u64)?,
+                ));
+                base += groups;
+            }
+            if last {
+                return Ok(plan);
+            }
+            level = (target, 0, partials);
+        }
     }
 
     /// A dispatch of `kernel` with `params` as its uniform and `storage` as bindings 1...
@@ -294,6 +389,11 @@ impl<'a> Recorder<'a> {
     pub(crate) fn run(&mut self, dispatches: &[Dispatch]) {
         let mut rest = dispatches;
         while let Some((first, tail)) = rest.split_first() {
+            if let Work::Clear { buffer } = &first.work {
+                self.encoder.clear_buffer(buffer, 0, None);
+                rest = tail;
+                continue;
+            }
             if let Work::CopyToTexture {
                 buffer,
                 offset,

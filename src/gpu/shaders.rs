@@ -199,7 +199,7 @@ pub(crate) enum Kernel {
     LogSoftmaxNormalise,
     LogsumexpRows,
     CrossEntropyRows,
-    SumRows,
+    SumTree,
     OneHotSubtract,
     MatmulNn,
     MatmulTn,
@@ -236,7 +236,7 @@ impl Kernel {
         Kernel::LogSoftmaxNormalise,
         Kernel::LogsumexpRows,
         Kernel::CrossEntropyRows,
-        Kernel::SumRows,
+        Kernel::SumTree,
         Kernel::OneHotSubtract,
         Kernel::MatmulNn,
         Kernel::MatmulTn,
@@ -268,7 +268,7 @@ impl Kernel {
         match self {
             RowMax | RowSumexp => Family::Reduce,
             SoftmaxNormalise | LogSoftmaxNormalise => Family::Softmax,
-            LogsumexpRows | CrossEntropyRows | SumRows => Family::Loss,
+            LogsumexpRows | CrossEntropyRows | SumTree => Family::Loss,
             OneHotSubtract => Family::Grad,
             MatmulNn | MatmulTn => Family::Matmul,
             Pack | PackTransposed | MatmulTex => Family::MatmulTex,
@@ -296,7 +296,7 @@ impl Kernel {
             LogSoftmaxNormalise => "log_softmax_normalise",
             LogsumexpRows => "logsumexp_rows",
             CrossEntropyRows => "cross_entropy_rows",
-            SumRows => "sum_rows",
+            SumTree => "sum_tree",
             OneHotSubtract => "one_hot_subtract",
             MatmulNn => "matmul_nn",
             MatmulTn => "matmul_tn",
@@ -334,7 +334,7 @@ impl Kernel {
             SoftmaxNormalise | LogSoftmaxNormalise => &[MAT_IN, ROW_IN, ROW_IN, MAT_OUT],
             LogsumexpRows => &[ROW_IN, ROW_IN, ROW_OUT],
             CrossEntropyRows => &[MAT_IN, ROW_IN, ROW_IN, ROW_IN, ROW_OUT],
-            SumRows => &[ROW_IN, WHOLE_OUT],
+            SumTree => &[ROW_IN, WHOLE_OUT],
             OneHotSubtract | SoftmaxGradRows => &[ROW_IN, MAT_OUT],
             MatmulNn | MatmulTn => &[WHOLE_IN, WHOLE_IN, WHOLE_OUT],
             Pack | PackTransposed => &[WHOLE_IN, TEX_OUT],
@@ -364,15 +364,49 @@ impl Kernel {
     pub(crate) fn shape(self) -> Shape {
         use Kernel::*;
         match self {
-            LogsumexpRows | CrossEntropyRows | SoftmaxGradRows | LossErrRows | StepForward
-            | StepUpdate | LossErrFused => Shape::ThreadPerRow,
-            SumRows => Shape::OneWorkgroup,
+            LogsumexpRows | CrossEntropyRows | StepForward | StepUpdate | LossErrFused => {
+                Shape::ThreadPerRow
+            }
+            SumTree => Shape::Blocks,
             MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
             | StepUpdateTex | LossErrTex => Shape::Tiles,
             SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
             // Elementwise: one vector per "row" of the dispatch, so no thread loops.
             BceWithLogits | LogisticResidual => Shape::ThreadPerRow,
             _ => Shape::TeamPerRow,
+        }
+    }
+
+    /// How many loops of a row kernel walk a thread's share of its row (each of
+    /// `ceil(vectors / tpr)` trips), at most: with [`FIXED_TRIPS`] for its reductions, what a
+    /// thread's loops cost against the loop budget (`Geometry::check_trips`). Count the
+    /// `for` loops over `row_vectors` (or over `p.cols` for a thread per row) in the kernel's
+    /// WGSL, `row_stats` included; the boundary tests in `tests/limits.rs` hold the count to
+    /// lavapipe's real limit.
+    ///
+    /// [`FIXED_TRIPS`]: crate::gpu::dispatch::FIXED_TRIPS
+    pub(crate) fn row_passes(self) -> u64 {
+        use Kernel::*;
+        match self {
+            LogsumexpRows | CrossEntropyRows => 0,
+            RowMax
+            | RowSumexp
+            | SoftmaxNormalise
+            | LogSoftmaxNormalise
+            | OneHotSubtract
+            | CopyRows
+            | LogsumexpFused
+            | CrossEntropyLossFused
+            | BceWithLogits => 1,
+            // step_forward and loss_err_fused walk the features once, step_update the batch;
+            // their loops over at most STEP_CLASSES classes are within FIXED_TRIPS.
+            StepForward | StepUpdate | LossErrFused => 1,
+            SoftmaxFused | CrossEntropyFused | SoftmaxBackward | LogSoftmaxBackward
+            | LossErrRows => 2,
+            CrossEntropySoft | SoftmaxGradRows => 3,
+            // Not row kernels: their planners count their own loops.
+            SumTree | MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
+            | StepUpdateTex | LossErrTex => 0,
         }
     }
 
@@ -424,6 +458,10 @@ pub(crate) const STEP_CLASSES: u32 = 16;
 /// WebGPU adapter offers. Buffers bound there are allocated at least this large.
 pub(crate) const STEP_UNIFORM_BYTES: u64 = 64 << 10;
 
+/// Values each thread of `sum_tree` adds before its workgroup's tree (written out in
+/// `loss.wgsl`, which must match): a workgroup reduces `SUM_TERMS * WG` values.
+pub(crate) const SUM_TERMS: u32 = 4;
+
 /// How a kernel's invocations map onto the rows of a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Shape {
@@ -434,11 +472,29 @@ pub(crate) enum Shape {
     CachedTeamPerRow,
     /// One thread per row (`tpr = 1`).
     ThreadPerRow,
-    /// One workgroup reduces the whole window (`tpr = WG`).
-    OneWorkgroup,
+    /// Each workgroup sums [`SUM_TERMS`] x WG consecutive values into one partial sum
+    /// (`tpr = WG`); planned as a tree of such dispatches by `GpuContext::plan_sum`.
+    Blocks,
     /// Not a row kernel: a grid of output tiles (the products, `pack`) or of subgroups (the
     /// training step's texture kernels), planned by its own code.
     Tiles,
+}
+
+/// A finite `f32` as a WGSL hexadecimal float literal (`0x1.fffffep+127f` for `f32::MAX`):
+/// exact, so every implementation reads the same value.
+pub(crate) fn hex_f32(v: f32) -> String {
+    assert!(v.is_finite(), "WGSL has no literal for {v}");
+    let bits = v.to_bits();
+    let sign = if bits >> 31 == 1 { "-" } else { "" };
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let frac = bits & 0x7f_ffff;
+    if exp == 0 && frac == 0 {
+        return format!("{sign}0.0f");
+    }
+    // Normal: 1.frac x 2^(exp - 127); subnormal: 0.frac x 2^-126. 23 bits of fraction, shifted
+    // left once to fill six hex digits.
+    let (lead, e) = if exp == 0 { (0, -126) } else { (1, exp - 127) };
+    format!("{sign}0x{lead}.{:06x}p{e:+}f", frac << 1)
 }
 
 /// The compile-time choices of one context's kernels, injected into every shader.
@@ -482,8 +538,10 @@ impl Config {
         let _ = writeln!(s, "const STEP_CLASSES: u32 = {STEP_CLASSES}u;");
         let _ = writeln!(s, "const STEP_UNIFORM: u32 = {}u;", STEP_UNIFORM_BYTES / 16);
         let _ = writeln!(s, "const IGNORED: u32 = {IGNORED:#x}u;");
-        // WGSL has no infinity literal; `x < -F32_MAX` is how the kernels test for -inf.
-        let _ = writeln!(s, "const F32_MAX: f32 = {:e};", f32::MAX);
+        // WGSL has no infinity literal; `x < -F32_MAX` is how the kernels test for -inf. The
+        // hexadecimal form is exactly f32::MAX: Tint rejects a decimal above it before
+        // rounding (Rust's shortest `{:e}`, 3.4028235e38, is one), naga accepts both.
+        let _ = writeln!(s, "const F32_MAX: f32 = {};", hex_f32(f32::MAX));
         s
     }
 
@@ -650,6 +708,36 @@ mod tests {
                     .map(|(i, b)| (i as u32 + 1, b.writable)),
             );
             assert_eq!(used, expected, "bindings of {}", kernel.entry());
+        }
+    }
+
+    #[test]
+    fn hex_literals_are_exact() {
+        assert_eq!(hex_f32(f32::MAX), "0x1.fffffep+127f");
+        assert_eq!(hex_f32(1.0), "0x1.000000p+0f");
+        assert_eq!(hex_f32(-0.75), "-0x1.800000p-1f");
+        assert_eq!(hex_f32(0.0), "0.0f");
+        assert_eq!(hex_f32(f32::MIN_POSITIVE), "0x1.000000p-126f");
+        assert_eq!(hex_f32(f32::from_bits(1)), "0x0.000002p-126f");
+        // And naga reads each back as the same bits.
+        for v in [
+            f32::MAX,
+            -f32::MAX,
+            1.0,
+            0.1,
+            -0.75,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+        ] {
+            let module =
+                naga::front::wgsl::parse_str(&format!("const X: f32 = {};", hex_f32(v))).unwrap();
+            let (_, c) = module.constants.iter().next().unwrap();
+            match module.global_expressions[c.init] {
+                naga::Expression::Literal(naga::Literal::F32(got)) => {
+                    assert_eq!(got.to_bits(), v.to_bits(), "{v:e}")
+                }
+                ref e => panic!("{v:e}: {e:?}"),
+            }
         }
     }
 

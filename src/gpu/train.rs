@@ -27,7 +27,7 @@ use ndarray::{Array2, ArrayView2};
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::gpu::dispatch::row_groups;
+use crate::gpu::dispatch::{FIXED_TRIPS, row_groups};
 use crate::gpu::matmul::{Gemm, PackedTexture, Packing, TextureSet};
 use crate::gpu::params::{RowParams, StepParams};
 use crate::gpu::record::{At, Dispatch, Extra, Recorder, uniform_binding};
@@ -473,7 +473,11 @@ fn plan_eval(
     fused: bool,
     scratch: &EvalScratch,
 ) -> Result<EvalPlan> {
-    let mut dispatches = if let (true, Some(texture)) = (fused, &set.texture) {
+    // The texture kernel covers every row in one dispatch of 32 rows per workgroup.
+    let one_dispatch =
+        set.rows.div_ceil(4 * MT_LANES as usize) as u64 <= gpu.geometry.dispatch_rows(1);
+    let texture = set.texture.as_ref().filter(|_| one_dispatch);
+    let mut dispatches = if let (true, Some(texture)) = (fused, texture) {
         vec![plan_loss_err_tex(gpu, op, set, texture, model, scratch)?]
     } else if fused {
         gpu.plan_rows(
@@ -526,16 +530,9 @@ fn plan_eval(
     };
     let loss = gpu.storage("loss total", 4);
     let err = gpu.storage("error total", 4);
-    let mean = Extra::f0(1.0 / set.rows as f32);
+    let mean = 1.0 / set.rows as f32;
     for (per_row, total) in [(&scratch.loss, &loss), (&scratch.err, &err)] {
-        dispatches.extend(gpu.plan_rows(
-            op,
-            Kernel::SumRows,
-            set.rows,
-            1,
-            &[per_row.into(), total.into()],
-            mean,
-        )?);
+        dispatches.extend(gpu.plan_sum(op, per_row.into(), set.rows, total, mean)?);
     }
     Ok(EvalPlan {
         dispatches,
@@ -580,7 +577,9 @@ struct Model<'a> {
 }
 
 /// Whether the fused two-dispatch step fits the model: few enough classes for its registers,
-/// theta and a batch gradient within one uniform binding each, and a batch within one binding.
+/// theta and a batch gradient within one uniform binding each, a batch within one binding, and
+/// its threads' walks over the features (forward, evaluation) and over the batch (update)
+/// within the loop budget.
 fn fused_step_fits(
     gpu: &GpuContext,
     features: usize,
@@ -592,6 +591,7 @@ fn fused_step_fits(
         && features * classes <= uniform_floats
         && batch * classes <= uniform_floats
         && gpu.limits().max_uniform_buffer_binding_size >= STEP_UNIFORM_BYTES
+        && features.max(batch) as u64 + FIXED_TRIPS <= gpu.geometry.loop_budget
         && gpu.geometry.windows("train", batch, features)?.len() == 1)
 }
 
