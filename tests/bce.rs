@@ -504,12 +504,9 @@ fn bce_nd_gpu_vector_past_the_group_limit() {
     assert_close(grad.view(), want.view(), 2e-6, 2e-5, "grad");
 }
 
-/// The mean of 2^24 + 5 losses. `sum_rows` (record_total) loops over the values in one
-/// workgroup, 262,144 iterations a thread here, past the 65,535 at which lavapipe silently
-/// stops a shader's loops: it gives 0.092 for 5.89 there. Ignored until the reduction's loops
-/// are bounded (the lead's change to the row plumbing); run with `--ignored`.
+/// The mean of 2^24 + 5 losses: the reduction must not loop over the values past lavapipe's
+/// 65,535-iteration limit (before the tree sum it gave 0.092 for 5.89 there).
 #[test]
-#[ignore = "sum_rows loops past lavapipe's 65,535-iteration limit; fixed with the bounded reduction"]
 fn bce_nd_gpu_mean_past_the_loop_limit() {
     let gpu = require_gpu!();
     let n = (1 << 24) + 5;

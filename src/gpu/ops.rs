@@ -912,7 +912,15 @@ impl GpuContext {
                 if count == 0 {
                     continue;
                 }
-                for window in self.geometry.windows(OP, count, width)? {
+                // The windows plan_rows itself cuts (one thread per row of one vector), so that
+                // each is one dispatch.
+                let per_dispatch = self
+                    .geometry
+                    .dispatch_rows(u64::from(self.config.wg(Kernel::BceWithLogits.family())));
+                for window in self
+                    .geometry
+                    .windows_capped(OP, count, width, per_dispatch)?
+                {
                     let first_row = first / width + window.start;
                     let at = |buffer| At { buffer, first_row };
                     let buffers = [

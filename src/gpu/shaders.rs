@@ -388,7 +388,9 @@ impl Kernel {
     pub(crate) fn row_passes(self) -> u64 {
         use Kernel::*;
         match self {
-            LogsumexpRows | CrossEntropyRows => 0,
+            // One row (logistic_residual) or one vector (bce_with_logits) a thread, no loop
+            // over it: bce_with_logits's per-column gather loops over the W lanes only.
+            LogsumexpRows | CrossEntropyRows | LogisticResidual | BceWithLogits => 0,
             RowMax
             | RowSumexp
             | SoftmaxNormalise
@@ -396,8 +398,7 @@ impl Kernel {
             | OneHotSubtract
             | CopyRows
             | LogsumexpFused
-            | CrossEntropyLossFused
-            | BceWithLogits => 1,
+            | CrossEntropyLossFused => 1,
             // step_forward and loss_err_fused walk the features once, step_update the batch;
             // their loops over at most STEP_CLASSES classes are within FIXED_TRIPS.
             StepForward | StepUpdate | LossErrFused => 1,
