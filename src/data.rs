@@ -19,7 +19,8 @@
 //! # Ok::<(), softmax_ce::Error>(())
 //! ```
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
@@ -75,27 +76,73 @@ pub fn digits() -> Result<TrainTest> {
 
 /// Reads an IDX image file (`idx3`, uint8), raw or gzipped: one row per image, pixels scaled to
 /// `[0, 1]` as `k / 255`.
+///
+/// The header is read first, through the decoder for a gzipped file, and its promise is
+/// checked (with checked arithmetic, against [`MAX_IDX_BYTES`] and the machine's memory, and
+/// against the file's length for a raw file) before anything is allocated; then exactly the
+/// promised bytes are read, so a small `.gz` that inflates to gigabytes is never inflated
+/// whole.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read, [`Error::Parse`] for a bad header, a corrupt
+/// gzip stream, or data shorter or longer than the header promises.
 pub fn read_idx_images(path: &Path) -> Result<Array2<f32>> {
-    parse_idx_images(&read_file(path)?, &path.display().to_string())
+    let (dims, data) = read_idx_file(path, 3)?;
+    images(dims, data)
 }
 
-/// Reads an IDX label file (`idx1`, uint8), raw or gzipped.
+/// Reads an IDX label file (`idx1`, uint8), raw or gzipped, as [`read_idx_images`] does.
+///
+/// # Errors
+/// As [`read_idx_images`].
 pub fn read_idx_labels(path: &Path) -> Result<Array1<u8>> {
-    parse_idx_labels(&read_file(path)?, &path.display().to_string())
+    let (_, data) = read_idx_file(path, 1)?;
+    Ok(Array1::from(data))
 }
 
 /// [`read_idx_images`] from bytes in memory; `name` names them in errors.
+///
+/// # Errors
+/// As [`read_idx_images`].
 pub fn parse_idx_images(bytes: &[u8], name: &str) -> Result<Array2<f32>> {
     let (dims, data) = parse_idx(bytes, name, 3)?;
-    let (n, pixels) = (dims[0], dims[1] * dims[2]);
-    let x = data.iter().map(|&k| f32::from(k) / 255.0).collect();
-    Ok(Array2::from_shape_vec((n, pixels), x).expect("parse_idx checked the length"))
+    images(dims, data)
 }
 
 /// [`read_idx_labels`] from bytes in memory; `name` names them in errors.
+///
+/// # Errors
+/// As [`read_idx_images`].
 pub fn parse_idx_labels(bytes: &[u8], name: &str) -> Result<Array1<u8>> {
     let (_, data) = parse_idx(bytes, name, 1)?;
     Ok(Array1::from(data))
+}
+
+/// The largest IDX payload the readers accept, in bytes (4 GiB): all of MNIST is 55 MB, and a
+/// header may promise up to 2^96 bytes.
+pub const MAX_IDX_BYTES: u64 = 1 << 32;
+
+/// The host's physical memory in bytes (`MemTotal` of `/proc/meminfo`), where the platform
+/// says. The readers and the CLI refuse, with an error, any single array larger than this
+/// before allocating it, rather than let the allocation abort the process.
+pub fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
+fn images(dims: [usize; 3], data: Vec<u8>) -> Result<Array2<f32>> {
+    let [n, rows, cols] = dims;
+    // parse_idx bounded the product of all three dimensions, so this cannot overflow.
+    let pixels = rows * cols;
+    let x = data.iter().map(|&k| f32::from(k) / 255.0).collect();
+    Array2::from_shape_vec((n, pixels), x).map_err(|e| Error::invalid("IDX images", e.to_string()))
 }
 
 /// Reads a directory of the four standard MNIST files, each as named or with `.gz` appended:
@@ -203,7 +250,20 @@ pub fn from_npy(
         .copied()
         .max()
         .unwrap_or(0);
-    let classes = classes.unwrap_or(max_label as usize + 1);
+    // Labels were checked non-negative above; a class count past u32 cannot label a row here.
+    let classes = match classes {
+        Some(k) => k,
+        None => usize::try_from(max_label)
+            .ok()
+            .and_then(|m| m.checked_add(1))
+            .unwrap_or(usize::MAX),
+    };
+    if u32::try_from(classes).is_err() {
+        return Err(Error::parse(
+            train_y,
+            format!("{classes} classes do not fit 32-bit labels"),
+        ));
+    }
     let dataset = |(x, y): (Array2<f32>, Array1<i64>), path: &Path| -> Result<Dataset> {
         if let Some(pos) = y.iter().position(|&v| v as usize >= classes) {
             return Err(Error::parse(
@@ -216,6 +276,7 @@ pub fn from_npy(
         }
         Ok(Dataset {
             x,
+            // Below `classes`, which fits u32 (checked above).
             y: y.mapv(|v| v as u32),
             classes,
         })
@@ -246,58 +307,197 @@ fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
-/// The file's bytes (gzip is undone by `parse_idx`, which looks at the bytes, not the name).
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+/// An IDX file's dimensions (unused entries are 1) and data, read as [`read_idx_images`] says.
+fn read_idx_file(path: &Path, rank: usize) -> Result<([usize; 3], Vec<u8>)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let start = reader.fill_buf().map_err(|e| Error::io(path, e))?;
+    let name = path.display().to_string();
+    if start.starts_with(&GZIP_MAGIC) {
+        read_idx(GzDecoder::new(reader), &name, rank, Stream::Gzip)
+    } else {
+        let len = meta.is_file().then_some(meta.len());
+        read_idx(reader, &name, rank, Stream::Raw(len))
+    }
 }
 
 /// Checks an IDX header of `rank` dimensions of uint8 and returns the dimensions and the data.
-fn parse_idx(bytes: &[u8], name: &str, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bad = |message: String| Error::parse(name, message);
-    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| bad(format!("corrupt gzip stream: {e}")))?;
-        out
+fn parse_idx(bytes: &[u8], name: &str, rank: usize) -> Result<([usize; 3], Vec<u8>)> {
+    if bytes.starts_with(&GZIP_MAGIC) {
+        read_idx(GzDecoder::new(bytes), name, rank, Stream::Gzip)
     } else {
-        bytes.to_vec()
+        read_idx(bytes, name, rank, Stream::Raw(Some(bytes.len() as u64)))
+    }
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// What an IDX stream is read through.
+#[derive(Clone, Copy)]
+enum Stream {
+    /// A gzip decoder: its length is unknown until it ends, and its read errors are corruption.
+    Gzip,
+    /// The bytes themselves, with their length where known.
+    Raw(Option<u64>),
+}
+
+/// Reads an IDX header of `rank` (1 or 3) dimensions of uint8 from `r`, checks what it
+/// promises, then reads exactly that many bytes.
+fn read_idx(
+    mut r: impl Read,
+    name: &str,
+    rank: usize,
+    stream: Stream,
+) -> Result<([usize; 3], Vec<u8>)> {
+    let bad = |message: String| Error::parse(name, message);
+    let read_err = |e: std::io::Error| match stream {
+        Stream::Gzip => bad(format!("corrupt gzip stream: {e}")),
+        Stream::Raw(_) => Error::io(name, e),
     };
     let header = 4 + 4 * rank;
-    if bytes.len() < header {
+    let mut head = [0u8; 4 + 4 * 3];
+    let got = npy::fill(&mut r, &mut head[..header]).map_err(read_err)?;
+    if got < header {
         return Err(bad(format!(
-            "{} bytes is shorter than an IDX header of rank {rank} ({header} bytes)",
-            bytes.len()
+            "{got} bytes is shorter than an IDX header of rank {rank} ({header} bytes)"
         )));
     }
-    if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(bad(format!("not an IDX file: magic {:02x?}", &bytes[..4])));
+    if head[0] != 0 || head[1] != 0 {
+        return Err(bad(format!("not an IDX file: magic {:02x?}", &head[..4])));
     }
-    if bytes[2] != 0x08 {
+    if head[2] != 0x08 {
         return Err(bad(format!(
             "IDX type code {:#04x} is not 0x08 (unsigned byte)",
-            bytes[2]
+            head[2]
         )));
     }
-    if usize::from(bytes[3]) != rank {
+    if usize::from(head[3]) != rank {
         return Err(bad(format!(
             "IDX rank {} where {rank} was expected ({})",
-            bytes[3],
+            head[3],
             if rank == 3 { "images" } else { "labels" }
         )));
     }
-    let dims: Vec<usize> = (0..rank)
-        .map(|i| {
-            let b = &bytes[4 + 4 * i..8 + 4 * i];
-            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
-        })
-        .collect();
-    let expected = dims.iter().product::<usize>();
-    let got = bytes.len() - header;
-    if got != expected {
+    let mut dims = [1usize; 3];
+    let mut wide = Vec::with_capacity(rank);
+    for (i, b) in head[4..header].chunks_exact(4).enumerate() {
+        let d = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        wide.push(u64::from(d));
+        if let Some(slot) = dims.get_mut(i) {
+            *slot = d as usize;
+        }
+    }
+    // Three u32 dimensions can multiply to 2^96: checked, in u64, so that a crafted header
+    // cannot wrap around to a small length that passes the check below.
+    let expected = wide.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+    let limit = match physical_memory() {
+        // The float32 copy of the images is four times the bytes.
+        Some(memory) => MAX_IDX_BYTES.min(memory / 5),
+        None => MAX_IDX_BYTES,
+    };
+    let expected = match expected {
+        Some(n) if n <= limit => n,
+        _ => {
+            return Err(bad(format!(
+                "header {wide:?} promises {} data bytes, more than the {limit} this reader \
+                 accepts",
+                expected.map_or_else(|| "over 2^64".to_string(), |n| n.to_string())
+            )));
+        }
+    };
+    if let Stream::Raw(Some(len)) = stream {
+        // Saturating: a file can shrink between its metadata and its read.
+        let got = len.saturating_sub(header as u64);
+        if got != expected {
+            return Err(bad(format!(
+                "header {wide:?} promises {expected} data bytes, the file has {got}"
+            )));
+        }
+    }
+    // `limit` fits memory, so it fits usize.
+    let n = usize::try_from(expected).map_err(|_| bad("too large".to_string()))?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(n)
+        .map_err(|_| bad(format!("cannot allocate {n} bytes for the data")))?;
+    let got = r
+        .by_ref()
+        .take(expected)
+        .read_to_end(&mut data)
+        .map_err(read_err)?;
+    if got < n {
         return Err(bad(format!(
-            "header {dims:?} promises {expected} data bytes, the file has {got}"
+            "header {wide:?} promises {expected} data bytes, the file has {got}"
         )));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    // One byte more tells a stream that goes on (and, for gzip, reaches the trailer whose
+    // checksum the decoder then verifies).
+    let mut more = [0u8; 1];
+    if npy::fill(&mut r, &mut more).map_err(read_err)? > 0 {
+        return Err(bad(format!(
+            "header {wide:?} promises {expected} data bytes, the file has more"
+        )));
+    }
+    Ok((dims, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts what the reader pulls from a stream.
+    struct Counting<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn header(dims: &[u32]) -> Vec<u8> {
+        let mut out = vec![0, 0, 0x08, dims.len() as u8];
+        for d in dims {
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn an_endless_stream_is_read_to_its_promise_and_one_byte_more() {
+        let stream = std::io::Cursor::new(header(&[3, 2, 2])).chain(std::io::repeat(7));
+        let mut r = Counting {
+            inner: stream,
+            read: 0,
+        };
+        let err = read_idx(&mut r, "endless", 3, Stream::Gzip).unwrap_err();
+        assert!(err.to_string().contains("the file has more"), "{err}");
+        assert_eq!(r.read, 16 + 12 + 1);
+    }
+
+    #[test]
+    fn promises_are_checked_arithmetic_in_u64() {
+        let wraps = header(&[1 << 31, 1 << 31, 4]);
+        let err = read_idx(&wraps[..], "wraps", 3, Stream::Raw(Some(16))).unwrap_err();
+        assert!(err.to_string().contains("over 2^64"), "{err}");
+        // The largest dimensions multiply to 2^96 - ...: no overflow, a refusal.
+        let max = header(&[u32::MAX, u32::MAX, u32::MAX]);
+        assert!(read_idx(&max[..], "max", 3, Stream::Gzip).is_err());
+        // Just past the reader's bound.
+        let past = header(&[(MAX_IDX_BYTES >> 20) as u32 + 1, 1 << 10, 1 << 10]);
+        let err = read_idx(&past[..], "past", 3, Stream::Gzip).unwrap_err();
+        assert!(err.to_string().contains("more than the"), "{err}");
+    }
+
+    #[test]
+    fn physical_memory_is_read_where_linux_has_it() {
+        if Path::new("/proc/meminfo").exists() {
+            let m = physical_memory().expect("MemTotal");
+            assert!(m > 1 << 20, "{m}");
+        }
+    }
 }

@@ -134,15 +134,28 @@ impl Labels {
     }
 
     /// Rows `range` as a new label set (used to cut batches and chunks).
-    pub fn slice(&self, range: std::ops::Range<usize>) -> Labels {
-        let values = self.values[range].to_vec();
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `range` is reversed or reaches past the last row.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Result<Labels> {
+        let values = self.values.get(range.clone()).ok_or_else(|| {
+            Error::invalid(
+                "labels",
+                format!(
+                    "rows {}..{} are not within the {} rows",
+                    range.start,
+                    range.end,
+                    self.len()
+                ),
+            )
+        })?;
         let active = values.iter().filter(|&&v| v != IGNORED).count();
-        Labels {
-            values,
+        Ok(Labels {
+            values: values.to_vec(),
             classes: self.classes,
             ignore_index: self.ignore_index,
             active,
-        }
+        })
     }
 
     /// Checks that these labels fit logits of shape `rows x cols`.
@@ -184,8 +197,21 @@ mod tests {
     #[test]
     fn slice_recounts_active_rows() {
         let y = Labels::new([0, -100, 1, -100], 2, -100).unwrap();
-        let s = y.slice(1..3);
+        let s = y.slice(1..3).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s.active_count(), 1);
+        assert_eq!(y.slice(4..4).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn slice_out_of_range_is_an_error() {
+        let y = Labels::new([0, 1, 0], 2, -100).unwrap();
+        for range in [0..4, 3..5, 7..9] {
+            let err = y.slice(range).unwrap_err().to_string();
+            assert!(err.contains("within the 3 rows"), "{err}");
+        }
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = 2..1;
+        assert!(y.slice(reversed).is_err());
     }
 }

@@ -4,71 +4,694 @@
 //! Floats are read from `float32` or `float64` (converted); labels from any integer dtype. Both
 //! byte orders and both memory orders (`C` and `fortran_order`) are accepted. Everything written
 //! is little-endian `float32` in C order.
+//!
+//! # Reading untrusted files
+//!
+//! The reader is written for files from anywhere: the header is bounded before anything is
+//! allocated ([`MAX_HEADER_LEN`], numpy's own default), the size the shape promises is computed
+//! with checked arithmetic and compared with the file's length before the payload is read, and
+//! the payload goes into one buffer of exactly the promised size. Every error is one line that
+//! names the file and quotes at most a few dozen bytes of it.
+//!
+//! # Writing
+//!
+//! [`write_f32`] and [`PendingFile`] never leave a half-written file where an old one was: the
+//! data goes to a temporary file beside the target, is flushed to disk, and is renamed over the
+//! target only once complete.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::{Array1, Array2, ArrayD, ArrayViewD, IxDyn, ShapeBuilder};
-use npyz::{DType, Deserialize, NpyFile, Order, TypeChar, WriterBuilder};
+use npyz::WriterBuilder;
 
 use crate::error::{Error, Result};
 
-fn open(path: &Path) -> Result<NpyFile<BufReader<File>>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    NpyFile::new(BufReader::new(file))
-        .map_err(|e| Error::parse(path, format!("not a readable .npy file: {e}")))
+/// The longest header the reader accepts, in bytes: numpy's own default
+/// (`numpy.lib.format`'s `max_header_size`, 10,000 since numpy 1.24), which `np.load` enforces
+/// unless told to trust the file. A plain dtype with numpy's maximum of 64 dimensions needs
+/// under 1,500 bytes.
+pub const MAX_HEADER_LEN: usize = 10_000;
+
+/// numpy's limit on the number of dimensions (`NPY_MAXDIMS` of numpy 2).
+const MAX_DIMS: usize = 64;
+
+/// How many bytes of a malformed header an error quotes.
+const QUOTE_LEN: usize = 40;
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// The element type of a plain (non-structured) array, from the header's `descr`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Dtype {
+    /// numpy's kind character: `f`, `i`, `u`, `b`, `c`, `S`, `U`, `M`, ...
+    kind: char,
+    /// Bytes per element.
+    size: usize,
+    big_endian: bool,
+    /// The `descr` string as written, for errors about kinds we do not name.
+    descr: String,
 }
 
-/// The dtype of a plain (non-structured) array: its kind and its size in bytes.
-fn plain(path: &Path, npy: &NpyFile<BufReader<File>>) -> Result<(TypeChar, u64)> {
-    match npy.dtype() {
-        DType::Plain(ts) => Ok((ts.type_char(), ts.size_field())),
-        other => Err(Error::parse(
-            path,
-            format!("structured dtype {other:?} is not supported"),
-        )),
+impl Dtype {
+    /// numpy's name for the dtype (`float16`, `int64`, `uint8`, `bool`); the `descr` string for
+    /// kinds we never read (strings, dates, objects).
+    fn name(&self) -> String {
+        let bits = self.size * 8;
+        match self.kind {
+            'f' => format!("float{bits}"),
+            'i' => format!("int{bits}"),
+            'u' => format!("uint{bits}"),
+            'c' => format!("complex{bits}"),
+            'b' if self.size == 1 => "bool".to_string(),
+            _ => format!("{:?}", self.descr),
+        }
     }
 }
 
-fn shape_of(npy: &NpyFile<BufReader<File>>) -> Vec<usize> {
-    npy.shape().iter().map(|&d| d as usize).collect()
+/// A parsed header: what the payload holds and where it starts.
+#[derive(Debug)]
+struct Header {
+    dtype: Dtype,
+    fortran: bool,
+    shape: Vec<usize>,
+    /// Number of elements (the checked product of the shape).
+    len: usize,
+    /// Payload bytes the header promises (`len * dtype.size`, checked).
+    bytes: u64,
 }
 
-/// Reads all elements as `T` (the file's exact type), then converts each with `f`.
-fn elements<T: Deserialize, U>(
-    path: &Path,
-    npy: NpyFile<BufReader<File>>,
-    f: impl Fn(T) -> Result<U>,
-) -> Result<ArrayD<U>> {
-    let shape = shape_of(&npy);
-    let order = npy.order();
-    let data: Vec<T> = npy
-        .into_vec()
-        .map_err(|e| Error::parse(path, format!("reading the data failed: {e}")))?;
-    let data = data.into_iter().map(f).collect::<Result<Vec<U>>>()?;
-    let dim = IxDyn(&shape);
-    let array = match order {
-        Order::C => ArrayD::from_shape_vec(dim, data),
-        Order::Fortran => ArrayD::from_shape_vec(dim.f(), data),
+/// An open file positioned at its payload.
+struct Source {
+    header: Header,
+    reader: BufReader<File>,
+}
+
+fn malformed(path: &Path, message: impl std::fmt::Display) -> Error {
+    Error::parse(path, format!("not a readable .npy file: {message}"))
+}
+
+/// At most [`QUOTE_LEN`] bytes of `bytes`, escaped, for an error message that must stay one
+/// short line whatever the file holds.
+fn quote(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(QUOTE_LEN)];
+    let mut s: String = shown.escape_ascii().to_string();
+    if bytes.len() > QUOTE_LEN {
+        s.push_str("...");
+    }
+    format!("\"{s}\"")
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read. Unlike `read_exact`
+/// it says how far a short stream got, for the error message.
+pub(crate) fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads and checks the preamble and header; the reader is left at the payload. Returns the
+/// header and the number of bytes before the payload.
+fn read_header(path: &Path, r: &mut impl Read) -> Result<(Header, u64)> {
+    let io = |e| Error::io(path, e);
+    let mut pre = [0u8; 8];
+    let got = fill(r, &mut pre).map_err(io)?;
+    if got < pre.len() || &pre[..6] != MAGIC {
+        return Err(malformed(
+            path,
+            format!(
+                "it does not begin with numpy's magic string (it begins {})",
+                quote(&pre[..got])
+            ),
+        ));
+    }
+    let (major, minor) = (pre[6], pre[7]);
+    let len_bytes = match (major, minor) {
+        (1, 0) => 2,
+        (2, 0) | (3, 0) => 4,
+        _ => {
+            return Err(malformed(
+                path,
+                format!("format version {major}.{minor} is not 1.0, 2.0 or 3.0"),
+            ));
+        }
     };
-    array.map_err(|e| Error::parse(path, format!("data does not fill shape {shape:?}: {e}")))
+    let mut len = [0u8; 4];
+    if fill(r, &mut len[..len_bytes]).map_err(io)? < len_bytes {
+        return Err(malformed(path, "the file ends inside the header length"));
+    }
+    let header_len = u32::from_le_bytes(len);
+    // Checked before anything is allocated: a 27-byte file can claim a 4 GiB header.
+    let header_len = match usize::try_from(header_len) {
+        Ok(n) if n <= MAX_HEADER_LEN => n,
+        _ => {
+            return Err(malformed(
+                path,
+                format!(
+                    "its header claims {header_len} bytes, more than numpy's limit of \
+                     {MAX_HEADER_LEN}"
+                ),
+            ));
+        }
+    };
+    let mut text = vec![0u8; header_len];
+    let got = fill(r, &mut text).map_err(io)?;
+    if got < header_len {
+        return Err(malformed(
+            path,
+            format!("the header claims {header_len} bytes, the file ends after {got}"),
+        ));
+    }
+    let header = parse_header(&text).map_err(|m| malformed(path, m))?;
+    let offset = (8 + len_bytes + header_len) as u64;
+    Ok((header, offset))
+}
+
+/// A Python literal as numpy writes them in a header (`ast.literal_eval`'s subset we need).
+#[derive(Debug)]
+enum Lit {
+    Str(String),
+    /// Python integers are unbounded; those past `u64` (or negative) are `None`.
+    Int(Option<u64>),
+    Bool(bool),
+    /// `None`.
+    Nothing,
+    Tuple(Vec<Lit>),
+    /// A list: a structured dtype's `descr`, refused whatever it holds.
+    List,
+    Dict(Vec<(Lit, Lit)>),
+}
+
+/// Nesting deeper than this is refused: a header of 10,000 `(` must not exhaust the stack.
+const MAX_DEPTH: usize = 16;
+
+struct Parser<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl Parser<'_> {
+    fn ws(&mut self) {
+        while self
+            .s
+            .get(self.at)
+            .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c'))
+        {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.at).copied()
+    }
+
+    fn err(&self, what: &str) -> String {
+        format!(
+            "{what} at byte {} of the header {}",
+            self.at,
+            quote(&self.s[self.at.min(self.s.len())..])
+        )
+    }
+
+    fn value(&mut self, depth: usize) -> std::result::Result<Lit, String> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("nesting too deep"));
+        }
+        self.ws();
+        match self.peek() {
+            Some(q @ (b'\'' | b'"')) => self.string(q),
+            Some(b'(') => self.seq(b')', depth).map(Lit::Tuple),
+            Some(b'[') => self.seq(b']', depth).map(|_| Lit::List),
+            Some(b'{') => self.dict(depth),
+            Some(b'0'..=b'9' | b'-' | b'+') => self.int(),
+            Some(b'A'..=b'Z' | b'a'..=b'z') => {
+                let start = self.at;
+                while self.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
+                    self.at += 1;
+                }
+                match &self.s[start..self.at] {
+                    b"True" => Ok(Lit::Bool(true)),
+                    b"False" => Ok(Lit::Bool(false)),
+                    b"None" => Ok(Lit::Nothing),
+                    _ => {
+                        self.at = start;
+                        Err(self.err("unexpected name"))
+                    }
+                }
+            }
+            Some(_) => Err(self.err("unexpected character")),
+            None => Err(self.err("unexpected end")),
+        }
+    }
+
+    fn string(&mut self, q: u8) -> std::result::Result<Lit, String> {
+        let start = self.at;
+        self.at += 1;
+        let mut out = Vec::new();
+        loop {
+            match self.peek() {
+                None => {
+                    self.at = start;
+                    return Err(self.err("unterminated string"));
+                }
+                Some(c) if c == q => {
+                    self.at += 1;
+                    return Ok(Lit::Str(String::from_utf8_lossy(&out).into_owned()));
+                }
+                Some(b'\\') => {
+                    // dtype strings hold no escapes; keep the escaped byte as it is.
+                    self.at += 1;
+                    if let Some(c) = self.peek() {
+                        out.push(c);
+                        self.at += 1;
+                    }
+                }
+                Some(c) => {
+                    out.push(c);
+                    self.at += 1;
+                }
+            }
+        }
+    }
+
+    fn int(&mut self) -> std::result::Result<Lit, String> {
+        let negative = match self.peek() {
+            Some(b'-') => {
+                self.at += 1;
+                true
+            }
+            Some(b'+') => {
+                self.at += 1;
+                false
+            }
+            _ => false,
+        };
+        let start = self.at;
+        let mut v: Option<u64> = Some(0);
+        while let Some(c @ b'0'..=b'9') = self.peek() {
+            v = v
+                .and_then(|v| v.checked_mul(10))
+                .and_then(|v| v.checked_add(u64::from(c - b'0')));
+            self.at += 1;
+        }
+        if self.at == start {
+            return Err(self.err("expected digits"));
+        }
+        // Python 2's numpy wrote long integers as `3L`.
+        if self.peek() == Some(b'L') {
+            self.at += 1;
+        }
+        Ok(Lit::Int(if negative && v != Some(0) { None } else { v }))
+    }
+
+    /// Items separated by commas (a trailing comma allowed) up to `close`.
+    fn seq(&mut self, close: u8, depth: usize) -> std::result::Result<Vec<Lit>, String> {
+        self.at += 1;
+        let mut items = Vec::new();
+        loop {
+            self.ws();
+            if self.peek() == Some(close) {
+                self.at += 1;
+                return Ok(items);
+            }
+            items.push(self.value(depth + 1)?);
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(c) if c == close => {}
+                _ => return Err(self.err("expected a comma")),
+            }
+        }
+    }
+
+    fn dict(&mut self, depth: usize) -> std::result::Result<Lit, String> {
+        self.at += 1;
+        let mut items = Vec::new();
+        loop {
+            self.ws();
+            if self.peek() == Some(b'}') {
+                self.at += 1;
+                return Ok(Lit::Dict(items));
+            }
+            let key = self.value(depth + 1)?;
+            self.ws();
+            if self.peek() != Some(b':') {
+                return Err(self.err("expected a colon"));
+            }
+            self.at += 1;
+            let value = self.value(depth + 1)?;
+            items.push((key, value));
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b'}') => {}
+                _ => return Err(self.err("expected a comma")),
+            }
+        }
+    }
+}
+
+/// Parses numpy's `descr` for a plain dtype: a byte order (`<`, `>`, `|`, `=`), a kind
+/// character and a size in bytes (`<f4`, `|u1`, `>i8`).
+fn parse_descr(descr: &str) -> std::result::Result<Dtype, String> {
+    let unsupported = || format!("dtype {descr:?} is not a plain numeric dtype");
+    let mut chars = descr.chars();
+    let (order, rest) = match chars.next() {
+        Some(c @ ('<' | '>' | '|' | '=')) => (c, chars.as_str()),
+        _ => ('=', descr),
+    };
+    let mut chars = rest.chars();
+    let kind = chars.next().ok_or_else(unsupported)?;
+    let digits = chars.as_str();
+    let size = match digits.parse::<usize>() {
+        Ok(n) if n > 0 && n <= 64 && digits.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => return Err(unsupported()),
+    };
+    let big_endian = match order {
+        '>' => true,
+        '<' => false,
+        _ => cfg!(target_endian = "big"),
+    };
+    Ok(Dtype {
+        kind,
+        size,
+        big_endian,
+        descr: descr.to_string(),
+    })
+}
+
+/// Parses a header's text: numpy's dictionary with exactly the keys `descr`, `fortran_order`
+/// and `shape`. The message of an error quotes at most [`QUOTE_LEN`] bytes of it.
+fn parse_header(text: &[u8]) -> std::result::Result<Header, String> {
+    let mut p = Parser { s: text, at: 0 };
+    let lit = p.value(0)?;
+    p.ws();
+    // numpy pads with spaces; a NUL here and there is seen in files written by other tools.
+    while p.peek() == Some(0) {
+        p.at += 1;
+        p.ws();
+    }
+    if p.at < text.len() {
+        return Err(p.err("unexpected text after the header's dictionary"));
+    }
+    let Lit::Dict(items) = lit else {
+        return Err(format!("the header {} is not a dictionary", quote(text)));
+    };
+    let (mut descr, mut fortran, mut shape) = (None, None, None);
+    for (key, value) in items {
+        let Lit::Str(key) = key else {
+            return Err(format!(
+                "the header {} has a key that is not a string",
+                quote(text)
+            ));
+        };
+        let slot = match key.as_str() {
+            "descr" => &mut descr,
+            "fortran_order" => &mut fortran,
+            "shape" => &mut shape,
+            _ => {
+                return Err(format!(
+                    "the header has the unexpected key {}",
+                    quote(key.as_bytes())
+                ));
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("the header repeats the key {key:?}"));
+        }
+    }
+    let missing = |k: &str| format!("the header has no {k:?} key");
+    let dtype = match descr.ok_or_else(|| missing("descr"))? {
+        Lit::Str(s) => parse_descr(&s)?,
+        Lit::List => return Err("structured dtypes are not supported".to_string()),
+        _ => return Err("the header's descr is not a string".to_string()),
+    };
+    let fortran = match fortran.ok_or_else(|| missing("fortran_order"))? {
+        Lit::Bool(b) => b,
+        _ => return Err("the header's fortran_order is not True or False".to_string()),
+    };
+    let Lit::Tuple(dims) = shape.ok_or_else(|| missing("shape"))? else {
+        return Err("the header's shape is not a tuple".to_string());
+    };
+    if dims.len() > MAX_DIMS {
+        return Err(format!(
+            "the shape has {} dimensions, more than numpy's {MAX_DIMS}",
+            dims.len()
+        ));
+    }
+    let shape = dims
+        .iter()
+        .map(|d| match d {
+            Lit::Int(Some(v)) => usize::try_from(*v)
+                .ok()
+                .filter(|&v| isize::try_from(v).is_ok()),
+            _ => None,
+        })
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| "the header's shape is not a tuple of sizes".to_string())?;
+    let (len, bytes) = checked_size(&shape, dtype.size)
+        .ok_or_else(|| format!("shape {shape:?} is too large for this machine's addresses"))?;
+    Ok(Header {
+        dtype,
+        fortran,
+        shape,
+        len,
+        bytes,
+    })
+}
+
+/// The number of elements of `shape` and its payload in bytes, or `None` when either
+/// overflows what an ndarray can index (`isize::MAX`, which ndarray also requires of the
+/// product of the non-zero dimensions).
+fn checked_size(shape: &[usize], item: usize) -> Option<(usize, u64)> {
+    let nonzero = shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    isize::try_from(nonzero.checked_mul(item)?).ok()?;
+    let len = shape.iter().product::<usize>();
+    Some((len, u64::try_from(len.checked_mul(item)?).ok()?))
+}
+
+fn open(path: &Path) -> Result<Source> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::io(
+            path,
+            io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
+        ));
+    }
+    let mut reader = BufReader::new(file);
+    let (header, offset) = read_header(path, &mut reader)?;
+    // A regular file's length bounds the payload before anything is allocated; a pipe's
+    // payload is bounded by the memory check in `payload` and by its own end.
+    if meta.is_file() {
+        let available = meta.len().saturating_sub(offset);
+        if available < header.bytes {
+            return Err(Error::parse(
+                path,
+                format!(
+                    "shape {:?} of {} needs {} data bytes, the file has {available}",
+                    header.shape,
+                    header.dtype.name(),
+                    header.bytes
+                ),
+            ));
+        }
+    }
+    Ok(Source { header, reader })
+}
+
+/// Where storage index `k` lies in the array, in words: "row r, column c" for a matrix.
+fn position(header: &Header, k: usize) -> String {
+    let shape = &header.shape;
+    let mut index = vec![0; shape.len()];
+    let mut rest = k;
+    // Storage order: the last axis fastest in C order, the first in Fortran order.
+    let axes: Vec<usize> = if header.fortran {
+        (0..shape.len()).collect()
+    } else {
+        (0..shape.len()).rev().collect()
+    };
+    for axis in axes {
+        let d = shape[axis].max(1);
+        index[axis] = rest % d;
+        rest /= d;
+    }
+    match index.as_slice() {
+        [i] => format!("index {i}"),
+        [r, c] => format!("row {r}, column {c}"),
+        _ => format!("index {index:?}"),
+    }
+}
+
+/// An empty buffer with room for exactly the header's elements of `U`, once they are known to
+/// fit this machine's memory.
+fn reserve<U>(path: &Path, header: &Header) -> Result<Vec<U>> {
+    let out_bytes = (header.len as u64).saturating_mul(std::mem::size_of::<U>() as u64);
+    if let Some(memory) = crate::data::physical_memory()
+        && out_bytes > memory
+    {
+        return Err(Error::parse(
+            path,
+            format!(
+                "shape {:?} needs {out_bytes} bytes of memory, more than this machine's \
+                 {memory}",
+                header.shape
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(header.len).map_err(|_| {
+        Error::parse(
+            path,
+            format!(
+                "cannot allocate {out_bytes} bytes for shape {:?}",
+                header.shape
+            ),
+        )
+    })?;
+    Ok(out)
+}
+
+fn short_data(path: &Path, header: &Header, got: u64) -> Error {
+    Error::parse(
+        path,
+        format!(
+            "the data ends after {got} of the {} bytes that shape {:?} needs",
+            header.bytes, header.shape
+        ),
+    )
+}
+
+/// Reads the payload, converting each element with `f` (given its bytes, in the file's byte
+/// order, and its storage index), into one buffer of exactly the promised size: the input is
+/// never held twice, nor grown by doubling.
+fn payload<U>(
+    path: &Path,
+    header: &Header,
+    reader: &mut impl Read,
+    mut f: impl FnMut(&[u8], usize) -> Result<U>,
+) -> Result<Vec<U>> {
+    let (len, item) = (header.len, header.dtype.size);
+    let mut out = reserve(path, header)?;
+    // Whole elements per chunk, so that no element straddles two reads.
+    let mut buf = vec![0u8; (64 * 1024 / item).max(1) * item];
+    let mut done = 0usize;
+    while done < len {
+        let want = ((len - done) * item).min(buf.len());
+        let got = fill(reader, &mut buf[..want]).map_err(|e| Error::io(path, e))?;
+        if got < want {
+            return Err(short_data(
+                path,
+                header,
+                done as u64 * item as u64 + got as u64,
+            ));
+        }
+        for (i, bytes) in buf[..want].chunks_exact(item).enumerate() {
+            out.push(f(bytes, done + i)?);
+        }
+        done += want / item;
+    }
+    Ok(out)
+}
+
+/// [`payload`] for float32 in the machine's own byte order, the common case: read straight
+/// into the result, with no per-element work.
+fn payload_f32_native(path: &Path, header: &Header, reader: &mut impl Read) -> Result<Vec<f32>> {
+    let mut out = reserve(path, header)?;
+    out.resize(header.len, 0.0f32);
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+    let got = fill(reader, bytes).map_err(|e| Error::io(path, e))?;
+    if got < bytes.len() {
+        return Err(short_data(path, header, got as u64));
+    }
+    Ok(out)
+}
+
+/// `N` bytes of one element in native order.
+fn native<const N: usize>(bytes: &[u8], big_endian: bool) -> [u8; N] {
+    let mut b = [0u8; N];
+    b.copy_from_slice(bytes);
+    if big_endian != cfg!(target_endian = "big") {
+        b.reverse();
+    }
+    b
+}
+
+fn into_array<U>(path: &Path, header: &Header, data: Vec<U>) -> Result<ArrayD<U>> {
+    let dim = IxDyn(&header.shape);
+    let array = if header.fortran {
+        ArrayD::from_shape_vec(dim.f(), data)
+    } else {
+        ArrayD::from_shape_vec(dim, data)
+    };
+    array.map_err(|e| {
+        Error::parse(
+            path,
+            format!("data does not fill shape {:?}: {e}", header.shape),
+        )
+    })
 }
 
 /// Reads a float array of any shape; `float64` is converted to `float32`.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read; [`Error::Parse`] when it is not a `.npy` file,
+/// its dtype is not `float32` or `float64`, its data is shorter than its shape, or a finite
+/// `float64` value is too large for `float32` (it would silently become infinite; infinities
+/// and NaN in the file are kept as they are).
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
-    let npy = open(path)?;
-    match plain(path, &npy)? {
-        (TypeChar::Float, 4) => elements(path, npy, |v: f32| Ok(v)),
-        (TypeChar::Float, 8) => elements(path, npy, |v: f64| Ok(v as f32)),
-        (kind, size) => Err(Error::parse(
-            path,
-            format!("dtype {kind:?}{size} is not float32 or float64"),
-        )),
-    }
+    let mut src = open(path)?;
+    let dtype = src.header.dtype.clone();
+    let be = dtype.big_endian;
+    let (header, reader) = (&src.header, &mut src.reader);
+    let data = match (dtype.kind, dtype.size) {
+        ('f', 4) if be == cfg!(target_endian = "big") => payload_f32_native(path, header, reader)?,
+        ('f', 4) => payload(path, header, reader, |b, _| {
+            Ok(f32::from_ne_bytes(native(b, be)))
+        })?,
+        ('f', 8) => payload(path, header, reader, |b, k| {
+            let v = f64::from_ne_bytes(native(b, be));
+            let r = v as f32;
+            // Only finite values that round to an infinity: -inf masks stay legal.
+            if v.is_finite() && r.is_infinite() {
+                Err(Error::parse(
+                    path,
+                    format!(
+                        "float64 value {v:e} at {} is too large for float32 (at most {:e})",
+                        position(header, k),
+                        f32::MAX
+                    ),
+                ))
+            } else {
+                Ok(r)
+            }
+        })?,
+        _ => {
+            return Err(Error::parse(
+                path,
+                format!("dtype {} is not float32 or float64", dtype.name()),
+            ));
+        }
+    };
+    into_array(path, header, data)
 }
 
 /// Reads a 2-D float array; `what` names it in errors ("logits", "targets").
+///
+/// # Errors
+/// Those of [`read_f32`], and [`Error::Parse`] when the array is not 2-D.
 pub fn read_matrix(path: &Path, what: &str) -> Result<Array2<f32>> {
     let a = read_f32(path)?;
     let shape = a.shape().to_vec();
@@ -81,6 +704,9 @@ pub fn read_matrix(path: &Path, what: &str) -> Result<Array2<f32>> {
 }
 
 /// Reads a 1-D float array; `what` names it in errors.
+///
+/// # Errors
+/// Those of [`read_f32`], and [`Error::Parse`] when the array is not 1-D.
 pub fn read_vector(path: &Path, what: &str) -> Result<Array1<f32>> {
     let a = read_f32(path)?;
     let shape = a.shape().to_vec();
@@ -93,61 +719,323 @@ pub fn read_vector(path: &Path, what: &str) -> Result<Array1<f32>> {
 }
 
 /// Reads 1-D integer labels of any integer dtype (`uint8`, `int32`, `int64`, ...).
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read; [`Error::Parse`] when it is not a 1-D `.npy`
+/// array of an integer dtype, its data is short, or a `uint64` label does not fit `int64`.
 pub fn read_labels(path: &Path) -> Result<Array1<i64>> {
-    let npy = open(path)?;
-    let shape = shape_of(&npy);
-    if shape.len() != 1 {
+    let src = open(path)?;
+    if src.header.shape.len() != 1 {
         return Err(Error::parse(
             path,
-            format!("labels must be a 1-D integer array, got shape {shape:?}"),
+            format!(
+                "labels must be a 1-D integer array, got shape {:?}",
+                src.header.shape
+            ),
         ));
     }
-    Ok(integers(path, npy)?
+    // Checked 1-D above, so this cannot fail.
+    integers(path, src)?
         .into_dimensionality()
-        .expect("checked 1-D above"))
+        .map_err(|e| Error::parse(path, e.to_string()))
 }
 
 /// Reads integer labels of any shape and any integer dtype: per-position labels
 /// `(N, d1, ..., dk)` of a cross-entropy over extra dimensions, or a 0-d label.
+///
+/// # Errors
+/// As [`read_labels`], without its 1-D requirement.
 pub fn read_labels_nd(path: &Path) -> Result<ArrayD<i64>> {
     integers(path, open(path)?)
 }
 
-/// The elements of an integer array of any dtype, as `i64`.
-fn integers(path: &Path, npy: NpyFile<BufReader<File>>) -> Result<ArrayD<i64>> {
-    let too_big = |v: u64| {
-        i64::try_from(v).map_err(|_| Error::parse(path, format!("label {v} does not fit int64")))
+/// The elements of an integer array of any dtype, as `i64`, in the file's shape and order.
+fn integers(path: &Path, mut src: Source) -> Result<ArrayD<i64>> {
+    let dtype = src.header.dtype.clone();
+    let be = dtype.big_endian;
+    let (header, reader) = (&src.header, &mut src.reader);
+    let data = match (dtype.kind, dtype.size) {
+        ('i', 1) => payload(path, header, reader, |b, _| Ok(i64::from(b[0] as i8)))?,
+        ('i', 2) => payload(path, header, reader, |b, _| {
+            Ok(i64::from(i16::from_ne_bytes(native(b, be))))
+        })?,
+        ('i', 4) => payload(path, header, reader, |b, _| {
+            Ok(i64::from(i32::from_ne_bytes(native(b, be))))
+        })?,
+        ('i', 8) => payload(path, header, reader, |b, _| {
+            Ok(i64::from_ne_bytes(native(b, be)))
+        })?,
+        ('u', 1) => payload(path, header, reader, |b, _| Ok(i64::from(b[0])))?,
+        ('u', 2) => payload(path, header, reader, |b, _| {
+            Ok(i64::from(u16::from_ne_bytes(native(b, be))))
+        })?,
+        ('u', 4) => payload(path, header, reader, |b, _| {
+            Ok(i64::from(u32::from_ne_bytes(native(b, be))))
+        })?,
+        ('u', 8) => payload(path, header, reader, |b, k| {
+            let v = u64::from_ne_bytes(native(b, be));
+            i64::try_from(v).map_err(|_| {
+                Error::parse(
+                    path,
+                    format!("label {v} at {} does not fit int64", position(header, k)),
+                )
+            })
+        })?,
+        _ => {
+            return Err(Error::parse(
+                path,
+                format!("labels must have an integer dtype, got {}", dtype.name()),
+            ));
+        }
     };
-    match plain(path, &npy)? {
-        (TypeChar::Int, 1) => elements(path, npy, |v: i8| Ok(v as i64)),
-        (TypeChar::Int, 2) => elements(path, npy, |v: i16| Ok(v as i64)),
-        (TypeChar::Int, 4) => elements(path, npy, |v: i32| Ok(v as i64)),
-        (TypeChar::Int, 8) => elements(path, npy, |v: i64| Ok(v)),
-        (TypeChar::Uint, 1) => elements(path, npy, |v: u8| Ok(v as i64)),
-        (TypeChar::Uint, 2) => elements(path, npy, |v: u16| Ok(v as i64)),
-        (TypeChar::Uint, 4) => elements(path, npy, |v: u32| Ok(v as i64)),
-        (TypeChar::Uint, 8) => elements(path, npy, |v: u64| too_big(v)),
-        (kind, size) => Err(Error::parse(
-            path,
-            format!("labels must have an integer dtype, got {kind:?}{size}"),
-        )),
-    }
+    into_array(path, &src.header, data)
 }
 
-/// Writes a float32 array of any shape (a 0-d array for a scalar).
-pub fn write_f32(path: &Path, a: ArrayViewD<f32>) -> Result<()> {
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+/// Writes `a` as a little-endian `float32` `.npy` file (a 0-d array for a scalar) to `w`.
+///
+/// # Errors
+/// The writer's errors.
+pub fn write_f32_to<W: Write>(w: W, a: ArrayViewD<f32>) -> io::Result<()> {
     let shape: Vec<u64> = a.shape().iter().map(|&d| d as u64).collect();
-    let io = |e: std::io::Error| Error::io(path, e);
     let mut writer = npyz::WriteOptions::new()
         .default_dtype()
         .shape(&shape)
-        .writer(BufWriter::new(file))
-        .begin_nd()
-        .map_err(io)?;
+        .writer(w)
+        .begin_nd()?;
     // `iter` walks logical (C) order whatever the view's memory layout.
-    writer.extend(a.iter().copied()).map_err(io)?;
-    writer.finish().map_err(io)
+    writer.extend(a.iter().copied())?;
+    writer.finish()
+}
+
+/// Writes a float32 array of any shape (a 0-d array for a scalar), atomically: a failure
+/// leaves any existing file at `path` as it was (see [`PendingFile`]).
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be created, written or moved into place.
+pub fn write_f32(path: &Path, a: ArrayViewD<f32>) -> Result<()> {
+    let mut file = PendingFile::new(path)?;
+    file.write_f32(a)?;
+    file.commit()
+}
+
+/// Distinguishes the temporary files of one process.
+static TEMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// One output file, written beside its target and moved over it only when complete.
+///
+/// [`PendingFile::new`] creates a temporary file in the target's directory (so a missing or
+/// unwritable directory fails at once, before any work); [`PendingFile::write_with`] writes it
+/// and flushes it to disk; [`PendingFile::commit`] renames it over the target, which is atomic
+/// on POSIX file systems. A `PendingFile` dropped before its commit removes the temporary
+/// file, and the target is never touched. Several files can be committed together only after
+/// all were written, which is how the CLI keeps a failing command from replacing any output.
+///
+/// A target that exists and is not a regular file (a device such as `/dev/null`, or a named
+/// pipe) is written directly when written: it holds no old contents to keep, and it must not
+/// be replaced by a rename. A target that is a symbolic link to a file replaces the file it
+/// points at, as writing through the link would.
+#[derive(Debug)]
+pub struct PendingFile {
+    /// The path as given, for messages.
+    shown: PathBuf,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// A temporary file beside `target`.
+    Temp {
+        target: PathBuf,
+        temp: PathBuf,
+        file: File,
+        written: bool,
+    },
+    /// A device or pipe, written in place.
+    Direct { target: PathBuf, written: bool },
+    /// Committed, or failed and cleaned up.
+    Done,
+}
+
+impl PendingFile {
+    /// Prepares to write `path`: checks it is not a directory, and creates the temporary file
+    /// beside it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `path` is a directory or its directory is missing or not writable.
+    pub fn new(path: &Path) -> Result<Self> {
+        let shown = path.to_path_buf();
+        let io = |e| Error::io(path, e);
+        let target = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(io(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "is a directory",
+                )));
+            }
+            Ok(m) if !m.is_file() => {
+                return Ok(PendingFile {
+                    shown,
+                    state: State::Direct {
+                        target: path.to_path_buf(),
+                        written: false,
+                    },
+                });
+            }
+            // Through any symbolic link to the real file, which the rename must replace.
+            Ok(_) => std::fs::canonicalize(path).map_err(io)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_path_buf(),
+            Err(e) => return Err(io(e)),
+        };
+        let name = target.file_name().ok_or_else(|| {
+            io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "does not name a file",
+            ))
+        })?;
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut attempts = 0;
+        let (temp, file) = loop {
+            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let mut temp_name = std::ffi::OsString::from(".");
+            temp_name.push(name);
+            temp_name.push(format!(".{}-{n}.tmp", std::process::id()));
+            let temp = dir.join(temp_name);
+            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Ok(file) => break (temp, file),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {
+                    attempts += 1;
+                }
+                Err(e) => {
+                    let why = format!("cannot create a file in {}: {e}", dir.display());
+                    return Err(io(io::Error::new(e.kind(), why)));
+                }
+            }
+        };
+        // The replaced file keeps its permissions, as it would when written in place.
+        if let Ok(m) = std::fs::metadata(&target) {
+            let _ = file.set_permissions(m.permissions());
+        }
+        Ok(PendingFile {
+            shown,
+            state: State::Temp {
+                target,
+                temp,
+                file,
+                written: false,
+            },
+        })
+    }
+
+    /// The path as given to [`PendingFile::new`].
+    pub fn path(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Writes the file's whole contents with `f` (replacing anything written before) and, for
+    /// a regular file, flushes them to disk.
+    ///
+    /// # Errors
+    /// [`Error::Io`] for any failed write; the temporary file is then removed and the target
+    /// is left as it was.
+    pub fn write_with(&mut self, f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+        let result = match &mut self.state {
+            State::Temp { file, written, .. } => (|| {
+                file.set_len(0)?;
+                file.rewind()?;
+                let mut w = BufWriter::new(&*file);
+                f(&mut w)?;
+                w.flush()?;
+                drop(w);
+                file.sync_all()?;
+                *written = true;
+                Ok(())
+            })(),
+            State::Direct { target, written } => (|| {
+                let file = OpenOptions::new().write(true).open(&*target)?;
+                let mut w = BufWriter::new(file);
+                f(&mut w)?;
+                w.flush()?;
+                *written = true;
+                Ok(())
+            })(),
+            State::Done => Err(io::Error::other("the file was already committed")),
+        };
+        result.map_err(|e| {
+            self.discard();
+            Error::io(&self.shown, e)
+        })
+    }
+
+    /// Whether the file's contents were written (and so it can be committed).
+    pub fn is_written(&self) -> bool {
+        match &self.state {
+            State::Temp { written, .. } | State::Direct { written, .. } => *written,
+            State::Done => false,
+        }
+    }
+
+    /// Writes `a` as a little-endian `float32` `.npy` file ([`write_f32_to`]).
+    ///
+    /// # Errors
+    /// As [`PendingFile::write_with`].
+    pub fn write_f32(&mut self, a: ArrayViewD<f32>) -> Result<()> {
+        self.write_with(|w| write_f32_to(w, a))
+    }
+
+    /// Moves the written file over its target (nothing to do for a device or pipe).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when nothing was written or the rename fails; the target is then as it
+    /// was.
+    pub fn commit(mut self) -> Result<()> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Temp {
+                target,
+                temp,
+                file,
+                written,
+            } => {
+                drop(file);
+                let result = if written {
+                    std::fs::rename(&temp, &target)
+                } else {
+                    Err(io::Error::other("nothing was written"))
+                };
+                match result {
+                    Ok(()) => {
+                        // The rename itself reaches the disk with the directory; best effort,
+                        // since the file is in place whatever this says.
+                        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty())
+                            && let Ok(d) = File::open(dir)
+                        {
+                            let _ = d.sync_all();
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&temp);
+                        Err(Error::io(&self.shown, e))
+                    }
+                }
+            }
+            State::Direct { .. } | State::Done => Ok(()),
+        }
+    }
+
+    fn discard(&mut self) {
+        if let State::Temp { temp, .. } = std::mem::replace(&mut self.state, State::Done) {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        self.discard();
+    }
 }
 
 #[cfg(test)]
@@ -155,10 +1043,27 @@ mod tests {
     use super::*;
     use ndarray::array;
 
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("softmax-ce-npy-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A version-1 file with `header` as its dictionary text, then `data`.
+    fn npy_bytes(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[1, 0]);
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
     #[test]
     fn round_trips_shapes_including_scalars() {
-        let dir = std::env::temp_dir().join(format!("softmax-ce-npy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("round_trip");
         let m = array![[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]];
         let path = dir.join("m.npy");
         write_f32(&path, m.view().into_dyn()).unwrap();
@@ -172,6 +1077,8 @@ mod tests {
         let err = read_vector(&path, "weights").unwrap_err().to_string();
         assert!(err.contains("weights must be a 1-D array"), "{err}");
         assert!(read_labels(&path).is_err());
+        // Only the written file is left: no temporaries.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -181,5 +1088,238 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/x.npy"), "{err}");
+    }
+
+    #[test]
+    fn headers_parse_as_numpy_writes_them() {
+        let h =
+            parse_header(b"{'descr': '<f8', 'fortran_order': True, 'shape': (3, 4), }          \n")
+                .unwrap();
+        assert_eq!((h.dtype.kind, h.dtype.size, h.fortran), ('f', 8, true));
+        assert_eq!((h.shape, h.len, h.bytes), (vec![3, 4], 12, 96));
+        let h = parse_header(b"{\"shape\": (5L,), \"descr\": \"|u1\", \"fortran_order\": False}")
+            .unwrap();
+        assert_eq!((h.shape, h.dtype.name()), (vec![5], "uint8".to_string()));
+        let h = parse_header(b"{'descr': '>i8', 'fortran_order': False, 'shape': ()}").unwrap();
+        assert!(h.dtype.big_endian);
+        assert_eq!((h.shape.len(), h.len), (0, 1));
+    }
+
+    #[test]
+    fn malformed_headers_are_short_one_line_errors() {
+        let long = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': '{}'}}",
+            "y".repeat(5000)
+        );
+        let bad: &[&[u8]] = &[
+            b"",
+            b"{",
+            b"[1, 2]",
+            b"{'descr': '<f4'}",
+            b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'shape': (2,)}",
+            b"{'descr': '<f4', 'fortran_order': 0, 'shape': (2,)}",
+            b"{'descr': '<f4', 'fortran_order': False, 'shape': (-1,)}",
+            b"{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,)}",
+            b"{'descr': '<f4', 'fortran_order': False, 'shape': [2]}",
+            b"{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,)}",
+            b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,)} trailing",
+            long.as_bytes(),
+        ];
+        for text in bad {
+            let err = parse_header(text).unwrap_err();
+            assert!(!err.contains('\n') && err.len() < 200, "{err}");
+        }
+        // Deep nesting is refused, not recursed into.
+        let deep = format!("{}{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(
+            parse_header(deep.as_bytes())
+                .unwrap_err()
+                .contains("nesting")
+        );
+    }
+
+    #[test]
+    fn sizes_are_checked_arithmetic() {
+        assert_eq!(checked_size(&[2, 3], 4), Some((6, 24)));
+        assert_eq!(checked_size(&[], 8), Some((1, 8)));
+        assert_eq!(checked_size(&[0, 5], 4), Some((0, 0)));
+        assert_eq!(checked_size(&[1 << 32, 1 << 32], 4), None);
+        assert_eq!(checked_size(&[usize::MAX / 2, 2], 1), None);
+        // A zero dimension does not hide an overflowing rest, which ndarray would refuse.
+        assert_eq!(checked_size(&[0, 1 << 62, 4], 4), None);
+    }
+
+    #[test]
+    fn an_absurd_header_length_is_refused_before_allocating() {
+        let dir = scratch("header_len");
+        let path = dir.join("h.npy");
+        // 27 bytes that claim a 4 GiB header (format 2.0, header_len 0xFFFFFFF0).
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[2, 0]);
+        bytes.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        bytes.resize(27, b' ');
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_f32(&path).unwrap_err().to_string();
+        assert!(err.contains("4294967280") && err.contains("10000"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_payload_is_checked_against_the_file_length() {
+        let dir = scratch("payload");
+        let path = dir.join("p.npy");
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000), }";
+        std::fs::write(&path, npy_bytes(header, &[0; 16])).unwrap();
+        let err = read_f32(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("4000000000000 data bytes, the file has 16"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stream_shorter_than_its_shape_is_an_error() {
+        // Regular files are checked against their length when opened; a pipe is not.
+        let header =
+            parse_header(b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,)}").unwrap();
+        let path = Path::new("pipe");
+        let err = payload_f32_native(path, &header, &mut &[0u8; 10][..]).unwrap_err();
+        assert!(
+            err.to_string().contains("ends after 10 of the 16 bytes"),
+            "{err}"
+        );
+        let err = payload(path, &header, &mut &[0u8; 10][..], |b, _| Ok(b[0])).unwrap_err();
+        assert!(
+            err.to_string().contains("ends after 10 of the 16 bytes"),
+            "{err}"
+        );
+        let ok = payload_f32_native(path, &header, &mut &[0u8; 20][..]).unwrap();
+        assert_eq!(ok.len(), 4);
+    }
+
+    #[test]
+    fn float64_beyond_float32_is_an_error_but_infinities_pass() {
+        let dir = scratch("f64");
+        let path = dir.join("x.npy");
+        let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }";
+        let data = |v: [f64; 6]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        std::fs::write(
+            &path,
+            npy_bytes(header, &data([0.0, 1.0, 2.0, 3.0, -1e300, 5.0])),
+        )
+        .unwrap();
+        let err = read_f32(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("x.npy") && err.contains("row 1, column 1") && err.contains("-1e300"),
+            "{err}"
+        );
+        let inf = f64::INFINITY;
+        std::fs::write(
+            &path,
+            npy_bytes(
+                header,
+                &data([-inf, inf, f64::NAN, 1e-300, f64::from(f32::MAX), 0.0]),
+            ),
+        )
+        .unwrap();
+        let a = read_f32(&path).unwrap();
+        assert_eq!(a[[0, 0]], f32::NEG_INFINITY);
+        assert_eq!(a[[0, 1]], f32::INFINITY);
+        assert!(a[[0, 2]].is_nan());
+        assert_eq!((a[[1, 0]], a[[1, 1]]), (0.0, f32::MAX));
+        // Fortran order names the logical position.
+        let header = "{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }";
+        std::fs::write(
+            &path,
+            npy_bytes(header, &data([0.0, 0.0, 0.0, 1e39, 0.0, 0.0])),
+        )
+        .unwrap();
+        let err = read_f32(&path).unwrap_err().to_string();
+        assert!(err.contains("row 1, column 1"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dtypes_are_named_as_numpy_names_them() {
+        let dir = scratch("dtypes");
+        let path = dir.join("d.npy");
+        for (descr, name) in [
+            ("<f2", "float16"),
+            ("<i8", "int64"),
+            ("|u1", "uint8"),
+            ("|b1", "bool"),
+        ] {
+            let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2,), }}");
+            std::fs::write(&path, npy_bytes(&header, &[0; 16])).unwrap();
+            let err = read_f32(&path).unwrap_err().to_string();
+            assert!(err.contains(&format!("dtype {name} is not")), "{err}");
+        }
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+        std::fs::write(&path, npy_bytes(header, &[0; 8])).unwrap();
+        let err = read_labels(&path).unwrap_err().to_string();
+        assert!(err.contains("integer dtype, got float32"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn big_endian_and_short_data() {
+        let dir = scratch("be");
+        let path = dir.join("b.npy");
+        let header = "{'descr': '>i4', 'fortran_order': False, 'shape': (2,), }";
+        std::fs::write(&path, npy_bytes(header, &[0, 0, 0, 7, 255, 255, 255, 254])).unwrap();
+        assert_eq!(read_labels(&path).unwrap(), array![7i64, -2]);
+        std::fs::write(&path, npy_bytes(header, &[0, 0, 0, 7])).unwrap();
+        let err = read_labels(&path).unwrap_err().to_string();
+        assert!(err.contains("8 data bytes, the file has 4"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn labels_of_any_shape() {
+        let dir = scratch("labels_nd");
+        let path = dir.join("y.npy");
+        let header = "{'descr': '|u1', 'fortran_order': True, 'shape': (2, 3), }";
+        std::fs::write(&path, npy_bytes(header, &[0, 1, 2, 3, 4, 5])).unwrap();
+        let y = read_labels_nd(&path).unwrap();
+        assert_eq!(y, array![[0i64, 2, 4], [1, 3, 5]].into_dyn());
+        let err = read_labels(&path).unwrap_err().to_string();
+        assert!(err.contains("1-D integer array, got shape [2, 3]"), "{err}");
+        let header = "{'descr': '<u8', 'fortran_order': False, 'shape': (), }";
+        std::fs::write(&path, npy_bytes(header, &u64::MAX.to_le_bytes())).unwrap();
+        let err = read_labels_nd(&path).unwrap_err().to_string();
+        assert!(err.contains("does not fit int64"), "{err}");
+        std::fs::write(&path, npy_bytes(header, &7u64.to_le_bytes())).unwrap();
+        let y = read_labels_nd(&path).unwrap();
+        assert_eq!((y.ndim(), y.first()), (0, Some(&7)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        let dir = scratch("atomic");
+        let path = dir.join("keep.npy");
+        std::fs::write(&path, b"old").unwrap();
+        let mut f = PendingFile::new(&path).unwrap();
+        let err = f
+            .write_with(|w| {
+                w.write_all(b"new, then")?;
+                Err(io::Error::other("a failure part way"))
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("part way"), "{err}");
+        drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // Dropped uncommitted: the same.
+        let mut f = PendingFile::new(&path).unwrap();
+        f.write_f32(ArrayD::zeros(IxDyn(&[2])).view()).unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // A missing directory fails when the file is prepared, not after the work.
+        let err = PendingFile::new(&dir.join("no/such/dir.npy")).unwrap_err();
+        assert!(err.to_string().contains("no/such/dir.npy"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

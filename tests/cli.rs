@@ -728,3 +728,589 @@ fn eval_cross_entropy_options_reject_bad_values() {
     let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!out.status.success());
 }
+
+// === Issue 12: failure guarantees (atomic outputs, pipes, crafted input) ===
+
+/// The one error line of a failed command (exit 1 or 2, never a panic or an abort).
+fn error_line(args: &[&str]) -> String {
+    error_line_of(&run(args), args)
+}
+
+fn error_line_of(out: &Output, args: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "{args:?}: status {:?}\n{stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("softmax-ce: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{args:?}: want one error line:\n{stderr}");
+    errors[0].to_string()
+}
+
+fn write_f64(path: &Path, shape: &[u64], values: &[f64]) {
+    use npyz::WriterBuilder;
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(file)
+        .begin_nd()
+        .unwrap();
+    w.extend(values.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+/// A version-1 `.npy` file with `header` as its dictionary, then `data`.
+fn write_npy_raw(path: &Path, header: &str, data: &[u8]) {
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Every file in `dir` with its contents.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn float64_past_float32_is_an_error_naming_row_and_column() {
+    let dir = scratch("f64_overflow");
+    let xp = dir.join("x64.npy");
+    let o = dir.join("o.npy");
+    write_f64(&xp, &[1, 3], &[1e300, 0.0, -1.0]);
+    let err = error_line(&[
+        "eval",
+        "softmax",
+        "--logits",
+        s(&xp),
+        "--out",
+        s(&o),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("x64.npy") && err.contains("row 0, column 0") && err.contains("1e300"),
+        "{err}"
+    );
+    assert!(!o.exists());
+
+    // -inf masks stay legal in float64 input.
+    write_f64(&xp, &[2, 3], &[f64::NEG_INFINITY, 0.0, -1.0, 1.0, 2.0, 3.0]);
+    ok(&[
+        "eval",
+        "softmax",
+        "--logits",
+        s(&xp),
+        "--out",
+        s(&o),
+        "--device",
+        "cpu",
+    ]);
+    let p = npy::read_matrix(&o, "p").unwrap();
+    assert_eq!(p[[0, 0]], 0.0);
+    assert!(p.iter().all(|v| v.is_finite()), "{p}");
+
+    // Targets and class weights go through the same reader.
+    let x = dir.join("x.npy");
+    npy::write_f32(&x, logits(2, 3, 1.0, 3).view().into_dyn()).unwrap();
+    let t = dir.join("t64.npy");
+    write_f64(&t, &[2, 3], &[0.5, 0.5, 0.0, 0.0, 0.0, -1e39]);
+    let err = error_line(&[
+        "eval",
+        "cross-entropy",
+        "--logits",
+        s(&x),
+        "--targets",
+        s(&t),
+        "--out",
+        s(&o),
+    ]);
+    assert!(
+        err.contains("--targets") && err.contains("row 1, column 2"),
+        "{err}"
+    );
+    let y = dir.join("y.npy");
+    write_labels_i64(&y, &[0, 2]);
+    let w = dir.join("w64.npy");
+    write_f64(&w, &[3], &[1.0, 1e300, 1.0]);
+    let err = error_line(&[
+        "eval",
+        "cross-entropy",
+        "--logits",
+        s(&x),
+        "--labels",
+        s(&y),
+        "--weight",
+        s(&w),
+        "--out",
+        s(&o),
+    ]);
+    assert!(err.contains("--weight") && err.contains("index 1"), "{err}");
+}
+
+#[test]
+fn a_failing_command_replaces_none_of_its_outputs() {
+    let dir = scratch("atomic_outputs");
+    let x = dir.join("x.npy");
+    npy::write_f32(&x, logits(4, 3, 1.0, 5).view().into_dyn()).unwrap();
+    let y = dir.join("y.npy");
+    write_labels_i64(&y, &[0, 1, 2, 1]);
+    let bad_y = dir.join("bad_y.npy");
+    write_labels_i64(&bad_y, &[0, 1, 7, 1]);
+    let (loss, grad) = (dir.join("loss.npy"), dir.join("grad.npy"));
+    std::fs::write(&loss, b"the old loss").unwrap();
+    std::fs::write(&grad, b"the old gradient").unwrap();
+    let before = snapshot(&dir);
+    let ce = |labels: &Path, out: &str, grad_out: &str| {
+        error_line(&[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            s(&x),
+            "--labels",
+            s(labels),
+            "--out",
+            out,
+            "--grad-out",
+            grad_out,
+            "--device",
+            "cpu",
+        ])
+    };
+
+    // --out fails after --grad-out was written: the gradient's old file stays.
+    let err = ce(&y, "/dev/full", s(&grad));
+    assert!(
+        err.contains("--out") && err.contains("No space left"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&dir), before);
+    // And the other way round.
+    let err = ce(&y, s(&loss), "/dev/full");
+    assert!(err.contains("--grad-out"), "{err}");
+    assert_eq!(snapshot(&dir), before);
+    // Bad input, found after the outputs were prepared.
+    let err = ce(&bad_y, s(&loss), s(&grad));
+    assert!(err.contains("label 7"), "{err}");
+    assert_eq!(snapshot(&dir), before);
+    // The same for a one-output op and for bce.
+    let err = error_line(&[
+        "eval",
+        "softmax",
+        "--logits",
+        s(&y),
+        "--out",
+        s(&loss),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("dtype int64"), "{err}");
+    let err = error_line(&[
+        "eval",
+        "bce-with-logits",
+        "--logits",
+        s(&x),
+        "--targets",
+        s(&x),
+        "--out",
+        s(&loss),
+        "--grad-out",
+        "/dev/full",
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("--grad-out"), "{err}");
+    assert_eq!(snapshot(&dir), before);
+
+    // Success replaces both, and leaves no temporary behind.
+    ok(&[
+        "eval",
+        "cross-entropy",
+        "--logits",
+        s(&x),
+        "--labels",
+        s(&y),
+        "--out",
+        s(&loss),
+        "--grad-out",
+        s(&grad),
+        "--device",
+        "cpu",
+    ]);
+    let after = snapshot(&dir);
+    assert_eq!(after.len(), before.len(), "{:?}", after.keys());
+    assert_eq!(npy::read_matrix(&grad, "grad").unwrap().dim(), (4, 3));
+    assert_eq!(npy::read_f32(&loss).unwrap().ndim(), 0);
+}
+
+/// A write that fails part way (here at a 4 KiB file-size limit) used to leave a truncated
+/// file where the old one was.
+#[cfg(unix)]
+#[test]
+fn a_write_failing_part_way_leaves_the_old_file() {
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("partial_write");
+    let x = dir.join("x.npy");
+    npy::write_f32(&x, logits(64, 64, 1.0, 6).view().into_dyn()).unwrap();
+    let out = dir.join("out.npy");
+    std::fs::write(&out, b"precious").unwrap();
+    let before = snapshot(&dir);
+    let mut cmd = bin();
+    cmd.args([
+        "eval",
+        "softmax",
+        "--logits",
+        s(&x),
+        "--out",
+        s(&out),
+        "--device",
+        "cpu",
+    ]);
+    // SAFETY: setrlimit and signal are async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let result = cmd.output().unwrap();
+    let err = error_line_of(&result, &["eval", "softmax"]);
+    assert!(err.contains("--out") && err.contains("too large"), "{err}");
+    assert_eq!(snapshot(&dir), before);
+}
+
+#[test]
+fn an_output_that_is_an_input_or_another_output_is_refused() {
+    let dir = scratch("same_file");
+    let x = dir.join("x.npy");
+    npy::write_f32(&x, logits(4, 3, 1.0, 7).view().into_dyn()).unwrap();
+    let y = dir.join("y.npy");
+    write_labels_i64(&y, &[0, 1, 2, 1]);
+    let link = dir.join("hard.npy");
+    std::fs::hard_link(&x, &link).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&x, dir.join("sym.npy")).unwrap();
+    let before = snapshot(&dir);
+    let other_spelling = dir.join(".").join("x.npy");
+    let mut spellings = vec![x.clone(), other_spelling, link.clone()];
+    #[cfg(unix)]
+    spellings.push(dir.join("sym.npy"));
+    for out in &spellings {
+        let err = error_line(&["eval", "softmax", "--logits", s(&x), "--out", s(out)]);
+        assert!(err.contains("--out") && err.contains("--logits"), "{err}");
+    }
+    let o = dir.join("o.npy");
+    let err = error_line(&[
+        "eval",
+        "cross-entropy",
+        "--logits",
+        s(&x),
+        "--labels",
+        s(&y),
+        "--out",
+        s(&o),
+        "--grad-out",
+        s(&o),
+    ]);
+    assert!(err.contains("--grad-out") && err.contains("--out"), "{err}");
+    let err = error_line(&[
+        "eval",
+        "cross-entropy",
+        "--logits",
+        s(&x),
+        "--labels",
+        s(&y),
+        "--out",
+        s(&y),
+    ]);
+    assert!(err.contains("--labels"), "{err}");
+    let err = error_line(&[
+        "train",
+        "--train-x",
+        s(&x),
+        "--train-y",
+        s(&y),
+        "--save-theta",
+        s(&link),
+    ]);
+    assert!(
+        err.contains("--save-theta") && err.contains("--train-x"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&dir), before);
+}
+
+#[test]
+fn save_theta_is_checked_before_training_and_written_whole() {
+    let dir = scratch("save_theta");
+    let missing = dir.join("missing").join("theta.npy");
+    let out = run(&[
+        "train",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--save-theta",
+        s(&missing),
+    ]);
+    let err = error_line_of(&out, &["train"]);
+    assert!(err.contains("missing/theta.npy"), "{err}");
+    // Refused before the data was read, let alone trained on.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("softmax-ce: data:"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    let theta = dir.join("theta.npy");
+    ok(&[
+        "train",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        "--save-theta",
+        s(&theta),
+    ]);
+    assert_eq!(npy::read_matrix(&theta, "theta").unwrap().dim(), (784, 10));
+    assert_eq!(snapshot(&dir).len(), 1);
+}
+
+/// The write end of a pipe whose read end is already closed.
+#[cfg(unix)]
+fn closed_pipe() -> std::process::Stdio {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer.into()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly_with_status_141() {
+    let cases: [&[&str]; 5] = [
+        &["info"],
+        &["train", "--json", "--epochs", "2", "--device", "cpu"],
+        &["train", "--epochs", "1", "--device", "cpu"],
+        &[
+            "bench", "--json", "--device", "cpu", "--shapes", "8x16", "--matmul", "4x5x6",
+            "--epoch", "200x8x3", "--reps", "1",
+        ],
+        &["--help"],
+    ];
+    for args in cases {
+        let out = bin().args(args).stdout(closed_pipe()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("softmax-ce: error"), "{args:?}: {stderr}");
+    }
+    // A pipe closed after the first line, as `head -1` does.
+    let mut child = bin()
+        .args(["train", "--json", "--epochs", "50", "--device", "cpu"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.starts_with("{\"device\""), "{first}");
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_stdout_is_one_error_line() {
+    let cases: [&[&str]; 3] = [
+        &["info"],
+        &["train", "--json", "--epochs", "1", "--device", "cpu"],
+        &[
+            "bench", "--device", "cpu", "--shapes", "8x16", "--matmul", "4x5x6", "--epoch",
+            "200x8x3", "--reps", "1",
+        ],
+    ];
+    for args in cases {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = bin().args(args).stdout(full).output().unwrap();
+        let err = error_line_of(&out, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            err.contains("standard output") && err.contains("No space left"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn crafted_npy_files_are_short_one_line_errors() {
+    let dir = scratch("crafted_npy");
+    let p = dir.join("c.npy");
+    let o = dir.join("o.npy");
+    let softmax = |path: &Path| {
+        error_line(&[
+            "eval",
+            "softmax",
+            "--logits",
+            s(path),
+            "--out",
+            s(&o),
+            "--device",
+            "cpu",
+        ])
+    };
+    // 27 bytes whose version-2 header claims 0xFFFFFFF0 bytes.
+    let mut bytes = b"\x93NUMPY\x02\x00".to_vec();
+    bytes.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    bytes.resize(27, b' ');
+    std::fs::write(&p, &bytes).unwrap();
+    let err = softmax(&p);
+    assert!(err.contains("4294967280") && err.contains("10000"), "{err}");
+
+    // A malformed header is quoted, briefly.
+    let junk = "z".repeat(9000);
+    write_npy_raw(&p, &format!("{{'descr': '<f4', {junk}"), &[]);
+    let err = softmax(&p);
+    assert!(
+        err.len() < 300 && err.contains("not a readable .npy"),
+        "{err}"
+    );
+
+    // A shape that promises more than the file holds, before allocating it.
+    write_npy_raw(
+        &p,
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
+        &[0; 8],
+    );
+    let err = softmax(&p);
+    assert!(
+        err.contains("too large") || err.contains("data bytes"),
+        "{err}"
+    );
+
+    // Dtypes by numpy's names.
+    for (descr, name) in [("<f2", "float16"), ("<i8", "int64"), ("|u1", "uint8")] {
+        write_npy_raw(
+            &p,
+            &format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (1, 2), }}"),
+            &[0; 16],
+        );
+        let err = softmax(&p);
+        assert!(err.contains(&format!("dtype {name} ")), "{err}");
+    }
+
+    // The OS error is said once.
+    let err = softmax(&dir.join("absent.npy"));
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}
+
+#[test]
+fn a_crafted_idx_header_is_an_error() {
+    let dir = scratch("crafted_idx");
+    // 16 bytes claiming 2^31 x 2^31 x 4 images: the product wrapped to 0 and panicked.
+    let mut images = vec![0, 0, 8, 3];
+    for d in [1u32 << 31, 1 << 31, 4] {
+        images.extend_from_slice(&d.to_be_bytes());
+    }
+    std::fs::write(dir.join("train-images-idx3-ubyte"), &images).unwrap();
+    std::fs::write(
+        dir.join("train-labels-idx1-ubyte"),
+        [0, 0, 8, 1, 0, 0, 0, 1, 3],
+    )
+    .unwrap();
+    let err = error_line(&["train", "--mnist-dir", s(&dir), "--device", "cpu"]);
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("2^64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_sizes_past_memory_are_one_line_errors() {
+    for (flag, value) in [
+        ("--shapes", "4294967297x1"),
+        ("--shapes", "4294967296x4294967296"),
+        ("--matmul", "100000x100000x100000"),
+        ("--epoch", "1000000000x1000x1000"),
+        ("--shapes", "1x99999999999999999999"),
+    ] {
+        let err = error_line(&["bench", "--device", "cpu", flag, value]);
+        assert!(err.contains(flag) && err.contains(value), "{err}");
+    }
+}
+
+#[test]
+fn arguments_fail_in_one_line_and_negative_numbers_reach_validation() {
+    let err = error_line(&["train", "--epochs", "1", "--device", "cpu", "--l2", "-1"]);
+    assert!(err.contains("L2 strength -1"), "{err}");
+    // `--lr -0.5` parses as `--lr=-0.5` does.
+    let losses = |lr: &[&str]| {
+        let mut args = vec!["train", "--json", "--epochs", "1", "--device", "cpu"];
+        args.extend_from_slice(lr);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        v["train_loss"].as_f64().unwrap()
+    };
+    assert_eq!(losses(&["--lr", "-0.5"]), losses(&["--lr=-0.5"]));
+    let err = error_line(&["train", "--batch", "-1"]);
+    assert!(err.contains("'-1'") && err.contains("--batch"), "{err}");
+    let err = error_line(&["eval", "softmax", "--bogus"]);
+    assert!(err.contains("--bogus"), "{err}");
+}
+
+/// A bench shape past the adapter's largest buffer is refused before the CPU paths run it.
+#[test]
+fn bench_sizes_past_the_adapters_buffers_are_refused_first() {
+    let Some(gpu) = gpu() else { return };
+    let limit = gpu.limits().max_buffer_size;
+    // The smallest square whose float32 array is over the limit.
+    let n = ((limit / 4) as f64).sqrt() as u64 + 1;
+    let fits_memory = softmax_ce::data::physical_memory().is_some_and(|m| n * n * 12 < m);
+    if !fits_memory {
+        eprintln!("SKIPPED: a {n}x{n} bench case would not fit this machine's memory");
+        return;
+    }
+    let shape = format!("{n}x{n}");
+    let err = error_line(&["bench", "--device", "gpu", "--shapes", &shape]);
+    assert!(
+        err.contains(&shape) && err.contains("largest buffer"),
+        "{err}"
+    );
+}

@@ -152,11 +152,14 @@ fn bad_idx_files_are_errors_naming_the_file() {
     wrong_type[2] = 0x0d;
     let mut wrong_rank = good.clone();
     wrong_rank[3] = 2;
+    // The header is read first and the data stops at its promise, so corruption is found in
+    // the trailer (its checksum, or a stream cut inside it) by the read past the promise.
     let mut corrupt = gz(&good);
     let n = corrupt.len();
-    corrupt[n / 2] ^= 0xff;
-    corrupt.truncate(n - 3);
-    let cases: [(&str, Vec<u8>, &str); 6] = [
+    corrupt[n - 6] ^= 0xff;
+    let mut cut = gz(&good);
+    cut.truncate(n - 3);
+    let cases: [(&str, Vec<u8>, &str); 7] = [
         (
             "magic",
             vec![1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -171,6 +174,7 @@ fn bad_idx_files_are_errors_naming_the_file() {
         ),
         ("long", [good.clone(), vec![0]].concat(), "the file has 5"),
         ("gzip", corrupt, "corrupt gzip"),
+        ("cut", cut, "corrupt gzip"),
     ];
     for (name, bytes, want) in cases {
         let err = data::parse_idx_images(&bytes, name)
@@ -186,6 +190,55 @@ fn bad_idx_files_are_errors_naming_the_file() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope"), "{err}");
+}
+
+/// Issue 12: dimensions 2^31 x 2^31 x 4 multiply to 2^64, which wrapped to 0 and passed the
+/// length check of a 16-byte file; raw or gzipped, the promise is now refused.
+#[test]
+fn a_header_whose_size_wraps_is_refused() {
+    let bomb = idx(&[1 << 31, 1 << 31, 4], &[]);
+    for (name, bytes) in [("raw", bomb.clone()), ("gz", gz(&bomb))] {
+        let err = data::parse_idx_images(&bytes, name)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("over 2^64 data bytes"), "{name}: {err}");
+    }
+    // Large but representable: refused by the reader's bound, not by an allocation.
+    let big = idx(&[1 << 30, 1 << 20, 1 << 10], &[]);
+    let err = data::parse_idx_images(&gz(&big), "big")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than the"), "{err}");
+}
+
+/// Issue 12: a small `.gz` that inflates far past its header's promise is read up to the
+/// promise (and one byte more), not inflated whole; a stream short of it is an error.
+#[test]
+fn a_gzip_stream_is_read_only_as_far_as_its_header_promises() {
+    let mut long = idx(&[1, 2, 2], &[0; 4]);
+    long.resize(long.len() + (64 << 20), 0);
+    let packed = gz(&long);
+    assert!(packed.len() < 1 << 20, "{}", packed.len());
+    let err = data::parse_idx_images(&packed, "long")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("promises 4 data bytes, the file has more"),
+        "{err}"
+    );
+    let short = gz(&idx(&[2, 2, 2], &[0; 5]));
+    let err = data::parse_idx_images(&short, "short")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("promises 8 data bytes, the file has 5"),
+        "{err}"
+    );
+    let dir = temp_dir("gz_file");
+    let path = dir.join("train-images-idx3-ubyte.gz");
+    std::fs::write(&path, &packed).unwrap();
+    let err = data::read_idx_images(&path).unwrap_err().to_string();
+    assert!(err.contains("the file has more"), "{err}");
 }
 
 #[test]

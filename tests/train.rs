@@ -307,7 +307,7 @@ fn bad_options_and_data_are_errors() {
     let err = new(TrainOptions::default().batch(5).l2(-1.0));
     assert!(err.to_string().contains("L2 strength -1"), "{err}");
 
-    let short = y.slice(0..9);
+    let short = y.slice(0..9).unwrap();
     let err = SoftmaxRegression::new(
         &Device::Cpu,
         (x.view(), &short),

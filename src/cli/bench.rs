@@ -35,7 +35,7 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Timed repetitions per case, after one warm-up run.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     reps: Option<usize>,
     /// `cpu` runs only the CPU paths; default: every path, the GPU's when there is one.
     #[arg(long, value_enum)]
@@ -89,19 +89,41 @@ fn round(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-fn parse_dims<const N: usize>(s: &str) -> Result<[usize; N]> {
+/// Parses `--flag` value `s` as `N` positive integers joined by `x`.
+fn parse_dims<const N: usize>(flag: &str, s: &str) -> Result<[usize; N]> {
     let parts: Vec<usize> = s
         .split('x')
         .map(|p| p.trim().parse::<usize>())
         .collect::<std::result::Result<_, _>>()
-        .with_context(|| format!("shape {s:?}: expected {N} positive integers joined by x"))?;
+        .with_context(|| format!("{flag} {s:?}: expected {N} positive integers joined by x"))?;
     let dims: [usize; N] = parts
         .try_into()
-        .map_err(|_| anyhow::anyhow!("shape {s:?}: expected {N} dimensions"))?;
+        .map_err(|_| anyhow::anyhow!("{flag} {s:?}: expected {N} dimensions"))?;
     if dims.contains(&0) {
-        bail!("shape {s:?}: every dimension must be at least 1");
+        bail!("{flag} {s:?}: every dimension must be at least 1");
     }
     Ok(dims)
+}
+
+/// Refuses a case whose host arrays cannot exist, before any is allocated: `arrays` are the
+/// element counts and sizes of what the case holds at once. The sum must fit the address space
+/// (checked, so that no product wraps) and the machine's physical memory.
+fn check_fits(flag: &str, s: &str, arrays: &[(&[usize], usize)]) -> Result<()> {
+    let bytes = arrays.iter().try_fold(0u64, |sum, (dims, item)| {
+        let n = dims
+            .iter()
+            .try_fold(*item, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| isize::try_from(n).is_ok())?;
+        sum.checked_add(u64::try_from(n).ok()?)
+    });
+    match (bytes, softmax_ce::data::physical_memory()) {
+        (None, _) => bail!("{flag} {s:?}: the arrays of this shape are too large to address"),
+        (Some(b), Some(memory)) if b > memory => bail!(
+            "{flag} {s:?}: the arrays of this shape need {b} bytes, more than this machine's \
+             {memory} bytes of memory"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Runs `f` once to warm up, then `reps` times; returns milliseconds per run.
@@ -116,36 +138,100 @@ fn wall(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 
+/// Runs the benchmark: sizes are checked first, then every case runs on every path.
 pub fn run(args: BenchArgs) -> Result<()> {
     let reps = args.reps.unwrap_or(if args.quick { 3 } else { 7 });
     if reps == 0 {
         bail!("--reps must be at least 1");
     }
     let row_shapes: Vec<[usize; 2]> = match &args.shapes {
-        Some(s) => s.iter().map(|s| parse_dims(s)).collect::<Result<_>>()?,
+        Some(s) => s
+            .iter()
+            .map(|s| {
+                let [n, c] = parse_dims("--shapes", s)?;
+                // The logits, two results of their size (probabilities, gradient), and the
+                // labels (drawn as i64, kept as u32).
+                check_fits("--shapes", s, &[(&[n, c], 12), (&[n], 12)])?;
+                if u32::try_from(c).is_err() {
+                    bail!("--shapes {s:?}: {c} classes do not fit 32-bit labels");
+                }
+                Ok([n, c])
+            })
+            .collect::<Result<_>>()?,
         None if args.quick => vec![[256, 1024], [64, 8192]],
         None => vec![[4096, 1024], [1024, 32768], [256, 131072]],
     };
     let matmul_shapes: Vec<[usize; 3]> = match &args.matmul {
-        Some(s) => s.iter().map(|s| parse_dims(s)).collect::<Result<_>>()?,
+        Some(s) => s
+            .iter()
+            .map(|s| {
+                let [m, k, n] = parse_dims("--matmul", s)?;
+                check_fits("--matmul", s, &[(&[m, k], 4), (&[k, n], 4), (&[m, n], 4)])?;
+                Ok([m, k, n])
+            })
+            .collect::<Result<_>>()?,
         None if args.quick => vec![[128, 128, 128], [100, 784, 10]],
         None => vec![[1024, 1024, 1024], [100, 784, 10]],
     };
     let epoch: [usize; 3] = match &args.epoch {
-        Some(s) => parse_dims(s)?,
+        Some(s) => {
+            let [rows, features, classes] = parse_dims("--epoch", s)?;
+            // The features, the model's own copy of them, labels, and theta.
+            check_fits(
+                "--epoch",
+                s,
+                &[
+                    (&[rows, features], 8),
+                    (&[rows], 12),
+                    (&[features, classes], 4),
+                ],
+            )?;
+            if u32::try_from(classes).is_err() {
+                bail!("--epoch {s:?}: {classes} classes do not fit 32-bit labels");
+            }
+            [rows, features, classes]
+        }
         None if args.quick => [2000, 784, 10],
         None => [60000, 784, 10],
     };
 
     let device = open_device(args.device)?;
     let gpu = device.gpu();
+    if let Some(gpu) = gpu {
+        // Before the CPU paths spend minutes on a case whose upload the device must refuse.
+        let limit = gpu.limits().max_buffer_size;
+        let too_big = |flag: &str, shape: String, elems: usize| -> Result<()> {
+            // check_fits bounded every array to the address space, so this cannot overflow.
+            let bytes = elems as u64 * 4;
+            if bytes > limit {
+                bail!(
+                    "{flag} {shape:?}: an array of {bytes} bytes is larger than the adapter's \
+                     largest buffer ({limit} bytes); use --device cpu or a smaller shape"
+                );
+            }
+            Ok(())
+        };
+        for &[n, c] in &row_shapes {
+            too_big("--shapes", format!("{n}x{c}"), n * c)?;
+        }
+        for &[m, k, n] in &matmul_shapes {
+            let shape = format!("{m}x{k}x{n}");
+            too_big("--matmul", shape.clone(), (m * k).max(k * n).max(m * n))?;
+        }
+        let [rows, features, _] = epoch;
+        too_big(
+            "--epoch",
+            format!("{rows}x{features}x{}", epoch[2]),
+            rows * features,
+        )?;
+    }
     let cases = row_shapes.len() * (6 + 7 * usize::from(gpu.is_some()))
         + matmul_shapes.len() * (1 + usize::from(gpu.is_some()))
         + 1
         + usize::from(gpu.is_some());
     let bar = ProgressBar::new(cases as u64).with_style(
         ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg}")
-            .expect("a valid template")
+            .context("the progress bar's template")?
             .progress_chars("=> "),
     );
 
@@ -160,20 +246,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     header["cpu_threads"] = json!(rayon_threads());
     if args.json {
-        println!("{header}");
+        outln!("{header}")?;
     } else {
-        bar.suspend(|| print_header(&header));
+        bar.suspend(|| print_header(&header))?;
     }
 
-    let emit = |row: Row| {
+    let emit = |row: Row| -> Result<()> {
         bar.inc(1);
         bar.suspend(|| {
             if args.json {
-                println!("{}", row.json());
+                outln!("{}", row.json())
             } else {
-                print_row(&row);
+                print_row(&row)
             }
-        });
+        })
     };
 
     let mut rng = StdRng::seed_from_u64(714);
@@ -183,6 +269,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let x = Array2::from_shape_fn((n, c), |_| rng.random_range(-8.0f32..8.0));
         let labels = Labels::new((0..n).map(|_| rng.random_range(0..c as i64)), c, -100)?;
         let opts = CrossEntropyOptions::default();
+        // check_fits bounded n * c * 12 bytes.
         let bytes = Some(2.0 * (n * c * 4) as f64);
         let row = |op, path, times| Row {
             op,
@@ -200,21 +287,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
             measure(reps, || {
                 wall(|| cpu::softmax(v).map(drop).map_err(Into::into))
             })?,
-        ));
+        ))?;
         emit(row(
             "softmax",
             "cpu_fast",
             measure(reps, || {
                 wall(|| fast::softmax(v).map(drop).map_err(Into::into))
             })?,
-        ));
+        ))?;
         emit(row(
             "log_softmax",
             "cpu_fast",
             measure(reps, || {
                 wall(|| fast::log_softmax(v).map(drop).map_err(Into::into))
             })?,
-        ));
+        ))?;
         emit(row(
             "cross_entropy_fwd_bwd",
             "cpu_fast",
@@ -225,7 +312,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         .map_err(Into::into)
                 })
             })?,
-        ));
+        ))?;
         if let Some(gpu) = gpu {
             let gx = gpu.upload(v)?;
             let gy = gpu.upload_labels(&labels)?;
@@ -238,19 +325,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let ratio = median(&times) / copy_median;
                 let mut r = row(op, path, times);
                 r.copy_ratio = Some(ratio);
-                emit(r);
+                emit(r)
             };
-            gpu_row("copy", "gpu", copy);
+            gpu_row("copy", "gpu", copy)?;
             gpu_row(
                 "softmax",
                 "gpu_staged",
                 time(&|| gpu.staged().softmax(&gx).map(drop))?,
-            );
+            )?;
             gpu_row(
                 "log_softmax",
                 "gpu_staged",
                 time(&|| gpu.staged().log_softmax(&gx).map(drop))?,
-            );
+            )?;
             gpu_row(
                 "cross_entropy_fwd_bwd",
                 "gpu_staged",
@@ -259,22 +346,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         .cross_entropy_with_grad(&gx, &gy, &opts)
                         .map(drop)
                 })?,
-            );
+            )?;
             gpu_row(
                 "softmax",
                 "gpu_fused",
                 time(&|| gpu.softmax(&gx).map(drop))?,
-            );
+            )?;
             gpu_row(
                 "log_softmax",
                 "gpu_fused",
                 time(&|| gpu.log_softmax(&gx).map(drop))?,
-            );
+            )?;
             gpu_row(
                 "cross_entropy_fwd_bwd",
                 "gpu_fused",
                 time(&|| gpu.cross_entropy_with_grad(&gx, &gy, &opts).map(drop))?,
-            );
+            )?;
         }
         // The reference is slow by design (f64, one thread): fewer repetitions keep the run short.
         let few = reps.min(3);
@@ -284,7 +371,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             measure(few, || {
                 wall(|| cpu::log_softmax(v).map(drop).map_err(Into::into))
             })?,
-        ));
+        ))?;
         emit(row(
             "cross_entropy_fwd_bwd",
             "cpu_reference",
@@ -295,7 +382,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     Ok(())
                 })
             })?,
-        ));
+        ))?;
     }
 
     for &[m, k, n] in &matmul_shapes {
@@ -303,7 +390,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bar.set_message(format!("matmul {shape}"));
         let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-1.0f32..1.0));
         let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-1.0f32..1.0));
-        let flops = Some(2.0 * (m * n * k) as f64);
+        let flops = Some(2.0 * m as f64 * n as f64 * k as f64);
         let row = |path, times| Row {
             op: "matmul",
             shape: shape.clone(),
@@ -321,13 +408,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     Ok(())
                 })
             })?,
-        ));
+        ))?;
         if let Some(gpu) = gpu {
             let (ga, gb) = (gpu.upload(a.view())?, gpu.upload(b.view())?);
             emit(row(
                 "gpu",
                 measure(reps, || Ok(gpu.timed(|| gpu.matmul(&ga, &gb).map(drop))?.1))?,
-            ));
+            ))?;
         }
     }
 
@@ -350,7 +437,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             path,
             times,
             bytes: None,
-            flops: Some(4.0 * (rows / 100.min(rows) * 100.min(rows) * features * classes) as f64),
+            // In f64: the product of three user-given sizes can pass usize.
+            flops: Some(
+                4.0 * ((rows / 100.min(rows) * 100.min(rows)) as f64)
+                    * features as f64
+                    * classes as f64,
+            ),
             copy_ratio: None,
         })
     };
@@ -359,13 +451,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     train_row(
         "cpu_reference",
         measure(epoch_reps, || wall(|| Ok(model.sgd_epoch()?)))?,
-    );
+    )?;
     if let Some(gpu) = gpu {
         let mut model = SoftmaxRegression::new(gpu, (x.view(), &y), None, opts)?;
         train_row(
             "gpu",
             measure(epoch_reps, || wall(|| Ok(model.sgd_epoch()?)))?,
-        );
+        )?;
     }
     bar.finish_and_clear();
     Ok(())
@@ -387,30 +479,46 @@ fn rayon_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-fn print_header(header: &Value) {
+fn print_header(header: &Value) -> Result<()> {
     let name = header["name"].as_str().unwrap_or("none (CPU only)");
-    println!(
+    outln!(
         "adapter: {name} {}",
         header["backend"].as_str().unwrap_or("")
-    );
+    )?;
     if let Some(clock) = header["clock"].as_str() {
-        println!("gpu clock: {clock}; cpu threads: {}", header["cpu_threads"]);
+        outln!("gpu clock: {clock}; cpu threads: {}", header["cpu_threads"])?;
     }
-    println!(
+    outln!(
         "| {:<22} | {:<16} | {:<13} | {:>10} | {:>10} | {:>10} | {:>8} | {:>8} | {:>6} |",
-        "op", "shape", "path", "median ms", "min ms", "max ms", "GB/s", "GFLOP/s", "/copy"
-    );
-    println!(
+        "op",
+        "shape",
+        "path",
+        "median ms",
+        "min ms",
+        "max ms",
+        "GB/s",
+        "GFLOP/s",
+        "/copy"
+    )?;
+    outln!(
         "|{:-<24}|{:-<18}|{:-<15}|{:->12}|{:->12}|{:->12}|{:->10}|{:->10}|{:->8}|",
-        "", "", "", "", "", "", "", "", ""
-    );
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        ""
+    )
 }
 
-fn print_row(row: &Row) {
+fn print_row(row: &Row) -> Result<()> {
     let v = row.json();
     let num = |k: &str| v[k].as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
     let short = |k: &str| v[k].as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
-    println!(
+    outln!(
         "| {:<22} | {:<16} | {:<13} | {:>10} | {:>10} | {:>10} | {:>8} | {:>8} | {:>6} |",
         row.op,
         row.shape,
@@ -421,5 +529,5 @@ fn print_row(row: &Row) {
         short("gbps"),
         short("gflops"),
         short("copy_ratio"),
-    );
+    )
 }

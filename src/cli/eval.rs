@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use ndarray::{ArrayD, ArrayView2, ArrayViewD, Ix2};
+use ndarray::{ArrayD, ArrayView2, Ix2};
 use softmax_ce::{
     BceOptions, CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Device, Labels, Reduction, npy,
 };
 
+use super::output::Outputs;
 use super::{DeviceArg, open_device};
 
 #[derive(Debug, Subcommand)]
@@ -162,10 +163,7 @@ fn read_logits(path: &Path) -> Result<ndarray::Array2<f32>> {
     npy::read_matrix(path, "logits").context("--logits")
 }
 
-fn write(path: &Path, a: ArrayViewD<f32>, flag: &str) -> Result<()> {
-    npy::write_f32(path, a).with_context(|| flag.to_string())
-}
-
+/// Runs one op; its outputs are replaced only if every one of them was written.
 pub fn run(op: Op) -> Result<()> {
     match op {
         Op::Softmax(a) => row_op(a, |d, x| Ok(d.softmax(x)?.into_dyn())),
@@ -173,16 +171,14 @@ pub fn run(op: Op) -> Result<()> {
         Op::Logsumexp(a) => row_op(a, |d, x| Ok(d.logsumexp(x)?.into_dyn())),
         Op::CrossEntropy(a) => cross_entropy(a),
         Op::SoftmaxBackward(a) => backward(
-            &a.probs,
-            "--probs",
+            (&a.probs, "--probs"),
             &a.upstream,
             &a.out,
             a.device,
             Device::softmax_backward,
         ),
         Op::LogSoftmaxBackward(a) => backward(
-            &a.log_probs,
-            "--log-probs",
+            (&a.log_probs, "--log-probs"),
             &a.upstream,
             &a.out,
             a.device,
@@ -192,9 +188,12 @@ pub fn run(op: Op) -> Result<()> {
     }
 }
 
+// Every op below starts by preparing its outputs (Outputs::prepare refuses an output that is an
+// input or another output, and fails on an unwritable directory before any work) and ends with
+// one commit, so that a failure anywhere replaces none of its files.
+
 fn backward(
-    input: &Path,
-    flag: &str,
+    (input, flag): (&Path, &str),
     upstream: &Path,
     out: &Path,
     device: Option<DeviceArg>,
@@ -204,17 +203,30 @@ fn backward(
         ArrayView2<f32>,
     ) -> softmax_ce::Result<ndarray::Array2<f32>>,
 ) -> Result<()> {
+    let mut outs = Outputs::prepare(
+        &[(flag, Some(input)), ("--upstream", Some(upstream))],
+        &[("--out", Some(out))],
+    )?;
     let a = npy::read_matrix(input, "input").with_context(|| flag.to_string())?;
     let dy = npy::read_matrix(upstream, "upstream gradient").context("--upstream")?;
     let device = open_device(device)?;
-    write(
-        out,
-        f(&device, a.view(), dy.view())?.view().into_dyn(),
-        "--out",
-    )
+    outs.write("--out", f(&device, a.view(), dy.view())?.view().into_dyn())?;
+    outs.commit()
 }
 
 fn bce(a: BceArgs) -> Result<()> {
+    let mut outs = Outputs::prepare(
+        &[
+            ("--logits", Some(&a.logits)),
+            ("--targets", Some(&a.targets)),
+            ("--weight", a.weight.as_deref()),
+            ("--pos-weight", a.pos_weight.as_deref()),
+        ],
+        &[
+            ("--out", Some(&a.out)),
+            ("--grad-out", a.grad_out.as_deref()),
+        ],
+    )?;
     let z = npy::read_f32(&a.logits).context("--logits")?;
     let t = npy::read_f32(&a.targets).context("--targets")?;
     let mut opts = BceOptions::default().reduction(a.reduction.into());
@@ -226,19 +238,22 @@ fn bce(a: BceArgs) -> Result<()> {
     }
     let device = open_device(a.device)?;
     let (loss, grad) = device.bce_with_logits_nd_with_grad(z.view(), t.view(), &opts)?;
-    if let Some(path) = &a.grad_out {
-        write(path, grad.view(), "--grad-out")?;
+    if a.grad_out.is_some() {
+        outs.write("--grad-out", grad.view())?;
     }
-    write(&a.out, loss.view(), "--out")
+    outs.write("--out", loss.view())?;
+    outs.commit()
 }
 
 fn row_op(
     a: RowArgs,
     f: impl FnOnce(&Device, ArrayView2<f32>) -> softmax_ce::Result<ArrayD<f32>>,
 ) -> Result<()> {
+    let mut outs = Outputs::prepare(&[("--logits", Some(&a.logits))], &[("--out", Some(&a.out))])?;
     let x = read_logits(&a.logits)?;
     let device = open_device(a.device)?;
-    write(&a.out, f(&device, x.view())?.view(), "--out")
+    outs.write("--out", f(&device, x.view())?.view())?;
+    outs.commit()
 }
 
 fn cross_entropy_options(a: &CrossEntropyArgs) -> Result<CrossEntropyOptions> {
@@ -253,71 +268,88 @@ fn cross_entropy_options(a: &CrossEntropyArgs) -> Result<CrossEntropyOptions> {
 }
 
 fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
+    let mut outs = Outputs::prepare(
+        &[
+            ("--logits", Some(&a.logits)),
+            ("--labels", a.labels.as_deref()),
+            ("--targets", a.targets.as_deref()),
+            ("--weight", a.weight.as_deref()),
+        ],
+        &[
+            ("--out", Some(&a.out)),
+            ("--grad-out", a.grad_out.as_deref()),
+        ],
+    )?;
     let x = npy::read_f32(&a.logits).context("--logits")?;
     if x.ndim() != 2 {
-        return cross_entropy_nd(a, x);
+        return cross_entropy_nd(a, x, outs);
     }
     let x = x.into_dimensionality::<Ix2>().expect("checked 2-D");
     let opts = cross_entropy_options(&a)?;
-    if let Some(path) = &a.targets {
-        let targets = npy::read_matrix(path, "targets").context("--targets")?;
-        let device = open_device(a.device)?;
-        let (loss, grad) = device.cross_entropy_soft_with_grad(x.view(), targets.view(), &opts)?;
-        if let Some(grad_path) = &a.grad_out {
-            write(grad_path, grad.view().into_dyn(), "--grad-out")?;
-        }
-        return write(&a.out, loss.into_array().view(), "--out");
-    }
-    let path = a
-        .labels
-        .as_ref()
-        .expect("clap requires --labels without --targets");
-    let raw = npy::read_labels(path).context("--labels")?;
-    let labels = Labels::new(raw.iter().copied(), x.ncols(), a.ignore_index).context("--labels")?;
-    let device = open_device(a.device)?;
-    let loss = match &a.grad_out {
-        Some(grad_path) => {
-            let (loss, grad) = device.cross_entropy_with_grad(x.view(), &labels, &opts)?;
-            write(grad_path, grad.view().into_dyn(), "--grad-out")?;
+    let loss = match (&a.targets, &a.labels) {
+        (Some(path), _) => {
+            let targets = npy::read_matrix(path, "targets").context("--targets")?;
+            let device = open_device(a.device)?;
+            let (loss, grad) =
+                device.cross_entropy_soft_with_grad(x.view(), targets.view(), &opts)?;
+            if a.grad_out.is_some() {
+                outs.write("--grad-out", grad.view().into_dyn())?;
+            }
             loss
         }
-        None => device.cross_entropy(x.view(), &labels, &opts)?,
+        (None, Some(path)) => {
+            let raw = npy::read_labels(path).context("--labels")?;
+            let labels =
+                Labels::new(raw.iter().copied(), x.ncols(), a.ignore_index).context("--labels")?;
+            let device = open_device(a.device)?;
+            if a.grad_out.is_some() {
+                let (loss, grad) = device.cross_entropy_with_grad(x.view(), &labels, &opts)?;
+                outs.write("--grad-out", grad.view().into_dyn())?;
+                loss
+            } else {
+                device.cross_entropy(x.view(), &labels, &opts)?
+            }
+        }
+        // clap requires one of the two; said as an error rather than a panic all the same.
+        (None, None) => bail!("cross-entropy needs --labels or --targets"),
     };
-    write(&a.out, loss.into_array().view(), "--out")
+    outs.write("--out", loss.into_array().view())?;
+    outs.commit()
 }
 
 /// Cross-entropy of logits that are not 2-D: `(N, C, d1, ..., dk)` with per-position labels,
 /// or one row `(C,)` with a 0-d label, as PyTorch takes them.
-fn cross_entropy_nd(a: CrossEntropyArgs, x: ArrayD<f32>) -> Result<()> {
+fn cross_entropy_nd(a: CrossEntropyArgs, x: ArrayD<f32>, mut outs: Outputs) -> Result<()> {
     let opts = cross_entropy_options(&a)?;
-    if let Some(path) = &a.targets {
-        let targets = npy::read_f32(path).context("--targets")?;
-        let device = open_device(a.device)?;
-        let (loss, grad) =
-            device.cross_entropy_soft_nd_with_grad(x.view(), targets.view(), &opts)?;
-        if let Some(grad_path) = &a.grad_out {
-            write(grad_path, grad.view(), "--grad-out")?;
-        }
-        return write(&a.out, loss.view(), "--out");
-    }
-    let path = a
-        .labels
-        .as_ref()
-        .expect("clap requires --labels without --targets");
-    let labels = npy::read_labels_nd(path).context("--labels")?;
-    let device = open_device(a.device)?;
-    let loss = match &a.grad_out {
-        Some(grad_path) => {
-            let (loss, grad) = device.cross_entropy_nd_with_grad(
-                x.view(),
-                labels.view(),
-                a.ignore_index,
-                &opts,
-            )?;
-            write(grad_path, grad.view(), "--grad-out")?;
+    let loss = match (&a.targets, &a.labels) {
+        (Some(path), _) => {
+            let targets = npy::read_f32(path).context("--targets")?;
+            let device = open_device(a.device)?;
+            let (loss, grad) =
+                device.cross_entropy_soft_nd_with_grad(x.view(), targets.view(), &opts)?;
+            if a.grad_out.is_some() {
+                outs.write("--grad-out", grad.view())?;
+            }
             loss
         }
-        None => device.cross_entropy_nd(x.view(), labels.view(), a.ignore_index, &opts)?,
+        (None, Some(path)) => {
+            let labels = npy::read_labels_nd(path).context("--labels")?;
+            let device = open_device(a.device)?;
+            if a.grad_out.is_some() {
+                let (loss, grad) = device.cross_entropy_nd_with_grad(
+                    x.view(),
+                    labels.view(),
+                    a.ignore_index,
+                    &opts,
+                )?;
+                outs.write("--grad-out", grad.view())?;
+                loss
+            } else {
+                device.cross_entropy_nd(x.view(), labels.view(), a.ignore_index, &opts)?
+            }
+        }
+        (None, None) => bail!("cross-entropy needs --labels or --targets"),
     };
-    write(&a.out, loss.view(), "--out")
+    outs.write("--out", loss.view())?;
+    outs.commit()
 }

@@ -4,23 +4,33 @@ use anyhow::Result;
 use softmax_ce::GpuContext;
 use softmax_ce::gpu::{AdapterReport, enumerate_adapters};
 
+/// Prints the adapters, the chosen one, its limits and features.
 pub fn run() -> Result<()> {
     let adapters = enumerate_adapters();
-    println!("adapters seen by wgpu ({}):", adapters.len());
+    outln!("adapters seen by wgpu ({}):", adapters.len())?;
     for a in &adapters {
-        println!("  - {}", describe(a));
+        outln!("  - {}", describe(a))?;
     }
     match GpuContext::new() {
         Ok(gpu) => {
             let info = gpu.adapter_info();
-            println!(
+            outln!(
                 "chosen: {} ({:?}, {:?})",
-                info.name, info.backend, info.device_type
-            );
+                info.name,
+                info.backend,
+                info.device_type
+            )?;
             if gpu.is_software() {
-                println!("  software adapter: timings measure kernel quality, not GPU speed");
+                outln!("  software adapter: timings measure kernel quality, not GPU speed")?;
             }
-            println!(
+            match gpu.driver_loop_limit() {
+                Some(n) => outln!(
+                    "loop limit: {n} iterations per invocation (measured; longer loops are \
+                     cut short silently, so every dispatch is planned within it)"
+                )?,
+                None => outln!("loop limit: none seen (measured)")?,
+            }
+            outln!(
                 "matmul kernel: {} (subgroup sizes {} to {})",
                 if gpu.texture_kernels() {
                     "matmul_tex.wgsl (packed textures, subgroup broadcasts)"
@@ -29,9 +39,9 @@ pub fn run() -> Result<()> {
                 },
                 info.subgroup_min_size,
                 info.subgroup_max_size
-            );
+            )?;
             let l = gpu.limits();
-            println!("limits:");
+            outln!("limits:")?;
             let rows: [(&str, u64); 9] = [
                 ("max_buffer_size", l.max_buffer_size),
                 (
@@ -65,13 +75,12 @@ pub fn run() -> Result<()> {
                 ("max_bind_groups", l.max_bind_groups as u64),
             ];
             for (name, value) in rows {
-                println!("  {name:<40} {value}");
+                outln!("  {name:<40} {value}")?;
             }
-            println!("features: {:?}", gpu.device().features());
+            outln!("features: {:?}", gpu.device().features())
         }
-        Err(e) => println!("chosen: none ({e})"),
+        Err(e) => outln!("chosen: none ({e})"),
     }
-    Ok(())
 }
 
 fn describe(a: &AdapterReport) -> String {

@@ -1,8 +1,23 @@
 //! Argument parsing and dispatch for the `softmax-ce` binary.
 
+/// `println!` that returns an error instead of panicking on a closed pipe or a full disk.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that ignores failure instead of panicking.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::cli::output::note(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod eval;
 mod info;
+pub mod output;
 mod train;
 
 use anyhow::Result;
@@ -57,12 +72,13 @@ impl From<DeviceArg> for DeviceKind {
 pub fn open_device(arg: Option<DeviceArg>) -> Result<Device> {
     let (device, passed_over) = Device::select(arg.map(Into::into))?;
     match passed_over {
-        Some(why) => eprintln!("softmax-ce: using {device}: no GPU ({why})"),
-        None => eprintln!("softmax-ce: using {device}"),
+        Some(why) => note!("softmax-ce: using {device}: no GPU ({why})"),
+        None => note!("softmax-ce: using {device}"),
     }
     Ok(device)
 }
 
+/// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(),

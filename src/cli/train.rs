@@ -1,7 +1,7 @@
 //! `softmax-ce train`: softmax regression by the seed's SGD, on the bundled digits, MNIST IDX
 //! files or `.npy` arrays; one row (or JSON object) per epoch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -9,8 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use softmax_ce::data::{self, Dataset, TrainTest};
 use softmax_ce::logistic::LogisticRegression;
 use softmax_ce::train::{EpochMetrics, SoftmaxRegression, TrainOptions};
-use softmax_ce::{DEFAULT_IGNORE_INDEX, Device, DeviceKind, Labels, npy};
+use softmax_ce::{DEFAULT_IGNORE_INDEX, Device, DeviceKind, Labels};
 
+use super::output::Outputs;
 use super::{DeviceArg, open_device};
 
 #[derive(Debug, Args)]
@@ -33,24 +34,26 @@ pub struct TrainArgs {
     #[arg(long, requires = "test_x")]
     test_y: Option<PathBuf>,
     /// Number of classes of .npy labels (default: the largest label + 1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     classes: Option<usize>,
-    #[arg(long, default_value_t = 10)]
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     epochs: usize,
     /// SGD step size.
-    #[arg(long, default_value_t = 0.2)]
+    // Negative numbers parse as values so that validation, not the parser, explains them.
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     lr: f32,
     /// Rows per SGD batch; the last partial batch of an epoch is dropped, as in the seed.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     batch: usize,
     /// Append a constant-1 feature (a per-class bias); off by default, as in the seed.
     #[arg(long)]
     bias: bool,
     /// L2 regularisation strength (off by default).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     l2: f32,
     /// Shuffle the training rows every epoch with this seed (default: fixed order, as the seed).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     shuffle: Option<u64>,
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
@@ -101,10 +104,55 @@ fn load(args: &TrainArgs) -> Result<TrainTest> {
     }
 }
 
+/// The MNIST files `--mnist-dir` may read, each plain or gzipped: inputs no output may replace.
+fn mnist_files(dir: &Path) -> Vec<PathBuf> {
+    [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ]
+    .iter()
+    .flat_map(|name| [dir.join(name), dir.join(format!("{name}.gz"))])
+    .collect()
+}
+
+/// Refuses a model whose theta could not be allocated, before the library tries and aborts.
+fn check_theta_fits(features: usize, classes: usize) -> Result<()> {
+    let bytes = features
+        .checked_mul(classes)
+        .and_then(|n| n.checked_mul(4))
+        .and_then(|n| u64::try_from(n).ok());
+    match (bytes, data::physical_memory()) {
+        (None, _) => bail!("theta of {features} x {classes} floats is too large to allocate"),
+        (Some(b), Some(memory)) if b > memory => bail!(
+            "theta of {features} x {classes} floats needs {b} bytes, more than this machine's \
+             {memory} bytes of memory"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Trains and prints one row per epoch; `--save-theta` is checked before the data is read.
 pub fn run(args: TrainArgs) -> Result<()> {
+    let mnist = args
+        .mnist_dir
+        .as_deref()
+        .map(mnist_files)
+        .unwrap_or_default();
+    let mut inputs: Vec<(&str, Option<&Path>)> = vec![
+        ("--train-x", args.train_x.as_deref()),
+        ("--train-y", args.train_y.as_deref()),
+        ("--test-x", args.test_x.as_deref()),
+        ("--test-y", args.test_y.as_deref()),
+    ];
+    inputs.extend(mnist.iter().map(|p| ("--mnist-dir", Some(p.as_path()))));
+    // Before the data is read or an epoch run: a bad --save-theta fails at once.
+    let mut outputs = Outputs::prepare(&inputs, &[("--save-theta", args.save_theta.as_deref())])?;
+
     let data = load(&args)?;
     let (train, test) = (&data.train, data.test.as_ref());
-    eprintln!(
+    note!(
         "softmax-ce: data: {} ({} train{}, {} features, {} classes)",
         data.source,
         train.x.nrows(),
@@ -112,6 +160,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         train.x.ncols(),
         train.classes
     );
+    check_theta_fits(train.x.ncols() + usize::from(args.bias), train.classes)?;
     let device = open_device(args.device)?;
     let opts = TrainOptions::default()
         .lr(args.lr)
@@ -120,7 +169,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .l2(args.l2)
         .shuffle(args.shuffle);
     if args.loss == LossArg::Bce {
-        return run_logistic(&args, &data, &device, opts);
+        return run_logistic(&args, &data, &device, opts, outputs);
     }
     let train_y = labels(train)?;
     let test_y = test.map(labels).transpose()?;
@@ -128,27 +177,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut model = SoftmaxRegression::new(&device, (train.x.view(), &train_y), test_set, opts)?;
 
     if !args.json {
-        println!("| epoch | train loss | train err | test loss | test err | seconds |");
-        println!("|------:|-----------:|----------:|----------:|---------:|--------:|");
+        outln!("| epoch | train loss | train err | test loss | test err | seconds |")?;
+        outln!("|------:|-----------:|----------:|----------:|---------:|--------:|")?;
     }
     let bar = ProgressBar::new(model.batches_per_epoch() as u64).with_style(
         ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches")
-            .expect("a valid template")
+            .context("the progress bar's template")?
             .progress_chars("=> "),
     );
     for epoch in 1..=args.epochs {
         bar.reset();
         bar.set_prefix(epoch.to_string());
         let m = model.fit_epoch_with_progress(|done, _| bar.set_position(done as u64))?;
-        bar.suspend(|| print_epoch(&m, &device, args.json));
+        bar.suspend(|| print_epoch(&m, &device, args.json))?;
     }
     bar.finish_and_clear();
 
     if let Some(path) = &args.save_theta {
         let theta = model.theta()?;
-        npy::write_f32(path, theta.view().into_dyn())
-            .with_context(|| format!("writing theta to {}", path.display()))?;
-        eprintln!(
+        outputs.write("--save-theta", theta.view().into_dyn())?;
+        outputs.commit()?;
+        note!(
             "softmax-ce: theta ({} x {}) written to {}",
             theta.nrows(),
             theta.ncols(),
@@ -158,12 +207,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--loss bce`: logistic regression on 0/1 labels, printed like softmax regression.
+/// `--loss bce`: logistic regression on 0/1 labels, printed like softmax regression; the
+/// weights go to `--save-theta` as a `features x 1` column.
 fn run_logistic(
     args: &TrainArgs,
     data: &TrainTest,
     device: &Device,
     opts: TrainOptions,
+    mut outputs: Outputs,
 ) -> Result<()> {
     let targets = |set: &Dataset| -> Result<ndarray::Array1<f32>> {
         if let Some((i, &v)) = set.y.iter().enumerate().find(|(_, v)| **v > 1) {
@@ -185,17 +236,17 @@ fn run_logistic(
         opts,
     )?;
     if !args.json {
-        println!("| epoch | train loss | train err | test loss | test err | seconds |");
-        println!("|------:|-----------:|----------:|----------:|---------:|--------:|");
+        outln!("| epoch | train loss | train err | test loss | test err | seconds |")?;
+        outln!("|------:|-----------:|----------:|----------:|---------:|--------:|")?;
     }
     for _ in 0..args.epochs {
-        print_epoch(&model.fit_epoch()?, device, args.json);
+        print_epoch(&model.fit_epoch()?, device, args.json)?;
     }
     if let Some(path) = &args.save_theta {
         let w = model.weights()?.insert_axis(ndarray::Axis(1));
-        npy::write_f32(path, w.view().into_dyn())
-            .with_context(|| format!("writing theta to {}", path.display()))?;
-        eprintln!(
+        outputs.write("--save-theta", w.view().into_dyn())?;
+        outputs.commit()?;
+        note!(
             "softmax-ce: theta ({} x 1) written to {}",
             w.nrows(),
             path.display()
@@ -204,7 +255,7 @@ fn run_logistic(
     Ok(())
 }
 
-fn print_epoch(m: &EpochMetrics, device: &Device, json: bool) {
+fn print_epoch(m: &EpochMetrics, device: &Device, json: bool) -> Result<()> {
     if json {
         let line = serde_json::json!({
             "epoch": m.epoch,
@@ -218,10 +269,10 @@ fn print_epoch(m: &EpochMetrics, device: &Device, json: bool) {
                 DeviceKind::Gpu => "gpu",
             },
         });
-        println!("{line}");
+        outln!("{line}")?;
     } else {
         let opt = |v: Option<f32>| v.map_or("-".to_string(), |v| format!("{v:.5}"));
-        println!(
+        outln!(
             "| {:>5} | {:>10.5} | {:>9.5} | {:>9} | {:>8} | {:>7.3} |",
             m.epoch,
             m.train_loss,
@@ -229,6 +280,7 @@ fn print_epoch(m: &EpochMetrics, device: &Device, json: bool) {
             opt(m.test_loss),
             opt(m.test_err),
             m.seconds
-        );
+        )?;
     }
+    Ok(())
 }

@@ -114,7 +114,7 @@ mod tests {
     fn row_params_is_a_dense_multiple_of_16_bytes() {
         assert_eq!(std::mem::size_of::<RowParams>(), 64);
         assert_eq!(std::mem::size_of::<RowParams>() % 16, 0);
-        assert_eq!(std::mem::size_of::<MatmulParams>(), 32);
+        assert_eq!(std::mem::size_of::<MatmulParams>(), 48);
         assert_eq!(std::mem::size_of::<PackParams>(), 32);
         assert_eq!(std::mem::size_of::<StepParams>(), 32);
     }
