@@ -141,6 +141,7 @@ def main():
                 grad_floor = 1e-3 / (active if reduction == "mean" else 1)
                 r.check(case + " grad", np.load(gout), tt.grad.numpy(), PROB_TOL, grad_floor)
         options(r, rng, args.devices.split(","), shapes)
+        parity_cases(r, rng, args.devices.split(","))
         print(f"{r.count - r.failures}/{r.count} cases within tolerance")
         sys.exit(1 if r.failures else 0)
 
@@ -237,6 +238,62 @@ def options(r, rng, devices, shapes):
             r.check(f"{tag} bce {reduction} loss", np.load(out), loss.detach().numpy(), LOSS_TOL, 1.0)
             floor = 1e-3 / (rows * cols if reduction == "mean" else 1)
             r.check(f"{tag} bce {reduction} grad", np.load(gout), tt.grad.numpy(), PROB_TOL, floor)
+
+
+def parity_cases(r, rng, devices):
+    """bce-with-logits of any shape with weight and pos_weight, and cross-entropy over N-d
+    logits (N, C, d1, ..., dk) and one unbatched row (C,)."""
+    for device in devices:
+        for shape, w_shape, pw_shape in [((37,), (37,), (1,)), ((2, 3, 5), (2, 1, 1), (5,)),
+                                         ((4, 6), (), (6,)), ((3, 4), (3, 1), (3, 4))]:
+            z = rng.uniform(-8, 8, size=shape).astype(np.float32)
+            t = np.where(rng.uniform(size=shape) < 0.5, 0.0, 1.0).astype(np.float32)
+            t[..., 0] = rng.uniform(size=t[..., 0].shape)  # some fractional targets
+            w = rng.uniform(0.5, 1.5, size=w_shape).astype(np.float32)
+            pw = rng.uniform(0.5, 3.0, size=pw_shape).astype(np.float32)
+            zp, tp, wp, pwp = (r.save(n, a) for n, a in
+                               [("bz.npy", z), ("bt.npy", t), ("bw.npy", w), ("bpw.npy", pw)])
+            for reduction in ["none", "mean", "sum"]:
+                out, gout = r.path("bl.npy"), r.path("bg.npy")
+                r.eval(["bce-with-logits", "--logits", zp, "--targets", tp, "--weight", wp,
+                        "--pos-weight", pwp, "--reduction", reduction, "--out", out,
+                        "--grad-out", gout, "--device", device])
+                zt = torch.from_numpy(z.astype(np.float64)).requires_grad_(True)
+                loss = F.binary_cross_entropy_with_logits(
+                    zt, torch.from_numpy(t.astype(np.float64)),
+                    weight=torch.from_numpy(w.astype(np.float64)),
+                    pos_weight=torch.from_numpy(pw.astype(np.float64)), reduction=reduction)
+                (loss.sum() if reduction == "none" else loss).backward()
+                case = f"{device} {shape} bce w{w_shape} pw{pw_shape} {reduction}"
+                r.check(case + " loss", np.load(out), loss.detach().numpy(), LOSS_TOL, 1.0)
+                floor = 1e-3 / (z.size if reduction == "mean" else 1)
+                r.check(case + " grad", np.load(gout), zt.grad.numpy(), PROB_TOL, floor)
+
+        for shape in [(2, 5, 3, 4), (3, 7, 65), (6,)]:
+            x = rng.uniform(-8, 8, size=shape).astype(np.float32)
+            c = shape[1] if len(shape) > 1 else shape[0]
+            positions = (shape[0],) + shape[2:] if len(shape) > 1 else ()
+            y = rng.integers(0, c, size=positions).astype(np.int64)
+            if len(shape) > 1:
+                y.reshape(-1)[::5] = 255
+            w = rng.uniform(0.5, 2.0, size=c).astype(np.float32)
+            xp, yp, wp = r.save("cx.npy", x), r.save("cy.npy", y), r.save("cw.npy", w)
+            for reduction, eps in itertools.product(["none", "mean", "sum"], [0.0, 0.1]):
+                out, gout = r.path("cl.npy"), r.path("cg.npy")
+                r.eval(["cross-entropy", "--logits", xp, "--labels", yp, "--weight", wp,
+                        "--ignore-index", "255", "--label-smoothing", str(eps),
+                        "--reduction", reduction, "--out", out, "--grad-out", gout,
+                        "--device", device])
+                xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+                loss = F.cross_entropy(xt, torch.from_numpy(y), weight=torch.from_numpy(
+                    w.astype(np.float64)), ignore_index=255, label_smoothing=eps,
+                    reduction=reduction)
+                (loss.sum() if reduction == "none" else loss).backward()
+                case = f"{device} {shape} cross-entropy nd e={eps} {reduction}"
+                r.check(case + " loss", np.load(out), loss.detach().numpy(), LOSS_TOL, 1.0)
+                active = max(int((y != 255).sum()), 1)
+                floor = 1e-3 / (active if reduction == "mean" else 1)
+                r.check(case + " grad", np.load(gout), xt.grad.numpy(), PROB_TOL, floor)
 
 
 if __name__ == "__main__":

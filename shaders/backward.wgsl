@@ -3,26 +3,55 @@
 //   softmax_backward:     dx[i, j] = p[i, j] * (dy[i, j] - sum_k dy[i, k] p[i, k])
 //                         (dy times the Jacobian diag(p) - p p^T; seeds 001 and 003)
 //   log_softmax_backward: dx[i, j] = dy[i, j] - exp(lp[i, j]) * sum_k dy[i, k]
-//   bce_with_logits:      loss[i, j] = max(z, 0) - z t + log(1 + exp(-|z|)),
-//                         g[i, j] = (sigmoid(z) - t) * p.f0 (p.f0: the reduction's scale)
+//   logistic_residual:    r[i] = sigmoid(z[i]) - y[i], in place over a batch's logits (the
+//                         logistic-regression step, src/gpu/logistic.rs; seed 002)
+//   bce_with_logits:      per element e of z, t (F.binary_cross_entropy_with_logits), with
+//                         weight w, positive weight pw and c = 1 + (pw - 1) t:
+//                         loss[e] = w ((1 - t) z + c softplus(-z))
+//                         g[e]    = w ((1 - t) sigmoid(z) - pw t sigmoid(-z)) * p.f0
+//                         (p.f0: the reduction's scale; the loss is scaled by sum_rows)
 //
 // Bindings (group 0), windowed by rows:
 //   softmax_backward, log_softmax_backward
-//                      1 a     read        array<V>  N x C probabilities (or log-probabilities)
-//                      2 dy    read        array<V>  N x C upstream gradient
-//                      3 dx    read_write  array<V>  N x C result
-//   bce_with_logits    1 a     read        array<V>  N x C logits z
-//                      2 dy    read        array<V>  N x C targets t
-//                      3 dx    read_write  array<V>  N x C per-element loss
-//                      4 g     read_write  array<V>  N x C gradient
-// Dispatch: a team of p.tpr threads per row (common.wgsl).
-// Rust side: Kernel::{SoftmaxBackward, LogSoftmaxBackward, BceWithLogits};
-// cpu::{softmax_backward, log_softmax_backward, bce_with_logits, bce_with_logits_grad}.
+//                      1 a         read        array<V>    N x C probabilities (or log-probs)
+//                      2 dy        read        array<V>    N x C upstream gradient
+//                      3 dx        read_write  array<V>    N x C result
+//   bce_with_logits    1 a         read        array<V>    logits z, flat
+//                      2 dy        read        array<V>    targets t, flat
+//                      3 bce_w     read        array<V>    weights, flat (BCE_FULL)
+//                      4 bce_pw    read        array<V>    positive weights, flat (BCE_FULL)
+//                      5 bce_cols  read        array<f32>  bound whole: K weights, then K
+//                                                          positive weights (BCE_COLS)
+//                      6 bce_loss  read_write  array<V>    per-element loss, flat
+//                      7 bce_grad  read_write  array<V>    gradient, flat
+//   logistic_residual  1 a         read        array<V>    N x 1 targets y (W = 1)
+//                      2 resid     read_write  array<f32>  one per row: z in, sigmoid(z) - y out
+//   p.flags of bce_with_logits: bits 0-1 the weight's mode, bits 2-3 the positive weight's
+//   (BCE_ONE: 1; BCE_COLS: one per column of a K-column matrix, from bce_cols; BCE_FULL: one per
+//   element). p.f1 = K and p.f2 = the column of the window's first element, both exact integers
+//   below 2^24 where a mode is BCE_COLS (the host guarantees it).
+// Dispatch: logistic_residual: one thread per row (p.tpr = 1).
+// softmax_backward and log_softmax_backward: a team of p.tpr threads per row
+// (common.wgsl). bce_with_logits: one thread per vector, no loop over elements (each "row" of
+// the dispatch is one V, p.tpr = 1): the host cuts the flat array into windows of one dispatch
+// each, vec4s first and the last len % 4 elements at W = 1, with groups folded into y.
+// Rust side: Kernel::{SoftmaxBackward, LogSoftmaxBackward, BceWithLogits, LogisticResidual};
+// cpu::{softmax_backward, log_softmax_backward, bce_with_logits_nd, bce_with_logits_nd_grad}.
 
 @group(0) @binding(1) var<storage, read> a: array<V>;
 @group(0) @binding(2) var<storage, read> dy: array<V>;
 @group(0) @binding(3) var<storage, read_write> dx: array<V>;
-@group(0) @binding(4) var<storage, read_write> g: array<V>;
+@group(0) @binding(2) var<storage, read_write> resid: array<f32>;
+@group(0) @binding(3) var<storage, read> bce_w: array<V>;
+@group(0) @binding(4) var<storage, read> bce_pw: array<V>;
+@group(0) @binding(5) var<storage, read> bce_cols: array<f32>;
+@group(0) @binding(6) var<storage, read_write> bce_loss: array<V>;
+@group(0) @binding(7) var<storage, read_write> bce_grad: array<V>;
+
+// Modes of a BCE weight. Keep in sync with BCE_ONE, BCE_COLS, BCE_FULL in src/gpu/ops.rs.
+const BCE_ONE: u32 = 0u;
+const BCE_COLS: u32 = 1u;
+const BCE_FULL: u32 = 2u;
 
 @compute @workgroup_size(WG)
 fn softmax_backward(
@@ -60,6 +89,24 @@ fn log_softmax_backward(
     }
 }
 
+// log(1 + x) for x in [0, 1], accurate where 1 + x rounds (Goldberg's correction): a confident
+// right answer's tiny loss is kept instead of rounded to 0.
+fn log1p_small(x: V) -> V {
+    let u = splat(1.0) + x;
+    return select(log(u) * (x / (u - splat(1.0))), x, u == splat(1.0));
+}
+
+// The per-column BCE weights at `offset` of bce_cols for the W elements of vector `v`.
+fn bce_cols_at(offset: u32, v: u32) -> V {
+    let k_cols = u32(p.f1);
+    let first = u32(p.f2) + v * W;
+    var out = splat(0.0);
+    for (var k = 0u; k < W; k++) {
+        out += onehot(v, v * W + k) * bce_cols[offset + (first + k) % k_cols];
+    }
+    return out;
+}
+
 @compute @workgroup_size(WG)
 fn bce_with_logits(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -67,17 +114,56 @@ fn bce_with_logits(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    let start = row_start(l);
-    for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        let z = a[start + i];
-        let t = dy[start + i];
-        // Never exp of a positive number: stable for any z.
-        let e = exp(-abs(z));
-        // max(z, 0) - z t as one product per sign, not a difference of two large numbers.
-        let linear = select(-z * t, z * (splat(1.0) - t), z >= splat(0.0));
-        dx[start + i] = linear + log(splat(1.0) + e);
-        // sigmoid(z) from the same e: 1 / (1 + e) for z >= 0, e / (1 + e) below.
-        let sigmoid = select(e, splat(1.0), z >= splat(0.0)) / (splat(1.0) + e);
-        g[start + i] = (sigmoid - t) * p.f0;
+    if !l.live {
+        return;
     }
+    let i = row_start(l);
+    let z = a[i];
+    let t = dy[i];
+    var w = splat(1.0);
+    let w_mode = p.flags & 3u;
+    if w_mode == BCE_FULL {
+        w = bce_w[i];
+    } else if w_mode == BCE_COLS {
+        w = bce_cols_at(0u, l.row);
+    }
+    var pw = splat(1.0);
+    let pw_mode = (p.flags >> 2u) & 3u;
+    if pw_mode == BCE_FULL {
+        pw = bce_pw[i];
+    } else if pw_mode == BCE_COLS {
+        pw = bce_cols_at(u32(p.f1), l.row);
+    }
+    // Never exp of a positive number: stable for any z.
+    let e = exp(-abs(z));
+    let pos = z >= splat(0.0);
+    // softplus(-z) = max(-z, 0) + log1p(e): the loss is (1 - t) z + c log1p(e) for z >= 0 and
+    // pw t (-z) + c log1p(e) below, one product per sign and no difference of large numbers.
+    // A zero coefficient times an infinite logit is 0, its limit (PyTorch gives NaN).
+    let coef = select(pw * t, splat(1.0) - t, pos);
+    let linear = select(coef * abs(z), splat(0.0), coef == splat(0.0));
+    let c = splat(1.0) + (pw - splat(1.0)) * t;
+    bce_loss[i] = w * (linear + c * log1p_small(e));
+    // sigmoid(z) and sigmoid(-z) from the same e, neither as 1 minus the other.
+    let s_pos = select(e, splat(1.0), pos) / (splat(1.0) + e);
+    let s_neg = select(splat(1.0), e, pos) / (splat(1.0) + e);
+    bce_grad[i] = w * ((splat(1.0) - t) * s_pos - pw * t * s_neg) * p.f0;
+}
+
+@compute @workgroup_size(WG)
+fn logistic_residual(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    if !l.live {
+        return;
+    }
+    let i = p.vec_base + l.row;
+    let z = resid[i];
+    // sigmoid(z) with no exp of a positive number.
+    let e = exp(-abs(z));
+    let sigmoid = select(e, 1.0, z >= 0.0) / (1.0 + e);
+    resid[i] = sigmoid - lane_of(a[row_start(l)], 0u);
 }

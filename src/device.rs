@@ -4,13 +4,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayD, ArrayView2, ArrayViewD};
 
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::labels::Labels;
-use crate::loss::{CrossEntropyOptions, Loss, Reduction};
+use crate::loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 
 /// Where ops run: the CPU reference, or a GPU context.
 ///
@@ -201,6 +201,102 @@ impl Device {
                 Ok((g.download_bce(&loss)?, g.download(&grad)?))
             }
         }
+    }
+}
+
+/// Ops on arrays of any of PyTorch's shapes.
+impl Device {
+    /// Binary cross-entropy with logits of any shape and its gradient, with PyTorch's
+    /// `weight` and `pos_weight` (see [`cpu::bce_with_logits_nd`]): the loss in PyTorch's shape
+    /// (the logits' for `none`, 0-d otherwise) and the gradient in the logits' shape.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use softmax_ce::{BceOptions, Device};
+    /// // Logistic regression: one logit per sample, 0/1 targets.
+    /// let z = array![0.0f32, 3.0, -1.0];
+    /// let t = array![1.0f32, 1.0, 0.0];
+    /// let (loss, grad) = Device::Cpu.bce_with_logits_nd_with_grad(
+    ///     z.view().into_dyn(),
+    ///     t.view().into_dyn(),
+    ///     &BceOptions::default(),
+    /// )?;
+    /// assert_eq!(loss.ndim(), 0);
+    /// assert_eq!(grad.shape(), &[3]);
+    /// # Ok::<(), softmax_ce::Error>(())
+    /// ```
+    pub fn bce_with_logits_nd_with_grad(
+        &self,
+        z: ArrayViewD<f32>,
+        t: ArrayViewD<f32>,
+        opts: &BceOptions,
+    ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+        match self {
+            Device::Cpu => Ok((
+                cpu::bce_with_logits_nd(z.view(), t.view(), opts)?,
+                cpu::bce_with_logits_nd_grad(z, t, opts)?,
+            )),
+            Device::Gpu(g) => g.bce_with_logits_nd(z, t, opts),
+        }
+    }
+
+    /// Cross-entropy of logits `(C,)`, `(N, C)` or `(N, C, d1, ..., dk)` (classes on axis 1)
+    /// against integer labels of the logits' shape without axis 1 (see
+    /// [`cpu::cross_entropy_nd`]). On the GPU the class axis is moved last on the host, the
+    /// rows run through [`GpuContext::cross_entropy`], and nothing moves back but the loss.
+    pub fn cross_entropy_nd(
+        &self,
+        x: ArrayViewD<f32>,
+        labels: ArrayViewD<i64>,
+        ignore_index: i64,
+        opts: &CrossEntropyOptions,
+    ) -> Result<ArrayD<f32>> {
+        const OP: &str = "cross_entropy";
+        match self {
+            Device::Cpu => cpu::cross_entropy_nd(x, labels, ignore_index, opts),
+            Device::Gpu(g) => {
+                let rows = cpu::ClassRows::new(OP, x)?;
+                let labels = rows.labels(OP, labels, ignore_index)?;
+                let loss = g.cross_entropy(
+                    &g.upload(rows.rows.view())?,
+                    &g.upload_labels(&labels)?,
+                    opts,
+                )?;
+                Ok(rows.loss(g.download_loss(&loss)?))
+            }
+        }
+    }
+
+    /// [`cross_entropy_nd`](Self::cross_entropy_nd) and its gradient with respect to the
+    /// logits, in the logits' shape. On the GPU the class axis is moved last on the host and
+    /// the gradient moved back (a transpose of the logits each way, on the CPU).
+    pub fn cross_entropy_nd_with_grad(
+        &self,
+        x: ArrayViewD<f32>,
+        labels: ArrayViewD<i64>,
+        ignore_index: i64,
+        opts: &CrossEntropyOptions,
+    ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+        const OP: &str = "cross_entropy_with_grad";
+        let rows = cpu::ClassRows::new(OP, x)?;
+        let labels = rows.labels(OP, labels, ignore_index)?;
+        let (loss, grad) = self.cross_entropy_with_grad(rows.rows.view(), &labels, opts)?;
+        Ok((rows.loss(loss), rows.grad(grad)))
+    }
+
+    /// Cross-entropy against probability targets of the logits' shape (`(C,)`, `(N, C)` or
+    /// `(N, C, d1, ..., dk)`) and its gradient (see [`cpu::cross_entropy_soft_nd`]).
+    pub fn cross_entropy_soft_nd_with_grad(
+        &self,
+        x: ArrayViewD<f32>,
+        targets: ArrayViewD<f32>,
+        opts: &CrossEntropyOptions,
+    ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+        const OP: &str = "cross_entropy_soft";
+        let rows = cpu::ClassRows::new(OP, x)?;
+        let t = rows.targets(OP, targets)?;
+        let (loss, grad) = self.cross_entropy_soft_with_grad(rows.rows.view(), t.view(), opts)?;
+        Ok((rows.loss(loss), rows.grad(grad)))
     }
 }
 

@@ -9,7 +9,8 @@
 //! - [`Labels`] are class labels validated once, with PyTorch's `ignore_index`.
 //! - [`CrossEntropyOptions`], [`Reduction`] and [`Loss`] describe a loss call and its result,
 //!   the same on both paths.
-//! - [`train`] trains a softmax-regression classifier by the seed's SGD on either device;
+//! - [`train`] trains a softmax-regression classifier by the seed's SGD on either device, and
+//!   [`logistic`] a logistic-regression (binary) one;
 //!   [`data`] reads the bundled MNIST digits, IDX files and `.npy` data for it.
 //! - [`cpu::fast`] is a parallel, vectorised CPU path for fair CPU-against-GPU comparisons.
 //! - [`Error`] is the one error type: bad input is always an `Err` naming the op and the values.
@@ -59,6 +60,7 @@ mod device;
 mod error;
 pub mod gpu;
 mod labels;
+pub mod logistic;
 mod loss;
 pub mod npy;
 pub mod train;
@@ -67,7 +69,7 @@ pub use device::{Device, DeviceKind};
 pub use error::{Error, Result};
 pub use gpu::{GpuContext, GpuLabels, GpuMatrix, GpuOptions, GpuVector};
 pub use labels::{DEFAULT_IGNORE_INDEX, Labels};
-pub use loss::{CrossEntropyOptions, Loss, Reduction};
+pub use loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

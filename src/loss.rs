@@ -199,3 +199,104 @@ impl Loss {
         }
     }
 }
+
+/// Options of the binary cross-entropy with logits, defaulting to PyTorch's
+/// `F.binary_cross_entropy_with_logits` defaults (mean, no weights).
+///
+/// Both weights broadcast to the logits' shape by numpy's (and PyTorch's) rules: shapes are
+/// aligned at their last axis, and each axis of a weight is 1 or the logits' own length.
+/// `pos_weight` is usually one weight per class along the last axis, as in PyTorch.
+///
+/// ```
+/// use ndarray::array;
+/// use softmax_ce::{BceOptions, Reduction};
+/// let opts = BceOptions::default()
+///     .reduction(Reduction::Sum)
+///     .pos_weight(array![3.0f32, 1.0]);
+/// assert_eq!(opts.pos_weight.unwrap().shape(), &[2]);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct BceOptions {
+    /// How the per-element losses are combined; `mean` is over all elements.
+    pub reduction: Reduction,
+    /// PyTorch's `weight`: each element's loss (and gradient) is multiplied by it. Finite.
+    pub weight: Option<ArrayD<f32>>,
+    /// PyTorch's `pos_weight`: the weight of the positive term, `t log sigmoid(z)`. Finite.
+    pub pos_weight: Option<ArrayD<f32>>,
+}
+
+impl BceOptions {
+    /// Sets [`reduction`](Self::reduction).
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+
+    /// Sets [`weight`](Self::weight), of any shape that broadcasts to the logits'.
+    pub fn weight<D: ndarray::Dimension>(mut self, weight: ndarray::Array<f32, D>) -> Self {
+        self.weight = Some(weight.into_dyn());
+        self
+    }
+
+    /// Sets [`pos_weight`](Self::pos_weight), of any shape that broadcasts to the logits'.
+    pub fn pos_weight<D: ndarray::Dimension>(mut self, pos_weight: ndarray::Array<f32, D>) -> Self {
+        self.pos_weight = Some(pos_weight.into_dyn());
+        self
+    }
+
+    /// Checks the targets' shape against the logits' and each weight's shape and values; returns
+    /// the weights broadcast to `shape` (the logits').
+    pub(crate) fn broadcast<'a>(
+        &'a self,
+        op: &'static str,
+        shape: &[usize],
+        targets: &[usize],
+    ) -> crate::Result<(Option<WeightView<'a>>, Option<WeightView<'a>>)> {
+        if targets != shape {
+            return Err(Error::shape(
+                op,
+                format!("targets of the logits' shape {shape:?}"),
+                format!("{targets:?}"),
+            ));
+        }
+        let one = |w: &'a Option<ArrayD<f32>>, what: &str| {
+            w.as_ref()
+                .map(|w| broadcast_weight(op, what, w, shape))
+                .transpose()
+        };
+        Ok((
+            one(&self.weight, "weight")?,
+            one(&self.pos_weight, "pos_weight")?,
+        ))
+    }
+}
+
+/// A weight broadcast to the logits' shape.
+pub(crate) type WeightView<'a> = ndarray::ArrayViewD<'a, f32>;
+
+/// `w` broadcast to `shape` by numpy's rules, after checking that its values are finite; an
+/// `Err` naming the op and both shapes when it does not broadcast.
+pub(crate) fn broadcast_weight<'a>(
+    op: &'static str,
+    what: &str,
+    w: &'a ArrayD<f32>,
+    shape: &[usize],
+) -> crate::Result<ndarray::ArrayViewD<'a, f32>> {
+    if let Some((idx, v)) = w.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{what} {v} at index {:?} is not finite",
+                ndarray::Dimension::slice(&idx)
+            ),
+        ));
+    }
+    w.broadcast(IxDyn(shape)).ok_or_else(|| {
+        Error::shape(
+            op,
+            format!("a {what} that broadcasts to the logits' shape {shape:?}"),
+            format!("{what} of shape {:?}", w.shape()),
+        )
+    })
+}

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use ndarray::{ArrayD, ArrayView2};
-use softmax_ce::{CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Device, Labels, Reduction, npy};
+use ndarray::{ArrayD, ArrayView2, Ix2};
+use softmax_ce::{
+    BceOptions, CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Device, Labels, Reduction, npy,
+};
 
 use super::output::Outputs;
 use super::{DeviceArg, open_device};
@@ -61,19 +63,26 @@ pub struct LogSoftmaxBackwardArgs {
 
 #[derive(Debug, Args)]
 pub struct BceArgs {
-    /// N x C logits.
+    /// Logits of any shape (a 1-D vector for logistic regression, N x C, ...).
     #[arg(long)]
     logits: PathBuf,
-    /// N x C targets in [0, 1], the shape of the logits.
+    /// Targets in [0, 1], the shape of the logits.
     #[arg(long)]
     targets: PathBuf,
-    /// none writes one loss per element (N x C), mean and sum a 0-d array.
+    /// Weights that broadcast to the logits' shape (numpy's rules), as PyTorch's weight.
+    #[arg(long)]
+    weight: Option<PathBuf>,
+    /// Weights of the positive term that broadcast to the logits' shape, usually one per class
+    /// along the last axis, as PyTorch's pos_weight.
+    #[arg(long)]
+    pos_weight: Option<PathBuf>,
+    /// none writes one loss per element (the logits' shape), mean and sum a 0-d array.
     #[arg(long, value_enum, default_value = "mean")]
     reduction: ReductionArg,
     /// Where to write the loss (.npy, float32).
     #[arg(long)]
     out: PathBuf,
-    /// Where to write d(loss)/d(logits), N x C.
+    /// Where to write d(loss)/d(logits), the logits' shape.
     #[arg(long)]
     grad_out: Option<PathBuf>,
     #[arg(long, value_enum)]
@@ -111,16 +120,20 @@ impl From<ReductionArg> for Reduction {
 
 #[derive(Debug, Args)]
 pub struct CrossEntropyArgs {
-    /// N x C logits (.npy, float32 or float64).
+    /// N x C logits (.npy, float32 or float64); or N x C x d1 x ... x dk, classes on axis 1
+    /// (per-pixel losses); or one unbatched row of C.
     #[arg(long)]
     logits: PathBuf,
-    /// N integer class labels (.npy, any integer dtype).
+    /// N integer class labels (.npy, any integer dtype); N x d1 x ... x dk for N-d logits, 0-d
+    /// for one row.
     #[arg(long, required_unless_present = "targets", conflicts_with = "targets")]
     labels: Option<PathBuf>,
-    /// N x C probability targets (.npy, float32 or float64), instead of --labels.
+    /// Probability targets of the logits' shape (.npy, float32 or float64), instead of
+    /// --labels.
     #[arg(long)]
     targets: Option<PathBuf>,
-    /// How per-row losses combine: mean writes a 0-d array, none shape (N,).
+    /// How per-row losses combine: mean writes a 0-d array, none shape (N,) (the labels' shape
+    /// for N-d logits).
     #[arg(long, value_enum, default_value = "mean")]
     reduction: ReductionArg,
     /// Rows with this label add nothing to the loss and get a zero gradient.
@@ -206,20 +219,29 @@ fn bce(a: BceArgs) -> Result<()> {
         &[
             ("--logits", Some(&a.logits)),
             ("--targets", Some(&a.targets)),
+            ("--weight", a.weight.as_deref()),
+            ("--pos-weight", a.pos_weight.as_deref()),
         ],
         &[
             ("--out", Some(&a.out)),
             ("--grad-out", a.grad_out.as_deref()),
         ],
     )?;
-    let z = read_logits(&a.logits)?;
-    let t = npy::read_matrix(&a.targets, "targets").context("--targets")?;
-    let device = open_device(a.device)?;
-    let (loss, grad) = device.bce_with_logits_with_grad(z.view(), t.view(), a.reduction.into())?;
-    if a.grad_out.is_some() {
-        outs.write("--grad-out", grad.view().into_dyn())?;
+    let z = npy::read_f32(&a.logits).context("--logits")?;
+    let t = npy::read_f32(&a.targets).context("--targets")?;
+    let mut opts = BceOptions::default().reduction(a.reduction.into());
+    if let Some(path) = &a.weight {
+        opts = opts.weight(npy::read_f32(path).context("--weight")?);
     }
-    outs.write("--out", loss.into_array().view())?;
+    if let Some(path) = &a.pos_weight {
+        opts = opts.pos_weight(npy::read_f32(path).context("--pos-weight")?);
+    }
+    let device = open_device(a.device)?;
+    let (loss, grad) = device.bce_with_logits_nd_with_grad(z.view(), t.view(), &opts)?;
+    if a.grad_out.is_some() {
+        outs.write("--grad-out", grad.view())?;
+    }
+    outs.write("--out", loss.view())?;
     outs.commit()
 }
 
@@ -232,6 +254,17 @@ fn row_op(
     let device = open_device(a.device)?;
     outs.write("--out", f(&device, x.view())?.view())?;
     outs.commit()
+}
+
+fn cross_entropy_options(a: &CrossEntropyArgs) -> Result<CrossEntropyOptions> {
+    let mut opts = CrossEntropyOptions::default()
+        .reduction(a.reduction.into())
+        .label_smoothing(a.label_smoothing)
+        .z_loss(a.z_loss);
+    if let Some(path) = &a.weight {
+        opts = opts.weight(npy::read_vector(path, "class weights").context("--weight")?);
+    }
+    Ok(opts)
 }
 
 fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
@@ -247,14 +280,12 @@ fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
             ("--grad-out", a.grad_out.as_deref()),
         ],
     )?;
-    let x = read_logits(&a.logits)?;
-    let mut opts = CrossEntropyOptions::default()
-        .reduction(a.reduction.into())
-        .label_smoothing(a.label_smoothing)
-        .z_loss(a.z_loss);
-    if let Some(path) = &a.weight {
-        opts = opts.weight(npy::read_vector(path, "class weights").context("--weight")?);
+    let x = npy::read_f32(&a.logits).context("--logits")?;
+    if x.ndim() != 2 {
+        return cross_entropy_nd(a, x, outs);
     }
+    let x = x.into_dimensionality::<Ix2>().expect("checked 2-D");
+    let opts = cross_entropy_options(&a)?;
     let loss = match (&a.targets, &a.labels) {
         (Some(path), _) => {
             let targets = npy::read_matrix(path, "targets").context("--targets")?;
@@ -283,5 +314,42 @@ fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
         (None, None) => bail!("cross-entropy needs --labels or --targets"),
     };
     outs.write("--out", loss.into_array().view())?;
+    outs.commit()
+}
+
+/// Cross-entropy of logits that are not 2-D: `(N, C, d1, ..., dk)` with per-position labels,
+/// or one row `(C,)` with a 0-d label, as PyTorch takes them.
+fn cross_entropy_nd(a: CrossEntropyArgs, x: ArrayD<f32>, mut outs: Outputs) -> Result<()> {
+    let opts = cross_entropy_options(&a)?;
+    let loss = match (&a.targets, &a.labels) {
+        (Some(path), _) => {
+            let targets = npy::read_f32(path).context("--targets")?;
+            let device = open_device(a.device)?;
+            let (loss, grad) =
+                device.cross_entropy_soft_nd_with_grad(x.view(), targets.view(), &opts)?;
+            if a.grad_out.is_some() {
+                outs.write("--grad-out", grad.view())?;
+            }
+            loss
+        }
+        (None, Some(path)) => {
+            let labels = npy::read_labels_nd(path).context("--labels")?;
+            let device = open_device(a.device)?;
+            if a.grad_out.is_some() {
+                let (loss, grad) = device.cross_entropy_nd_with_grad(
+                    x.view(),
+                    labels.view(),
+                    a.ignore_index,
+                    &opts,
+                )?;
+                outs.write("--grad-out", grad.view())?;
+                loss
+            } else {
+                device.cross_entropy_nd(x.view(), labels.view(), a.ignore_index, &opts)?
+            }
+        }
+        (None, None) => bail!("cross-entropy needs --labels or --targets"),
+    };
+    outs.write("--out", loss.view())?;
     outs.commit()
 }

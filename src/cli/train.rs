@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use softmax_ce::data::{self, Dataset, TrainTest};
+use softmax_ce::logistic::LogisticRegression;
 use softmax_ce::train::{EpochMetrics, SoftmaxRegression, TrainOptions};
 use softmax_ce::{DEFAULT_IGNORE_INDEX, Device, DeviceKind, Labels};
 
@@ -59,9 +60,22 @@ pub struct TrainArgs {
     /// One JSON object per epoch per line on stdout, and nothing else there.
     #[arg(long)]
     json: bool,
-    /// Write the trained theta (features x classes, float32 .npy).
+    /// Write the trained theta (features x classes, float32 .npy; features x 1 with --loss bce).
     #[arg(long)]
     save_theta: Option<PathBuf>,
+    /// softmax: softmax regression over the classes; bce: logistic regression (sigmoid and
+    /// binary cross-entropy, seed 002) on 0/1 labels, one weight column.
+    #[arg(long, value_enum, default_value = "softmax")]
+    loss: LossArg,
+}
+
+/// The model `train` fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LossArg {
+    /// Softmax regression with the cross-entropy loss.
+    Softmax,
+    /// Logistic regression with the binary cross-entropy loss.
+    Bce,
 }
 
 fn labels(set: &Dataset) -> Result<Labels> {
@@ -154,6 +168,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .bias(args.bias)
         .l2(args.l2)
         .shuffle(args.shuffle);
+    if args.loss == LossArg::Bce {
+        return run_logistic(&args, &data, &device, opts, outputs);
+    }
     let train_y = labels(train)?;
     let test_y = test.map(labels).transpose()?;
     let test_set = test.zip(test_y.as_ref()).map(|(t, y)| (t.x.view(), y));
@@ -184,6 +201,54 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "softmax-ce: theta ({} x {}) written to {}",
             theta.nrows(),
             theta.ncols(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `--loss bce`: logistic regression on 0/1 labels, printed like softmax regression; the
+/// weights go to `--save-theta` as a `features x 1` column.
+fn run_logistic(
+    args: &TrainArgs,
+    data: &TrainTest,
+    device: &Device,
+    opts: TrainOptions,
+    mut outputs: Outputs,
+) -> Result<()> {
+    let targets = |set: &Dataset| -> Result<ndarray::Array1<f32>> {
+        if let Some((i, &v)) = set.y.iter().enumerate().find(|(_, v)| **v > 1) {
+            bail!("--loss bce needs 0/1 labels; label {v} at row {i}");
+        }
+        Ok(set.y.mapv(|v| v as f32))
+    };
+    let train_y = targets(&data.train)?;
+    let test = data
+        .test
+        .as_ref()
+        .map(|t| Ok::<_, anyhow::Error>((t, targets(t)?)))
+        .transpose()?;
+    let test_set = test.as_ref().map(|(t, y)| (t.x.view(), y.view()));
+    let mut model = LogisticRegression::new(
+        device,
+        (data.train.x.view(), train_y.view()),
+        test_set,
+        opts,
+    )?;
+    if !args.json {
+        outln!("| epoch | train loss | train err | test loss | test err | seconds |")?;
+        outln!("|------:|-----------:|----------:|----------:|---------:|--------:|")?;
+    }
+    for _ in 0..args.epochs {
+        print_epoch(&model.fit_epoch()?, device, args.json)?;
+    }
+    if let Some(path) = &args.save_theta {
+        let w = model.weights()?.insert_axis(ndarray::Axis(1));
+        outputs.write("--save-theta", w.view().into_dyn())?;
+        outputs.commit()?;
+        note!(
+            "softmax-ce: theta ({} x 1) written to {}",
+            w.nrows(),
             path.display()
         );
     }

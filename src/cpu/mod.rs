@@ -21,11 +21,11 @@
 
 pub mod fast;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewD, Axis, IxDyn, Zip};
 
 use crate::error::{Error, Result};
 use crate::labels::Labels;
-use crate::loss::{CrossEntropyOptions, Loss, Reduction};
+use crate::loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 
 /// Rejects matrices with no columns, for which a row op is undefined.
 pub(crate) fn check_classes(op: &'static str, x: ArrayView2<f32>) -> Result<()> {
@@ -411,9 +411,9 @@ pub fn log_softmax_backward(lp: ArrayView2<f32>, dy: ArrayView2<f32>) -> Result<
 
 /// Binary cross-entropy with logits, as `F.binary_cross_entropy_with_logits(z, t, reduction=..)`
 /// (seed 002's logistic regression), elementwise over `z` and targets `t` of the same shape,
-/// computed stably as `max(z, 0) - z t + log(1 + exp(-|z|))`. `none` gives one loss per
-/// element; `mean` divides the sum by the number of elements (NaN when there are none, as in
-/// PyTorch).
+/// computed stably as `max(z, 0) - z t + log(1 + exp(-|z|))` (see [`bce_with_logits_nd`], of
+/// which this is the 2-D, unweighted case). `none` gives one loss per element; `mean` divides
+/// the sum by the number of elements (NaN when there are none, as in PyTorch).
 pub fn bce_with_logits(
     z: ArrayView2<f32>,
     t: ArrayView2<f32>,
@@ -421,14 +421,19 @@ pub fn bce_with_logits(
 ) -> Result<BceLoss> {
     const OP: &str = "bce_with_logits";
     check_same_shape(OP, z, t, "targets")?;
-    let per = Zip::from(z).and(t).map_collect(|&z, &t| {
-        let (z, t) = (z as f64, t as f64);
-        z.max(0.0) - z * t + (-z.abs()).exp().ln_1p()
-    });
+    let loss = bce_with_logits_nd(
+        z.into_dyn(),
+        t.into_dyn(),
+        &BceOptions::default().reduction(reduction),
+    )?;
     Ok(match reduction {
-        Reduction::None => BceLoss::PerElement(per.mapv(|v| v as f32)),
-        Reduction::Sum => BceLoss::Reduced(per.sum() as f32),
-        Reduction::Mean => BceLoss::Reduced((per.sum() / per.len() as f64) as f32),
+        Reduction::None => BceLoss::PerElement(
+            loss.into_dimensionality()
+                .expect("none keeps the logits' 2-D shape"),
+        ),
+        Reduction::Mean | Reduction::Sum => {
+            BceLoss::Reduced(*loss.first().expect("a reduced loss is one value"))
+        }
     })
 }
 
@@ -441,14 +446,123 @@ pub fn bce_with_logits_grad(
 ) -> Result<Array2<f32>> {
     const OP: &str = "bce_with_logits_grad";
     check_same_shape(OP, z, t, "targets")?;
-    let scale = match reduction {
-        Reduction::Mean => 1.0 / z.len() as f64,
+    let g = bce_with_logits_nd_grad(
+        z.into_dyn(),
+        t.into_dyn(),
+        &BceOptions::default().reduction(reduction),
+    )?;
+    Ok(g.into_dimensionality()
+        .expect("the gradient has the logits' shape"))
+}
+
+/// One element of the binary cross-entropy with logits `z`, target `t`, weight `w` and positive
+/// weight `pw`, in f64: the loss `w ((1 - t) z + c softplus(-z))` with `c = 1 + (pw - 1) t`
+/// (PyTorch's formula), and its derivative `w ((1 - t) sigmoid(z) - pw t sigmoid(-z))`, which is
+/// `w ((pw t + 1 - t) sigmoid(z) - pw t)`.
+///
+/// Stable for every `z`: with `e = exp(-|z|)` (never the exp of a positive number),
+/// `softplus(-z) = max(-z, 0) + log1p(e)`, so the loss is `(1 - t) z + c log1p(e)` for `z >= 0`
+/// and `pw t (-z) + c log1p(e)` below: a product and a small logarithm, never the difference of
+/// two large numbers. A coefficient of exactly 0 in front of an infinite logit gives 0 (the
+/// limit), where PyTorch's `0 * inf` gives NaN.
+fn bce_element(z: f64, t: f64, w: f64, pw: f64) -> (f64, f64) {
+    let e = (-z.abs()).exp();
+    let c = 1.0 + (pw - 1.0) * t;
+    let positive = z >= 0.0;
+    let coef = if positive { 1.0 - t } else { pw * t };
+    let linear = if coef == 0.0 { 0.0 } else { coef * z.abs() };
+    let loss = w * (linear + c * e.ln_1p());
+    // sigmoid(z) and sigmoid(-z) from the same e, each without a cancellation.
+    let (s_pos, s_neg) = if positive {
+        (1.0 / (1.0 + e), e / (1.0 + e))
+    } else {
+        (e / (1.0 + e), 1.0 / (1.0 + e))
+    };
+    let grad = w * ((1.0 - t) * s_pos - pw * t * s_neg);
+    (loss, grad)
+}
+
+/// The per-element losses and unscaled gradients of [`bce_with_logits_nd`], in f64.
+fn bce_elements(
+    op: &'static str,
+    z: ArrayViewD<f32>,
+    t: ArrayViewD<f32>,
+    opts: &BceOptions,
+) -> Result<(ArrayD<f64>, ArrayD<f64>)> {
+    let (w, pw) = opts.broadcast(op, z.shape(), t.shape())?;
+    let one = ArrayD::from_elem(IxDyn(&[]), 1.0f32);
+    let ones = one
+        .broadcast(z.raw_dim())
+        .expect("a 0-d array broadcasts to any shape");
+    let w = w.unwrap_or_else(|| ones.clone());
+    let pw = pw.unwrap_or(ones);
+    let mut loss = ArrayD::zeros(z.raw_dim());
+    let mut grad = ArrayD::zeros(z.raw_dim());
+    Zip::from(&mut loss)
+        .and(&mut grad)
+        .and(&z)
+        .and(&t)
+        .and(&w)
+        .and(&pw)
+        .for_each(|l, g, &z, &t, &w, &pw| {
+            (*l, *g) = bce_element(z as f64, t as f64, w as f64, pw as f64);
+        });
+    Ok((loss, grad))
+}
+
+/// Binary cross-entropy with logits of any shape, as
+/// `F.binary_cross_entropy_with_logits(z, t, weight=.., pos_weight=.., reduction=..)`: per
+/// element `w (-pw t log sigmoid(z) - (1 - t) log(1 - sigmoid(z)))`, with the weights of
+/// [`BceOptions`] broadcast to the logits' shape. A 1-D vector of logits with 0/1 targets is
+/// logistic regression.
+///
+/// Returns PyTorch's shape: the logits' for `none`, 0-d for `mean` (over all elements, NaN
+/// when there are none) and `sum`. Computed in f64 and rounded once; stable for any logit (see
+/// `docs/semantics.md`: an infinite logit whose coefficient is 0 gives 0, not PyTorch's NaN).
+///
+/// ```
+/// use ndarray::array;
+/// use softmax_ce::{cpu, BceOptions, Reduction};
+/// let z = array![0.0f32, 2.0];
+/// let t = array![1.0f32, 0.0];
+/// let opts = BceOptions::default().reduction(Reduction::None).pos_weight(array![3.0f32]);
+/// let loss = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts)?;
+/// // 3 * ln 2 for the positive, softplus(2) for the negative.
+/// assert!((loss[[0]] - 3.0 * std::f32::consts::LN_2).abs() < 1e-6);
+/// assert!((loss[[1]] - (1.0 + 2f32.exp()).ln()).abs() < 1e-6);
+/// # Ok::<(), softmax_ce::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Shape`] when the targets' shape is not the logits' or a weight does not broadcast
+/// to it (naming both shapes); [`Error::InvalidArgument`] for a weight that is not finite.
+pub fn bce_with_logits_nd(
+    z: ArrayViewD<f32>,
+    t: ArrayViewD<f32>,
+    opts: &BceOptions,
+) -> Result<ArrayD<f32>> {
+    let (loss, _) = bce_elements("bce_with_logits", z, t, opts)?;
+    Ok(match opts.reduction {
+        Reduction::None => loss.mapv(|v| v as f32),
+        Reduction::Sum => ndarray::arr0(loss.sum() as f32).into_dyn(),
+        Reduction::Mean => ndarray::arr0((loss.sum() / loss.len() as f64) as f32).into_dyn(),
+    })
+}
+
+/// The gradient of [`bce_with_logits_nd`] with respect to the logits, the logits' shape:
+/// `w ((pw t + 1 - t) sigmoid(z) - pw t)` per element, divided by the number of elements for
+/// `mean`; for `none`, the gradient of the sum.
+pub fn bce_with_logits_nd_grad(
+    z: ArrayViewD<f32>,
+    t: ArrayViewD<f32>,
+    opts: &BceOptions,
+) -> Result<ArrayD<f32>> {
+    let (_, grad) = bce_elements("bce_with_logits_grad", z, t, opts)?;
+    let scale = match opts.reduction {
+        Reduction::Mean => 1.0 / grad.len() as f64,
         Reduction::Sum | Reduction::None => 1.0,
     };
-    Ok(Zip::from(z).and(t).map_collect(|&z, &t| {
-        let sigmoid = 1.0 / (1.0 + (-(z as f64)).exp());
-        ((sigmoid - t as f64) * scale) as f32
-    }))
+    Ok(grad.mapv(|g| (g * scale) as f32))
 }
 
 /// A binary cross-entropy: one value per element, or reduced.
@@ -581,4 +695,202 @@ fn check_soft(
     check_classes(op, x)?;
     check_same_shape(op, x, targets, "targets")?;
     opts.validate(op, x.ncols())
+}
+
+/// Logits of PyTorch's shapes for `F.cross_entropy`, `(C,)`, `(N, C)` or `(N, C, d1, ..., dk)`
+/// (class axis 1), as the rows of an `(N d1 ... dk) x C` matrix: the class axis moved last, so
+/// that row `r` is the `r`-th position of `(N, d1, ..., dk)` in C order, where its label is.
+#[derive(Debug)]
+pub(crate) struct ClassRows {
+    /// The rows, one per position, each over the classes.
+    pub rows: Array2<f32>,
+    /// The logits' shape.
+    shape: Vec<usize>,
+    /// The shape of the labels and of a `none` loss: the logits' without axis 1 (`()` for 1-D
+    /// logits).
+    pub positions: Vec<usize>,
+}
+
+impl ClassRows {
+    /// Moves the class axis of `x` last; an `Err` for 0-d logits.
+    pub(crate) fn new(op: &'static str, x: ArrayViewD<f32>) -> Result<Self> {
+        let shape = x.shape().to_vec();
+        let (perm, positions): (Vec<usize>, Vec<usize>) = match shape.len() {
+            0 => {
+                return Err(Error::shape(
+                    op,
+                    "logits of shape (C,), (N, C) or (N, C, d1, ..., dk)",
+                    "a 0-d array",
+                ));
+            }
+            1 => (vec![0], vec![]),
+            k => (
+                std::iter::once(0).chain(2..k).chain([1]).collect(),
+                std::iter::once(shape[0])
+                    .chain(shape[2..].iter().copied())
+                    .collect(),
+            ),
+        };
+        let classes = *shape.get(1).unwrap_or(&shape[0]);
+        let count = positions.iter().product::<usize>();
+        let moved = x.permuted_axes(IxDyn(&perm));
+        let rows = moved
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((count, classes))
+            .expect("a standard-layout array reshapes to its own element count");
+        Ok(ClassRows {
+            rows,
+            shape,
+            positions,
+        })
+    }
+
+    /// Validates labels of shape [`positions`](Self::positions) against the classes.
+    pub(crate) fn labels(
+        &self,
+        op: &'static str,
+        labels: ArrayViewD<i64>,
+        ignore_index: i64,
+    ) -> Result<Labels> {
+        if labels.shape() != self.positions.as_slice() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{} labels of shape {:?} (the logits' shape {:?} without the class axis 1)",
+                    self.rows.nrows(),
+                    self.positions,
+                    self.shape
+                ),
+                format!("{:?}", labels.shape()),
+            ));
+        }
+        Labels::new(labels.iter().copied(), self.rows.ncols(), ignore_index)
+    }
+
+    /// Probability targets of the logits' shape, as rows like the logits'.
+    pub(crate) fn targets(
+        &self,
+        op: &'static str,
+        targets: ArrayViewD<f32>,
+    ) -> Result<Array2<f32>> {
+        if targets.shape() != self.shape.as_slice() {
+            return Err(Error::shape(
+                op,
+                format!("targets of the logits' shape {:?}", self.shape),
+                format!("{:?}", targets.shape()),
+            ));
+        }
+        Ok(ClassRows::new(op, targets)?.rows)
+    }
+
+    /// A loss in PyTorch's shape: [`positions`](Self::positions) for `none`, else 0-d.
+    pub(crate) fn loss(&self, loss: Loss) -> ArrayD<f32> {
+        match loss {
+            Loss::PerRow(v) => v
+                .into_shape_with_order(IxDyn(&self.positions))
+                .expect("one loss per position"),
+            Loss::Reduced(v) => ndarray::arr0(v).into_dyn(),
+        }
+    }
+
+    /// A gradient over the rows, back in the logits' layout.
+    pub(crate) fn grad(&self, g: Array2<f32>) -> ArrayD<f32> {
+        let k = self.shape.len();
+        if k == 1 {
+            return g
+                .into_shape_with_order(IxDyn(&self.shape))
+                .expect("one row of C");
+        }
+        // Rows are (N, d1, ..., dk, C); axis k - 1 (the classes) goes back to position 1.
+        let moved: Vec<usize> = std::iter::once(0)
+            .chain(2..k)
+            .chain([1])
+            .map(|a| self.shape[a])
+            .collect();
+        let back: Vec<usize> = std::iter::once(0).chain([k - 1]).chain(1..k - 1).collect();
+        g.into_shape_with_order(IxDyn(&moved))
+            .expect("one row per position")
+            .permuted_axes(IxDyn(&back))
+            .as_standard_layout()
+            .into_owned()
+    }
+}
+
+/// Cross-entropy of logits of any of PyTorch's shapes against integer labels, as
+/// `F.cross_entropy(x, y, ...)` for per-pixel (per-token, per-position) losses: logits
+/// `(N, C, d1, ..., dk)` with the classes on axis 1 and labels `(N, d1, ..., dk)`; `(N, C)` with
+/// `(N,)` as [`cross_entropy`]; or one unbatched row `(C,)` with a 0-d label. Every option of
+/// [`CrossEntropyOptions`] applies as for [`cross_entropy`], over all positions: a `mean`
+/// divides by the positions not ignored (or their summed class weights).
+///
+/// Returns the shape of the labels for `none` (0-d for `(C,)` logits), a 0-d array otherwise.
+///
+/// ```
+/// use ndarray::{array, Array3};
+/// use softmax_ce::{cpu, CrossEntropyOptions, Reduction};
+/// // One image of 2 x 1 pixels, 3 classes: x[0, c, p] is class c's logit at pixel p.
+/// let x = Array3::from_shape_vec((1, 3, 2), vec![2.0f32, 0.0, 1.0, 0.0, 0.0, 0.0])?;
+/// let y = array![[0i64, 2]];
+/// let opts = CrossEntropyOptions::default().reduction(Reduction::None);
+/// let loss = cpu::cross_entropy_nd(x.view().into_dyn(), y.view().into_dyn(), -100, &opts)?;
+/// assert_eq!(loss.shape(), &[1, 2]);
+/// // Pixel 1's logits are all 0: the loss is ln 3.
+/// assert!((loss[[0, 1]] - 3f32.ln()).abs() < 1e-6);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Shape`] for 0-d logits or labels whose shape is not the logits' without axis 1;
+/// the errors of [`Labels::new`] and of [`cross_entropy`] otherwise.
+pub fn cross_entropy_nd(
+    x: ArrayViewD<f32>,
+    labels: ArrayViewD<i64>,
+    ignore_index: i64,
+    opts: &CrossEntropyOptions,
+) -> Result<ArrayD<f32>> {
+    const OP: &str = "cross_entropy";
+    let rows = ClassRows::new(OP, x)?;
+    let labels = rows.labels(OP, labels, ignore_index)?;
+    Ok(rows.loss(cross_entropy(rows.rows.view(), &labels, opts)?))
+}
+
+/// The gradient of [`cross_entropy_nd`] with respect to the logits, in the logits' shape
+/// (see [`cross_entropy_grad`] for the formula per position).
+pub fn cross_entropy_nd_grad(
+    x: ArrayViewD<f32>,
+    labels: ArrayViewD<i64>,
+    ignore_index: i64,
+    opts: &CrossEntropyOptions,
+) -> Result<ArrayD<f32>> {
+    const OP: &str = "cross_entropy_grad";
+    let rows = ClassRows::new(OP, x)?;
+    let labels = rows.labels(OP, labels, ignore_index)?;
+    Ok(rows.grad(cross_entropy_grad(rows.rows.view(), &labels, opts)?))
+}
+
+/// Cross-entropy against probability targets of the logits' shape, `(C,)`, `(N, C)` or
+/// `(N, C, d1, ..., dk)` with the classes on axis 1, as [`cross_entropy_soft`] per position;
+/// `mean` divides by the number of positions. The loss has [`cross_entropy_nd`]'s shape.
+pub fn cross_entropy_soft_nd(
+    x: ArrayViewD<f32>,
+    targets: ArrayViewD<f32>,
+    opts: &CrossEntropyOptions,
+) -> Result<ArrayD<f32>> {
+    const OP: &str = "cross_entropy_soft";
+    let rows = ClassRows::new(OP, x)?;
+    let t = rows.targets(OP, targets)?;
+    Ok(rows.loss(cross_entropy_soft(rows.rows.view(), t.view(), opts)?))
+}
+
+/// The gradient of [`cross_entropy_soft_nd`] with respect to the logits, in their shape.
+pub fn cross_entropy_soft_nd_grad(
+    x: ArrayViewD<f32>,
+    targets: ArrayViewD<f32>,
+    opts: &CrossEntropyOptions,
+) -> Result<ArrayD<f32>> {
+    const OP: &str = "cross_entropy_soft_grad";
+    let rows = ClassRows::new(OP, x)?;
+    let t = rows.targets(OP, targets)?;
+    Ok(rows.grad(cross_entropy_soft_grad(rows.rows.view(), t.view(), opts)?))
 }

@@ -23,11 +23,13 @@
 //! | `ops.rs` | the ops: staged kernels and the default path |
 //! | `matmul.rs` | the register-tiled matrix product `A B` and `A^T B` |
 //! | `train.rs` | softmax-regression training: every dispatch of an epoch, planned once |
+//! | `logistic.rs` | logistic-regression training, planned likewise |
 //! | `timing.rs` | device time of submitted work, for benchmarks |
 
 mod buffers;
 mod context;
 mod dispatch;
+pub(crate) mod logistic;
 mod matmul;
 mod ops;
 mod params;

@@ -9,9 +9,10 @@
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::{GpuLabels, GpuMatrix, GpuVector};
-use crate::gpu::record::{Extra, Recorder};
+use crate::gpu::record::{At, Extra, Recorder};
 use crate::gpu::shaders::Kernel;
-use crate::loss::{CrossEntropyOptions, Loss, Reduction};
+use crate::loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 /// A loss computed on the device: one value per row, or a reduced scalar.
 #[derive(Debug)]
@@ -721,6 +722,15 @@ impl GpuContext {
     }
 }
 
+// Modes of a BCE weight in the flags of `bce_with_logits`. Keep in sync with BCE_ONE, BCE_COLS and
+// BCE_FULL in shaders/backward.wgsl.
+/// No weight: 1.
+const BCE_ONE: u32 = 0;
+/// One weight per column, from the whole-bound column buffer.
+const BCE_COLS: u32 = 1;
+/// One weight per element, windowed like the logits.
+const BCE_FULL: u32 = 2;
+
 /// A binary cross-entropy on the device: the per-element losses, or their reduction.
 #[derive(Debug)]
 pub enum GpuBceLoss {
@@ -787,26 +797,158 @@ impl GpuContext {
         t: &GpuMatrix,
         reduction: Reduction,
     ) -> Result<(GpuBceLoss, GpuMatrix)> {
+        self.bce_with_logits_weighted(z, t, None, None, reduction)
+    }
+
+    /// [`bce_with_logits`](Self::bce_with_logits) with PyTorch's `weight` and `pos_weight`
+    /// (see [`cpu::bce_with_logits_nd`](crate::cpu::bce_with_logits_nd) for the formulas):
+    /// each is a `1 x K` matrix, one value per column broadcast over the rows of the `R x K`
+    /// logits (`pos_weight`'s usual shape, one per class), or `R x K`, one per element.
+    /// Other shapes broadcast on the host: [`bce_with_logits_nd`](Self::bce_with_logits_nd).
+    ///
+    /// One thread per `vec4` of the logits (per element where their count is not a multiple
+    /// of 4), reading each input once and writing the loss and the gradient once; a mean or sum
+    /// adds one reduction. A `1 x K` weight is read from a buffer of `K` values where `2 K`
+    /// floats fit one binding and `K < 2^24`; past that it is first copied to every row on the
+    /// device (`R x K` more floats). The weights' values are not checked here (they are on the
+    /// device); non-finite ones give non-finite losses.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the targets are not the logits' shape or a weight is neither
+    /// `1 x K` nor `R x K`, naming both shapes.
+    pub fn bce_with_logits_weighted(
+        &self,
+        z: &GpuMatrix,
+        t: &GpuMatrix,
+        weight: Option<&GpuMatrix>,
+        pos_weight: Option<&GpuMatrix>,
+        reduction: Reduction,
+    ) -> Result<(GpuBceLoss, GpuMatrix)> {
         const OP: &str = "bce_with_logits";
         check_pair(OP, z, t, "targets")?;
-        self.check_owned(OP, &[z.owner, t.owner])?;
         let (rows, cols) = z.dim();
+        let mut owners = vec![z.owner, t.owner];
+        for (what, w) in [("weight", weight), ("pos_weight", pos_weight)] {
+            let Some(w) = w else { continue };
+            if w.dim() != (1, cols) && w.dim() != (rows, cols) {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "a {what} of shape (1, {cols}) or ({rows}, {cols}) (per column, or per element of the logits)"
+                    ),
+                    format!("{what} of shape {:?}", w.dim()),
+                ));
+            }
+            owners.push(w.owner);
+        }
+        self.check_owned(OP, &owners)?;
         let elems = rows * cols;
         let scale = match reduction {
             Reduction::Mean => 1.0 / elems as f32,
             Reduction::Sum | Reduction::None => 1.0,
         };
+        // Per-column weights are read from one whole binding of 2 K floats, and the shader
+        // takes K and columns as f32 integers: exact below 2^24.
+        let cols_fit = cols < 1 << 24 && (2 * cols as u64) * 4 <= self.geometry.max_binding;
+        let mode = |w: Option<&GpuMatrix>| match w {
+            None => BCE_ONE,
+            Some(w) if w.rows() == 1 && rows > 1 && cols_fit => BCE_COLS,
+            Some(_) => BCE_FULL,
+        };
+        let (w_mode, pw_mode) = (mode(weight), mode(pos_weight));
         self.record(OP, |rec| {
             let loss = self.new_matrix(OP, rows, cols)?;
             let grad = self.new_matrix(OP, rows, cols)?;
-            if elems > 0 {
-                rec.rows(
-                    Kernel::BceWithLogits,
-                    rows,
-                    cols,
-                    &[&z.buffer, &t.buffer, &loss.buffer, &grad.buffer],
-                    Extra::f0(scale),
-                )?;
+            // Binding 5: K weights then K positive weights, 1 where absent.
+            let per_col = if w_mode == BCE_COLS || pw_mode == BCE_COLS {
+                let buffer = self.storage_init(
+                    "bce column weights",
+                    bytemuck::cast_slice(&vec![1.0f32; 2 * cols]),
+                );
+                let row_bytes = cols as u64 * 4;
+                for (i, (w, m)) in [(weight, w_mode), (pos_weight, pw_mode)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if let (Some(w), BCE_COLS) = (w, m) {
+                        rec.copy(&w.buffer, &buffer, i as u64 * row_bytes, row_bytes);
+                    }
+                }
+                buffer
+            } else {
+                self.storage("unused", 4)
+            };
+            // A full weight's buffer: its own, or a 1 x K one copied to every row; the logits
+            // stand in where there is none (never read then).
+            let full = |rec: &mut Recorder<'_>,
+                        w: Option<&GpuMatrix>,
+                        m: u32|
+             -> Result<Option<wgpu::Buffer>> {
+                match w {
+                    Some(w) if m == BCE_FULL && w.rows() != rows => {
+                        let expanded = self.new_matrix(OP, rows, cols)?;
+                        let row_bytes = cols as u64 * 4;
+                        for r in 0..rows as u64 {
+                            rec.copy(&w.buffer, &expanded.buffer, r * row_bytes, row_bytes);
+                        }
+                        Ok(Some(expanded.buffer))
+                    }
+                    Some(w) if m == BCE_FULL => Ok(Some(w.buffer.clone())),
+                    _ => Ok(None),
+                }
+            };
+            let w_full = full(rec, weight, w_mode)?;
+            let pw_full = full(rec, pos_weight, pw_mode)?;
+            let extra = Extra {
+                flags: w_mode | pw_mode << 2,
+                f0: scale,
+                f1: cols as f32,
+                ..Default::default()
+            };
+            // vec4s first, then the last elems % 4 one at a time; each window of either is one
+            // dispatch, told the column of its first element.
+            let vectors = elems / 4;
+            for (width, first, count) in [(4, 0, vectors), (1, vectors * 4, elems % 4)] {
+                if count == 0 {
+                    continue;
+                }
+                // The windows plan_rows itself cuts (one thread per row of one vector), so that
+                // each is one dispatch.
+                let per_dispatch = self
+                    .geometry
+                    .dispatch_rows(u64::from(self.config.wg(Kernel::BceWithLogits.family())));
+                for window in self
+                    .geometry
+                    .windows_capped(OP, count, width, per_dispatch)?
+                {
+                    let first_row = first / width + window.start;
+                    let at = |buffer| At { buffer, first_row };
+                    let buffers = [
+                        at(&z.buffer),
+                        at(&t.buffer),
+                        at(w_full.as_ref().unwrap_or(&z.buffer)),
+                        at(pw_full.as_ref().unwrap_or(&z.buffer)),
+                        At::from(&per_col),
+                        at(&loss.buffer),
+                        at(&grad.buffer),
+                    ];
+                    let phase = (first + window.start * width) % cols.max(1);
+                    let extra = Extra {
+                        f2: phase as f32,
+                        ..extra
+                    };
+                    let plan = self.plan_rows(
+                        OP,
+                        Kernel::BceWithLogits,
+                        window.len(),
+                        width,
+                        &buffers,
+                        extra,
+                    )?;
+                    // The column phase is per window: the plan must not cut it again.
+                    assert_eq!(plan.len(), 1, "a BCE window is one dispatch");
+                    rec.run(&plan);
+                }
             }
             let loss = match reduction {
                 Reduction::None => GpuBceLoss::PerElement(loss),
@@ -826,6 +968,73 @@ impl GpuContext {
             };
             Ok((loss, grad))
         })
+    }
+
+    /// Binary cross-entropy with logits of any shape and its gradient, host arrays in and out,
+    /// with every option of [`BceOptions`] and the semantics of
+    /// [`cpu::bce_with_logits_nd`](crate::cpu::bce_with_logits_nd): the loss in PyTorch's shape
+    /// (the logits' for `none`, else 0-d) and the gradient in the logits' shape.
+    ///
+    /// The logits run as an `R x K` matrix, `K` their last axis. A weight that is constant
+    /// along every other axis (a scalar, `(K,)`, `(1, .., 1, K)`) is uploaded as its `K`
+    /// values; any other broadcast (a per-sample weight `(N, 1)`, say) is expanded on the host
+    /// to the logits' full shape, which costs one more upload and read of `R K` floats. A last
+    /// axis too long for one binding runs as `R K x 1`, its weights expanded likewise.
+    pub fn bce_with_logits_nd(
+        &self,
+        z: ArrayViewD<f32>,
+        t: ArrayViewD<f32>,
+        opts: &BceOptions,
+    ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+        const OP: &str = "bce_with_logits";
+        let shape = z.shape().to_vec();
+        let (w, pw) = opts.broadcast(OP, &shape, t.shape())?;
+        let k = shape.last().copied().unwrap_or(1);
+        let r = shape.iter().rev().skip(1).product::<usize>();
+        let row_fits = k as u64 * 4
+            <= self
+                .geometry
+                .max_binding
+                .saturating_sub(self.geometry.align);
+        let (rows, cols) = if row_fits { (r, k) } else { (r * k, 1) };
+        let upload = |a: ArrayViewD<f32>| -> Result<GpuMatrix> {
+            let a = a.as_standard_layout();
+            let flat = a.as_slice().expect("standard layout is contiguous");
+            self.upload(
+                ndarray::ArrayView2::from_shape((rows, cols), flat)
+                    .expect("the element count matches"),
+            )
+        };
+        let weight = |w: Option<ArrayViewD<f32>>| -> Result<Option<GpuMatrix>> {
+            let Some(w) = w else { return Ok(None) };
+            // Constant along every axis but the last: stride 0 (broadcast) or length 1.
+            let broadcast_rows =
+                (0..w.ndim().saturating_sub(1)).all(|a| w.strides()[a] == 0 || w.shape()[a] == 1);
+            if row_fits && rows > 1 && broadcast_rows {
+                let row = w.iter().take(cols).copied().collect::<Vec<f32>>();
+                Ok(Some(self.upload(
+                    ndarray::ArrayView2::from_shape((1, cols), &row).expect("one row"),
+                )?))
+            } else {
+                Ok(Some(upload(w)?))
+            }
+        };
+        let gz = upload(z.view())?;
+        let gt = upload(t)?;
+        let gw = weight(w)?;
+        let gpw = weight(pw)?;
+        let (loss, grad) =
+            self.bce_with_logits_weighted(&gz, &gt, gw.as_ref(), gpw.as_ref(), opts.reduction)?;
+        let loss = match self.download_bce(&loss)? {
+            crate::cpu::BceLoss::PerElement(m) => m.into_shape_with_order(IxDyn(&shape)),
+            crate::cpu::BceLoss::Reduced(v) => Ok(ndarray::arr0(v).into_dyn()),
+        }
+        .expect("the loss has the logits' element count");
+        let grad = self
+            .download(&grad)?
+            .into_shape_with_order(IxDyn(&shape))
+            .expect("the gradient has the logits' element count");
+        Ok((loss, grad))
     }
 
     /// Copies a binary cross-entropy back to the host.

@@ -223,12 +223,13 @@ pub(crate) enum Kernel {
     StepForwardTex,
     StepUpdateTex,
     LossErrTex,
+    LogisticResidual,
 }
 
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 30] = [
+    pub(crate) const ALL: [Kernel; 31] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -259,6 +260,7 @@ impl Kernel {
         Kernel::StepForwardTex,
         Kernel::StepUpdateTex,
         Kernel::LossErrTex,
+        Kernel::LogisticResidual,
     ];
 
     pub(crate) fn family(self) -> Family {
@@ -281,6 +283,7 @@ impl Kernel {
             | CrossEntropyFused
             | CrossEntropySoft => Family::Fused,
             SoftmaxBackward | LogSoftmaxBackward | BceWithLogits => Family::Backward,
+            LogisticResidual => Family::Backward,
         }
     }
 
@@ -317,6 +320,7 @@ impl Kernel {
             StepForwardTex => "step_forward_tex",
             StepUpdateTex => "step_update_tex",
             LossErrTex => "loss_err_tex",
+            LogisticResidual => "logistic_residual",
         }
     }
 
@@ -341,7 +345,7 @@ impl Kernel {
             CrossEntropyLossFused => &[MAT_IN, ROW_IN, ROW_OUT],
             CrossEntropyFused => &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT, WHOLE_IN, ROW_IN],
             SoftmaxBackward | LogSoftmaxBackward => &[MAT_IN, MAT_IN, MAT_OUT],
-            BceWithLogits => &[MAT_IN, MAT_IN, MAT_OUT, MAT_OUT],
+            BceWithLogits => &[MAT_IN, MAT_IN, MAT_IN, MAT_IN, WHOLE_IN, MAT_OUT, MAT_OUT],
             CrossEntropySoft => &[MAT_IN, MAT_IN, ROW_OUT, MAT_OUT, WHOLE_IN],
             StepForward => &[MAT_IN, ROW_IN, WHOLE_OUT, UNIFORM_IN],
             // The batch's rows of x are bound by the caller (src/gpu/train.rs), not windowed.
@@ -350,6 +354,9 @@ impl Kernel {
             StepForwardTex => &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN],
             StepUpdateTex => &[TEX_IN, UNIFORM_IN, WHOLE_OUT],
             LossErrTex => &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN, WHOLE_OUT],
+            // Targets windowed as a 1-column matrix, so that their window may start at another
+            // row than the residuals'.
+            LogisticResidual => &[MAT_IN, ROW_OUT],
         }
     }
 
@@ -364,6 +371,8 @@ impl Kernel {
             MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
             | StepUpdateTex | LossErrTex => Shape::Tiles,
             SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
+            // Elementwise: one vector per "row" of the dispatch, so no thread loops.
+            BceWithLogits | LogisticResidual => Shape::ThreadPerRow,
             _ => Shape::TeamPerRow,
         }
     }
@@ -379,7 +388,9 @@ impl Kernel {
     pub(crate) fn row_passes(self) -> u64 {
         use Kernel::*;
         match self {
-            LogsumexpRows | CrossEntropyRows => 0,
+            // One row (logistic_residual) or one vector (bce_with_logits) a thread, no loop
+            // over it: bce_with_logits's per-column gather loops over the W lanes only.
+            LogsumexpRows | CrossEntropyRows | LogisticResidual | BceWithLogits => 0,
             RowMax
             | RowSumexp
             | SoftmaxNormalise
@@ -387,8 +398,7 @@ impl Kernel {
             | OneHotSubtract
             | CopyRows
             | LogsumexpFused
-            | CrossEntropyLossFused
-            | BceWithLogits => 1,
+            | CrossEntropyLossFused => 1,
             // step_forward and loss_err_fused walk the features once, step_update the batch;
             // their loops over at most STEP_CLASSES classes are within FIXED_TRIPS.
             StepForward | StepUpdate | LossErrFused => 1,

@@ -1,0 +1,457 @@
+//! `eval bce-with-logits` on logits of any shape with `--weight` and `--pos-weight`, and `eval
+//! cross-entropy` on N-d logits `(N, C, d1, ..., dk)` and on one unbatched row, on both devices:
+//! outputs in PyTorch's shapes, equal to the library's reference.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use ndarray::{ArrayD, IxDyn, array};
+use rand::Rng;
+use softmax_ce::{BceOptions, CrossEntropyOptions, Reduction, cpu, npy};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("parity_{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_softmax-ce"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[String]) {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fails with exactly one error line on stderr that contains every needle, and no panic.
+fn fails_with(args: &[String], needles: &[&str]) {
+    let out = run(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("softmax-ce: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{args:?}: want one error line:\n{stderr}");
+    for needle in needles {
+        assert!(
+            errors[0].contains(needle),
+            "{:?} lacks {needle:?}",
+            errors[0]
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn devices() -> Vec<&'static str> {
+    if gpu().is_some() {
+        vec!["cpu", "gpu"]
+    } else {
+        vec!["cpu"]
+    }
+}
+
+fn random(shape: &[usize], seed: u64, f: impl Fn(f32) -> f32) -> ArrayD<f32> {
+    let mut r = rng(seed);
+    ArrayD::from_shape_fn(IxDyn(shape), |_| f(r.random_range(-1.0f32..1.0)))
+}
+
+fn write(dir: &Path, name: &str, a: &ArrayD<f32>) -> String {
+    let path = dir.join(name);
+    npy::write_f32(&path, a.view()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Integer labels of any shape, as int64 or uint8.
+fn write_labels(dir: &Path, name: &str, y: &ArrayD<i64>, as_u8: bool) -> String {
+    use npyz::WriterBuilder;
+    let path = dir.join(name);
+    let shape: Vec<u64> = y.shape().iter().map(|&d| d as u64).collect();
+    let file = std::fs::File::create(&path).unwrap();
+    if as_u8 {
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(file)
+            .begin_nd()
+            .unwrap();
+        w.extend(y.iter().map(|&v| v as u8)).unwrap();
+        w.finish().unwrap();
+    } else {
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(file)
+            .begin_nd()
+            .unwrap();
+        w.extend(y.iter().copied()).unwrap();
+        w.finish().unwrap();
+    }
+    path.to_str().unwrap().to_string()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A 1-D vector of logits with 0/1 targets (logistic regression), and a 3-D array with
+/// broadcast weights, on both devices and every reduction.
+#[test]
+fn eval_bce_any_shape_with_weights() {
+    let dir = scratch("bce");
+    let cases: Vec<(Vec<usize>, Vec<usize>, Vec<usize>)> = vec![
+        // (logits, weight, pos_weight)
+        (vec![37], vec![37], vec![1]),
+        (vec![2, 3, 5], vec![2, 1, 1], vec![5]),
+        (vec![4, 6], vec![], vec![6]),
+    ];
+    for (i, (shape, w_shape, pw_shape)) in cases.iter().enumerate() {
+        let z = random(shape, i as u64, |v| 6.0 * v);
+        let t = random(shape, 10 + i as u64, |v| if v > 0.0 { 1.0 } else { 0.0 });
+        let w = random(w_shape, 20 + i as u64, |v| 1.0 + v / 2.0);
+        let pw = random(pw_shape, 30 + i as u64, |v| 2.0 + v);
+        let (zs, ts) = (write(&dir, "z.npy", &z), write(&dir, "t.npy", &t));
+        let (ws, pws) = (write(&dir, "w.npy", &w), write(&dir, "pw.npy", &pw));
+        for device in devices() {
+            for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+                let case = format!("{shape:?} {device} {reduction}");
+                let (out, grad_out) = (dir.join("l.npy"), dir.join("g.npy"));
+                ok(&args(&[
+                    "eval",
+                    "bce-with-logits",
+                    "--logits",
+                    &zs,
+                    "--targets",
+                    &ts,
+                    "--weight",
+                    &ws,
+                    "--pos-weight",
+                    &pws,
+                    "--reduction",
+                    reduction.as_str(),
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--grad-out",
+                    grad_out.to_str().unwrap(),
+                    "--device",
+                    device,
+                ]));
+                let opts = BceOptions::default()
+                    .reduction(reduction)
+                    .weight(w.clone())
+                    .pos_weight(pw.clone());
+                let want = cpu::bce_with_logits_nd(z.view(), t.view(), &opts).unwrap();
+                let got = npy::read_f32(&out).unwrap();
+                assert_eq!(got.shape(), want.shape(), "{case}");
+                assert_close(got.view(), want.view(), 1e-5, 2e-5, &case);
+                let want = cpu::bce_with_logits_nd_grad(z.view(), t.view(), &opts).unwrap();
+                let got = npy::read_f32(&grad_out).unwrap();
+                assert_eq!(got.shape(), shape.as_slice(), "{case} grad");
+                assert_close(got.view(), want.view(), 1e-6, 2e-5, &format!("{case} grad"));
+            }
+        }
+    }
+}
+
+#[test]
+fn eval_bce_bad_weights_are_one_line_errors() {
+    let dir = scratch("bce_bad");
+    let z = write(&dir, "z.npy", &random(&[3, 4], 1, |v| v));
+    let w = write(&dir, "w.npy", &random(&[3], 2, |v| v));
+    let bad = write(&dir, "bad.npy", &array![1.0f32, f32::INFINITY].into_dyn());
+    let t = write(&dir, "t.npy", &random(&[4, 3], 3, |v| v));
+    let base = |extra: &[&str]| {
+        let mut a = args(&[
+            "eval",
+            "bce-with-logits",
+            "--logits",
+            &z,
+            "--out",
+            dir.join("o.npy").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        a.extend(args(extra));
+        a
+    };
+    fails_with(
+        &base(&["--targets", &z, "--weight", &w]),
+        &["bce_with_logits", "weight of shape [3]", "[3, 4]"],
+    );
+    fails_with(
+        &base(&["--targets", &z, "--pos-weight", &bad]),
+        &["bce_with_logits", "pos_weight inf at index [1]"],
+    );
+    fails_with(
+        &base(&["--targets", &t]),
+        &["bce_with_logits", "[3, 4]", "[4, 3]"],
+    );
+}
+
+/// Per-pixel cross-entropy: logits (N, C, H, W) and labels (N, H, W) of two integer dtypes,
+/// with every option, through both devices; `none` has the labels' shape and the gradient the
+/// logits'.
+#[test]
+fn eval_cross_entropy_nd() {
+    let dir = scratch("ce_nd");
+    let shape = [2, 5, 3, 4];
+    let x = random(&shape, 1, |v| 4.0 * v);
+    let mut r = rng(2);
+    let y = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4]), |_| {
+        if r.random_bool(0.2) {
+            255
+        } else {
+            r.random_range(0..5)
+        }
+    });
+    let w = random(&[5], 3, |v| 1.0 + v / 2.0);
+    let (xs, ws) = (write(&dir, "x.npy", &x), write(&dir, "w.npy", &w));
+    for (as_u8, ys) in [
+        (false, write_labels(&dir, "y64.npy", &y, false)),
+        (true, write_labels(&dir, "y8.npy", &y, true)),
+    ] {
+        for device in devices() {
+            for reduction in [Reduction::None, Reduction::Mean] {
+                let case = format!("u8={as_u8} {device} {reduction}");
+                let (out, grad_out) = (dir.join("l.npy"), dir.join("g.npy"));
+                ok(&args(&[
+                    "eval",
+                    "cross-entropy",
+                    "--logits",
+                    &xs,
+                    "--labels",
+                    &ys,
+                    "--weight",
+                    &ws,
+                    "--ignore-index",
+                    "255",
+                    "--label-smoothing",
+                    "0.1",
+                    "--z-loss",
+                    "0.001",
+                    "--reduction",
+                    reduction.as_str(),
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--grad-out",
+                    grad_out.to_str().unwrap(),
+                    "--device",
+                    device,
+                ]));
+                let opts = CrossEntropyOptions::default()
+                    .reduction(reduction)
+                    .weight(w.clone().into_dimensionality().unwrap())
+                    .label_smoothing(0.1)
+                    .z_loss(1e-3);
+                let want = cpu::cross_entropy_nd(x.view(), y.view(), 255, &opts).unwrap();
+                let got = npy::read_f32(&out).unwrap();
+                assert_eq!(got.shape(), want.shape(), "{case}");
+                assert_close(got.view(), want.view(), LOG_ABS, 1e-4, &case);
+                let want = cpu::cross_entropy_nd_grad(x.view(), y.view(), 255, &opts).unwrap();
+                let got = npy::read_f32(&grad_out).unwrap();
+                assert_eq!(got.shape(), &shape, "{case} grad");
+                assert_close(got.view(), want.view(), 1e-6, 1e-4, &format!("{case} grad"));
+            }
+        }
+    }
+    // Probability targets of the logits' shape.
+    let mut t = x.mapv(f32::exp);
+    let sums = t.sum_axis(ndarray::Axis(1)).insert_axis(ndarray::Axis(1));
+    t /= &sums;
+    let ts = write(&dir, "t.npy", &t);
+    for device in devices() {
+        let out = dir.join("soft.npy");
+        ok(&args(&[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            &xs,
+            "--targets",
+            &ts,
+            "--reduction",
+            "none",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            device,
+        ]));
+        let opts = CrossEntropyOptions::default().reduction(Reduction::None);
+        let want = cpu::cross_entropy_soft_nd(x.view(), t.view(), &opts).unwrap();
+        let got = npy::read_f32(&out).unwrap();
+        assert_eq!(got.shape(), &[2, 3, 4]);
+        assert_close(
+            got.view(),
+            want.view(),
+            LOG_ABS,
+            1e-4,
+            &format!("soft {device}"),
+        );
+    }
+    // Labels of the wrong shape: one line naming both shapes.
+    let wrong = write_labels(&dir, "wrong.npy", &ArrayD::zeros(IxDyn(&[2, 4, 3])), false);
+    fails_with(
+        &args(&[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            &xs,
+            "--labels",
+            &wrong,
+            "--out",
+            dir.join("o.npy").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]),
+        &["cross_entropy", "[2, 3, 4]", "[2, 4, 3]"],
+    );
+}
+
+/// One unbatched row of C logits with a 0-d label, as PyTorch accepts: a 0-d loss even for
+/// `none`, and a gradient of shape (C,).
+#[test]
+fn eval_cross_entropy_one_row() {
+    let dir = scratch("ce_row");
+    let x = array![1.0f32, 2.0, 0.5].into_dyn();
+    let xs = write(&dir, "x.npy", &x);
+    let ys = write_labels(&dir, "y.npy", &ndarray::arr0(1i64).into_dyn(), false);
+    for device in devices() {
+        let (out, grad_out) = (dir.join("l.npy"), dir.join("g.npy"));
+        ok(&args(&[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            &xs,
+            "--labels",
+            &ys,
+            "--reduction",
+            "none",
+            "--out",
+            out.to_str().unwrap(),
+            "--grad-out",
+            grad_out.to_str().unwrap(),
+            "--device",
+            device,
+        ]));
+        let got = npy::read_f32(&out).unwrap();
+        assert_eq!(got.ndim(), 0, "{device}");
+        let lse = (1f64.exp() + 2f64.exp() + 0.5f64.exp()).ln();
+        assert!((got[[]] as f64 - (lse - 2.0)).abs() < 1e-5, "{device}");
+        let g = npy::read_f32(&grad_out).unwrap();
+        assert_eq!(g.shape(), &[3], "{device}");
+        assert!(
+            (g[[1]] as f64 - ((2.0 - lse).exp() - 1.0)).abs() < 1e-5,
+            "{device}"
+        );
+    }
+}
+
+/// `train --loss bce`: logistic regression on 0/1 labels from .npy files, the same numbers on
+/// both devices and as the library's, JSON per epoch, weights saved as a column.
+#[test]
+fn train_logistic_regression() {
+    use softmax_ce::logistic::LogisticRegression;
+    use softmax_ce::train::TrainOptions;
+    let dir = scratch("train_bce");
+    let x = random(&[60, 4], 1, |v| v);
+    let y: ArrayD<i64> = x
+        .map_axis(ndarray::Axis(1), |r| i64::from(r[0] - r[2] > 0.0))
+        .into_dyn();
+    let tx = random(&[15, 4], 2, |v| v);
+    let ty: ArrayD<i64> = tx
+        .map_axis(ndarray::Axis(1), |r| i64::from(r[0] - r[2] > 0.0))
+        .into_dyn();
+    let (xs, ys) = (
+        write(&dir, "x.npy", &x),
+        write_labels(&dir, "y.npy", &y, true),
+    );
+    let (txs, tys) = (
+        write(&dir, "tx.npy", &tx),
+        write_labels(&dir, "ty.npy", &ty, false),
+    );
+    let x2: ndarray::Array2<f32> = x.clone().into_dimensionality().unwrap();
+    let yf = y
+        .mapv(|v| v as f32)
+        .into_dimensionality::<ndarray::Ix1>()
+        .unwrap();
+    let opts = TrainOptions::default().lr(0.5).batch(8).bias(true);
+    let mut want =
+        LogisticRegression::new(&softmax_ce::Device::Cpu, (x2.view(), yf.view()), None, opts)
+            .unwrap();
+    let want: Vec<f32> = (0..3)
+        .map(|_| want.fit_epoch().unwrap().train_loss)
+        .collect();
+    for device in devices() {
+        let theta = dir.join(format!("w-{device}.npy"));
+        let out = run(&args(&[
+            "train",
+            "--loss",
+            "bce",
+            "--train-x",
+            &xs,
+            "--train-y",
+            &ys,
+            "--test-x",
+            &txs,
+            "--test-y",
+            &tys,
+            "--epochs",
+            "3",
+            "--lr",
+            "0.5",
+            "--batch",
+            "8",
+            "--bias",
+            "--json",
+            "--device",
+            device,
+            "--save-theta",
+            theta.to_str().unwrap(),
+        ]));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let losses: Vec<f32> = stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert!(v["test_err"].is_number(), "{l}");
+                v["train_loss"].as_f64().unwrap() as f32
+            })
+            .collect();
+        assert_eq!(losses.len(), 3, "{stdout}");
+        for (g, w) in losses.iter().zip(&want) {
+            assert_close_scalar(*g, *w, 1e-5, 1e-4, device);
+        }
+        assert_eq!(npy::read_f32(&theta).unwrap().shape(), &[5, 1]);
+    }
+    let bad = write_labels(&dir, "bad.npy", &y.mapv(|v| v * 2), false);
+    fails_with(
+        &args(&[
+            "train",
+            "--loss",
+            "bce",
+            "--train-x",
+            &xs,
+            "--train-y",
+            &bad,
+            "--device",
+            "cpu",
+        ]),
+        &["0/1 labels", "label 2"],
+    );
+}
