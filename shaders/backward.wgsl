@@ -9,7 +9,7 @@
 //                         weight w, positive weight pw and c = 1 + (pw - 1) t:
 //                         loss[e] = w ((1 - t) z + c softplus(-z))
 //                         g[e]    = w ((1 - t) sigmoid(z) - pw t sigmoid(-z)) * p.f0
-//                         (p.f0: the reduction's scale; the loss is scaled by sum_rows)
+//                         (p.f0: the reduction's scale; sum_tree adds the scaled terms)
 //
 // Bindings (group 0), windowed by rows:
 //   softmax_backward, log_softmax_backward

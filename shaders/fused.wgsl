@@ -232,7 +232,7 @@ fn cross_entropy_fused(
         if p.f3 > 0.0 {
             z = p.f3 * (m + log_s) * (m + log_s);
         }
-        // Each term carries its reduction's scale; sum_rows then adds them as they are.
+        // Each term carries its reduction's scale; sum_tree then adds them as they are.
         loss_out[p.vec_base + l.row] = ce * p.f0 + z * p.f1;
     } else if l.live && l.t == 0u {
         loss_out[p.vec_base + l.row] = 0.0;

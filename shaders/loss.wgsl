@@ -10,8 +10,8 @@
 //                                 level being the values of the next, until one value is left
 //                                 (GpuContext::plan_sum): a pairwise sum with no loop over the
 //                                 data (Mesa's llvmpipe cuts a loop short after 65,535
-//                                 iterations, and its fast-math folds compensated sums away),
-//                                 exact for equal values in whole blocks.
+//                                 iterations, and its fast-math folds compensated sums away);
+//                                 its error grows with the tree's depth, not the count.
 //
 // Bindings (group 0), windowed by rows:
 //   logsumexp_rows      1 m          read        array<f32>  one per row

@@ -69,7 +69,9 @@ fn softmax_grad_rows(
     let l = lane(wid, nwg, lid);
     let start = row_start(l);
     let label = labels[p.vec_base + safe_row(l)];
-    var m = g[start];
+    // Seeded from the thread's own share: another thread's element may be rewritten in place
+    // by the last pass while a slower thread still reads it (no barrier within a subgroup).
+    var m = g[start + min(l.t, p.cols - 1u)];
     for (var j = l.t; j < row_vectors(l); j += p.tpr) {
         m = max(m, g[start + j]);
     }
@@ -127,7 +129,9 @@ fn loss_err_rows(
         }
     }
     let row_m = team_max(lid, m);
-    let first = team_min_u32(lid, select(0xffffffffu, arg, m == row_m));
+    // A NaN seed (class 0) never compares equal: it claims class 0, as numpy's argmax and
+    // the CPU trainer do.
+    let first = team_min_u32(lid, select(0xffffffffu, arg, m == row_m || m != m));
     var s = 0.0;
     for (var j = l.t; j < row_vectors(l); j += p.tpr) {
         s += exp(x[start + j] - row_m);

@@ -833,7 +833,8 @@ static TEMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// A target that exists and is not a regular file (a device such as `/dev/null`, or a named
 /// pipe) is written directly when written: it holds no old contents to keep, and it must not
 /// be replaced by a rename. A target that is a symbolic link to a file replaces the file it
-/// points at, as writing through the link would.
+/// points at, as writing through the link would; a dangling link is itself replaced by the
+/// new file (its target is not created).
 #[derive(Debug)]
 pub struct PendingFile {
     /// The path as given, for messages.

@@ -4,7 +4,9 @@
 //! which refuses an output that is an input or another output, and creates each output's
 //! temporary file (so a missing or unwritable directory fails before any work). Outputs are
 //! written to those temporaries and renamed into place together by [`Outputs::commit`], only
-//! once all were written: a command that fails leaves every existing file as it was.
+//! once all were written: a command that fails before the renames leaves every existing file
+//! as it was. The renames themselves go one file at a time, so a rename that fails part way
+//! (a file replaced under us, say) leaves the outputs renamed before it in place.
 //!
 //! Standard output: [`line`] (and the `outln!` macro) return write errors instead of
 //! panicking as `println!` does. A closed pipe becomes [`BrokenPipe`], which `main` turns into

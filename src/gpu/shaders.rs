@@ -400,7 +400,8 @@ impl Kernel {
             | LogsumexpFused
             | CrossEntropyLossFused => 1,
             // step_forward and loss_err_fused walk the features once, step_update the batch;
-            // their loops over at most STEP_CLASSES classes are within FIXED_TRIPS.
+            // their loops over at most STEP_CLASSES classes are counted by fused_step_fits
+            // (src/gpu/train.rs), which alone plans them.
             StepForward | StepUpdate | LossErrFused => 1,
             SoftmaxFused | CrossEntropyFused | SoftmaxBackward | LogSoftmaxBackward
             | LossErrRows => 2,

@@ -576,6 +576,10 @@ struct Model<'a> {
     classes: usize,
 }
 
+/// Loop trips of the step kernels over their classes, at most: the texture kernels walk up to
+/// [`STEP_CLASSES`] classes three times for each of the four rows a lane takes.
+const STEP_CLASS_TRIPS: u64 = 4 * 3 * STEP_CLASSES as u64;
+
 /// Whether the fused two-dispatch step fits the model: few enough classes for its registers,
 /// theta and a batch gradient within one uniform binding each, a batch within one binding, and
 /// its threads' walks over the features (forward, evaluation) and over the batch (update)
@@ -591,7 +595,7 @@ fn fused_step_fits(
         && features * classes <= uniform_floats
         && batch * classes <= uniform_floats
         && gpu.limits().max_uniform_buffer_binding_size >= STEP_UNIFORM_BYTES
-        && features.max(batch) as u64 + FIXED_TRIPS <= gpu.geometry.loop_budget
+        && features.max(batch) as u64 + FIXED_TRIPS + STEP_CLASS_TRIPS <= gpu.geometry.loop_budget
         && gpu.geometry.windows("train", batch, features)?.len() == 1)
 }
 
