@@ -124,6 +124,19 @@ pub enum Error {
         limit: u64,
     },
 
+    /// Work needs more workgroups than a dispatch can have and cannot be split to fit.
+    #[error("{op}: {what} needs {groups} workgroups but a dispatch allows at most {limit}")]
+    TooManyWorkgroups {
+        /// The op that checked.
+        op: &'static str,
+        /// What needs the workgroups.
+        what: String,
+        /// Workgroups needed.
+        groups: u64,
+        /// The most a dispatch (or one of its dimensions, as `what` says) may have.
+        limit: u64,
+    },
+
     /// A kernel thread would loop longer than the adapter lets one invocation loop, and the
     /// work cannot be split to fit ([`GpuContext::loop_budget`](crate::GpuContext::loop_budget)).
     #[error(

@@ -413,7 +413,7 @@ fn products_split_past_a_small_workgroup_limit() {
                     &format!("{case}: A^T B"),
                 );
             }
-            Err(Error::TooLarge { .. }) => assert!(m > 3 * 64, "{case}: refused"),
+            Err(Error::TooManyWorkgroups { .. }) => assert!(m > 3 * 64, "{case}: refused"),
             Err(e) => panic!("{case}: {e}"),
         }
     }

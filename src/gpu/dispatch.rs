@@ -114,10 +114,10 @@ impl Geometry {
         let x = groups.clamp(1, max);
         let y = groups.div_ceil(x).max(1);
         if y > max {
-            return Err(Error::TooLarge {
+            return Err(Error::TooManyWorkgroups {
                 op,
-                what: format!("a dispatch of {groups} workgroups"),
-                bytes: groups,
+                what: "one dispatch".into(),
+                groups,
                 limit: max * max,
             });
         }

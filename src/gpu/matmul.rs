@@ -531,10 +531,13 @@ fn whole<'b>(
 }
 
 fn too_many_groups(op: &'static str, len: usize, groups: usize, max: usize) -> Error {
-    Error::TooLarge {
+    Error::TooManyWorkgroups {
         op,
-        what: format!("a matmul dimension of {len} ({groups} tiles)"),
-        bytes: groups as u64,
+        what: format!(
+            "a dimension of {len} in tiles of {}, along one dispatch dimension",
+            MM_TILE[0]
+        ),
+        groups: groups as u64,
         limit: max as u64,
     }
 }
