@@ -1,14 +1,18 @@
-// copy.wgsl: a plain copy, the speed of light on an adapter. Benchmarks report each
-// memory-bound kernel against it: it reads and writes the same bytes as softmax with nothing
-// else, through the same row plumbing (teams, windows, vec4 lanes).
+// copy.wgsl: plain copies, the speed of light on an adapter. Benchmarks report each
+// memory-bound kernel against the fastest copy of the same bytes the adapter runs
+// (GpuContext::copy_with; the bench's `copy` row names it).
 //
-//   copy_rows: y[i, j] = x[i, j]
+//   copy_rows: y[i, j] = x[i, j], through the row plumbing (teams, windows, vec4 lanes): a
+//              strided loop per thread, as the row kernels walk their rows
+//   copy_flat: y[i] = x[i] for one vec4 (or one float) per invocation and no loop: the matrix
+//              is planned as rows of one vector, a thread each
 //
 // Bindings (group 0), windowed by rows:
 //   1 x  read        array<V>  N x C
 //   2 y  read_write  array<V>  N x C
-// Dispatch: a team of p.tpr threads per row (common.wgsl).
-// Rust side: Kernel::CopyRows; GpuContext::copy.
+// Dispatch: copy_rows a team of p.tpr threads per row (common.wgsl); copy_flat one thread per
+// row of W elements (p.tpr = 1).
+// Rust side: Kernel::{CopyRows, CopyFlat}; GpuContext::copy, GpuContext::copy_with.
 
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read_write> y: array<V>;
@@ -23,5 +27,18 @@ fn copy_rows(
     let start = row_start(l);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
         y[start + i] = x[start + i];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn copy_flat(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    if l.live {
+        let i = row_start(l);
+        y[i] = x[i];
     }
 }

@@ -569,6 +569,45 @@ fn bench_json_keeps_its_keys() {
     assert!(matmul["gflops"].is_number());
 }
 
+/// On the GPU, `copy` is the fastest of the adapter's copies, named by its `kernel`, and the
+/// row plumbing's copy is its own row; every GPU row is held to the fastest.
+#[test]
+fn bench_copy_rows_name_their_kernels() {
+    if softmax_ce::GpuContext::new().is_err() && std::env::var("SOFTMAX_CE_REQUIRE_GPU").is_err() {
+        eprintln!("SKIPPED: no adapter");
+        return;
+    }
+    let out = run(&[
+        "bench", "--json", "--device", "gpu", "--shapes", "8x16", "--matmul", "4x5x6", "--epoch",
+        "200x4x3", "--reps", "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["op"] == "copy" && l["path"] == path)
+            .unwrap_or_else(|| panic!("no copy row on path {path}"))
+    };
+    let fastest = row("gpu");
+    assert!(
+        ["copy_rows", "copy_flat", "copy_buffer_to_buffer"]
+            .contains(&fastest["kernel"].as_str().unwrap()),
+        "{fastest}"
+    );
+    assert_eq!(fastest["copy_ratio"], 1.0);
+    assert_eq!(row("gpu_rows")["kernel"], "copy_rows");
+    assert!(row("gpu_rows")["copy_ratio"].as_f64().unwrap() >= 1.0);
+}
+
 /// The backward ops and the logistic loss through `eval`, on every device, against the library's
 /// CPU reference.
 #[test]

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use ndarray::{Array2, ArrayView2};
+use softmax_ce::gpu::CopyKernel;
 use softmax_ce::{CrossEntropyOptions, GpuContext, Labels, Reduction, cpu};
 
 /// Column counts around every row-kernel workgroup size (32, 64, 256 threads) in both scalar
@@ -432,18 +433,20 @@ fn staged_stages_compose() {
     );
 }
 
-/// The benchmarks' speed-of-light kernel copies every bit, NaN and infinities included.
+/// The benchmarks' speed-of-light kernels copy every bit, NaN and infinities included, each
+/// of them, on every shape and configuration (rows of one vector per thread, windows, folds).
 #[test]
-fn copy_is_exact() {
+fn copies_are_exact() {
     for_each_case(|gpu, x, case| {
-        let got = gpu
-            .download(&gpu.copy(&gpu.upload(x).unwrap()).unwrap())
-            .unwrap();
-        let same = got
-            .iter()
-            .zip(x.iter())
-            .all(|(g, w)| g.to_bits() == w.to_bits());
-        assert!(same, "{case}: copy differs");
+        let on = gpu.upload(x).unwrap();
+        for kernel in CopyKernel::ALL {
+            let got = gpu.download(&gpu.copy_with(&on, kernel).unwrap()).unwrap();
+            let same = got
+                .iter()
+                .zip(x.iter())
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same, "{case}: {} differs", kernel.name());
+        }
     });
 }
 

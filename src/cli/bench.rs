@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use softmax_ce::cpu::{self, fast};
+use softmax_ce::gpu::CopyKernel;
 use softmax_ce::train::{SoftmaxRegression, TrainOptions};
 use softmax_ce::{CrossEntropyOptions, Labels};
 
@@ -56,6 +57,8 @@ struct Row {
     /// Floating-point operations, for the matmul.
     flops: Option<f64>,
     copy_ratio: Option<f64>,
+    /// The kernel a row measured when the op has several (the copies).
+    kernel: Option<&'static str>,
 }
 
 impl Row {
@@ -80,6 +83,9 @@ impl Row {
         }
         if let Some(r) = self.copy_ratio {
             v["copy_ratio"] = json!(round(r));
+        }
+        if let Some(k) = self.kernel {
+            v["kernel"] = json!(k);
         }
         v
     }
@@ -279,6 +285,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bytes,
             flops: None,
             copy_ratio: None,
+            kernel: None,
         };
         let v = x.view();
         emit(row(
@@ -319,24 +326,38 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let time = |f: &dyn Fn() -> softmax_ce::Result<()>| -> Result<Vec<f64>> {
                 measure(reps, || Ok(gpu.timed(f)?.1))
             };
-            let copy = time(&|| gpu.copy(&gx).map(drop))?;
+            // The yardstick: the fastest plain copy of these bytes this adapter runs, whichever
+            // kernel that is; the row plumbing's own copy is its own row.
+            let mut copies = Vec::new();
+            for kernel in CopyKernel::ALL {
+                copies.push((kernel, time(&|| gpu.copy_with(&gx, kernel).map(drop))?));
+            }
+            let rows_copy = copies[0].1.clone();
+            let (fastest, copy) = copies
+                .into_iter()
+                .min_by(|a, b| median(&a.1).total_cmp(&median(&b.1)))
+                .expect("three copies");
             let copy_median = median(&copy);
-            let gpu_row = |op, path, times: Vec<f64>| {
+            let gpu_row = |op, path, times: Vec<f64>, kernel| {
                 let ratio = median(&times) / copy_median;
                 let mut r = row(op, path, times);
                 r.copy_ratio = Some(ratio);
+                r.kernel = kernel;
                 emit(r)
             };
-            gpu_row("copy", "gpu", copy)?;
+            gpu_row("copy", "gpu", copy, Some(fastest.name()))?;
+            gpu_row("copy", "gpu_rows", rows_copy, Some(CopyKernel::Rows.name()))?;
             gpu_row(
                 "softmax",
                 "gpu_staged",
                 time(&|| gpu.staged().softmax(&gx).map(drop))?,
+                None,
             )?;
             gpu_row(
                 "log_softmax",
                 "gpu_staged",
                 time(&|| gpu.staged().log_softmax(&gx).map(drop))?,
+                None,
             )?;
             gpu_row(
                 "cross_entropy_fwd_bwd",
@@ -346,21 +367,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         .cross_entropy_with_grad(&gx, &gy, &opts)
                         .map(drop)
                 })?,
+                None,
             )?;
             gpu_row(
                 "softmax",
                 "gpu_fused",
                 time(&|| gpu.softmax(&gx).map(drop))?,
+                None,
             )?;
             gpu_row(
                 "log_softmax",
                 "gpu_fused",
                 time(&|| gpu.log_softmax(&gx).map(drop))?,
+                None,
             )?;
             gpu_row(
                 "cross_entropy_fwd_bwd",
                 "gpu_fused",
                 time(&|| gpu.cross_entropy_with_grad(&gx, &gy, &opts).map(drop))?,
+                None,
             )?;
         }
         // The reference is slow by design (f64, one thread): fewer repetitions keep the run short.
@@ -399,6 +424,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bytes: None,
             flops,
             copy_ratio: None,
+            kernel: None,
         };
         emit(row(
             "cpu_reference",
@@ -444,6 +470,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     * classes as f64,
             ),
             copy_ratio: None,
+            kernel: None,
         })
     };
     let mut model =

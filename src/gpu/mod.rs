@@ -40,5 +40,5 @@ pub(crate) mod train;
 
 pub use buffers::{GpuLabels, GpuMatrix, GpuVector};
 pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions, enumerate_adapters};
-pub use ops::{GpuBceLoss, GpuLoss, Staged};
+pub use ops::{CopyKernel, GpuBceLoss, GpuLoss, Staged};
 pub use timing::Clock;

@@ -701,24 +701,73 @@ impl GpuContext {
         })
     }
 
-    /// A plain copy of `x` through the same row plumbing as the row kernels: the speed of light
-    /// benchmarks compare the memory-bound kernels with (it moves the bytes softmax moves, and
-    /// does nothing else).
+    /// A plain copy of `x` through the same row plumbing as the row kernels
+    /// ([`CopyKernel::Rows`]).
     pub fn copy(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
+        self.copy_with(x, CopyKernel::Rows)
+    }
+
+    /// A plain copy of `x` into a new matrix by `kernel`: the yardsticks benchmarks hold the
+    /// memory-bound kernels to (they move the bytes softmax moves, and do nothing else).
+    pub fn copy_with(&self, x: &GpuMatrix, kernel: CopyKernel) -> Result<GpuMatrix> {
         const OP: &str = "copy";
         self.check_owned(OP, &[x.owner])?;
         let (rows, cols) = x.dim();
         self.record(OP, |rec| {
             let out = self.new_matrix(OP, rows, cols)?;
-            rec.rows(
-                Kernel::CopyRows,
-                rows,
-                cols,
-                &[&x.buffer, &out.buffer],
-                Extra::default(),
-            )?;
+            match kernel {
+                CopyKernel::Rows => rec.rows(
+                    Kernel::CopyRows,
+                    rows,
+                    cols,
+                    &[&x.buffer, &out.buffer],
+                    Extra::default(),
+                )?,
+                CopyKernel::Flat => {
+                    // The matrix as rows of one vector each: vec4s where the length allows.
+                    let len = rows * cols;
+                    let width = if len.is_multiple_of(4) { 4 } else { 1 };
+                    rec.rows(
+                        Kernel::CopyFlat,
+                        len / width,
+                        width,
+                        &[&x.buffer, &out.buffer],
+                        Extra::default(),
+                    )?;
+                }
+                CopyKernel::Buffer => {
+                    rec.copy(&x.buffer, &out.buffer, 0, (rows * cols * 4) as u64);
+                }
+            }
             Ok(out)
         })
+    }
+}
+
+/// How [`GpuContext::copy_with`] copies: each is a candidate for the speed of light of the
+/// adapter, and which is fastest depends on the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CopyKernel {
+    /// `copy_rows`: the row kernels' plumbing, a team per row walking it in a strided loop.
+    Rows,
+    /// `copy_flat`: one vec4 (or one float, for lengths not a multiple of 4) per invocation,
+    /// no loop.
+    Flat,
+    /// `copy_buffer_to_buffer`: the adapter's own copy, no kernel.
+    Buffer,
+}
+
+impl CopyKernel {
+    /// Every copy, in the order benchmarks try them.
+    pub const ALL: [CopyKernel; 3] = [CopyKernel::Rows, CopyKernel::Flat, CopyKernel::Buffer];
+
+    /// The name benchmarks print (`copy_rows`, `copy_flat`, `copy_buffer_to_buffer`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyKernel::Rows => "copy_rows",
+            CopyKernel::Flat => "copy_flat",
+            CopyKernel::Buffer => "copy_buffer_to_buffer",
+        }
     }
 }
 

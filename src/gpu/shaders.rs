@@ -209,6 +209,7 @@ pub(crate) enum Kernel {
     SoftmaxGradRows,
     LossErrRows,
     CopyRows,
+    CopyFlat,
     SoftmaxFused,
     LogsumexpFused,
     CrossEntropyLossFused,
@@ -229,7 +230,7 @@ pub(crate) enum Kernel {
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 31] = [
+    pub(crate) const ALL: [Kernel; 32] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -246,6 +247,7 @@ impl Kernel {
         Kernel::SoftmaxGradRows,
         Kernel::LossErrRows,
         Kernel::CopyRows,
+        Kernel::CopyFlat,
         Kernel::SoftmaxFused,
         Kernel::LogsumexpFused,
         Kernel::CrossEntropyLossFused,
@@ -276,7 +278,7 @@ impl Kernel {
                 Family::Train
             }
             StepForwardTex | StepUpdateTex | LossErrTex => Family::TrainTex,
-            CopyRows => Family::Copy,
+            CopyRows | CopyFlat => Family::Copy,
             SoftmaxFused
             | LogsumexpFused
             | CrossEntropyLossFused
@@ -306,6 +308,7 @@ impl Kernel {
             SoftmaxGradRows => "softmax_grad_rows",
             LossErrRows => "loss_err_rows",
             CopyRows => "copy_rows",
+            CopyFlat => "copy_flat",
             SoftmaxFused => "softmax_fused",
             LogsumexpFused => "logsumexp_fused",
             CrossEntropyLossFused => "cross_entropy_loss_fused",
@@ -340,7 +343,7 @@ impl Kernel {
             Pack | PackTransposed => &[WHOLE_IN, TEX_OUT],
             MatmulTex => &[TEX_IN, TEX_IN, WHOLE_OUT],
             LossErrRows => &[MAT_IN, ROW_IN, ROW_OUT, ROW_OUT],
-            CopyRows | SoftmaxFused => &[MAT_IN, MAT_OUT],
+            CopyRows | CopyFlat | SoftmaxFused => &[MAT_IN, MAT_OUT],
             LogsumexpFused => &[MAT_IN, ROW_OUT],
             CrossEntropyLossFused => &[MAT_IN, ROW_IN, ROW_OUT],
             CrossEntropyFused => &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT, WHOLE_IN, ROW_IN],
@@ -364,9 +367,8 @@ impl Kernel {
     pub(crate) fn shape(self) -> Shape {
         use Kernel::*;
         match self {
-            LogsumexpRows | CrossEntropyRows | StepForward | StepUpdate | LossErrFused => {
-                Shape::ThreadPerRow
-            }
+            LogsumexpRows | CrossEntropyRows | CopyFlat | StepForward | StepUpdate
+            | LossErrFused => Shape::ThreadPerRow,
             SumTree => Shape::Blocks,
             MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
             | StepUpdateTex | LossErrTex => Shape::Tiles,
@@ -390,7 +392,7 @@ impl Kernel {
         match self {
             // One row (logistic_residual) or one vector (bce_with_logits) a thread, no loop
             // over it: bce_with_logits's per-column gather loops over the W lanes only.
-            LogsumexpRows | CrossEntropyRows | LogisticResidual | BceWithLogits => 0,
+            LogsumexpRows | CrossEntropyRows | CopyFlat | LogisticResidual | BceWithLogits => 0,
             RowMax
             | RowSumexp
             | SoftmaxNormalise
