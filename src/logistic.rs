@@ -242,39 +242,8 @@ fn validate(
     check_set("the training set", x, y)?;
     if let Some((tx, ty)) = test {
         check_set("the test set", tx, ty)?;
-        if tx.ncols() != x.ncols() {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "{} features in the test set (as in the training set)",
-                    x.ncols()
-                ),
-                format!("{}", tx.ncols()),
-            ));
-        }
     }
-    if !opts.lr.is_finite() {
-        return Err(Error::invalid(
-            OP,
-            format!("learning rate {} is not finite", opts.lr),
-        ));
-    }
-    if !opts.l2.is_finite() || opts.l2 < 0.0 {
-        return Err(Error::invalid(
-            OP,
-            format!("L2 strength {} is not a finite number >= 0", opts.l2),
-        ));
-    }
-    if opts.batch == 0 || opts.batch > x.nrows() {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "batch {} is not in [1, {}] (the training rows)",
-                opts.batch,
-                x.nrows()
-            ),
-        ));
-    }
+    crate::train::validate_sgd(OP, opts, x, test.map(|(tx, _)| tx))?;
     if opts.shuffle.is_some() {
         return Err(Error::invalid(
             OP,

@@ -507,32 +507,47 @@ fn validate(
     check_set(OP, "the training set", x, y, y.classes())?;
     if let Some((tx, ty)) = test {
         check_set(OP, "the test set", tx, ty, y.classes())?;
-        if tx.ncols() != x.ncols() {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "{} features in the test set (as in the training set)",
-                    x.ncols()
-                ),
-                format!("{}", tx.ncols()),
-            ));
-        }
+    }
+    validate_sgd(OP, opts, x, test.map(|(tx, _)| tx))
+}
+
+/// The checks every SGD trainer makes of its options and data shapes (softmax regression
+/// here, logistic regression in `crate::logistic`): a test set with the training set's
+/// features, a finite learning rate, a finite L2 strength >= 0, and a batch between 1 and the
+/// training rows.
+pub(crate) fn validate_sgd(
+    op: &'static str,
+    opts: &TrainOptions,
+    x: ArrayView2<f32>,
+    test_x: Option<ArrayView2<f32>>,
+) -> Result<()> {
+    if let Some(tx) = test_x
+        && tx.ncols() != x.ncols()
+    {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{} features in the test set (as in the training set)",
+                x.ncols()
+            ),
+            format!("{}", tx.ncols()),
+        ));
     }
     if !opts.lr.is_finite() {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("learning rate {} is not finite", opts.lr),
         ));
     }
     if !opts.l2.is_finite() || opts.l2 < 0.0 {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("L2 strength {} is not a finite number >= 0", opts.l2),
         ));
     }
     if opts.batch == 0 || opts.batch > x.nrows() {
         return Err(Error::invalid(
-            OP,
+            op,
             format!(
                 "batch {} is not between 1 and the {} training rows",
                 opts.batch,

@@ -104,17 +104,25 @@ impl GpuContext {
         if g.m == 0 || g.n == 0 {
             return Ok(Vec::new());
         }
-        // Column tiles past one dimension's workgroups go to further dispatches (`tile_x0`).
-        let column_chunks = |params: MatmulParams| {
-            (0..groups_x).step_by(max_groups).map(move |x0| {
-                let params = MatmulParams {
-                    tile_x0: x0 as u32,
-                    ..params
-                };
-                (params, (groups_x - x0).min(max_groups) as u32)
-            })
-        };
         let mut out = Vec::new();
+        // The dispatches of one part of the product: its column tiles past one dimension's
+        // workgroups go to further dispatches (`tile_x0`).
+        let mut dispatch =
+            |params: MatmulParams, bindings: [wgpu::BindingResource<'_>; 3], groups_y: usize| {
+                for x0 in (0..groups_x).step_by(max_groups) {
+                    let params = MatmulParams {
+                        tile_x0: x0 as u32,
+                        ..params
+                    };
+                    out.push(self.dispatch(
+                        kernel,
+                        &pipeline,
+                        bytemuck::bytes_of(&params),
+                        bindings.to_vec(),
+                        [(groups_x - x0).min(max_groups) as u32, groups_y as u32, 1],
+                    ));
+                }
+            };
         if g.transposed_a {
             let (c_binding, c_base) = whole(op, geometry, &g.c, g.m, g.n, "the product")?;
             let groups_y = g.m.div_ceil(tile_m);
@@ -153,15 +161,7 @@ impl GpuContext {
                     tile_x0: 0,
                     pad: [0; 3],
                 };
-                for (params, gx) in column_chunks(params) {
-                    out.push(self.dispatch(
-                        kernel,
-                        &pipeline,
-                        bytemuck::bytes_of(&params),
-                        vec![a_binding.clone(), b_binding.clone(), c_binding.clone()],
-                        [gx, groups_y as u32, 1],
-                    ));
-                }
+                dispatch(params, [a_binding, b_binding, c_binding.clone()], groups_y);
             }
         } else {
             // The inner dimension is a row of A, walked whole by each thread, W at a time.
@@ -190,15 +190,11 @@ impl GpuContext {
                         tile_x0: 0,
                         pad: [0; 3],
                     };
-                    for (params, gx) in column_chunks(params) {
-                        out.push(self.dispatch(
-                            kernel,
-                            &pipeline,
-                            bytemuck::bytes_of(&params),
-                            vec![a_binding.clone(), b_binding.clone(), c_binding.clone()],
-                            [gx, part.len().div_ceil(tile_m) as u32, 1],
-                        ));
-                    }
+                    dispatch(
+                        params,
+                        [a_binding, b_binding.clone(), c_binding],
+                        part.len().div_ceil(tile_m),
+                    );
                     start = part.end;
                 }
             }
