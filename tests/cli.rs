@@ -528,11 +528,10 @@ fn train_rejects_bad_options_in_one_line() {
     fails_with(&["train", "--classes", "3", "--device", "cpu"], "--classes");
 }
 
-/// `bench --quick --json`: an adapter object first, then rows with the documented keys.
-#[test]
-fn bench_json_keeps_its_keys() {
+/// The JSON lines of a small `bench --json` on `device`, which must succeed.
+fn small_bench(device: &str) -> Vec<serde_json::Value> {
     let out = run(&[
-        "bench", "--json", "--device", "cpu", "--shapes", "8x16", "--matmul", "4x5x6", "--epoch",
+        "bench", "--json", "--device", device, "--shapes", "8x16", "--matmul", "4x5x6", "--epoch",
         "200x4x3", "--reps", "1",
     ]);
     assert!(
@@ -540,11 +539,17 @@ fn bench_json_keeps_its_keys() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout
+    String::from_utf8(out.stdout)
+        .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect()
+}
+
+/// `bench --quick --json`: an adapter object first, then rows with the documented keys.
+#[test]
+fn bench_json_keeps_its_keys() {
+    let lines = small_bench("cpu");
     assert_eq!(lines[0]["op"], "adapter");
     let ops: Vec<&str> = lines[1..]
         .iter()
@@ -577,20 +582,7 @@ fn bench_copy_rows_name_their_kernels() {
         eprintln!("SKIPPED: no adapter");
         return;
     }
-    let out = run(&[
-        "bench", "--json", "--device", "gpu", "--shapes", "8x16", "--matmul", "4x5x6", "--epoch",
-        "200x4x3", "--reps", "1",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = small_bench("gpu");
     let row = |path: &str| {
         lines
             .iter()
