@@ -3,66 +3,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
+use common::cli::{bin, devices, ok, run, scratch};
 use common::*;
 use ndarray::{Array1, ArrayD, IxDyn};
 use softmax_ce::{CrossEntropyOptions, Labels, Reduction, cpu, npy};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_softmax-ce"))
-}
-
-/// A fresh directory per test under the target dir.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The command fails with one line on stderr (after any adapter noise) mentioning `needle`.
+/// The command fails with one line on stderr mentioning `needle`.
 fn fails_with(args: &[&str], needle: &str) {
-    let out = run(args);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("softmax-ce: error:"))
-        .collect();
-    assert_eq!(
-        errors.len(),
-        1,
-        "{args:?}: want one error line, got:\n{stderr}"
-    );
-    assert!(
-        errors[0].contains(needle),
-        "{args:?}: {:?} lacks {needle:?}",
-        errors[0]
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn devices() -> Vec<&'static str> {
-    if gpu().is_some() {
-        vec!["cpu", "gpu"]
-    } else {
-        vec!["cpu"]
-    }
+    common::cli::fails_with(args, &[needle]);
 }
 
 fn write_labels_i64(path: &Path, ys: &[i64]) {

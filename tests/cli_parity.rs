@@ -5,62 +5,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::cli::{devices, fails_with, ok, run};
 use common::*;
 use ndarray::{ArrayD, IxDyn, array};
 use rand::Rng;
 use softmax_ce::{BceOptions, CrossEntropyOptions, Reduction, cpu, npy};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("parity_{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_softmax-ce"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[String]) {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Fails with exactly one error line on stderr that contains every needle, and no panic.
-fn fails_with(args: &[String], needles: &[&str]) {
-    let out = run(args);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("softmax-ce: error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{args:?}: want one error line:\n{stderr}");
-    for needle in needles {
-        assert!(
-            errors[0].contains(needle),
-            "{:?} lacks {needle:?}",
-            errors[0]
-        );
-    }
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn devices() -> Vec<&'static str> {
-    if gpu().is_some() {
-        vec!["cpu", "gpu"]
-    } else {
-        vec!["cpu"]
-    }
+    common::cli::scratch(&format!("parity_{name}"))
 }
 
 fn random(shape: &[usize], seed: u64, f: impl Fn(f32) -> f32) -> ArrayD<f32> {

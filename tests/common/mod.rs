@@ -1,6 +1,8 @@
 //! Shared by the test binaries: one GPU context per binary, input builders, comparisons.
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod cli;
+
 use std::sync::OnceLock;
 
 use ndarray::{Array1, Array2, ArrayView, Dimension};
