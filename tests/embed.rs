@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use softmax_ce::{GpuContext, cpu};
+use softmax_ce::{CrossEntropyOptions, GpuContext, Loss, Reduction, cpu};
 
 #[test]
 fn a_context_is_send_sync_and_cheap_to_clone() {
@@ -87,4 +87,232 @@ fn async_downloads_of_another_contexts_array_are_errors() {
     let on = other.upload(logits(2, 3, 1.0, 1).view()).unwrap();
     let got = pollster::block_on(gpu.download_async(&on));
     assert!(got.is_err(), "{got:?}");
+}
+
+/// An application's buffer: `floats` zeros, usable as storage and copied in and out.
+fn app_buffer(gpu: &GpuContext, bytes: u64) -> wgpu::Buffer {
+    gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("application buffer"),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+fn write(gpu: &GpuContext, buffer: &wgpu::Buffer, offset: u64, x: &ndarray::Array2<f32>) {
+    let data = x.as_standard_layout();
+    gpu.queue().write_buffer(
+        buffer,
+        offset,
+        bytemuck::cast_slice(data.as_slice().unwrap()),
+    );
+}
+
+/// Wrapped arrays at an aligned offset that is not a multiple of the row (rows of 10 floats,
+/// 40 bytes, from byte 256), the outputs sharing a second buffer, in every kernel
+/// configuration: the windowed one runs each op in many windows, each bound from the
+/// array's offset.
+#[test]
+fn ops_read_and_write_wrapped_buffers_at_offsets() {
+    require_gpu!();
+    for (name, gpu) in configs() {
+        for (rows, cols) in [(37, 10), (5, 1000), (130, 4)] {
+            let x = adversarial(rows, cols, 21);
+            let bytes = (rows * cols * 4) as u64;
+            let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+            let out_at = 512u64.next_multiple_of(align);
+            let loss_at = (out_at + bytes).next_multiple_of(align.max(256));
+            let buffer = app_buffer(gpu, 256 + bytes);
+            let outputs = app_buffer(gpu, loss_at + 4 * rows as u64 + 256);
+            write(gpu, &buffer, 256, &x);
+            let xw = gpu.wrap_matrix(&buffer, 256, rows, cols).unwrap();
+            let out = gpu.wrap_matrix(&outputs, out_at, rows, cols).unwrap();
+            let case = format!("{name} {rows}x{cols}");
+
+            gpu.submit(&gpu.plan_softmax(&xw, &out).unwrap()).unwrap();
+            let want = cpu::softmax(x.view()).unwrap();
+            assert_close(
+                gpu.download(&out).unwrap().view(),
+                want.view(),
+                PROB_ABS,
+                PROB_REL,
+                &format!("softmax {case}"),
+            );
+
+            let lse = gpu.wrap_vector(&outputs, loss_at, rows).unwrap();
+            gpu.submit(&gpu.plan_logsumexp(&xw, &lse).unwrap()).unwrap();
+            let want = cpu::logsumexp(x.view()).unwrap();
+            assert_close(
+                gpu.download_vector(&lse).unwrap().view(),
+                want.view(),
+                LOG_ABS,
+                LOG_REL,
+                &format!("logsumexp {case}"),
+            );
+
+            let y = labels(rows, cols, 3, 4);
+            let on_y = gpu.upload_labels(&y).unwrap();
+            for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+                let opts = CrossEntropyOptions::default()
+                    .reduction(reduction)
+                    .label_smoothing(0.05);
+                let len = if reduction == Reduction::None {
+                    rows
+                } else {
+                    1
+                };
+                let loss = gpu.wrap_vector(&outputs, loss_at, len).unwrap();
+                let plan = gpu
+                    .plan_cross_entropy(&xw, &on_y, &opts, &loss, Some(&out))
+                    .unwrap();
+                gpu.submit(&plan).unwrap();
+                let want = cpu::cross_entropy(x.view(), &y, &opts).unwrap();
+                let got = gpu.download_vector(&loss).unwrap();
+                match want {
+                    Loss::PerRow(v) => {
+                        assert_close(got.view(), v.view(), LOSS_ABS, LOSS_REL, &case)
+                    }
+                    Loss::Reduced(v) => assert_close_scalar(got[0], v, LOSS_ABS, LOSS_REL, &case),
+                }
+                let want = cpu::cross_entropy_grad(x.view(), &y, &opts).unwrap();
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert_close(
+                    gpu.download(&out).unwrap().view(),
+                    want.view(),
+                    GRAD_ABS_PER_SCALE * scale.max(1.0),
+                    1e-5,
+                    &format!("gradient {reduction:?} {case}"),
+                );
+            }
+            // The input was read where it lies and never written.
+            let back = gpu.download(&xw).unwrap();
+            assert_eq!(back, x, "{case}: the input changed");
+        }
+    }
+}
+
+/// A plan recorded between the application's own commands in one encoder: its upload of the
+/// logits before, its copy of the result after, one submission. Recording again allocates
+/// nothing, and the plan reads the logits of the moment it runs.
+#[test]
+fn plans_record_into_the_callers_encoder_without_allocating() {
+    // A context of this test's own: the shared one's counter moves with the other tests.
+    require_gpu!();
+    let gpu = &GpuContext::new().unwrap();
+    let (rows, cols) = (4, 1000);
+    let bytes = (rows * cols * 4) as u64;
+    let logits_buf = app_buffer(gpu, bytes);
+    let source = app_buffer(gpu, bytes);
+    let result = app_buffer(gpu, bytes);
+    let x = gpu.wrap_matrix(&logits_buf, 0, rows, cols).unwrap();
+    let y_host = labels(rows, cols, 0, 8);
+    let y = gpu.upload_labels(&y_host).unwrap();
+    let loss = gpu.upload_vector(ndarray::arr1(&[0.0f32]).view()).unwrap();
+    let grad = gpu
+        .upload(ndarray::Array2::zeros((rows, cols)).view())
+        .unwrap();
+    let opts = CrossEntropyOptions::default();
+    let plan = gpu
+        .plan_cross_entropy(&x, &y, &opts, &loss, Some(&grad))
+        .unwrap();
+    for seed in 0..3 {
+        // Downloads allocate their staging buffers: count around the frame alone.
+        let before = gpu.allocations();
+        let x_host = adversarial(rows, cols, seed);
+        write(gpu, &source, 0, &x_host);
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&source, 0, &logits_buf, 0, bytes);
+        plan.record(&mut encoder);
+        encoder.copy_buffer_to_buffer(grad.buffer(), 0, &result, 0, bytes);
+        gpu.queue().submit([encoder.finish()]);
+        assert_eq!(gpu.allocations(), before, "recording a plan allocated");
+        let got = gpu.download(&gpu.wrap_matrix(&result, 0, rows, cols).unwrap());
+        let want = cpu::cross_entropy_grad(x_host.view(), &y_host, &opts).unwrap();
+        assert_close(
+            got.unwrap().view(),
+            want.view(),
+            GRAD_ABS_PER_SCALE,
+            1e-5,
+            &format!("gradient of frame {seed}"),
+        );
+        let Loss::Reduced(want) = cpu::cross_entropy(x_host.view(), &y_host, &opts).unwrap() else {
+            unreachable!()
+        };
+        let got = gpu.download_vector(&loss).unwrap()[0];
+        assert_close_scalar(got, want, LOSS_ABS, LOSS_REL, "loss");
+    }
+}
+
+/// Every invalid view gets its own error, naming the value.
+#[test]
+fn invalid_views_are_errors() {
+    let gpu = require_gpu!();
+    let fine = app_buffer(gpu, 4096);
+    let err = |r: softmax_ce::Result<softmax_ce::GpuMatrix>| r.unwrap_err().to_string();
+
+    let no_storage = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4096,
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    assert!(err(gpu.wrap_matrix(&no_storage, 0, 2, 3)).contains("lacks STORAGE"));
+    let e = err(gpu.wrap_matrix(&fine, 4, 2, 3));
+    assert!(e.contains("offset 4 is not a multiple of"), "{e}");
+    let e = err(gpu.wrap_matrix(&fine, 256, 32, 31));
+    assert!(
+        e.contains("runs past the end of a buffer of 4096 bytes"),
+        "{e}"
+    );
+    let e = err(gpu.wrap_matrix(&fine, 0, usize::MAX, 2));
+    assert!(e.contains("overflow"), "{e}");
+    // Exactly to the end is fine.
+    gpu.wrap_matrix(&fine, 256, 30, 32).unwrap();
+
+    // An output in its input's buffer, even over other bytes; outputs over each other; a
+    // plan's arrays of the wrong shape.
+    let x = gpu.wrap_matrix(&fine, 0, 4, 8).unwrap();
+    let beside = gpu.wrap_matrix(&fine, 256, 4, 8).unwrap();
+    let e = gpu.plan_softmax(&x, &beside).unwrap_err().to_string();
+    assert!(
+        e.contains("shares a buffer with the input (bytes 0..128)"),
+        "{e}"
+    );
+    let outs = app_buffer(gpu, 4096);
+    let y = gpu.upload_labels(&labels(4, 8, 0, 1)).unwrap();
+    let (l, g) = (
+        gpu.wrap_vector(&outs, 0, 4).unwrap(),
+        gpu.wrap_matrix(&outs, 0, 4, 8).unwrap(),
+    );
+    let none = CrossEntropyOptions::default().reduction(Reduction::None);
+    let e = gpu
+        .plan_cross_entropy(&x, &y, &none, &l, Some(&g))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the gradient (bytes 0..128) overlaps the loss"),
+        "{e}"
+    );
+    let short = gpu.wrap_matrix(&fine, 256, 3, 8).unwrap();
+    let e = gpu.plan_softmax(&x, &short).unwrap_err().to_string();
+    assert!(e.contains("(4, 8)"), "{e}");
+    let loss = gpu.wrap_vector(&outs, 1024, 4).unwrap();
+    let e = gpu
+        .plan_cross_entropy(&x, &y, &CrossEntropyOptions::default(), &loss, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a loss of 1 values"), "{e}");
+
+    // A buffer that cannot be copied out cannot be downloaded.
+    let storage_only = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 256,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let m = gpu.wrap_matrix(&storage_only, 0, 2, 2).unwrap();
+    let e = gpu.download(&m).unwrap_err().to_string();
+    assert!(e.contains("lacks COPY_SRC"), "{e}");
 }

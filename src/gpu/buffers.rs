@@ -10,6 +10,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::gpu::record::At;
 use crate::gpu::shaders::STEP_UNIFORM_BYTES;
 use crate::labels::Labels;
 
@@ -38,10 +39,13 @@ impl Future for Mapped {
     }
 }
 
-/// An `rows x cols` row-major `f32` matrix on the device.
+/// An `rows x cols` row-major `f32` matrix on the device: `rows * cols` contiguous floats of
+/// a buffer, from byte [`offset`](Self::offset).
 ///
 /// Results of one op can be passed straight to the next; nothing returns to the host until
-/// [`GpuContext::download`].
+/// [`GpuContext::download`]. An application binds them in its own passes through
+/// [`buffer`](Self::buffer) and [`offset`](Self::offset), and hands its own buffers to the
+/// ops through [`GpuContext::wrap_matrix`].
 ///
 /// Not `Clone`: ops that work in place consume their input, and a clone sharing the buffer
 /// would see it change.
@@ -49,11 +53,41 @@ impl Future for Mapped {
 pub struct GpuMatrix {
     pub(crate) buffer: wgpu::Buffer,
     pub(crate) owner: u64,
+    offset: u64,
     rows: usize,
     cols: usize,
 }
 
 impl GpuMatrix {
+    /// The buffer that holds it.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Where its first element lies in [`buffer`](Self::buffer), in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Its bytes in the buffer: `4 * rows * cols`.
+    pub fn byte_len(&self) -> u64 {
+        4 * (self.rows * self.cols) as u64
+    }
+
+    /// The matrix as a kernel binds it, from its row `first_row`.
+    pub(crate) fn at_row(&self, first_row: usize) -> At<'_> {
+        At {
+            buffer: &self.buffer,
+            offset: self.offset,
+            first_row,
+        }
+    }
+
+    /// The matrix as a kernel binds it.
+    pub(crate) fn at(&self) -> At<'_> {
+        self.at_row(0)
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows
@@ -70,15 +104,36 @@ impl GpuMatrix {
     }
 }
 
-/// A vector of `f32` on the device: one value per row (row maxima, losses), or a scalar.
+/// A vector of `f32` on the device: one value per row (row maxima, losses), or a scalar;
+/// `len` contiguous floats of a buffer from byte [`offset`](Self::offset).
 #[derive(Debug)]
 pub struct GpuVector {
     pub(crate) buffer: wgpu::Buffer,
     pub(crate) owner: u64,
+    offset: u64,
     len: usize,
 }
 
 impl GpuVector {
+    /// The buffer that holds it.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Where its first element lies in [`buffer`](Self::buffer), in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The vector as a kernel binds it.
+    pub(crate) fn at(&self) -> At<'_> {
+        At {
+            buffer: &self.buffer,
+            offset: self.offset,
+            first_row: 0,
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len
@@ -124,6 +179,16 @@ impl GpuLabels {
         self.active
     }
 
+    /// The buffer that holds them: one `u32` per row, `0xffffffff` for an ignored row.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// The labels as a kernel binds them.
+    pub(crate) fn at(&self) -> At<'_> {
+        At::from(&self.buffer)
+    }
+
     pub(crate) fn check_fits(&self, op: &'static str, rows: usize, cols: usize) -> Result<()> {
         if self.len != rows || self.classes != cols {
             return Err(Error::shape(
@@ -134,6 +199,20 @@ impl GpuLabels {
         }
         Ok(())
     }
+}
+
+/// Fails unless `buffer` can be copied out (a wrapped buffer may lack `COPY_SRC`).
+fn check_readable(op: &'static str, buffer: &wgpu::Buffer) -> Result<()> {
+    if buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        op,
+        format!(
+            "the buffer's usage {:?} lacks COPY_SRC, which reading it back needs",
+            buffer.usage()
+        ),
+    ))
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -162,6 +241,7 @@ impl GpuContext {
 
     /// A device buffer of `bytes` bytes (at least 4: wgpu cannot bind an empty buffer).
     pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.count_allocations(1);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4),
@@ -174,6 +254,7 @@ impl GpuContext {
     /// ([`Slot::Uniform`](crate::gpu::shaders::Slot::Uniform)): at least
     /// [`STEP_UNIFORM_BYTES`], the size its uniform binding declares.
     pub(crate) fn uniform_storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.count_allocations(1);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(STEP_UNIFORM_BYTES),
@@ -186,6 +267,7 @@ impl GpuContext {
         if bytes.is_empty() {
             return self.storage(label, 4);
         }
+        self.count_allocations(1);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -208,6 +290,7 @@ impl GpuContext {
         Ok(GpuMatrix {
             buffer: self.storage(op, bytes),
             owner: self.id,
+            offset: 0,
             rows,
             cols,
         })
@@ -219,6 +302,7 @@ impl GpuContext {
         Ok(GpuVector {
             buffer: self.storage(op, bytes),
             owner: self.id,
+            offset: 0,
             len,
         })
     }
@@ -239,6 +323,7 @@ impl GpuContext {
         Ok(GpuMatrix {
             buffer,
             owner: self.id,
+            offset: 0,
             rows,
             cols,
         })
@@ -254,8 +339,108 @@ impl GpuContext {
         Ok(GpuVector {
             buffer,
             owner: self.id,
+            offset: 0,
             len: v.len(),
         })
+    }
+
+    /// A matrix over `rows * cols` floats of the application's own `buffer`, row-major and
+    /// contiguous, from byte `offset`: no copy, no upload. The ops read it and write it where
+    /// it lies, so an application hands over logits its own pipelines wrote, and binds what
+    /// the ops wrote into it in its own passes. The buffer must belong to this context's device
+    /// (wgpu cannot tell this library a buffer's device, so that is the caller's to keep)
+    /// and have [`STORAGE`](wgpu::BufferUsages::STORAGE) usage (and `COPY_SRC` for
+    /// [`download`](Self::download)). An op's outputs may share a buffer with each other but
+    /// not with its inputs: WebGPU refuses a buffer bound both read-only and writable in one
+    /// dispatch, whatever the ranges.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the value for: a buffer without `STORAGE` usage; an
+    /// offset that is not a multiple of the device's storage-binding alignment
+    /// (`min_storage_buffer_offset_alignment`, 256 bytes on most adapters: every op binds its
+    /// arrays at such offsets); a view past the end of the buffer.
+    /// [`Error::TooLarge`] for a row longer than one binding.
+    pub fn wrap_matrix(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        rows: usize,
+        cols: usize,
+    ) -> Result<GpuMatrix> {
+        const OP: &str = "wrap_matrix";
+        let elems = rows.checked_mul(cols).ok_or_else(|| {
+            Error::invalid(OP, format!("{rows} x {cols} elements overflow usize"))
+        })?;
+        self.check_view(
+            OP,
+            buffer,
+            offset,
+            elems,
+            &format!("a {rows} x {cols} f32 matrix"),
+        )?;
+        self.geometry.windows(OP, rows.min(1), cols)?;
+        Ok(GpuMatrix {
+            buffer: buffer.clone(),
+            owner: self.id,
+            offset,
+            rows,
+            cols,
+        })
+    }
+
+    /// A vector over `len` floats of the application's own `buffer` from byte `offset`, with
+    /// the requirements and errors of [`wrap_matrix`](Self::wrap_matrix).
+    pub fn wrap_vector(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<GpuVector> {
+        const OP: &str = "wrap_vector";
+        self.check_view(OP, buffer, offset, len, &format!("a vector of {len} f32"))?;
+        Ok(GpuVector {
+            buffer: buffer.clone(),
+            owner: self.id,
+            offset,
+            len,
+        })
+    }
+
+    /// Fails unless `elems` floats from byte `offset` of `buffer` can be bound by the ops.
+    fn check_view(
+        &self,
+        op: &'static str,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        elems: usize,
+        what: &str,
+    ) -> Result<()> {
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "the buffer's usage {:?} lacks STORAGE, which binding it to a kernel needs",
+                    buffer.usage()
+                ),
+            ));
+        }
+        let align = self.geometry.align;
+        if !offset.is_multiple_of(align) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "offset {offset} is not a multiple of {align} bytes, the device's storage                      binding alignment"
+                ),
+            ));
+        }
+        let bytes = self.check_bytes(op, what, elems)?;
+        let end = offset.checked_add(bytes);
+        if end.is_none_or(|end| end > buffer.size()) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "{what} from byte {offset} ({bytes} bytes) runs past the end of a buffer of \
+                     {} bytes",
+                    buffer.size()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Copies validated labels to the device.
@@ -297,14 +482,18 @@ impl GpuContext {
     /// Copies a matrix back to the host, waiting for the work that writes it.
     pub fn download(&self, m: &GpuMatrix) -> Result<Array2<f32>> {
         self.check_owned("download", &[m.owner])?;
-        let data = self.read_f32(&m.buffer, m.rows * m.cols)?;
+        check_readable("download", &m.buffer)?;
+        let data = self.read_pod::<f32>(&m.buffer, m.offset, m.rows * m.cols)?;
         Ok(Array2::from_shape_vec((m.rows, m.cols), data).expect("length matches the shape"))
     }
 
     /// Copies a vector back to the host, waiting for the work that writes it.
     pub fn download_vector(&self, v: &GpuVector) -> Result<Array1<f32>> {
         self.check_owned("download_vector", &[v.owner])?;
-        Ok(Array1::from(self.read_f32(&v.buffer, v.len)?))
+        check_readable("download_vector", &v.buffer)?;
+        Ok(Array1::from(
+            self.read_pod::<f32>(&v.buffer, v.offset, v.len)?,
+        ))
     }
 
     /// Copies a matrix back to the host without blocking: the future resolves once the device
@@ -320,7 +509,8 @@ impl GpuContext {
         let (rows, cols) = (m.rows, m.cols);
         let read = self
             .check_owned("download_async", &[m.owner])
-            .map(|()| self.read_pod_async::<f32>(&m.buffer, rows * cols));
+            .and_then(|()| check_readable("download_async", &m.buffer))
+            .map(|()| self.read_pod_async::<f32>(&m.buffer, m.offset, rows * cols));
         async move {
             let data = read?.await?;
             Ok(Array2::from_shape_vec((rows, cols), data).expect("length matches the shape"))
@@ -334,20 +524,23 @@ impl GpuContext {
     ) -> impl Future<Output = Result<Array1<f32>>> + Send + 'static {
         let read = self
             .check_owned("download_vector_async", &[v.owner])
-            .map(|()| self.read_pod_async::<f32>(&v.buffer, v.len));
+            .and_then(|()| check_readable("download_vector_async", &v.buffer))
+            .map(|()| self.read_pod_async::<f32>(&v.buffer, v.offset, v.len));
         async move { Ok(Array1::from(read?.await?)) }
     }
 
-    /// Records a copy of the first `len` values of `buffer` into a new staging buffer, submits
-    /// it, and returns a future of the values, ready once the staging buffer is mapped.
+    /// Records a copy of `len` values of `buffer` from byte `origin` into a new staging buffer,
+    /// submits it, and returns a future of the values, ready once the staging buffer is mapped.
     fn read_pod_async<T: bytemuck::Pod + Send>(
         &self,
         buffer: &wgpu::Buffer,
+        origin: u64,
         len: usize,
     ) -> impl Future<Output = Result<Vec<T>>> + Send + 'static {
         let total = (len * std::mem::size_of::<T>()) as u64;
         self.readbacks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count_allocations(1);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("staging"),
             size: total.max(4),
@@ -357,7 +550,7 @@ impl GpuContext {
         let state = Arc::new(Mutex::new(MapState::default()));
         if total > 0 {
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, total);
+            encoder.copy_buffer_to_buffer(buffer, origin, &staging, 0, total);
             self.queue.submit([encoder.finish()]);
             let done = Arc::clone(&state);
             staging.map_async(wgpu::MapMode::Read, ..total, move |r| {
@@ -388,13 +581,15 @@ impl GpuContext {
     /// Reads the first `len` floats of `buffer`: copy into a mappable staging buffer, map it,
     /// wait, copy out. Large buffers go through the staging buffer a chunk at a time.
     pub(crate) fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        self.read_pod(buffer, len)
+        self.read_pod(buffer, 0, len)
     }
 
-    /// Reads the first `len` values of type `T` of `buffer` (see [`read_f32`](Self::read_f32)).
+    /// Reads `len` values of type `T` of `buffer` from byte `origin` (see
+    /// [`read_f32`](Self::read_f32)).
     pub(crate) fn read_pod<T: bytemuck::Pod>(
         &self,
         buffer: &wgpu::Buffer,
+        origin: u64,
         len: usize,
     ) -> Result<Vec<T>> {
         let total = (len * std::mem::size_of::<T>()) as u64;
@@ -404,6 +599,7 @@ impl GpuContext {
         if total == 0 {
             return Ok(out);
         }
+        self.count_allocations(1);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("staging"),
             size: total.min(STAGING_BYTES),
@@ -414,7 +610,7 @@ impl GpuContext {
         while offset < total {
             let chunk = (total - offset).min(STAGING_BYTES);
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, chunk);
+            encoder.copy_buffer_to_buffer(buffer, origin + offset, &staging, 0, chunk);
             self.queue.submit([encoder.finish()]);
             let (tx, rx) = mpsc::channel();
             staging.map_async(wgpu::MapMode::Read, ..chunk, move |r| {

@@ -329,6 +329,8 @@ pub struct GpuContext {
     modules: Arc<Mutex<HashMap<(Family, Width), wgpu::ShaderModule>>>,
     /// Device-to-host reads so far (see [`GpuContext::readbacks`]).
     pub(crate) readbacks: Arc<AtomicU64>,
+    /// Device objects created so far (see [`GpuContext::allocations`]).
+    allocations: Arc<AtomicU64>,
 }
 
 /// A compiled kernel and the layout its bind groups are built against.
@@ -498,6 +500,7 @@ impl GpuContext {
             pipelines: Arc::default(),
             modules: Arc::default(),
             readbacks: Arc::default(),
+            allocations: Arc::default(),
         })
     }
 
@@ -546,6 +549,19 @@ impl GpuContext {
     /// each epoch's metrics). A loop that must stay on the device can be checked with it.
     pub fn readbacks(&self) -> u64 {
         self.readbacks.load(Ordering::Relaxed)
+    }
+
+    /// How many buffers, textures, bind groups and uniform blocks this context (and its clones)
+    /// has created for arrays and ops so far, staging buffers of downloads included; compiled
+    /// pipelines are not counted. Recording a [`GpuPlan`](crate::gpu::GpuPlan) again creates
+    /// none, which is what a frame loop can check with it.
+    pub fn allocations(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` device objects created (see [`allocations`](Self::allocations)).
+    pub(crate) fn count_allocations(&self, n: u64) {
+        self.allocations.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The device, for applications that mix their own work with ours.

@@ -79,8 +79,21 @@ impl Geometry {
     /// Where rows `window` of a buffer of `row_elems`-element rows are bound: `(offset, size)`
     /// in bytes, and the index of the window's first element inside that binding.
     pub(crate) fn slice(&self, window: &Range<usize>, row_elems: usize) -> (u64, u64, u32) {
-        let start = window.start as u64 * row_elems as u64 * ELEM;
-        let end = window.end as u64 * row_elems as u64 * ELEM;
+        self.slice_at(0, window, row_elems)
+    }
+
+    /// [`slice`](Self::slice) of an array that starts `origin` bytes into its buffer (a
+    /// multiple of `align`, so that every array of a dispatch sees its window at the same index
+    /// inside its binding).
+    pub(crate) fn slice_at(
+        &self,
+        origin: u64,
+        window: &Range<usize>,
+        row_elems: usize,
+    ) -> (u64, u64, u32) {
+        debug_assert_eq!(origin % self.align, 0, "arrays start at aligned offsets");
+        let start = origin + window.start as u64 * row_elems as u64 * ELEM;
+        let end = origin + window.end as u64 * row_elems as u64 * ELEM;
         let offset = start - start % self.align;
         // Never bind zero bytes: an empty window still binds one element it does not read.
         let size = (end - offset).max(ELEM);

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::{GpuMatrix, GpuVector};
 use crate::gpu::matmul::{Gemm, TextureSet};
-use crate::gpu::record::{At, Dispatch, Extra};
+use crate::gpu::record::{Dispatch, Extra};
 use crate::gpu::shaders::Kernel;
 
 const OP: &str = "train_logistic";
@@ -97,10 +97,7 @@ impl GpuLogistic {
         let textures = Box::new(TextureSet::default());
         let mut steps = Vec::new();
         for b in 0..x.nrows() / batch {
-            let x_b = At {
-                buffer: &train.x.buffer,
-                first_row: b * batch,
-            };
+            let x_b = train.x.at_row(b * batch);
             let mut plan = gpu.plan_matmul(
                 OP,
                 &Gemm {
@@ -121,13 +118,7 @@ impl GpuLogistic {
                 Kernel::LogisticResidual,
                 batch,
                 1,
-                &[
-                    At {
-                        buffer: &y.buffer,
-                        first_row: b * batch,
-                    },
-                    (&resid.buffer).into(),
-                ],
+                &[y.at_row(b * batch), (&resid.buffer).into()],
                 Extra::default(),
             )?);
             plan.extend(gpu.plan_matmul(
@@ -161,10 +152,8 @@ impl GpuLogistic {
     /// One epoch of SGD steps, in bounded submissions.
     pub(crate) fn sgd_epoch(&self, gpu: &GpuContext) -> Result<()> {
         for chunk in self.steps.chunks(BATCHES_PER_SUBMIT) {
-            gpu.record(OP, |rec| {
-                for step in chunk {
-                    rec.run(step);
-                }
+            gpu.capture(OP, || {
+                gpu.submit_steps(OP, chunk.iter().map(Vec::as_slice));
                 Ok(())
             })?;
         }

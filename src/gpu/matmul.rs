@@ -326,7 +326,7 @@ impl GpuContext {
             };
             return Ok(vec![Dispatch::copy_to_texture(
                 src.buffer,
-                src.first_row as u64 * row_bytes,
+                src.offset + src.first_row as u64 * row_bytes,
                 row_bytes as u32,
                 &p.texture.texture,
                 size,
@@ -387,6 +387,7 @@ impl GpuContext {
     /// An `rgba32float` texture of `[width, height]` texels for a packed operand, written by
     /// packing and read by the texture kernels. Dispatches bound to it keep it alive.
     pub(crate) fn packed_texture(&self, [width, height]: [usize; 2]) -> PackedTexture {
+        self.count_allocations(1);
         let texture = self.device.create_texture(&wgpu::TextureDescriptor {
             label: Some("packed operand"),
             size: wgpu::Extent3d {
@@ -492,7 +493,7 @@ fn windowed<'b>(
     cols: usize,
 ) -> (wgpu::BindingResource<'b>, u32) {
     let rows = at.first_row + window.start..at.first_row + window.end;
-    let (offset, size, base) = geometry.slice(&rows, cols);
+    let (offset, size, base) = geometry.slice_at(at.offset, &rows, cols);
     (binding(at.buffer, offset, size), base)
 }
 
@@ -505,7 +506,7 @@ fn bound<'b>(
     cols: usize,
 ) -> Option<(wgpu::BindingResource<'b>, u32)> {
     let range = at.first_row..at.first_row + rows;
-    let (offset, size, base) = geometry.slice(&range, cols);
+    let (offset, size, base) = geometry.slice_at(at.offset, &range, cols);
     (size <= geometry.max_binding).then(|| (binding(at.buffer, offset, size), base))
 }
 
@@ -521,7 +522,9 @@ fn whole<'b>(
     bound(geometry, at, rows, cols).ok_or_else(|| Error::TooLarge {
         op,
         what: format!("{what}, {rows} x {cols}, bound whole by the matmul"),
-        bytes: geometry.slice(&(at.first_row..at.first_row + rows), cols).1,
+        bytes: geometry
+            .slice_at(at.offset, &(at.first_row..at.first_row + rows), cols)
+            .1,
         limit: geometry.max_binding,
     })
 }

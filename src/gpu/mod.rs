@@ -41,4 +41,5 @@ pub(crate) mod train;
 pub use buffers::{GpuLabels, GpuMatrix, GpuVector};
 pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions, enumerate_adapters};
 pub use ops::{CopyKernel, GpuBceLoss, GpuLoss, Staged};
+pub use record::GpuPlan;
 pub use timing::Clock;

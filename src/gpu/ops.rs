@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::{GpuLabels, GpuMatrix, GpuVector};
-use crate::gpu::record::{At, Extra, Recorder};
+use crate::gpu::record::{At, Extra, GpuPlan, Recorder};
 use crate::gpu::shaders::Kernel;
 use crate::loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
@@ -75,14 +75,14 @@ fn record_stats(
         Kernel::RowMax,
         rows,
         cols,
-        &[&x.buffer, &m.buffer],
+        &[x.at(), m.at()],
         Extra::default(),
     )?;
     rec.rows(
         Kernel::RowSumexp,
         rows,
         cols,
-        &[&x.buffer, &m.buffer, &s.buffer],
+        &[x.at(), m.at(), s.at()],
         Extra::default(),
     )?;
     Ok((m, s))
@@ -123,7 +123,7 @@ fn record_reduction(
 }
 
 /// `scale * sum` of the first `len` values of `values`, in a new one-element vector; NaN
-/// instead for `empty_mean`, PyTorch's mean over no rows (0 / 0). Every reduced loss ends here.
+/// instead for `empty_mean`, PyTorch's mean over no rows (0 / 0).
 fn record_total(
     rec: &mut Recorder<'_>,
     gpu: &GpuContext,
@@ -134,13 +134,39 @@ fn record_total(
     empty_mean: bool,
 ) -> Result<GpuVector> {
     let total = gpu.new_vector(op, 1)?;
-    if empty_mean {
-        gpu.queue
-            .write_buffer(&total.buffer, 0, bytemuck::bytes_of(&f32::NAN));
-    } else {
-        rec.run(&gpu.plan_sum(op, values.into(), len, &total.buffer, scale)?);
-    }
+    record_total_into(
+        rec,
+        gpu,
+        op,
+        values.into(),
+        len,
+        scale,
+        empty_mean,
+        total.at(),
+    )?;
     Ok(total)
+}
+
+/// [`record_total`] into element 0 of `out`. Every reduced loss ends here.
+#[allow(clippy::too_many_arguments)]
+fn record_total_into(
+    rec: &mut Recorder<'_>,
+    gpu: &GpuContext,
+    op: &'static str,
+    values: At<'_>,
+    len: usize,
+    scale: f32,
+    empty_mean: bool,
+    out: At<'_>,
+) -> Result<()> {
+    if empty_mean {
+        // A copy from a NaN the plan keeps: recorded, so that a replayed plan writes it too.
+        let nan = gpu.storage_init("NaN", bytemuck::bytes_of(&f32::NAN));
+        rec.copy((&nan).into(), out.buffer, out.offset, 4);
+    } else {
+        rec.push(gpu.plan_sum(op, values, len, out, scale)?);
+    }
+    Ok(())
 }
 
 /// The class weights of `opts` for `classes` classes, 1 each without weights: the fused
@@ -165,7 +191,7 @@ impl<'a> Staged<'a> {
                 Kernel::RowMax,
                 rows,
                 cols,
-                &[&x.buffer, &m.buffer],
+                &[x.at(), m.at()],
                 Extra::default(),
             )?;
             Ok(m)
@@ -185,7 +211,7 @@ impl<'a> Staged<'a> {
                 Kernel::RowSumexp,
                 rows,
                 cols,
-                &[&x.buffer, &m.buffer, &s.buffer],
+                &[x.at(), m.at(), s.at()],
                 Extra::default(),
             )?;
             Ok(s)
@@ -238,7 +264,7 @@ impl<'a> Staged<'a> {
                 kernel,
                 rows,
                 cols,
-                &[&x.buffer, &m.buffer, &s.buffer, &out.buffer],
+                &[x.at(), m.at(), s.at(), out.at()],
                 Extra::default(),
             )?;
             Ok(out)
@@ -263,7 +289,7 @@ impl<'a> Staged<'a> {
                 Kernel::OneHotSubtract,
                 rows,
                 cols,
-                &[&labels.buffer, &p.buffer],
+                &[labels.at(), p.at()],
                 Extra::f0(scale),
             )
         })?;
@@ -291,7 +317,7 @@ impl<'a> Staged<'a> {
                 kernel,
                 rows,
                 cols,
-                &[&x.buffer, &m.buffer, &s.buffer, &out.buffer],
+                &[x.at(), m.at(), s.at(), out.at()],
                 Extra::default(),
             )?;
             Ok(out)
@@ -311,7 +337,7 @@ impl<'a> Staged<'a> {
                 Kernel::LogsumexpRows,
                 rows,
                 cols,
-                &[&m.buffer, &s.buffer, &lse.buffer],
+                &[m.at(), s.at(), lse.at()],
                 Extra::default(),
             )?;
             Ok(lse)
@@ -370,13 +396,7 @@ impl<'a> Staged<'a> {
                 Kernel::CrossEntropyRows,
                 rows,
                 cols,
-                &[
-                    &x.buffer,
-                    &m.buffer,
-                    &s.buffer,
-                    &labels.buffer,
-                    &per_row.buffer,
-                ],
+                &[x.at(), m.at(), s.at(), labels.at(), per_row.at()],
                 Extra::default(),
             )?;
             let values = record_reduction(rec, gpu, op, per_row, labels, opts.reduction)?;
@@ -386,14 +406,14 @@ impl<'a> Staged<'a> {
                     Kernel::SoftmaxNormalise,
                     rows,
                     cols,
-                    &[&x.buffer, &m.buffer, &s.buffer, &g.buffer],
+                    &[x.at(), m.at(), s.at(), g.at()],
                     Extra::default(),
                 )?;
                 rec.rows(
                     Kernel::OneHotSubtract,
                     rows,
                     cols,
-                    &[&labels.buffer, &g.buffer],
+                    &[labels.at(), g.at()],
                     Extra::f0(scale),
                 )?;
                 Some(g)
@@ -412,6 +432,11 @@ impl<'a> Staged<'a> {
 }
 
 impl GpuContext {
+    /// Submits a plan built for one call and drops it (its buffers live on in the work).
+    fn run_plan(&self, plan: GpuPlan) -> Result<()> {
+        self.submit(&plan).map(drop)
+    }
+
     /// The staged kernels, for reading, testing and benchmarking against the default path.
     pub fn staged(&self) -> Staged<'_> {
         Staged { gpu: self }
@@ -420,51 +445,92 @@ impl GpuContext {
     /// Row-wise softmax of `x`, as `torch.softmax(x, dim=1)`: one fused dispatch that reads
     /// each row twice (statistics, then the result) and writes it once.
     pub fn softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        self.softmax_fused("softmax", x, 0)
+        let out = self.new_matrix("softmax", x.rows(), x.cols())?;
+        self.run_plan(self.plan_softmax(x, &out)?)?;
+        Ok(out)
     }
 
     /// Row-wise log-softmax of `x`, as `torch.log_softmax(x, dim=1)`, fused like
     /// [`softmax`](Self::softmax).
     pub fn log_softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        self.softmax_fused("log_softmax", x, 1)
+        let out = self.new_matrix("log_softmax", x.rows(), x.cols())?;
+        self.run_plan(self.plan_log_softmax(x, &out)?)?;
+        Ok(out)
     }
 
-    fn softmax_fused(&self, op: &'static str, x: &GpuMatrix, flags: u32) -> Result<GpuMatrix> {
+    /// The plan of [`softmax`](Self::softmax) from `x` into `out` (same shape), to record
+    /// into any encoder as often as needed ([`GpuPlan`]).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `out` is not `x`'s shape, [`Error::InvalidArgument`] when `out`
+    /// overlaps `x` or either lives on another context, [`Error::Empty`] for no classes.
+    pub fn plan_softmax(&self, x: &GpuMatrix, out: &GpuMatrix) -> Result<GpuPlan> {
+        self.plan_softmax_fused("softmax", x, out, 0)
+    }
+
+    /// The plan of [`log_softmax`](Self::log_softmax), as [`plan_softmax`](Self::plan_softmax).
+    pub fn plan_log_softmax(&self, x: &GpuMatrix, out: &GpuMatrix) -> Result<GpuPlan> {
+        self.plan_softmax_fused("log_softmax", x, out, 1)
+    }
+
+    fn plan_softmax_fused(
+        &self,
+        op: &'static str,
+        x: &GpuMatrix,
+        out: &GpuMatrix,
+        flags: u32,
+    ) -> Result<GpuPlan> {
         check_classes(op, x)?;
-        self.check_owned(op, &[x.owner])?;
+        check_pair(op, x, out, "an output")?;
+        self.check_owned(op, &[x.owner, out.owner])?;
+        check_disjoint(
+            op,
+            &[("the input", x.at(), x.byte_len())],
+            &[("the output", out.at(), out.byte_len())],
+        )?;
         let (rows, cols) = x.dim();
-        self.record(op, |rec| {
-            let out = self.new_matrix(op, rows, cols)?;
+        self.build_plan(op, |rec| {
             rec.rows(
                 Kernel::SoftmaxFused,
                 rows,
                 cols,
-                &[&x.buffer, &out.buffer],
+                &[x.at(), out.at()],
                 Extra {
                     flags,
                     ..Default::default()
                 },
-            )?;
-            Ok(out)
+            )
         })
     }
 
     /// Row-wise log-sum-exp of `x`, as `torch.logsumexp(x, dim=1)`, in one read of each row.
     pub fn logsumexp(&self, x: &GpuMatrix) -> Result<GpuVector> {
+        let out = self.new_vector("logsumexp", x.rows())?;
+        self.run_plan(self.plan_logsumexp(x, &out)?)?;
+        Ok(out)
+    }
+
+    /// The plan of [`logsumexp`](Self::logsumexp) from `x` into `out` (one value per row),
+    /// with the errors of [`plan_softmax`](Self::plan_softmax).
+    pub fn plan_logsumexp(&self, x: &GpuMatrix, out: &GpuVector) -> Result<GpuPlan> {
         const OP: &str = "logsumexp";
         check_classes(OP, x)?;
-        self.check_owned(OP, &[x.owner])?;
+        check_per_row(OP, x, out, "outputs")?;
+        self.check_owned(OP, &[x.owner, out.owner])?;
+        check_disjoint(
+            OP,
+            &[("the input", x.at(), x.byte_len())],
+            &[("the output", out.at(), 4 * out.len() as u64)],
+        )?;
         let (rows, cols) = x.dim();
-        self.record(OP, |rec| {
-            let lse = self.new_vector(OP, rows)?;
+        self.build_plan(OP, |rec| {
             rec.rows(
                 Kernel::LogsumexpFused,
                 rows,
                 cols,
-                &[&x.buffer, &lse.buffer],
+                &[x.at(), out.at()],
                 Extra::default(),
-            )?;
-            Ok(lse)
+            )
         })
     }
 
@@ -479,28 +545,8 @@ impl GpuContext {
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<GpuLoss> {
-        const OP: &str = "cross_entropy";
-        if !opts.is_plain() {
-            return Ok(self.cross_entropy_fused(OP, x, labels, opts, None)?.0);
-        }
-        check_classes(OP, x)?;
-        labels.check_fits(OP, x.rows(), x.cols())?;
-        self.check_owned(OP, &[x.owner, labels.owner])?;
-        let (rows, cols) = x.dim();
-        self.record(OP, |rec| {
-            let per_row = self.new_vector(OP, rows)?;
-            rec.rows(
-                Kernel::CrossEntropyLossFused,
-                rows,
-                cols,
-                &[&x.buffer, &labels.buffer, &per_row.buffer],
-                Extra::default(),
-            )?;
-            Ok(GpuLoss {
-                values: record_reduction(rec, self, OP, per_row, labels, opts.reduction)?,
-                reduction: opts.reduction,
-            })
-        })
+        self.cross_entropy_op("cross_entropy", x, labels, opts, false, None)
+            .map(|(loss, _)| loss)
     }
 
     /// Cross-entropy and its gradient with respect to the logits in one fused dispatch (plus
@@ -514,7 +560,9 @@ impl GpuContext {
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<(GpuLoss, GpuMatrix)> {
-        self.cross_entropy_fused("cross_entropy_with_grad", x, labels, opts, None)
+        let (loss, grad) =
+            self.cross_entropy_op("cross_entropy_with_grad", x, labels, opts, true, None)?;
+        Ok((loss, grad.expect("a gradient was asked for")))
     }
 
     /// [`cross_entropy_with_grad`](Self::cross_entropy_with_grad) for [`Reduction::None`] with a
@@ -527,87 +575,218 @@ impl GpuContext {
         opts: &CrossEntropyOptions,
         upstream: &GpuVector,
     ) -> Result<(GpuLoss, GpuMatrix)> {
-        const OP: &str = "cross_entropy_with_grad_upstream";
-        if opts.reduction != Reduction::None {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "an upstream gradient needs reduction none, not {}",
-                    opts.reduction
-                ),
-            ));
-        }
-        check_per_row(OP, x, upstream, "upstream gradients")?;
-        self.check_owned(OP, &[upstream.owner])?;
-        self.cross_entropy_fused(OP, x, labels, opts, Some(upstream))
+        let (loss, grad) = self.cross_entropy_op(
+            "cross_entropy_with_grad_upstream",
+            x,
+            labels,
+            opts,
+            true,
+            Some(upstream),
+        )?;
+        Ok((loss, grad.expect("a gradient was asked for")))
     }
 
-    fn cross_entropy_fused(
+    /// The convenience form of [`plan_cross_entropy_op`](Self::plan_cross_entropy_op): new
+    /// outputs, one plan, submitted.
+    fn cross_entropy_op(
         &self,
         op: &'static str,
         x: &GpuMatrix,
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
+        with_grad: bool,
         upstream: Option<&GpuVector>,
-    ) -> Result<(GpuLoss, GpuMatrix)> {
+    ) -> Result<(GpuLoss, Option<GpuMatrix>)> {
+        let len = match opts.reduction {
+            Reduction::None => x.rows(),
+            Reduction::Mean | Reduction::Sum => 1,
+        };
+        let loss = self.new_vector(op, len)?;
+        let grad = if with_grad {
+            Some(self.new_matrix(op, x.rows(), x.cols())?)
+        } else {
+            None
+        };
+        let plan =
+            self.plan_cross_entropy_op(op, x, labels, opts, &loss, grad.as_ref(), upstream)?;
+        self.run_plan(plan)?;
+        let loss = GpuLoss {
+            values: loss,
+            reduction: opts.reduction,
+        };
+        Ok((loss, grad))
+    }
+
+    /// The plan of [`cross_entropy`](Self::cross_entropy) (`grad` `None`) or
+    /// [`cross_entropy_with_grad`](Self::cross_entropy_with_grad): the loss into `loss` (`N`
+    /// values for [`Reduction::None`], one otherwise) and the gradient into `grad` (`x`'s
+    /// shape). Its workspace (per-row losses for a reduction, the class weights) is the plan's
+    /// own, so recording it again allocates nothing.
+    ///
+    /// # Errors
+    /// Those of [`cross_entropy_with_grad`](Self::cross_entropy_with_grad), and
+    /// [`Error::Shape`] or [`Error::InvalidArgument`] for outputs of the wrong length or
+    /// overlapping an input.
+    pub fn plan_cross_entropy(
+        &self,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+        loss: &GpuVector,
+        grad: Option<&GpuMatrix>,
+    ) -> Result<GpuPlan> {
+        let op = if grad.is_some() {
+            "cross_entropy_with_grad"
+        } else {
+            "cross_entropy"
+        };
+        self.plan_cross_entropy_op(op, x, labels, opts, loss, grad, None)
+    }
+
+    /// [`plan_cross_entropy`](Self::plan_cross_entropy) with a per-row upstream gradient (see
+    /// [`cross_entropy_with_grad_upstream`](Self::cross_entropy_with_grad_upstream)).
+    pub fn plan_cross_entropy_upstream(
+        &self,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+        upstream: &GpuVector,
+        loss: &GpuVector,
+        grad: &GpuMatrix,
+    ) -> Result<GpuPlan> {
+        self.plan_cross_entropy_op(
+            "cross_entropy_with_grad_upstream",
+            x,
+            labels,
+            opts,
+            loss,
+            Some(grad),
+            Some(upstream),
+        )
+    }
+
+    /// The one description of the cross-entropy against labels: checks, then the kernels.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_cross_entropy_op(
+        &self,
+        op: &'static str,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+        loss: &GpuVector,
+        grad: Option<&GpuMatrix>,
+        upstream: Option<&GpuVector>,
+    ) -> Result<GpuPlan> {
         check_classes(op, x)?;
         labels.check_fits(op, x.rows(), x.cols())?;
-        self.check_owned(op, &[x.owner, labels.owner])?;
-        opts.validate(op, x.cols())?;
         let (rows, cols) = x.dim();
-        let weights = class_weights(opts, cols);
-        let (ce_scale, z_scale) = match opts.reduction {
-            Reduction::Mean => {
-                let total: f64 = labels
-                    .counts
-                    .iter()
-                    .map(|&(class, n)| n as f64 * f64::from(weights[class as usize]))
-                    .sum();
-                (1.0 / total, 1.0 / labels.active_count() as f64)
+        let loss_len = match opts.reduction {
+            Reduction::None => rows,
+            Reduction::Mean | Reduction::Sum => 1,
+        };
+        if loss.len() != loss_len {
+            return Err(Error::shape(
+                op,
+                format!("a loss of {loss_len} values (reduction {})", opts.reduction),
+                format!("{} values", loss.len()),
+            ));
+        }
+        let mut owners = vec![x.owner, labels.owner, loss.owner];
+        let mut outputs = vec![("the loss", loss.at(), 4 * loss_len as u64)];
+        if let Some(g) = grad {
+            check_pair(op, x, g, "a gradient")?;
+            owners.push(g.owner);
+            outputs.push(("the gradient", g.at(), g.byte_len()));
+        }
+        let mut inputs = vec![
+            ("the logits", x.at(), x.byte_len()),
+            ("the labels", labels.at(), 4 * rows as u64),
+        ];
+        if let Some(u) = upstream {
+            if opts.reduction != Reduction::None {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "an upstream gradient needs reduction none, not {}",
+                        opts.reduction
+                    ),
+                ));
             }
-            Reduction::Sum | Reduction::None => (1.0, 1.0),
-        };
-        let extra = Extra {
-            flags: u32::from(upstream.is_some()),
-            f0: ce_scale as f32,
-            f1: z_scale as f32,
-            f2: opts.label_smoothing,
-            f3: opts.z_loss,
-            f4: weights.iter().map(|&w| f64::from(w)).sum::<f64>() as f32,
-        };
-        self.record(op, |rec| {
-            let per_row = self.new_vector(op, rows)?;
-            let grad = self.new_matrix(op, rows, cols)?;
+            check_per_row(op, x, u, "upstream gradients")?;
+            owners.push(u.owner);
+            inputs.push(("the upstream gradient", u.at(), 4 * rows as u64));
+        }
+        self.check_owned(op, &owners)?;
+        check_disjoint(op, &inputs, &outputs)?;
+        opts.validate(op, cols)?;
+        let empty_mean = opts.reduction == Reduction::Mean && labels.active_count() == 0;
+        self.build_plan(op, |rec| {
+            // Per-row losses: the output itself for `none`, else workspace summed into it.
+            let workspace;
+            let per_row = if opts.reduction == Reduction::None {
+                loss.at()
+            } else {
+                workspace = self.new_vector(op, rows)?;
+                workspace.at()
+            };
+            if grad.is_none() && opts.is_plain() {
+                rec.rows(
+                    Kernel::CrossEntropyLossFused,
+                    rows,
+                    cols,
+                    &[x.at(), labels.at(), per_row],
+                    Extra::default(),
+                )?;
+                if opts.reduction != Reduction::None {
+                    let scale = reduction_scale(opts.reduction, labels.active_count());
+                    record_total_into(rec, self, op, per_row, rows, scale, empty_mean, loss.at())?;
+                }
+                return Ok(());
+            }
+            let weights = class_weights(opts, cols);
+            let (ce_scale, z_scale) = match opts.reduction {
+                Reduction::Mean => {
+                    let total: f64 = labels
+                        .counts
+                        .iter()
+                        .map(|&(class, n)| n as f64 * f64::from(weights[class as usize]))
+                        .sum();
+                    (1.0 / total, 1.0 / labels.active_count() as f64)
+                }
+                Reduction::Sum | Reduction::None => (1.0, 1.0),
+            };
+            let extra = Extra {
+                flags: u32::from(upstream.is_some()),
+                f0: ce_scale as f32,
+                f1: z_scale as f32,
+                f2: opts.label_smoothing,
+                f3: opts.z_loss,
+                f4: weights.iter().map(|&w| f64::from(w)).sum::<f64>() as f32,
+            };
+            // The loss alone still needs somewhere to write the gradient it computes.
+            let scratch;
+            let g = match grad {
+                Some(g) => g.at(),
+                None => {
+                    scratch = self.new_matrix(op, rows, cols)?;
+                    scratch.at()
+                }
+            };
             let w = self.storage_init("class weights", bytemuck::cast_slice(&weights));
             // Without an upstream gradient the kernel never reads binding 6; the labels stand in.
-            let up = upstream.map_or(&labels.buffer, |u| &u.buffer);
+            let up = upstream.map_or(labels.at(), GpuVector::at);
             rec.rows(
                 Kernel::CrossEntropyFused,
                 rows,
                 cols,
-                &[
-                    &x.buffer,
-                    &labels.buffer,
-                    &per_row.buffer,
-                    &grad.buffer,
-                    &w,
-                    up,
-                ],
+                &[x.at(), labels.at(), per_row, g, At::from(&w), up],
                 extra,
             )?;
             // The per-row values already carry the reduction's scales: a plain sum remains.
-            let values = match opts.reduction {
-                Reduction::None => per_row,
-                reduction => {
-                    let empty_mean = reduction == Reduction::Mean && labels.active_count() == 0;
-                    record_total(rec, self, op, &per_row.buffer, rows, 1.0, empty_mean)?
-                }
-            };
-            let loss = GpuLoss {
-                values,
-                reduction: opts.reduction,
-            };
-            Ok((loss, grad))
+            if opts.reduction != Reduction::None {
+                record_total_into(rec, self, op, per_row, rows, 1.0, empty_mean, loss.at())?;
+            }
+            Ok(())
         })
     }
 
@@ -646,13 +825,7 @@ impl GpuContext {
                 Kernel::CrossEntropySoft,
                 rows,
                 cols,
-                &[
-                    &x.buffer,
-                    &targets.buffer,
-                    &per_row.buffer,
-                    &grad.buffer,
-                    &w,
-                ],
+                &[x.at(), targets.at(), per_row.at(), grad.at(), At::from(&w)],
                 Extra {
                     f0: scale,
                     f2: opts.label_smoothing,
@@ -720,7 +893,7 @@ impl GpuContext {
                     Kernel::CopyRows,
                     rows,
                     cols,
-                    &[&x.buffer, &out.buffer],
+                    &[x.at(), out.at()],
                     Extra::default(),
                 )?,
                 CopyKernel::Flat => {
@@ -731,12 +904,12 @@ impl GpuContext {
                         Kernel::CopyFlat,
                         len / width,
                         width,
-                        &[&x.buffer, &out.buffer],
+                        &[x.at(), out.at()],
                         Extra::default(),
                     )?;
                 }
                 CopyKernel::Buffer => {
-                    rec.copy(&x.buffer, &out.buffer, 0, (rows * cols * 4) as u64);
+                    rec.copy(x.at(), &out.buffer, 0, x.byte_len());
                 }
             }
             Ok(out)
@@ -789,6 +962,40 @@ pub enum GpuBceLoss {
     Reduced(GpuVector),
 }
 
+/// An array an op binds: what it is, where it lies, and its bytes.
+type Span<'b> = (&'static str, At<'b>, u64);
+
+/// Fails when an output shares a buffer with an input, or overlaps another output: WebGPU
+/// refuses one buffer bound both read-only and writable in a dispatch, whatever the ranges,
+/// and two outputs over the same bytes would race.
+fn check_disjoint(op: &'static str, inputs: &[Span<'_>], outputs: &[Span<'_>]) -> Result<()> {
+    let range = |s: &Span<'_>| format!("{} (bytes {}..{})", s.0, s.1.offset, s.1.offset + s.2);
+    for (i, out) in outputs.iter().enumerate() {
+        if let Some(input) = inputs.iter().find(|s| s.1.buffer == out.1.buffer) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "{} shares a buffer with {}: an op's outputs need buffers of their own",
+                    range(out),
+                    range(input)
+                ),
+            ));
+        }
+        let overlaps = |b: &&Span<'_>| {
+            b.1.buffer == out.1.buffer
+                && out.1.offset < b.1.offset + b.2
+                && b.1.offset < out.1.offset + out.2
+        };
+        if let Some(other) = outputs[..i].iter().find(overlaps) {
+            return Err(Error::invalid(
+                op,
+                format!("{} overlaps {}", range(out), range(other)),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_pair(op: &'static str, a: &GpuMatrix, b: &GpuMatrix, what: &str) -> Result<()> {
     if a.dim() != b.dim() {
         return Err(Error::shape(
@@ -830,7 +1037,7 @@ impl GpuContext {
                 kernel,
                 rows,
                 cols,
-                &[&a.buffer, &dy.buffer, &dx.buffer],
+                &[a.at(), dy.at(), dx.at()],
                 Extra::default(),
             )?;
             Ok(dx)
@@ -920,7 +1127,7 @@ impl GpuContext {
                     .enumerate()
                 {
                     if let (Some(w), BCE_COLS) = (w, m) {
-                        rec.copy(&w.buffer, &buffer, i as u64 * row_bytes, row_bytes);
+                        rec.copy(w.at(), &buffer, i as u64 * row_bytes, row_bytes);
                     }
                 }
                 buffer
@@ -932,17 +1139,17 @@ impl GpuContext {
             let full = |rec: &mut Recorder<'_>,
                         w: Option<&GpuMatrix>,
                         m: u32|
-             -> Result<Option<wgpu::Buffer>> {
+             -> Result<Option<(wgpu::Buffer, u64)>> {
                 match w {
                     Some(w) if m == BCE_FULL && w.rows() != rows => {
                         let expanded = self.new_matrix(OP, rows, cols)?;
                         let row_bytes = cols as u64 * 4;
                         for r in 0..rows as u64 {
-                            rec.copy(&w.buffer, &expanded.buffer, r * row_bytes, row_bytes);
+                            rec.copy(w.at(), &expanded.buffer, r * row_bytes, row_bytes);
                         }
-                        Ok(Some(expanded.buffer))
+                        Ok(Some((expanded.buffer, 0)))
                     }
-                    Some(w) if m == BCE_FULL => Ok(Some(w.buffer.clone())),
+                    Some(w) if m == BCE_FULL => Ok(Some((w.buffer.clone(), w.offset()))),
                     _ => Ok(None),
                 }
             };
@@ -971,15 +1178,23 @@ impl GpuContext {
                     .windows_capped(OP, count, width, per_dispatch)?
                 {
                     let first_row = first / width + window.start;
-                    let at = |buffer| At { buffer, first_row };
+                    // The logits stand in for an absent weight (never read then).
+                    let full = [&w_full, &pw_full].map(|w| match w {
+                        Some((buffer, offset)) => At {
+                            buffer,
+                            offset: *offset,
+                            first_row,
+                        },
+                        None => z.at_row(first_row),
+                    });
                     let buffers = [
-                        at(&z.buffer),
-                        at(&t.buffer),
-                        at(w_full.as_ref().unwrap_or(&z.buffer)),
-                        at(pw_full.as_ref().unwrap_or(&z.buffer)),
+                        z.at_row(first_row),
+                        t.at_row(first_row),
+                        full[0],
+                        full[1],
                         At::from(&per_col),
-                        at(&loss.buffer),
-                        at(&grad.buffer),
+                        loss.at_row(first_row),
+                        grad.at_row(first_row),
                     ];
                     let phase = (first + window.start * width) % cols.max(1);
                     let extra = Extra {

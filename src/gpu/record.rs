@@ -1,10 +1,12 @@
-//! Recording kernels into one command buffer: the only place that builds bind groups for ops.
+//! Plans: an op's kernels with everything bound, built once and recorded as often as needed.
 //!
-//! An op opens a [`Recorder`], records its kernels in order, and submits once. Each
-//! [`Recorder::rows`] call cuts the rows into windows that fit one binding
-//! ([`Geometry::windows`]), and for each window writes a [`RowParams`], binds every buffer at the
-//! window's offset, and dispatches. WebGPU orders dispatches and makes each one's writes visible
-//! to the next, so stages chain without host round trips.
+//! An op opens a [`Recorder`], which collects its steps in order into a plan; the plan is then
+//! recorded into a command encoder by [`encode`], the one place that records dispatches, and
+//! submitted: the library's own submission ([`GpuContext::record`]), or the caller's encoder
+//! ([`GpuPlan::record`]). Each [`Recorder::rows`] call cuts the rows into windows that fit one
+//! binding ([`Geometry::windows`]), and for each window writes a [`RowParams`], binds every
+//! buffer at the window's offset, and adds a dispatch. WebGPU orders dispatches and makes each
+//! one's writes visible to the next, so stages chain without host round trips.
 //!
 //! [`Geometry::windows`]: crate::gpu::dispatch::Geometry::windows
 
@@ -39,12 +41,12 @@ impl Extra {
 
 /// One step of a plan, with everything bound: built once, recorded as often as needed. The
 /// trainer builds its per-batch dispatches once per shape and replays them every epoch.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Dispatch {
     work: Work,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Work {
     /// A kernel dispatch.
     Kernel {
@@ -63,6 +65,14 @@ enum Work {
     },
     /// Zeroing a buffer (the sum of no values).
     Clear { buffer: wgpu::Buffer },
+    /// A copy between buffers.
+    Copy {
+        from: wgpu::Buffer,
+        from_offset: u64,
+        to: wgpu::Buffer,
+        to_offset: u64,
+        bytes: u64,
+    },
 }
 
 impl Dispatch {
@@ -87,11 +97,13 @@ impl Dispatch {
     }
 }
 
-/// A buffer and the first row of it that a dispatch covers (rows of the kernel's column count
-/// for matrices, single elements for per-row buffers).
+/// An array in a buffer, from byte `offset` (a multiple of the binding alignment), and the
+/// first row of it that a dispatch covers (rows of the kernel's column count for matrices,
+/// single elements for per-row buffers).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct At<'b> {
     pub buffer: &'b wgpu::Buffer,
+    pub offset: u64,
     pub first_row: usize,
 }
 
@@ -99,6 +111,7 @@ impl<'b> From<&'b wgpu::Buffer> for At<'b> {
     fn from(buffer: &'b wgpu::Buffer) -> Self {
         At {
             buffer,
+            offset: 0,
             first_row: 0,
         }
     }
@@ -166,7 +179,8 @@ impl GpuContext {
                         } else {
                             1
                         };
-                        let (offset, size, base) = geometry.slice(&shifted(at), elems);
+                        let (offset, size, base) =
+                            geometry.slice_at(at.offset, &shifted(at), elems);
                         let seen = if binding.slot == Slot::Matrix {
                             &mut bases.0
                         } else {
@@ -227,25 +241,22 @@ impl GpuContext {
         op: &'static str,
         values: At<'_>,
         len: usize,
-        out: &wgpu::Buffer,
+        out: At<'_>,
         scale: f32,
     ) -> Result<Vec<Dispatch>> {
         if len == 0 {
-            return Ok(vec![Dispatch {
-                work: Work::Clear {
-                    buffer: out.clone(),
-                },
-            }]);
+            let zero = self.storage("zero", 4);
+            return Ok(vec![Dispatch::copy(&zero, 0, out.buffer, out.offset, 4)]);
         }
         let kernel = Kernel::SumTree;
         let pipeline = self.pipeline(kernel, Width::Scalar)?;
         let wg = self.config.wg(kernel.family());
         let block = (SUM_TERMS * wg) as usize;
         let mut plan = Vec::new();
-        let mut level: (wgpu::Buffer, usize, usize) =
-            (values.buffer.clone(), values.first_row, len);
+        let mut level: (wgpu::Buffer, u64, usize, usize) =
+            (values.buffer.clone(), values.offset, values.first_row, len);
         loop {
-            let (input, first, len) = &level;
+            let (input, origin, first, len) = &level;
             let windows = self.geometry.windows_capped(
                 op,
                 *len,
@@ -254,16 +265,17 @@ impl GpuContext {
             )?;
             let partials: usize = windows.iter().map(|w| w.len().div_ceil(block)).sum();
             let last = partials == 1;
-            let target = if last {
-                out.clone()
+            // The last level writes its one value at `out`, bound from there.
+            let (target, target_offset) = if last {
+                (out.buffer.clone(), out.offset)
             } else {
-                self.storage("partial sums", partials as u64 * 4)
+                (self.storage("partial sums", partials as u64 * 4), 0)
             };
             let mut base = 0;
             for window in &windows {
-                let (offset, size, vec_base) = self
-                    .geometry
-                    .slice(&(first + window.start..first + window.end), 1);
+                let (offset, size, vec_base) =
+                    self.geometry
+                        .slice_at(*origin, &(first + window.start..first + window.end), 1);
                 let groups = window.len().div_ceil(block);
                 let params = RowParams {
                     rows: window.len() as u32,
@@ -289,7 +301,11 @@ impl GpuContext {
                             offset,
                             size: wgpu::BufferSize::new(size),
                         }),
-                        target.as_entire_binding(),
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &target,
+                            offset: target_offset,
+                            size: if last { wgpu::BufferSize::new(4) } else { None },
+                        }),
                     ],
                     self.geometry.fold(op, groups as u64)?,
                 ));
@@ -298,7 +314,7 @@ impl GpuContext {
             if last {
                 return Ok(plan);
             }
-            level = (target, 0, partials);
+            level = (target, 0, 0, partials);
         }
     }
 
@@ -311,6 +327,7 @@ impl GpuContext {
         storage: Vec<wgpu::BindingResource<'_>>,
         groups: [u32; 3],
     ) -> Dispatch {
+        self.count_allocations(2);
         let uniform = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -350,22 +367,23 @@ pub(crate) fn uniform_binding(buffer: &wgpu::Buffer) -> wgpu::BindingResource<'_
     })
 }
 
-/// One op's command encoder.
+/// An op's steps, collected in order: the plan being built.
 pub(crate) struct Recorder<'a> {
     gpu: &'a GpuContext,
     op: &'static str,
-    encoder: wgpu::CommandEncoder,
+    steps: Vec<Dispatch>,
 }
 
 impl<'a> Recorder<'a> {
     pub(crate) fn new(gpu: &'a GpuContext, op: &'static str) -> Self {
-        let encoder = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
-        Recorder { gpu, op, encoder }
+        Recorder {
+            gpu,
+            op,
+            steps: Vec::new(),
+        }
     }
 
-    /// Records `kernel` over `rows` rows of `cols` elements. `buffers` follow the kernel's
+    /// Adds `kernel` over `rows` rows of `cols` elements. `buffers` follow the kernel's
     /// binding signature ([`Kernel::bindings`]); matrices among them are `rows x cols`,
     /// per-row buffers hold `rows` elements.
     pub(crate) fn rows(
@@ -373,36 +391,99 @@ impl<'a> Recorder<'a> {
         kernel: Kernel,
         rows: usize,
         cols: usize,
-        buffers: &[&wgpu::Buffer],
+        buffers: &[At<'_>],
         extra: Extra,
     ) -> Result<()> {
-        let at: Vec<At<'_>> = buffers.iter().map(|&b| At::from(b)).collect();
         let plan = self
             .gpu
-            .plan_rows(self.op, kernel, rows, cols, &at, extra)?;
-        self.run(&plan);
+            .plan_rows(self.op, kernel, rows, cols, buffers, extra)?;
+        self.steps.extend(plan);
         Ok(())
     }
 
-    /// Records `dispatches` in order: each run of kernels in one compute pass, copies between
-    /// them. WebGPU makes each step's writes visible to the next.
-    pub(crate) fn run(&mut self, dispatches: &[Dispatch]) {
-        let mut rest = dispatches;
-        while let Some((first, tail)) = rest.split_first() {
-            if let Work::Clear { buffer } = &first.work {
-                self.encoder.clear_buffer(buffer, 0, None);
+    /// Adds the steps of a plan built elsewhere.
+    pub(crate) fn push(&mut self, plan: Vec<Dispatch>) {
+        self.steps.extend(plan);
+    }
+
+    /// Adds the steps of a kept plan (a trainer's stored dispatches).
+    pub(crate) fn run(&mut self, plan: &[Dispatch]) {
+        self.steps.extend_from_slice(plan);
+    }
+
+    /// Adds zeroing `buffer`.
+    pub(crate) fn clear(&mut self, buffer: &wgpu::Buffer) {
+        self.steps.push(Dispatch {
+            work: Work::Clear {
+                buffer: buffer.clone(),
+            },
+        });
+    }
+
+    /// Adds copying `bytes` bytes from the start of the array `from` to `to` at `to_offset`.
+    pub(crate) fn copy(&mut self, from: At<'_>, to: &wgpu::Buffer, to_offset: u64, bytes: u64) {
+        self.steps.push(Dispatch::copy(
+            from.buffer,
+            from.offset,
+            to,
+            to_offset,
+            bytes,
+        ));
+    }
+}
+
+impl Dispatch {
+    /// A copy of `bytes` bytes between buffers.
+    pub(crate) fn copy(
+        from: &wgpu::Buffer,
+        from_offset: u64,
+        to: &wgpu::Buffer,
+        to_offset: u64,
+        bytes: u64,
+    ) -> Self {
+        Dispatch {
+            work: Work::Copy {
+                from: from.clone(),
+                from_offset,
+                to: to.clone(),
+                to_offset,
+                bytes,
+            },
+        }
+    }
+}
+
+/// Records `steps` into `encoder` in order: each run of kernels in one compute pass, copies
+/// between them. WebGPU makes each step's writes visible to the next. The one place the crate
+/// records an op's work.
+pub(crate) fn encode(label: &str, steps: &[Dispatch], encoder: &mut wgpu::CommandEncoder) {
+    let mut rest = steps;
+    while let Some((first, tail)) = rest.split_first() {
+        match &first.work {
+            Work::Clear { buffer } => {
+                encoder.clear_buffer(buffer, 0, None);
                 rest = tail;
                 continue;
             }
-            if let Work::CopyToTexture {
+            Work::Copy {
+                from,
+                from_offset,
+                to,
+                to_offset,
+                bytes,
+            } => {
+                encoder.copy_buffer_to_buffer(from, *from_offset, to, *to_offset, *bytes);
+                rest = tail;
+                continue;
+            }
+            Work::CopyToTexture {
                 buffer,
                 offset,
                 bytes_per_row,
                 texture,
                 size,
-            } = &first.work
-            {
-                self.encoder.copy_buffer_to_texture(
+            } => {
+                encoder.copy_buffer_to_texture(
                     wgpu::TexelCopyBufferInfo {
                         buffer,
                         layout: wgpu::TexelCopyBufferLayout {
@@ -417,59 +498,70 @@ impl<'a> Recorder<'a> {
                 rest = tail;
                 continue;
             }
-            let mut pass = self
-                .encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(self.op),
-                    timestamp_writes: None,
-                });
-            while let Some((
-                Dispatch {
-                    work:
-                        Work::Kernel {
-                            pipeline,
-                            bind_group,
-                            groups,
-                        },
-                },
-                tail,
-            )) = rest.split_first()
-            {
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, bind_group, &[]);
-                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                rest = tail;
-            }
+            Work::Kernel { .. } => {}
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: None,
+        });
+        while let Some((
+            Dispatch {
+                work:
+                    Work::Kernel {
+                        pipeline,
+                        bind_group,
+                        groups,
+                    },
+            },
+            tail,
+        )) = rest.split_first()
+        {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            rest = tail;
         }
     }
+}
 
-    /// Records zeroing `buffer`.
-    pub(crate) fn clear(&mut self, buffer: &wgpu::Buffer) {
-        self.encoder.clear_buffer(buffer, 0, None);
+/// An op with everything bound (its inputs, its outputs, its workspace, its parameters),
+/// ready to be recorded into any command encoder of its context's device, as often as needed.
+/// Recording allocates nothing and submits nothing: the application decides when the encoder
+/// is submitted, and the work runs then. Build one with a `plan_*` method of [`GpuContext`]
+/// (for instance [`GpuContext::plan_cross_entropy`]); the convenience methods
+/// ([`GpuContext::cross_entropy_with_grad`], ...) build one, submit it and drop it.
+///
+/// A plan keeps its buffers alive. Its arrays must not be written by other work between its
+/// recording and the time it runs, or it reads what that work wrote: WebGPU orders the
+/// commands of a queue, nothing more.
+#[derive(Clone, Debug)]
+pub struct GpuPlan {
+    op: &'static str,
+    steps: Vec<Dispatch>,
+    owner: u64,
+}
+
+impl GpuPlan {
+    /// The op it computes (`"cross_entropy_with_grad"`, ...), as errors name it.
+    pub fn op(&self) -> &'static str {
+        self.op
     }
 
-    /// Records copying `bytes` bytes between buffers.
-    pub(crate) fn copy(
-        &mut self,
-        from: &wgpu::Buffer,
-        to: &wgpu::Buffer,
-        to_offset: u64,
-        bytes: u64,
-    ) {
-        self.encoder
-            .copy_buffer_to_buffer(from, 0, to, to_offset, bytes);
+    /// The kernel dispatches and copies it records.
+    pub fn steps(&self) -> usize {
+        self.steps.len()
     }
 
-    /// Submits what was recorded and returns its index, to wait on. The GPU runs it in the
-    /// background; a download waits for it.
-    pub(crate) fn submit(self) -> wgpu::SubmissionIndex {
-        self.gpu.queue.submit([self.encoder.finish()])
+    /// Records the op into `encoder`, which must belong to the device of the context that
+    /// built the plan. Nothing is allocated, submitted, polled or read back.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        encode(self.op, &self.steps, encoder);
     }
 }
 
 impl GpuContext {
-    /// Runs `f` with a fresh recorder, submits what it recorded, and turns any wgpu error along
-    /// the way into [`Error::Gpu`](crate::Error::Gpu) naming `op`.
+    /// Runs `f` with a fresh recorder, submits the plan it built, and turns any wgpu error
+    /// along the way into [`Error::Gpu`](crate::Error::Gpu) naming `op`.
     pub(crate) fn record<T>(
         &self,
         op: &'static str,
@@ -478,8 +570,52 @@ impl GpuContext {
         self.capture(op, || {
             let mut rec = Recorder::new(self, op);
             let out = f(&mut rec)?;
-            rec.submit();
+            self.submit_steps(op, [rec.steps.as_slice()]);
             Ok(out)
+        })
+    }
+
+    /// Runs `f` with a fresh recorder and returns the plan it built, unsubmitted.
+    pub(crate) fn build_plan(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut Recorder<'_>) -> Result<()>,
+    ) -> Result<GpuPlan> {
+        self.capture(op, || {
+            let mut rec = Recorder::new(self, op);
+            f(&mut rec)?;
+            Ok(GpuPlan {
+                op,
+                steps: rec.steps,
+                owner: self.id,
+            })
+        })
+    }
+
+    /// Records `plans` into one new command encoder and submits it.
+    pub(crate) fn submit_steps<'p>(
+        &self,
+        op: &'static str,
+        plans: impl IntoIterator<Item = &'p [Dispatch]>,
+    ) -> wgpu::SubmissionIndex {
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
+        for steps in plans {
+            encode(op, steps, &mut encoder);
+        }
+        self.queue.submit([encoder.finish()])
+    }
+
+    /// Submits `plan` on its own: the work runs in the background, and a download waits for it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) when another context built the
+    /// plan.
+    pub fn submit(&self, plan: &GpuPlan) -> Result<wgpu::SubmissionIndex> {
+        self.check_owned("submit", &[plan.owner])?;
+        self.capture(plan.op, || {
+            Ok(self.submit_steps(plan.op, [plan.steps.as_slice()]))
         })
     }
 }

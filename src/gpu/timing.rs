@@ -75,7 +75,7 @@ impl GpuContext {
                     mapped_at_creation: false,
                 });
                 self.stamp(&queries, 1, Some(&resolve));
-                let ticks: Vec<u64> = self.read_pod(&resolve, 2)?;
+                let ticks: Vec<u64> = self.read_pod(&resolve, 0, 2)?;
                 let ns = ticks[1].saturating_sub(ticks[0]) as f64
                     * f64::from(self.queue.get_timestamp_period());
                 Ok((out, ns / 1e6))

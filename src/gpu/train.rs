@@ -30,7 +30,7 @@ use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{FIXED_TRIPS, row_groups};
 use crate::gpu::matmul::{Gemm, PackedTexture, Packing, TextureSet};
 use crate::gpu::params::{RowParams, StepParams};
-use crate::gpu::record::{At, Dispatch, Extra, Recorder, uniform_binding};
+use crate::gpu::record::{At, Dispatch, Extra, uniform_binding};
 use crate::gpu::shaders::{Kernel, MT_LANES, STEP_CLASSES, STEP_UNIFORM_BYTES, Width};
 use crate::labels::Labels;
 
@@ -319,11 +319,7 @@ impl GpuRegression {
         let mut submitted = Vec::new();
         for (c, chunk) in self.batches.chunks(BATCHES_PER_SUBMIT).enumerate() {
             let index = gpu.capture(OP, || {
-                let mut rec = Recorder::new(gpu, OP);
-                for plan in chunk {
-                    rec.run(plan);
-                }
-                Ok(rec.submit())
+                Ok(gpu.submit_steps(OP, chunk.iter().map(Vec::as_slice)))
             })?;
             submitted.push((index, (c * BATCHES_PER_SUBMIT + chunk.len())));
         }
@@ -350,8 +346,8 @@ impl GpuRegression {
                 rec.clear(&plan.loss);
                 rec.clear(&plan.err);
                 rec.run(&plan.dispatches);
-                rec.copy(&plan.loss, &self.results, 8 * i as u64, 4);
-                rec.copy(&plan.err, &self.results, 8 * i as u64 + 4, 4);
+                rec.copy((&plan.loss).into(), &self.results, 8 * i as u64, 4);
+                rec.copy((&plan.err).into(), &self.results, 8 * i as u64 + 4, 4);
             }
             Ok(())
         })?;
@@ -399,8 +395,8 @@ impl GpuRegression {
             rec.clear(&plan.loss);
             rec.clear(&plan.err);
             rec.run(&plan.dispatches);
-            rec.copy(&plan.loss, &self.results, 0, 4);
-            rec.copy(&plan.err, &self.results, 4, 4);
+            rec.copy((&plan.loss).into(), &self.results, 0, 4);
+            rec.copy((&plan.err).into(), &self.results, 4, 4);
             Ok(())
         })?;
         let values = gpu.read_f32(&self.results, 2)?;
@@ -532,7 +528,7 @@ fn plan_eval(
     let err = gpu.storage("error total", 4);
     let mean = 1.0 / set.rows as f32;
     for (per_row, total) in [(&scratch.loss, &loss), (&scratch.err, &err)] {
-        dispatches.extend(gpu.plan_sum(op, per_row.into(), set.rows, total, mean)?);
+        dispatches.extend(gpu.plan_sum(op, per_row.into(), set.rows, total.into(), mean)?);
     }
     Ok(EvalPlan {
         dispatches,
@@ -626,10 +622,12 @@ fn plan_fused_step(
         &[
             At {
                 buffer: &set.x,
+                offset: 0,
                 first_row,
             },
             At {
                 buffer: &set.y,
+                offset: 0,
                 first_row,
             },
             grad.into(),
@@ -741,6 +739,7 @@ fn plan_step(
 ) -> Result<Vec<Dispatch>> {
     let x_b = At {
         buffer: &set.x,
+        offset: 0,
         first_row,
     };
     let mut plan = gpu.plan_matmul(
@@ -766,6 +765,7 @@ fn plan_step(
         &[
             At {
                 buffer: &set.y,
+                offset: 0,
                 first_row,
             },
             logits.into(),

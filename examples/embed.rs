@@ -1,0 +1,154 @@
+//! softmax-ce inside an application's own GPU frame.
+//!
+//! The application creates its own wgpu device (not through softmax-ce), writes logits into a
+//! buffer it owns with its own WGSL kernel, and hands that buffer to softmax-ce without a copy.
+//! The fused cross-entropy and its gradient are recorded into the application's command
+//! encoder right after its kernel, into an output buffer the application owns too; one
+//! submission runs the frame and one readback brings the logits, the loss and the gradient
+//! home, where the CPU reference checks them. Prints one line ending in `ok`.
+//!
+//! `cargo run --release --example embed`
+
+use softmax_ce::{CrossEntropyOptions, GpuContext, Labels, Loss, cpu};
+
+const ROWS: usize = 4;
+const COLS: usize = 1000;
+
+/// The application's own kernel: deterministic logits, some of them large.
+const FILL: &str = r#"
+@group(0) @binding(0) var<storage, read_write> logits: array<f32>;
+
+@compute @workgroup_size(64)
+fn fill(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    if i < arrayLength(&logits) {
+        logits[i] = 8.0 * sin(f32(i) * 0.37) + f32(i % 7u);
+    }
+}
+"#;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // --- The application's device, made without softmax-ce.
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+    let instance = wgpu::Instance::new(desc);
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))?;
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("application"),
+        // Subgroups if the adapter has them (softmax-ce's reductions use them), and the
+        // adapter's own limits.
+        required_features: adapter.features() & wgpu::Features::SUBGROUP,
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))?;
+    let gpu = GpuContext::from_device(device.clone(), queue.clone())?;
+
+    // --- Its buffers: logits after a 256-byte header of its own, and an output buffer
+    // holding the loss (at 0) and the gradient (at 256).
+    let logit_bytes = (ROWS * COLS * 4) as u64;
+    let logits = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("application logits"),
+        size: 256 + logit_bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let outputs = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("application outputs"),
+        size: 256 + logit_bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("application readback"),
+        size: 2 * (256 + logit_bytes),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+
+    // --- Its kernel, bound at the logits' offset.
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("fill"),
+        source: wgpu::ShaderSource::Wgsl(FILL.into()),
+    });
+    let fill = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("fill"),
+        layout: None,
+        module: &module,
+        entry_point: Some("fill"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let fill_binds = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("fill"),
+        layout: &fill.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &logits,
+                offset: 256,
+                size: wgpu::BufferSize::new(logit_bytes),
+            }),
+        }],
+    });
+
+    // --- softmax-ce over the application's memory: wrapped, never copied or uploaded.
+    let x = gpu.wrap_matrix(&logits, 256, ROWS, COLS)?;
+    let loss = gpu.wrap_vector(&outputs, 0, 1)?;
+    let grad = gpu.wrap_matrix(&outputs, 256, ROWS, COLS)?;
+    let labels = Labels::new([3, 999, -100, 0], COLS, -100)?;
+    let y = gpu.upload_labels(&labels)?;
+    let opts = CrossEntropyOptions::default().label_smoothing(0.1);
+    // Built once; a frame loop would record the same plan every frame.
+    let plan = gpu.plan_cross_entropy(&x, &y, &opts, &loss, Some(&grad))?;
+    let allocations = gpu.allocations();
+
+    // --- The frame: the application's kernel, then softmax-ce's, then the readback copy.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&fill);
+        pass.set_bind_group(0, &fill_binds, &[]);
+        pass.dispatch_workgroups((ROWS * COLS).div_ceil(64) as u32, 1, 1);
+    }
+    plan.record(&mut encoder);
+    encoder.copy_buffer_to_buffer(&logits, 0, &staging, 0, 256 + logit_bytes);
+    encoder.copy_buffer_to_buffer(&outputs, 0, &staging, 256 + logit_bytes, 256 + logit_bytes);
+    queue.submit([encoder.finish()]);
+    assert_eq!(gpu.allocations(), allocations, "recording allocated");
+
+    // --- One readback.
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| drop(tx.send(r)));
+    device.poll(wgpu::PollType::wait_indefinitely())?;
+    rx.recv()??;
+    let data: Vec<f32> = bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..)?);
+    let half = (256 + logit_bytes) as usize / 4;
+    let x_host = ndarray::Array2::from_shape_vec((ROWS, COLS), data[64..half].to_vec())?;
+    let loss_gpu = data[half];
+    let grad_gpu = ndarray::ArrayView2::from_shape((ROWS, COLS), &data[half + 64..])?;
+
+    // --- The CPU reference, on the logits the application's kernel wrote.
+    let Loss::Reduced(loss_cpu) = cpu::cross_entropy(x_host.view(), &labels, &opts)? else {
+        unreachable!("a mean is one value")
+    };
+    let grad_cpu = cpu::cross_entropy_grad(x_host.view(), &labels, &opts)?;
+    let grad_err = grad_gpu
+        .iter()
+        .zip(&grad_cpu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let loss_err = (loss_gpu - loss_cpu).abs() / loss_cpu.abs().max(1.0);
+    if !(loss_err < 1e-5 && grad_err < 1e-6) {
+        return Err(format!(
+            "mismatch: loss {loss_gpu} against {loss_cpu}, gradient off by up to {grad_err:e}"
+        )
+        .into());
+    }
+    println!(
+        "embed: {ROWS} x {COLS} cross-entropy with gradient recorded into the application's \
+         encoder after its own kernel, one submission, loss {loss_gpu:.6} (cpu {loss_cpu:.6}), \
+         gradient within {grad_err:.1e}, {} steps, 0 allocations per frame: ok",
+        plan.steps()
+    );
+    Ok(())
+}
