@@ -7,7 +7,9 @@
 //! submission runs the frame and one readback brings the logits, the loss and the gradient
 //! home, where the CPU reference checks them. Prints one line ending in `ok`.
 //!
-//! `cargo run --release --example embed`
+//! `cargo run --release --example embed`; with `-- --overhead` it also times the plan
+//! recorded 1,000 times into one encoder against 1,000 calls of the convenience method and
+//! against as many empty dispatches in one submission (the figures in BENCHMARKS.md).
 
 use softmax_ce::{CrossEntropyOptions, GpuContext, Labels, Loss, cpu};
 
@@ -149,6 +151,88 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          encoder after its own kernel, one submission, loss {loss_gpu:.6} (cpu {loss_cpu:.6}), \
          gradient within {grad_err:.1e}, {} steps, 0 allocations per frame: ok",
         plan.steps()
+    );
+    if std::env::args().any(|a| a == "--overhead") {
+        overhead(&gpu, &plan, (&x, &y, &opts))?;
+    }
+    Ok(())
+}
+
+/// Calls per measurement.
+const CALLS: usize = 1000;
+
+/// Times `CALLS` frames' worth of the op three ways, each after a warm-up, and prints the
+/// time per call of each.
+fn overhead(
+    gpu: &GpuContext,
+    plan: &softmax_ce::GpuPlan,
+    (x, y, opts): (
+        &softmax_ce::GpuMatrix,
+        &softmax_ce::GpuLabels,
+        &CrossEntropyOptions,
+    ),
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (device, queue) = (gpu.device(), gpu.queue());
+    let wait = || device.poll(wgpu::PollType::wait_indefinitely()).map(drop);
+    let time = |f: &dyn Fn() -> Result<(), Box<dyn std::error::Error>>| {
+        f()?;
+        let start = std::time::Instant::now();
+        f()?;
+        Ok::<_, Box<dyn std::error::Error>>(start.elapsed().as_secs_f64() * 1e6 / CALLS as f64)
+    };
+    // The plan, recorded CALLS times into one encoder, one submission.
+    let recorded = time(&|| {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        for _ in 0..CALLS {
+            plan.record(&mut encoder);
+        }
+        queue.submit([encoder.finish()]);
+        wait()?;
+        Ok(())
+    })?;
+    // As many empty dispatches, of the fused kernel's grid, in one submission: what wgpu and
+    // the driver cost with no work at all.
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("nop"),
+        source: wgpu::ShaderSource::Wgsl("@compute @workgroup_size(128) fn nop() {}".into()),
+    });
+    let nop = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("nop"),
+        layout: None,
+        module: &module,
+        entry_point: Some("nop"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let empty = time(&|| {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        for _ in 0..CALLS {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&nop);
+            for _ in 0..plan.steps() {
+                pass.dispatch_workgroups(ROWS as u32, 1, 1);
+            }
+        }
+        queue.submit([encoder.finish()]);
+        wait()?;
+        Ok(())
+    })?;
+    // The convenience method: new outputs and a new plan per call, one submission each.
+    let convenience = time(&|| {
+        for _ in 0..CALLS {
+            gpu.cross_entropy_with_grad(x, y, opts)?;
+        }
+        wait()?;
+        Ok(())
+    })?;
+    println!(
+        "overhead per call of the {ROWS} x {COLS} cross-entropy with gradient ({} steps): \
+         recorded plan {recorded:.1} us, {} empty dispatches {empty:.1} us ({:.2}x), \
+         convenience method {convenience:.1} us ({:.2}x)",
+        plan.steps(),
+        plan.steps(),
+        recorded / empty,
+        convenience / empty
     );
     Ok(())
 }

@@ -316,3 +316,49 @@ fn invalid_views_are_errors() {
     let e = gpu.download(&m).unwrap_err().to_string();
     assert!(e.contains("lacks COPY_SRC"), "{e}");
 }
+
+/// The backward passes and the sum as plans into caller-provided outputs, recorded twice
+/// (the second recording allocating nothing), against the CPU reference.
+#[test]
+fn backward_and_sum_plans_write_into_given_outputs() {
+    require_gpu!();
+    let gpu = &GpuContext::new().unwrap();
+    let (rows, cols) = (19, 130);
+    let p = cpu::softmax(adversarial(rows, cols, 3).view()).unwrap();
+    let dy = logits(rows, cols, 1.0, 4);
+    let (on_p, on_dy) = (
+        gpu.upload(p.view()).unwrap(),
+        gpu.upload(dy.view()).unwrap(),
+    );
+    let dx = gpu
+        .upload(ndarray::Array2::zeros((rows, cols)).view())
+        .unwrap();
+    let total = gpu.upload_vector(ndarray::arr1(&[0.0f32]).view()).unwrap();
+    let v = gpu
+        .upload_vector(ndarray::Array1::from_elem(5000, 0.5f32).view())
+        .unwrap();
+    let plans = [
+        gpu.plan_softmax_backward(&on_p, &on_dy, &dx).unwrap(),
+        gpu.plan_sum_into(&v, &total).unwrap(),
+    ];
+    let before = gpu.allocations();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    for _ in 0..2 {
+        for plan in &plans {
+            plan.record(&mut encoder);
+        }
+    }
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(gpu.allocations(), before);
+    let want = cpu::softmax_backward(p.view(), dy.view()).unwrap();
+    assert_close(
+        gpu.download(&dx).unwrap().view(),
+        want.view(),
+        1e-6,
+        1e-5,
+        "softmax_backward plan",
+    );
+    assert_eq!(gpu.download_vector(&total).unwrap()[0], 2500.0);
+    let e = gpu.plan_sum_into(&v, &v).unwrap_err().to_string();
+    assert!(e.contains("an output of 1 value"), "{e}");
+}

@@ -867,10 +867,34 @@ impl GpuContext {
     /// logarithm of the length, and a sum of equal values is exact where blocks are whole.
     /// Infinities and NaN propagate as in any sum.
     pub fn sum(&self, v: &GpuVector) -> Result<GpuVector> {
+        let out = self.new_vector("sum", 1)?;
+        self.run_plan(self.plan_sum_into(v, &out)?)?;
+        Ok(out)
+    }
+
+    /// The plan of [`sum`](Self::sum) into `out` (one value), its tree's partial sums its own
+    /// workspace.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `out` does not hold exactly one value, [`Error::InvalidArgument`]
+    /// when it shares `v`'s buffer or either lives on another context.
+    pub fn plan_sum_into(&self, v: &GpuVector, out: &GpuVector) -> Result<GpuPlan> {
         const OP: &str = "sum";
-        self.check_owned(OP, &[v.owner])?;
-        self.record(OP, |rec| {
-            record_total(rec, self, OP, &v.buffer, v.len(), 1.0, false)
+        if out.len() != 1 {
+            return Err(Error::shape(
+                OP,
+                "an output of 1 value",
+                format!("{}", out.len()),
+            ));
+        }
+        self.check_owned(OP, &[v.owner, out.owner])?;
+        check_disjoint(
+            OP,
+            &[("the input", v.at(), 4 * v.len() as u64)],
+            &[("the output", out.at(), 4)],
+        )?;
+        self.build_plan(OP, |rec| {
+            record_total_into(rec, self, OP, v.at(), v.len(), 1.0, false, out.at())
         })
     }
 
@@ -1011,36 +1035,75 @@ impl GpuContext {
     /// The softmax backward pass: `dx = p * (dy - sum_j dy_j p_j)` per row, for probabilities
     /// `p` and upstream gradient `dy` (see [`cpu::softmax_backward`](crate::cpu::softmax_backward)).
     pub fn softmax_backward(&self, p: &GpuMatrix, dy: &GpuMatrix) -> Result<GpuMatrix> {
-        self.backward("softmax_backward", Kernel::SoftmaxBackward, p, dy)
+        let dx = self.new_matrix("softmax_backward", p.rows(), p.cols())?;
+        self.run_plan(self.plan_softmax_backward(p, dy, &dx)?)?;
+        Ok(dx)
     }
 
     /// The log-softmax backward pass: `dx = dy - exp(lp) * sum_j dy_j` per row (see
     /// [`cpu::log_softmax_backward`](crate::cpu::log_softmax_backward)).
     pub fn log_softmax_backward(&self, lp: &GpuMatrix, dy: &GpuMatrix) -> Result<GpuMatrix> {
-        self.backward("log_softmax_backward", Kernel::LogSoftmaxBackward, lp, dy)
+        let dx = self.new_matrix("log_softmax_backward", lp.rows(), lp.cols())?;
+        self.run_plan(self.plan_log_softmax_backward(lp, dy, &dx)?)?;
+        Ok(dx)
     }
 
-    fn backward(
+    /// The plan of [`softmax_backward`](Self::softmax_backward) into `dx`, with the errors of
+    /// [`plan_softmax`](Self::plan_softmax).
+    pub fn plan_softmax_backward(
+        &self,
+        p: &GpuMatrix,
+        dy: &GpuMatrix,
+        dx: &GpuMatrix,
+    ) -> Result<GpuPlan> {
+        self.plan_backward("softmax_backward", Kernel::SoftmaxBackward, p, dy, dx)
+    }
+
+    /// The plan of [`log_softmax_backward`](Self::log_softmax_backward) into `dx`.
+    pub fn plan_log_softmax_backward(
+        &self,
+        lp: &GpuMatrix,
+        dy: &GpuMatrix,
+        dx: &GpuMatrix,
+    ) -> Result<GpuPlan> {
+        self.plan_backward(
+            "log_softmax_backward",
+            Kernel::LogSoftmaxBackward,
+            lp,
+            dy,
+            dx,
+        )
+    }
+
+    fn plan_backward(
         &self,
         op: &'static str,
         kernel: Kernel,
         a: &GpuMatrix,
         dy: &GpuMatrix,
-    ) -> Result<GpuMatrix> {
+        dx: &GpuMatrix,
+    ) -> Result<GpuPlan> {
         check_classes(op, a)?;
         check_pair(op, a, dy, "an upstream gradient")?;
-        self.check_owned(op, &[a.owner, dy.owner])?;
+        check_pair(op, a, dx, "an output")?;
+        self.check_owned(op, &[a.owner, dy.owner, dx.owner])?;
+        check_disjoint(
+            op,
+            &[
+                ("the forward output", a.at(), a.byte_len()),
+                ("the upstream gradient", dy.at(), dy.byte_len()),
+            ],
+            &[("the output", dx.at(), dx.byte_len())],
+        )?;
         let (rows, cols) = a.dim();
-        self.record(op, |rec| {
-            let dx = self.new_matrix(op, rows, cols)?;
+        self.build_plan(op, |rec| {
             rec.rows(
                 kernel,
                 rows,
                 cols,
                 &[a.at(), dy.at(), dx.at()],
                 Extra::default(),
-            )?;
-            Ok(dx)
+            )
         })
     }
 
