@@ -61,13 +61,15 @@ fn softmax_backward(
 ) {
     let l = lane(wid, nwg, lid);
     let start = row_start(l);
+    let dy_start = row_at(1u, l);
+    let dx_start = row_at(2u, l);
     var acc = splat(0.0);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        acc += a[start + i] * dy[start + i];
+        acc += a[start + i] * dy[dy_start + i];
     }
     let dot = splat(team_sum(lid, hsum(acc)));
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        dx[start + i] = a[start + i] * (dy[start + i] - dot);
+        dx[dx_start + i] = a[start + i] * (dy[dy_start + i] - dot);
     }
 }
 
@@ -79,13 +81,15 @@ fn log_softmax_backward(
 ) {
     let l = lane(wid, nwg, lid);
     let start = row_start(l);
+    let dy_start = row_at(1u, l);
+    let dx_start = row_at(2u, l);
     var acc = splat(0.0);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        acc += dy[start + i];
+        acc += dy[dy_start + i];
     }
     let total = splat(team_sum(lid, hsum(acc)));
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        dx[start + i] = dy[start + i] - exp(a[start + i]) * total;
+        dx[dx_start + i] = dy[dy_start + i] - exp(a[start + i]) * total;
     }
 }
 
@@ -117,6 +121,8 @@ fn bce_with_logits(
     if !l.live {
         return;
     }
+    // Every matrix binding shares matrix 0's layout: the host passes contiguous arrays at
+    // aligned offsets only (GpuContext::bce_with_logits_weighted checks).
     let i = row_start(l);
     let z = a[i];
     let t = dy[i];

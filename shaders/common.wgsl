@@ -11,7 +11,6 @@ struct RowParams {
     rows: u32,      // rows in this window
     cols: u32,      // elements per row
     tpr: u32,       // threads per row: a power of two dividing WG
-    mat_base: u32,  // index (in V units) of the window's first row in each matrix binding
     vec_base: u32,  // index of the window's first row in each per-row binding
     flags: u32,     // kernel-specific
     f0: f32,        // kernel-specific
@@ -24,6 +23,11 @@ struct RowParams {
     pad2: u32,
     pad3: u32,
     pad4: u32,
+    pad5: u32,
+    // Matrix k (the k-th matrix binding of the kernel, from 0): the index (in V units) of the
+    // window's first row inside its binding, and its row stride in V units, at [k / 4][k % 4].
+    base: array<vec4<u32>, 2>,
+    stride: array<vec4<u32>, 2>,
 }
 
 @group(0) @binding(0) var<uniform> p: RowParams;
@@ -47,9 +51,15 @@ fn safe_row(l: Lane) -> u32 {
     return min(l.row, p.rows - 1u);
 }
 
-// Index (in V units) of the first vector of the lane's row in a matrix binding.
+// Index (in V units) of the first vector of the lane's row in the kernel's matrix binding k
+// (counted from 0 among its matrix bindings): each matrix has its own offset and row stride.
+fn row_at(k: u32, l: Lane) -> u32 {
+    return p.base[k / 4u][k % 4u] + safe_row(l) * p.stride[k / 4u][k % 4u];
+}
+
+// row_at for the kernel's first matrix binding.
 fn row_start(l: Lane) -> u32 {
-    return p.mat_base + safe_row(l) * (p.cols / W);
+    return row_at(0u, l);
 }
 
 // Vectors the lane must visit: none for a dead lane, so it only joins the barriers.

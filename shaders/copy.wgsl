@@ -25,8 +25,9 @@ fn copy_rows(
 ) {
     let l = lane(wid, nwg, lid);
     let start = row_start(l);
+    let y_start = row_at(1u, l);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        y[start + i] = x[start + i];
+        y[y_start + i] = x[start + i];
     }
 }
 
@@ -38,7 +39,6 @@ fn copy_flat(
 ) {
     let l = lane(wid, nwg, lid);
     if l.live {
-        let i = row_start(l);
-        y[i] = x[i];
+        y[row_at(1u, l)] = x[row_start(l)];
     }
 }

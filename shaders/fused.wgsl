@@ -125,18 +125,19 @@ fn softmax_fused(
     let stats = row_stats(l, lid, true, &cache);
     let m = splat(stats.x);
     let start = row_start(l);
+    let out_start = row_at(1u, l);
     var k = 0u;
     if p.flags == 1u {
         let log_s = splat(log(stats.y));
         for (var i = l.t; i < row_vectors(l); i += p.tpr) {
             // (x - m) first: exact next to the maximum.
-            out[start + i] = (cached(&cache, k, start + i) - m) - log_s;
+            out[out_start + i] = (cached(&cache, k, start + i) - m) - log_s;
             k++;
         }
     } else {
         let inv = 1.0 / stats.y;
         for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-            out[start + i] = exp(cached(&cache, k, start + i) - m) * inv;
+            out[out_start + i] = exp(cached(&cache, k, start + i) - m) * inv;
             k++;
         }
     }
@@ -192,6 +193,7 @@ fn cross_entropy_fused(
     let ignored = label == IGNORED;
     let safe = min(label, p.cols - 1u);
     let start = row_start(l);
+    let g_start = row_at(1u, l);
     let m = stats.x;
     let log_s = log(stats.y);
     let eps = p.f2;
@@ -219,7 +221,7 @@ fn cross_entropy_fused(
             grad += prob * c;
         }
         // select, not a multiply by 0: an ignored row's logits may hold NaN or inf.
-        g[start + i] = select(grad, splat(0.0), ignored);
+        g[g_start + i] = select(grad, splat(0.0), ignored);
     }
     let smooth_sum = team_sum(lid, hsum(smoothing));
     if l.live && l.t == 0u && !ignored {
@@ -249,6 +251,8 @@ fn cross_entropy_soft(
     var cache: array<V, ROW_CACHE>;
     let stats = row_stats(l, lid, false, &cache);
     let start = row_start(l);
+    let t_start = row_at(1u, l);
+    let g_start = row_at(2u, l);
     let m = stats.x;
     let log_s = log(stats.y);
     let eps = p.f2;
@@ -257,7 +261,7 @@ fn cross_entropy_soft(
     var total_acc = splat(0.0);
     var loss_acc = splat(0.0);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        let tw = w[i] * (soft[start + i] * (1.0 - eps) + uniform_part);
+        let tw = w[i] * (soft[t_start + i] * (1.0 - eps) + uniform_part);
         total_acc += tw;
         loss_acc += tw * (splat(m) - x[start + i]);
     }
@@ -266,9 +270,9 @@ fn cross_entropy_soft(
     let inv = 1.0 / stats.y;
     let z = 2.0 * p.f3 * (m + log_s);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        let tw = w[i] * (soft[start + i] * (1.0 - eps) + uniform_part);
+        let tw = w[i] * (soft[t_start + i] * (1.0 - eps) + uniform_part);
         let prob = exp(x[start + i] - splat(m)) * inv;
-        g[start + i] = (prob * (total + z) - tw) * p.f0;
+        g[g_start + i] = (prob * (total + z) - tw) * p.f0;
     }
     if l.live && l.t == 0u {
         let lse = m + log_s;

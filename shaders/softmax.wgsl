@@ -26,10 +26,11 @@ fn softmax_normalise(
 ) {
     let l = lane(wid, nwg, lid);
     let start = row_start(l);
+    let out_start = row_at(1u, l);
     let row_m = m[p.vec_base + safe_row(l)];
     let inv = 1.0 / s[p.vec_base + safe_row(l)];
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        out[start + i] = exp(x[start + i] - row_m) * inv;
+        out[out_start + i] = exp(x[start + i] - row_m) * inv;
     }
 }
 
@@ -41,10 +42,11 @@ fn log_softmax_normalise(
 ) {
     let l = lane(wid, nwg, lid);
     let start = row_start(l);
+    let out_start = row_at(1u, l);
     let row_m = m[p.vec_base + safe_row(l)];
     let log_s = log(s[p.vec_base + safe_row(l)]);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
         // x - m first: it is exact for nearby values, where x - (m + log s) would round.
-        out[start + i] = (x[start + i] - row_m) - log_s;
+        out[out_start + i] = (x[start + i] - row_m) - log_s;
     }
 }

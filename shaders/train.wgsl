@@ -36,7 +36,7 @@
 //                   2 y        read        array<u32>  one label per row
 //                   3 g_out    read_write  array<f32>  B x C, bound whole (one window)
 //                   4 theta_u  uniform     features x C, row-major, as vec4s
-//   step_update     1 xb       read        array<f32>  the batch's rows, from element p.mat_base
+//   step_update     1 xb       read        array<f32>  the batch's rows, from element p.base[0].x
 //                   2 g_u      uniform     B x C, row-major, as vec4s
 //                   3 theta    read_write  array<f32>  features x C
 //   loss_err_fused  1 x, 2 y, 3 loss_out as loss_err_rows; 4 theta_u as step_forward;
@@ -264,7 +264,7 @@ fn step_update(
     let k = safe_row(l);
     var c = Classes(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
     for (var b = 0u; b < p.cols; b++) {
-        let v = xb[p.mat_base + b * features + k];
+        let v = xb[p.base[0].x + b * features + k];
         let base = b * classes;
         c.q0 += v * g4(base);
         if classes > 4u {

@@ -110,86 +110,142 @@ fn write(gpu: &GpuContext, buffer: &wgpu::Buffer, offset: u64, x: &ndarray::Arra
     );
 }
 
+/// `x` laid out in rows `stride` apart, the padding `pad`.
+fn padded(x: &ndarray::Array2<f32>, stride: usize, pad: f32) -> ndarray::Array2<f32> {
+    let mut out = ndarray::Array2::from_elem((x.nrows(), stride), pad);
+    out.slice_mut(ndarray::s![.., ..x.ncols()]).assign(x);
+    out
+}
+
 /// Wrapped arrays at an aligned offset that is not a multiple of the row (rows of 10 floats,
-/// 40 bytes, from byte 256), the outputs sharing a second buffer, in every kernel
-/// configuration: the windowed one runs each op in many windows, each bound from the
-/// array's offset.
+/// 40 bytes, from byte 256), with rows end to end and with rows padded (a stride larger than
+/// the row, odd and a multiple of 4), the outputs in a second buffer with a stride of their
+/// own, in every kernel configuration: the windowed one runs each op in many windows, each
+/// bound from the array's offset. The inputs' padding is NaN, so a read of it would show, and
+/// the outputs' padding must come back untouched.
 #[test]
-fn ops_read_and_write_wrapped_buffers_at_offsets() {
+fn ops_read_and_write_wrapped_buffers_at_offsets_and_strides() {
     require_gpu!();
     for (name, gpu) in configs() {
         for (rows, cols) in [(37, 10), (5, 1000), (130, 4)] {
-            let x = adversarial(rows, cols, 21);
-            let bytes = (rows * cols * 4) as u64;
-            let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
-            let out_at = 512u64.next_multiple_of(align);
-            let loss_at = (out_at + bytes).next_multiple_of(align.max(256));
-            let buffer = app_buffer(gpu, 256 + bytes);
-            let outputs = app_buffer(gpu, loss_at + 4 * rows as u64 + 256);
-            write(gpu, &buffer, 256, &x);
-            let xw = gpu.wrap_matrix(&buffer, 256, rows, cols).unwrap();
-            let out = gpu.wrap_matrix(&outputs, out_at, rows, cols).unwrap();
-            let case = format!("{name} {rows}x{cols}");
-
-            gpu.submit(&gpu.plan_softmax(&xw, &out).unwrap()).unwrap();
-            let want = cpu::softmax(x.view()).unwrap();
-            assert_close(
-                gpu.download(&out).unwrap().view(),
-                want.view(),
-                PROB_ABS,
-                PROB_REL,
-                &format!("softmax {case}"),
-            );
-
-            let lse = gpu.wrap_vector(&outputs, loss_at, rows).unwrap();
-            gpu.submit(&gpu.plan_logsumexp(&xw, &lse).unwrap()).unwrap();
-            let want = cpu::logsumexp(x.view()).unwrap();
-            assert_close(
-                gpu.download_vector(&lse).unwrap().view(),
-                want.view(),
-                LOG_ABS,
-                LOG_REL,
-                &format!("logsumexp {case}"),
-            );
-
-            let y = labels(rows, cols, 3, 4);
-            let on_y = gpu.upload_labels(&y).unwrap();
-            for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
-                let opts = CrossEntropyOptions::default()
-                    .reduction(reduction)
-                    .label_smoothing(0.05);
-                let len = if reduction == Reduction::None {
-                    rows
-                } else {
-                    1
-                };
-                let loss = gpu.wrap_vector(&outputs, loss_at, len).unwrap();
-                let plan = gpu
-                    .plan_cross_entropy(&xw, &on_y, &opts, &loss, Some(&out))
-                    .unwrap();
-                gpu.submit(&plan).unwrap();
-                let want = cpu::cross_entropy(x.view(), &y, &opts).unwrap();
-                let got = gpu.download_vector(&loss).unwrap();
-                match want {
-                    Loss::PerRow(v) => {
-                        assert_close(got.view(), v.view(), LOSS_ABS, LOSS_REL, &case)
-                    }
-                    Loss::Reduced(v) => assert_close_scalar(got[0], v, LOSS_ABS, LOSS_REL, &case),
-                }
-                let want = cpu::cross_entropy_grad(x.view(), &y, &opts).unwrap();
-                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                assert_close(
-                    gpu.download(&out).unwrap().view(),
-                    want.view(),
-                    GRAD_ABS_PER_SCALE * scale.max(1.0),
-                    1e-5,
-                    &format!("gradient {reduction:?} {case}"),
-                );
+            for (pad_in, pad_out) in [(0, 0), (3, 4), (4, 1)] {
+                wrapped_case(name, gpu, rows, cols, cols + pad_in, cols + pad_out);
             }
-            // The input was read where it lies and never written.
-            let back = gpu.download(&xw).unwrap();
-            assert_eq!(back, x, "{case}: the input changed");
         }
+    }
+}
+
+fn wrapped_case(name: &str, gpu: &GpuContext, rows: usize, cols: usize, si: usize, so: usize) {
+    let x = adversarial(rows, cols, 21);
+    let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+    let in_bytes = (rows * si * 4) as u64;
+    let out_bytes = (rows * so * 4) as u64;
+    let out_at = 512u64.next_multiple_of(align);
+    let loss_at = (out_at + out_bytes).next_multiple_of(align.max(256));
+    let buffer = app_buffer(gpu, 256 + in_bytes);
+    let outputs = app_buffer(gpu, loss_at + 4 * rows as u64 + 256);
+    write(gpu, &buffer, 256, &padded(&x, si, f32::NAN));
+    const SENTINEL: f32 = 7.25;
+    let reset = || write(gpu, &outputs, out_at, &padded(&x, so, SENTINEL));
+    let xw = gpu
+        .wrap_matrix_strided(&buffer, 256, rows, cols, si)
+        .unwrap();
+    let out = gpu
+        .wrap_matrix_strided(&outputs, out_at, rows, cols, so)
+        .unwrap();
+    let case = format!("{name} {rows}x{cols} strides {si}/{so}");
+    // The outputs' padding, read back as the whole strided block.
+    let padding_untouched = |what: &str| {
+        let whole = gpu
+            .download(&gpu.wrap_matrix(&outputs, out_at, rows, so).unwrap())
+            .unwrap();
+        let pads = whole.slice(ndarray::s![.., cols..]);
+        assert!(
+            pads.iter().all(|&v| v == SENTINEL),
+            "{what} {case}: wrote into the padding"
+        );
+    };
+
+    reset();
+    gpu.submit(&gpu.plan_softmax(&xw, &out).unwrap()).unwrap();
+    let want = cpu::softmax(x.view()).unwrap();
+    assert_close(
+        gpu.download(&out).unwrap().view(),
+        want.view(),
+        PROB_ABS,
+        PROB_REL,
+        &format!("softmax {case}"),
+    );
+    padding_untouched("softmax");
+
+    let lse = gpu.wrap_vector(&outputs, loss_at, rows).unwrap();
+    gpu.submit(&gpu.plan_logsumexp(&xw, &lse).unwrap()).unwrap();
+    let want = cpu::logsumexp(x.view()).unwrap();
+    assert_close(
+        gpu.download_vector(&lse).unwrap().view(),
+        want.view(),
+        LOG_ABS,
+        LOG_REL,
+        &format!("logsumexp {case}"),
+    );
+
+    let y = labels(rows, cols, 3, 4);
+    let on_y = gpu.upload_labels(&y).unwrap();
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        let opts = CrossEntropyOptions::default()
+            .reduction(reduction)
+            .label_smoothing(0.05);
+        let len = if reduction == Reduction::None {
+            rows
+        } else {
+            1
+        };
+        let loss = gpu.wrap_vector(&outputs, loss_at, len).unwrap();
+        reset();
+        let plan = gpu
+            .plan_cross_entropy(&xw, &on_y, &opts, &loss, Some(&out))
+            .unwrap();
+        gpu.submit(&plan).unwrap();
+        let want = cpu::cross_entropy(x.view(), &y, &opts).unwrap();
+        let got = gpu.download_vector(&loss).unwrap();
+        match want {
+            Loss::PerRow(v) => assert_close(got.view(), v.view(), LOSS_ABS, LOSS_REL, &case),
+            Loss::Reduced(v) => assert_close_scalar(got[0], v, LOSS_ABS, LOSS_REL, &case),
+        }
+        let want = cpu::cross_entropy_grad(x.view(), &y, &opts).unwrap();
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_close(
+            gpu.download(&out).unwrap().view(),
+            want.view(),
+            GRAD_ABS_PER_SCALE * scale.max(1.0),
+            1e-5,
+            &format!("gradient {reduction:?} {case}"),
+        );
+        padding_untouched("cross-entropy");
+    }
+    // The backward pass over two strided inputs.
+    let dy = logits(rows, cols, 1.0, 5);
+    let dy_buf = app_buffer(gpu, in_bytes.max(4));
+    write(gpu, &dy_buf, 0, &padded(&dy, si, f32::NAN));
+    let dyw = gpu.wrap_matrix_strided(&dy_buf, 0, rows, cols, si).unwrap();
+    reset();
+    let p = gpu.download(&gpu.softmax(&xw).unwrap()).unwrap();
+    write(gpu, &buffer, 256, &padded(&p, si, f32::NAN));
+    gpu.submit(&gpu.plan_softmax_backward(&xw, &dyw, &out).unwrap())
+        .unwrap();
+    let want = cpu::softmax_backward(p.view(), dy.view()).unwrap();
+    assert_close(
+        gpu.download(&out).unwrap().view(),
+        want.view(),
+        1e-6,
+        1e-5,
+        &format!("softmax_backward {case}"),
+    );
+    padding_untouched("softmax_backward");
+    // Ops that read a matrix as one flat run refuse padded rows.
+    if si != cols {
+        let e = gpu.matmul_tn(&xw, &out).map(drop).unwrap_err().to_string();
+        assert!(e.contains("needs rows end to end"), "{e}");
     }
 }
 

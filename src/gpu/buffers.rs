@@ -56,6 +56,8 @@ pub struct GpuMatrix {
     offset: u64,
     rows: usize,
     cols: usize,
+    /// Elements from one row's start to the next's: `cols`, or more for padded rows.
+    stride: usize,
 }
 
 impl GpuMatrix {
@@ -69,9 +71,26 @@ impl GpuMatrix {
         self.offset
     }
 
-    /// Its bytes in the buffer: `4 * rows * cols`.
+    /// Elements from the start of one row to the start of the next: [`cols`](Self::cols)
+    /// unless the matrix was wrapped with padded rows
+    /// ([`GpuContext::wrap_matrix_strided`]).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Whether its rows lie end to end (`stride == cols`), as [`upload`](GpuContext::upload)
+    /// and every op's own outputs make them.
+    pub fn is_contiguous(&self) -> bool {
+        self.stride == self.cols || self.rows <= 1
+    }
+
+    /// The bytes it spans in the buffer, from its first element to its last: `4 * rows * cols`
+    /// for a contiguous matrix.
     pub fn byte_len(&self) -> u64 {
-        4 * (self.rows * self.cols) as u64
+        match self.rows {
+            0 => 0,
+            r => 4 * ((r - 1) * self.stride + self.cols) as u64,
+        }
     }
 
     /// The matrix as a kernel binds it, from its row `first_row`.
@@ -80,7 +99,23 @@ impl GpuMatrix {
             buffer: &self.buffer,
             offset: self.offset,
             first_row,
+            stride: self.stride,
         }
+    }
+
+    /// Fails unless the rows lie end to end: `op` reads the matrix as one flat run of floats.
+    pub(crate) fn check_contiguous(&self, op: &'static str) -> Result<()> {
+        if self.is_contiguous() {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            op,
+            format!(
+                "a {} x {} matrix with rows {} elements apart: {op} needs rows end to end; \
+                 copy it into a contiguous matrix first (GpuContext::copy)",
+                self.rows, self.cols, self.stride
+            ),
+        ))
     }
 
     /// The matrix as a kernel binds it.
@@ -131,6 +166,7 @@ impl GpuVector {
             buffer: &self.buffer,
             offset: self.offset,
             first_row: 0,
+            stride: 0,
         }
     }
 
@@ -199,6 +235,16 @@ impl GpuLabels {
         }
         Ok(())
     }
+}
+
+/// The `rows x cols` matrix in `data`, its rows `stride` elements apart.
+fn rows_of(data: Vec<f32>, (rows, cols): (usize, usize), stride: usize) -> Array2<f32> {
+    if stride == cols || rows <= 1 {
+        let mut data = data;
+        data.truncate(rows * cols);
+        return Array2::from_shape_vec((rows, cols), data).expect("length matches the shape");
+    }
+    Array2::from_shape_fn((rows, cols), |(r, c)| data[r * stride + c])
 }
 
 /// Fails unless `buffer` can be copied out (a wrapped buffer may lack `COPY_SRC`).
@@ -293,6 +339,7 @@ impl GpuContext {
             offset: 0,
             rows,
             cols,
+            stride: cols,
         })
     }
 
@@ -326,6 +373,7 @@ impl GpuContext {
             offset: 0,
             rows,
             cols,
+            stride: cols,
         })
     }
 
@@ -367,24 +415,60 @@ impl GpuContext {
         rows: usize,
         cols: usize,
     ) -> Result<GpuMatrix> {
+        self.wrap_matrix_strided(buffer, offset, rows, cols, cols)
+    }
+
+    /// [`wrap_matrix`](Self::wrap_matrix) over rows `stride` elements apart (`stride >= cols`):
+    /// padded rows, or the first `cols` columns of a wider matrix. The row kernels read and
+    /// write such matrices where they lie; the products, the binary cross-entropy and the flat
+    /// copies need rows end to end and say so with an error.
+    ///
+    /// # Errors
+    /// Those of [`wrap_matrix`](Self::wrap_matrix), and [`Error::InvalidArgument`] for a
+    /// stride below `cols`.
+    pub fn wrap_matrix_strided(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        rows: usize,
+        cols: usize,
+        stride: usize,
+    ) -> Result<GpuMatrix> {
         const OP: &str = "wrap_matrix";
-        let elems = rows.checked_mul(cols).ok_or_else(|| {
-            Error::invalid(OP, format!("{rows} x {cols} elements overflow usize"))
+        if stride < cols {
+            return Err(Error::invalid(
+                OP,
+                format!("a row stride of {stride} elements is shorter than a row of {cols}"),
+            ));
+        }
+        // From the first element to the last, checked before anything is bound.
+        let span = match rows {
+            0 => Some(0),
+            r => (r - 1)
+                .checked_mul(stride)
+                .and_then(|e| e.checked_add(cols)),
+        }
+        .ok_or_else(|| {
+            Error::invalid(
+                OP,
+                format!("{rows} rows {stride} elements apart overflow usize"),
+            )
         })?;
         self.check_view(
             OP,
             buffer,
             offset,
-            elems,
+            span,
             &format!("a {rows} x {cols} f32 matrix"),
         )?;
-        self.geometry.windows(OP, rows.min(1), cols)?;
+        self.geometry.windows(OP, rows.min(1), stride)?;
         Ok(GpuMatrix {
             buffer: buffer.clone(),
             owner: self.id,
             offset,
             rows,
             cols,
+            stride,
         })
     }
 
@@ -483,8 +567,9 @@ impl GpuContext {
     pub fn download(&self, m: &GpuMatrix) -> Result<Array2<f32>> {
         self.check_owned("download", &[m.owner])?;
         check_readable("download", &m.buffer)?;
-        let data = self.read_pod::<f32>(&m.buffer, m.offset, m.rows * m.cols)?;
-        Ok(Array2::from_shape_vec((m.rows, m.cols), data).expect("length matches the shape"))
+        let span = (m.byte_len() / 4) as usize;
+        let data = self.read_pod::<f32>(&m.buffer, m.offset, span)?;
+        Ok(rows_of(data, m.dim(), m.stride))
     }
 
     /// Copies a vector back to the host, waiting for the work that writes it.
@@ -506,15 +591,13 @@ impl GpuContext {
         &self,
         m: &GpuMatrix,
     ) -> impl Future<Output = Result<Array2<f32>>> + Send + 'static {
-        let (rows, cols) = (m.rows, m.cols);
+        let (rows, cols, stride) = (m.rows, m.cols, m.stride);
+        let span = (m.byte_len() / 4) as usize;
         let read = self
             .check_owned("download_async", &[m.owner])
             .and_then(|()| check_readable("download_async", &m.buffer))
-            .map(|()| self.read_pod_async::<f32>(&m.buffer, m.offset, rows * cols));
-        async move {
-            let data = read?.await?;
-            Ok(Array2::from_shape_vec((rows, cols), data).expect("length matches the shape"))
-        }
+            .map(|()| self.read_pod_async::<f32>(&m.buffer, m.offset, span));
+        async move { Ok(rows_of(read?.await?, (rows, cols), stride)) }
     }
 
     /// [`download_async`](Self::download_async) for a vector.

@@ -100,6 +100,32 @@ impl Geometry {
         (offset, size, ((start - offset) / ELEM) as u32)
     }
 
+    /// Where rows `window` of a matrix of `cols`-element rows, `stride` elements apart, from
+    /// byte `origin` of its buffer, are bound: `(offset, size)` in bytes, and the index of the
+    /// window's first element inside that binding. The binding ends with the window's last
+    /// element, not its last row's stride, so a view that ends at the end of its buffer binds.
+    pub(crate) fn slice_rows(
+        &self,
+        origin: u64,
+        window: &Range<usize>,
+        stride: usize,
+        cols: usize,
+    ) -> (u64, u64, u32) {
+        debug_assert_eq!(origin % self.align, 0, "arrays start at aligned offsets");
+        let start = origin + window.start as u64 * stride as u64 * ELEM;
+        let end = if window.is_empty() {
+            start
+        } else {
+            origin + ((window.end as u64 - 1) * stride as u64 + cols as u64) * ELEM
+        };
+        let offset = start - start % self.align;
+        (
+            offset,
+            (end - offset).max(ELEM),
+            ((start - offset) / ELEM) as u32,
+        )
+    }
+
     /// Fails unless a thread whose loops run `trips` iterations in all stays within the loop
     /// budget. `what` says what the thread walks, for the message.
     pub(crate) fn check_trips(&self, op: &'static str, trips: u64, what: &str) -> Result<()> {

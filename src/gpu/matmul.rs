@@ -452,6 +452,8 @@ impl GpuContext {
         transposed_a: bool,
     ) -> Result<GpuMatrix> {
         self.check_owned(op, &[a.owner, b.owner])?;
+        a.check_contiguous(op)?;
+        b.check_contiguous(op)?;
         let n = b.cols();
         self.record(op, |rec| {
             let c = self.new_matrix(op, m, n)?;

@@ -909,6 +909,9 @@ impl GpuContext {
     pub fn copy_with(&self, x: &GpuMatrix, kernel: CopyKernel) -> Result<GpuMatrix> {
         const OP: &str = "copy";
         self.check_owned(OP, &[x.owner])?;
+        if kernel != CopyKernel::Rows {
+            x.check_contiguous(OP)?;
+        }
         let (rows, cols) = x.dim();
         self.record(OP, |rec| {
             let out = self.new_matrix(OP, rows, cols)?;
@@ -1145,6 +1148,9 @@ impl GpuContext {
     ) -> Result<(GpuBceLoss, GpuMatrix)> {
         const OP: &str = "bce_with_logits";
         check_pair(OP, z, t, "targets")?;
+        for m in [Some(z), Some(t), weight, pos_weight].into_iter().flatten() {
+            m.check_contiguous(OP)?;
+        }
         let (rows, cols) = z.dim();
         let mut owners = vec![z.owner, t.owner];
         for (what, w) in [("weight", weight), ("pos_weight", pos_weight)] {
@@ -1247,6 +1253,7 @@ impl GpuContext {
                             buffer,
                             offset: *offset,
                             first_row,
+                            stride: 0,
                         },
                         None => z.at_row(first_row),
                     });

@@ -13,10 +13,7 @@ pub(crate) struct RowParams {
     pub cols: u32,
     /// Threads that share one row (a power of two dividing the workgroup size).
     pub tpr: u32,
-    /// Where the window's first row starts inside each matrix binding, in vector lanes (`W`
-    /// elements), because bindings start at aligned offsets and rows need not.
-    pub mat_base: u32,
-    /// The same for each per-row binding, in elements.
+    /// Where the window's first row starts inside each per-row binding, in elements.
     pub vec_base: u32,
     /// Kernel-specific bits (see each kernel's header).
     pub flags: u32,
@@ -30,9 +27,18 @@ pub(crate) struct RowParams {
     pub f3: f32,
     /// Kernel-specific scalar.
     pub f4: f32,
-    /// Pads the block to a multiple of 16 bytes, as WGSL lays out uniforms.
-    pub pad: [u32; 5],
+    /// Pads the scalars to 64 bytes, where the arrays start (WGSL aligns them to 16).
+    pub pad: [u32; 6],
+    /// Matrix binding `k` of the kernel (from 0): where the window's first row starts inside
+    /// its binding, in vector lanes (`W` elements), because bindings start at aligned offsets
+    /// and rows need not.
+    pub base: [u32; MATRICES],
+    /// Matrix binding `k`'s row stride, in vector lanes.
+    pub stride: [u32; MATRICES],
 }
+
+/// The most matrix bindings a row kernel has (`bce_with_logits`: six).
+pub(crate) const MATRICES: usize = 8;
 
 /// Params of the matmul kernels. Keep in sync with `struct MatmulParams` in
 /// `shaders/matmul_common.wgsl`.
@@ -112,7 +118,9 @@ mod tests {
     /// WGSL lays a uniform struct of 4-byte scalars out densely, rounded up to 16 bytes.
     #[test]
     fn row_params_is_a_dense_multiple_of_16_bytes() {
-        assert_eq!(std::mem::size_of::<RowParams>(), 64);
+        assert_eq!(std::mem::size_of::<RowParams>(), 128);
+        assert_eq!(std::mem::offset_of!(RowParams, base), 64);
+        assert_eq!(std::mem::offset_of!(RowParams, stride), 96);
         assert_eq!(std::mem::size_of::<RowParams>() % 16, 0);
         assert_eq!(std::mem::size_of::<MatmulParams>(), 48);
         assert_eq!(std::mem::size_of::<PackParams>(), 32);

@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::context::Pipeline;
 use crate::gpu::dispatch::{FIXED_TRIPS, row_groups, threads_per_row};
-use crate::gpu::params::RowParams;
+use crate::gpu::params::{MATRICES, RowParams};
 use crate::gpu::shaders::{Kernel, STEP_UNIFORM_BYTES, SUM_TERMS, Shape, Slot, Width};
 
 /// The kernel-specific fields of [`RowParams`].
@@ -105,6 +105,8 @@ pub(crate) struct At<'b> {
     pub buffer: &'b wgpu::Buffer,
     pub offset: u64,
     pub first_row: usize,
+    /// A matrix's row stride in elements; 0 for rows of the kernel's column count, end to end.
+    pub stride: usize,
 }
 
 impl<'b> From<&'b wgpu::Buffer> for At<'b> {
@@ -113,6 +115,7 @@ impl<'b> From<&'b wgpu::Buffer> for At<'b> {
             buffer,
             offset: 0,
             first_row: 0,
+            stride: 0,
         }
     }
 }
@@ -138,7 +141,24 @@ impl GpuContext {
             kernel.entry(),
             signature.len()
         );
-        let width = kernel.width(cols);
+        // Each matrix's row stride; vec4 access where every row of every matrix is whole vec4s
+        // (bindings start 16-byte aligned, so rows then start on a vec4 too).
+        let strides: Vec<usize> = signature
+            .iter()
+            .zip(buffers)
+            .filter(|(b, _)| b.slot == Slot::Matrix)
+            .map(|(_, at)| if at.stride == 0 { cols } else { at.stride })
+            .collect();
+        assert!(
+            strides.len() <= MATRICES,
+            "{}: too many matrices",
+            kernel.entry()
+        );
+        let width = if strides.iter().all(|s| s.is_multiple_of(4)) {
+            kernel.width(cols)
+        } else {
+            Width::Scalar
+        };
         let pipeline = self.pipeline(kernel, width)?;
         let geometry = self.geometry;
         let wg = self.config.wg(kernel.family());
@@ -162,11 +182,17 @@ impl GpuContext {
         )?;
         let mut out = Vec::new();
         let per_dispatch = geometry.dispatch_rows(u64::from(wg / tpr));
-        for window in geometry.windows_capped(op, rows, cols, per_dispatch)? {
+        // Windows sized by the widest stride: every matrix's window fits one binding.
+        let row_elems = strides.iter().copied().fold(cols, usize::max);
+        let lanes = width.lanes() as u32;
+        for window in geometry.windows_capped(op, rows, row_elems, per_dispatch)? {
             let groups = geometry.fold(op, row_groups(window.len(), tpr, wg))?;
             // Every buffer sees the same window of rows, shifted to where its rows start.
             let shifted = |at: &At<'_>| at.first_row + window.start..at.first_row + window.end;
-            let mut bases = (None, None);
+            let mut base = [0u32; MATRICES];
+            let mut stride = [0u32; MATRICES];
+            let mut matrix = 0;
+            let mut vec_base = None;
             let mut entries = Vec::with_capacity(buffers.len());
             for (binding, at) in signature.iter().zip(buffers) {
                 let resource = match binding.slot {
@@ -174,25 +200,26 @@ impl GpuContext {
                     Slot::Uniform => uniform_binding(at.buffer),
                     Slot::Texture => unreachable!("row kernels bind no textures"),
                     Slot::Matrix | Slot::PerRow => {
-                        let elems = if binding.slot == Slot::Matrix {
-                            cols
+                        let (offset, size) = if binding.slot == Slot::Matrix {
+                            let s = strides[matrix];
+                            let (offset, size, b) =
+                                geometry.slice_rows(at.offset, &shifted(at), s, cols);
+                            debug_assert_eq!(b % lanes, 0);
+                            base[matrix] = b / lanes;
+                            stride[matrix] = (s / width.lanes()) as u32;
+                            matrix += 1;
+                            (offset, size)
                         } else {
-                            1
+                            let (offset, size, b) = geometry.slice_at(at.offset, &shifted(at), 1);
+                            // One base is passed for every per-row buffer, so they must agree
+                            // on where the window starts inside their binding.
+                            assert!(
+                                vec_base.replace(b).is_none_or(|v| v == b),
+                                "{}: per-row buffers disagree on the window's alignment",
+                                kernel.entry()
+                            );
+                            (offset, size)
                         };
-                        let (offset, size, base) =
-                            geometry.slice_at(at.offset, &shifted(at), elems);
-                        let seen = if binding.slot == Slot::Matrix {
-                            &mut bases.0
-                        } else {
-                            &mut bases.1
-                        };
-                        // One base per kind is passed to the shader, so buffers of a kind
-                        // must agree on where the window starts inside their binding.
-                        assert!(
-                            seen.replace(base).is_none_or(|b| b == base),
-                            "{}: buffers disagree on the window's alignment",
-                            kernel.entry()
-                        );
                         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer: at.buffer,
                             offset,
@@ -202,21 +229,20 @@ impl GpuContext {
                 };
                 entries.push(resource);
             }
-            let mat_base = bases.0.unwrap_or(0);
-            debug_assert_eq!(mat_base as usize % width.lanes(), 0);
             let params = RowParams {
                 rows: window.len() as u32,
                 cols: cols as u32,
                 tpr,
-                mat_base: mat_base / width.lanes() as u32,
-                vec_base: bases.1.unwrap_or(0),
+                vec_base: vec_base.unwrap_or(0),
                 flags: extra.flags,
                 f0: extra.f0,
                 f1: extra.f1,
                 f2: extra.f2,
                 f3: extra.f3,
                 f4: extra.f4,
-                pad: [0; 5],
+                pad: [0; 6],
+                base,
+                stride,
             };
             out.push(self.dispatch(
                 kernel,
@@ -281,15 +307,10 @@ impl GpuContext {
                     rows: window.len() as u32,
                     cols: 1,
                     tpr: wg,
-                    mat_base: 0,
                     vec_base,
                     flags: base as u32,
                     f0: if last { scale } else { 1.0 },
-                    f1: 0.0,
-                    f2: 0.0,
-                    f3: 0.0,
-                    f4: 0.0,
-                    pad: [0; 5],
+                    ..RowParams::default()
                 };
                 plan.push(self.dispatch(
                     kernel,

@@ -623,11 +623,13 @@ fn plan_fused_step(
             At {
                 buffer: &set.x,
                 offset: 0,
+                stride: 0,
                 first_row,
             },
             At {
                 buffer: &set.y,
                 offset: 0,
+                stride: 0,
                 first_row,
             },
             grad.into(),
@@ -650,15 +652,11 @@ fn plan_fused_step(
         rows: model.features as u32,
         cols: step.batch as u32,
         tpr: 1,
-        mat_base: base,
-        vec_base: 0,
         flags: classes,
         f0: -step.lr / step.batch as f32,
         f1: 1.0 - step.lr * step.l2,
-        f2: 0.0,
-        f3: 0.0,
-        f4: 0.0,
-        pad: [0; 5],
+        base: [base, 0, 0, 0, 0, 0, 0, 0],
+        ..RowParams::default()
     };
     let groups = gpu
         .geometry
@@ -740,6 +738,7 @@ fn plan_step(
     let x_b = At {
         buffer: &set.x,
         offset: 0,
+        stride: 0,
         first_row,
     };
     let mut plan = gpu.plan_matmul(
@@ -766,6 +765,7 @@ fn plan_step(
             At {
                 buffer: &set.y,
                 offset: 0,
+                stride: 0,
                 first_row,
             },
             logits.into(),
