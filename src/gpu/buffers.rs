@@ -123,6 +123,16 @@ impl GpuMatrix {
         self.at_row(0)
     }
 
+    /// A contiguous matrix as one flat run of floats, cut into rows of the kernel's own column
+    /// count (the elementwise kernels), from that row `first_row`.
+    pub(crate) fn flat_at(&self, first_row: usize) -> At<'_> {
+        debug_assert!(self.is_contiguous(), "only contiguous matrices are flat");
+        At {
+            stride: 0,
+            ..self.at_row(first_row)
+        }
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows

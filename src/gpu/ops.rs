@@ -931,7 +931,7 @@ impl GpuContext {
                         Kernel::CopyFlat,
                         len / width,
                         width,
-                        &[x.at(), out.at()],
+                        &[x.flat_at(0), out.flat_at(0)],
                         Extra::default(),
                     )?;
                 }
@@ -1255,16 +1255,16 @@ impl GpuContext {
                             first_row,
                             stride: 0,
                         },
-                        None => z.at_row(first_row),
+                        None => z.flat_at(first_row),
                     });
                     let buffers = [
-                        z.at_row(first_row),
-                        t.at_row(first_row),
+                        z.flat_at(first_row),
+                        t.flat_at(first_row),
                         full[0],
                         full[1],
                         At::from(&per_col),
-                        loss.at_row(first_row),
-                        grad.at_row(first_row),
+                        loss.flat_at(first_row),
+                        grad.flat_at(first_row),
                     ];
                     let phase = (first + window.start * width) % cols.max(1);
                     let extra = Extra {
