@@ -715,6 +715,76 @@ mod tests {
         }
     }
 
+    /// The WGSL struct `name` in `module`: each member's name and byte offset.
+    fn members(module: &naga::Module, name: &str) -> Vec<(String, u32)> {
+        module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match &ty.inner {
+                naga::TypeInner::Struct { members, .. } if ty.name.as_deref() == Some(name) => {
+                    Some(
+                        members
+                            .iter()
+                            .map(|m| (m.name.clone().unwrap_or_default(), m.offset))
+                            .collect(),
+                    )
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no struct {name}"))
+    }
+
+    /// The uniform blocks' WGSL mirrors lie exactly where the Rust structs put each field, so
+    /// that a field added on one side only, or in another order, fails here and not as a
+    /// silently wrong parameter.
+    #[test]
+    fn params_structs_match_their_wgsl_mirrors_field_by_field() {
+        use crate::gpu::params::{MatmulParams, RowParams};
+        use std::mem::{offset_of, size_of};
+        let config = CONFIGS[0];
+        let rows = parse(&config, Family::Fused, Width::Vec4);
+        let want_rows = [
+            ("rows", offset_of!(RowParams, rows)),
+            ("cols", offset_of!(RowParams, cols)),
+            ("tpr", offset_of!(RowParams, tpr)),
+            ("vec_base", offset_of!(RowParams, vec_base)),
+            ("flags", offset_of!(RowParams, flags)),
+            ("f0", offset_of!(RowParams, f0)),
+            ("f1", offset_of!(RowParams, f1)),
+            ("f2", offset_of!(RowParams, f2)),
+            ("f3", offset_of!(RowParams, f3)),
+            ("f4", offset_of!(RowParams, f4)),
+            ("base", offset_of!(RowParams, base)),
+            ("stride", offset_of!(RowParams, stride)),
+        ];
+        let got = members(&rows, "RowParams");
+        for (field, offset) in want_rows {
+            let at = got.iter().find(|(n, _)| n == field).map(|(_, o)| *o);
+            assert_eq!(at, Some(offset as u32), "RowParams.{field}");
+        }
+        let last = got.iter().map(|(_, o)| *o).max().unwrap();
+        // The last member is the 32-byte stride array.
+        assert_eq!(last as usize + 32, size_of::<RowParams>());
+
+        let mm = parse(&config, Family::Matmul, Width::Scalar);
+        let want_mm = [
+            ("m", offset_of!(MatmulParams, m)),
+            ("n", offset_of!(MatmulParams, n)),
+            ("k", offset_of!(MatmulParams, k)),
+            ("a_base", offset_of!(MatmulParams, a_base)),
+            ("b_base", offset_of!(MatmulParams, b_base)),
+            ("c_base", offset_of!(MatmulParams, c_base)),
+            ("alpha", offset_of!(MatmulParams, alpha)),
+            ("beta", offset_of!(MatmulParams, beta)),
+            ("tile_x0", offset_of!(MatmulParams, tile_x0)),
+        ];
+        let got = members(&mm, "MatmulParams");
+        for (field, offset) in want_mm {
+            let at = got.iter().find(|(n, _)| n == field).map(|(_, o)| *o);
+            assert_eq!(at, Some(offset as u32), "MatmulParams.{field}");
+        }
+    }
+
     #[test]
     fn hex_literals_are_exact() {
         assert_eq!(hex_f32(f32::MAX), "0x1.fffffep+127f");
