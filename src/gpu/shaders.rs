@@ -757,11 +757,7 @@ mod tests {
             ("base", offset_of!(RowParams, base)),
             ("stride", offset_of!(RowParams, stride)),
         ];
-        let got = members(&rows, "RowParams");
-        for (field, offset) in want_rows {
-            let at = got.iter().find(|(n, _)| n == field).map(|(_, o)| *o);
-            assert_eq!(at, Some(offset as u32), "RowParams.{field}");
-        }
+        let got = assert_members(&rows, "RowParams", &want_rows);
         let last = got.iter().map(|(_, o)| *o).max().unwrap();
         // The last member is the 32-byte stride array.
         assert_eq!(last as usize + 32, size_of::<RowParams>());
@@ -778,11 +774,22 @@ mod tests {
             ("beta", offset_of!(MatmulParams, beta)),
             ("tile_x0", offset_of!(MatmulParams, tile_x0)),
         ];
-        let got = members(&mm, "MatmulParams");
-        for (field, offset) in want_mm {
+        assert_members(&mm, "MatmulParams", &want_mm);
+    }
+
+    /// Asserts that struct `name` of `module` has each `(field, offset)` of `want`, and
+    /// returns all its members.
+    fn assert_members(
+        module: &naga::Module,
+        name: &str,
+        want: &[(&str, usize)],
+    ) -> Vec<(String, u32)> {
+        let got = members(module, name);
+        for &(field, offset) in want {
             let at = got.iter().find(|(n, _)| n == field).map(|(_, o)| *o);
-            assert_eq!(at, Some(offset as u32), "MatmulParams.{field}");
+            assert_eq!(at, Some(offset as u32), "{name}.{field}");
         }
+        got
     }
 
     #[test]
