@@ -373,10 +373,11 @@ fn invalid_views_are_errors() {
     assert!(e.contains("lacks COPY_SRC"), "{e}");
 }
 
-/// The backward passes and the sum as plans into caller-provided outputs, recorded twice
-/// (the second recording allocating nothing), against the CPU reference.
+/// The backward passes, the soft-target cross-entropy and the sum as plans into
+/// caller-provided outputs, recorded twice (the second recording allocating nothing), against
+/// the CPU reference.
 #[test]
-fn backward_and_sum_plans_write_into_given_outputs() {
+fn backward_soft_and_sum_plans_write_into_given_outputs() {
     require_gpu!();
     let gpu = &GpuContext::new().unwrap();
     let (rows, cols) = (19, 130);
@@ -393,9 +394,19 @@ fn backward_and_sum_plans_write_into_given_outputs() {
     let v = gpu
         .upload_vector(ndarray::Array1::from_elem(5000, 0.5f32).view())
         .unwrap();
+    let soft_x = adversarial(rows, cols, 6);
+    let on_soft_x = gpu.upload(soft_x.view()).unwrap();
+    let soft_loss = gpu.upload_vector(ndarray::arr1(&[0.0f32]).view()).unwrap();
+    let soft_grad = gpu
+        .upload(ndarray::Array2::zeros((rows, cols)).view())
+        .unwrap();
+    let soft_opts = CrossEntropyOptions::default().label_smoothing(0.2);
     let plans = [
         gpu.plan_softmax_backward(&on_p, &on_dy, &dx).unwrap(),
         gpu.plan_sum_into(&v, &total).unwrap(),
+        // The probabilities p serve as the targets.
+        gpu.plan_cross_entropy_soft(&on_soft_x, &on_p, &soft_opts, &soft_loss, &soft_grad)
+            .unwrap(),
     ];
     let before = gpu.allocations();
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
@@ -415,6 +426,22 @@ fn backward_and_sum_plans_write_into_given_outputs() {
         "softmax_backward plan",
     );
     assert_eq!(gpu.download_vector(&total).unwrap()[0], 2500.0);
+    let want = cpu::cross_entropy_soft(soft_x.view(), p.view(), &soft_opts).unwrap();
+    let want_grad = cpu::cross_entropy_soft_grad(soft_x.view(), p.view(), &soft_opts).unwrap();
+    assert_close_scalar(
+        gpu.download_vector(&soft_loss).unwrap()[0],
+        want.scalar().unwrap(),
+        LOSS_ABS,
+        LOSS_REL,
+        "soft loss plan",
+    );
+    assert_close(
+        gpu.download(&soft_grad).unwrap().view(),
+        want_grad.view(),
+        1e-6,
+        1e-5,
+        "soft gradient plan",
+    );
     let e = gpu.plan_sum_into(&v, &v).unwrap_err().to_string();
     assert!(e.contains("an output of 1 value"), "{e}");
 }

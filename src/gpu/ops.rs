@@ -597,11 +597,7 @@ impl GpuContext {
         with_grad: bool,
         upstream: Option<&GpuVector>,
     ) -> Result<(GpuLoss, Option<GpuMatrix>)> {
-        let len = match opts.reduction {
-            Reduction::None => x.rows(),
-            Reduction::Mean | Reduction::Sum => 1,
-        };
-        let loss = self.new_vector(op, len)?;
+        let loss = self.new_vector(op, loss_len(x.rows(), opts.reduction))?;
         let grad = if with_grad {
             Some(self.new_matrix(op, x.rows(), x.cols())?)
         } else {
@@ -680,19 +676,9 @@ impl GpuContext {
         check_classes(op, x)?;
         labels.check_fits(op, x.rows(), x.cols())?;
         let (rows, cols) = x.dim();
-        let loss_len = match opts.reduction {
-            Reduction::None => rows,
-            Reduction::Mean | Reduction::Sum => 1,
-        };
-        if loss.len() != loss_len {
-            return Err(Error::shape(
-                op,
-                format!("a loss of {loss_len} values (reduction {})", opts.reduction),
-                format!("{} values", loss.len()),
-            ));
-        }
+        check_loss_len(op, loss, rows, opts.reduction)?;
         let mut owners = vec![x.owner, labels.owner, loss.owner];
-        let mut outputs = vec![("the loss", loss.at(), 4 * loss_len as u64)];
+        let mut outputs = vec![("the loss", loss.at(), 4 * loss.len() as u64)];
         if let Some(g) = grad {
             check_pair(op, x, g, "a gradient")?;
             owners.push(g.owner);
@@ -801,6 +787,28 @@ impl GpuContext {
         opts: &CrossEntropyOptions,
     ) -> Result<(GpuLoss, GpuMatrix)> {
         const OP: &str = "cross_entropy_soft";
+        let loss = self.new_vector(OP, loss_len(x.rows(), opts.reduction))?;
+        let grad = self.new_matrix(OP, x.rows(), x.cols())?;
+        self.run_plan(self.plan_cross_entropy_soft(x, targets, opts, &loss, &grad)?)?;
+        let loss = GpuLoss {
+            values: loss,
+            reduction: opts.reduction,
+        };
+        Ok((loss, grad))
+    }
+
+    /// The plan of [`cross_entropy_soft_with_grad`](Self::cross_entropy_soft_with_grad) into
+    /// `loss` (`N` values for [`Reduction::None`], one otherwise) and `grad` (`x`'s shape),
+    /// with the errors of [`plan_cross_entropy`](Self::plan_cross_entropy).
+    pub fn plan_cross_entropy_soft(
+        &self,
+        x: &GpuMatrix,
+        targets: &GpuMatrix,
+        opts: &CrossEntropyOptions,
+        loss: &GpuVector,
+        grad: &GpuMatrix,
+    ) -> Result<GpuPlan> {
+        const OP: &str = "cross_entropy_soft";
         check_classes(OP, x)?;
         if targets.dim() != x.dim() {
             return Err(Error::shape(
@@ -809,7 +817,20 @@ impl GpuContext {
                 format!("{:?}", targets.dim()),
             ));
         }
-        self.check_owned(OP, &[x.owner, targets.owner])?;
+        check_pair(OP, x, grad, "a gradient")?;
+        check_loss_len(OP, loss, x.rows(), opts.reduction)?;
+        self.check_owned(OP, &[x.owner, targets.owner, loss.owner, grad.owner])?;
+        check_disjoint(
+            OP,
+            &[
+                ("the logits", x.at(), x.byte_len()),
+                ("the targets", targets.at(), targets.byte_len()),
+            ],
+            &[
+                ("the loss", loss.at(), 4 * loss.len() as u64),
+                ("the gradient", grad.at(), grad.byte_len()),
+            ],
+        )?;
         opts.validate(OP, x.cols())?;
         let (rows, cols) = x.dim();
         let weights = class_weights(opts, cols);
@@ -817,15 +838,20 @@ impl GpuContext {
             Reduction::Mean => 1.0 / rows as f32,
             Reduction::Sum | Reduction::None => 1.0,
         };
-        self.record(OP, |rec| {
-            let per_row = self.new_vector(OP, rows)?;
-            let grad = self.new_matrix(OP, rows, cols)?;
+        self.build_plan(OP, |rec| {
+            let workspace;
+            let per_row = if opts.reduction == Reduction::None {
+                loss.at()
+            } else {
+                workspace = self.new_vector(OP, rows)?;
+                workspace.at()
+            };
             let w = self.storage_init("class weights", bytemuck::cast_slice(&weights));
             rec.rows(
                 Kernel::CrossEntropySoft,
                 rows,
                 cols,
-                &[x.at(), targets.at(), per_row.at(), grad.at(), At::from(&w)],
+                &[x.at(), targets.at(), per_row, grad.at(), At::from(&w)],
                 Extra {
                     f0: scale,
                     f2: opts.label_smoothing,
@@ -834,18 +860,11 @@ impl GpuContext {
                 },
             )?;
             // The per-row values already carry the reduction's scale: a plain sum remains.
-            let values = match opts.reduction {
-                Reduction::None => per_row,
-                reduction => {
-                    let empty_mean = reduction == Reduction::Mean && rows == 0;
-                    record_total(rec, self, OP, &per_row.buffer, rows, 1.0, empty_mean)?
-                }
-            };
-            let loss = GpuLoss {
-                values,
-                reduction: opts.reduction,
-            };
-            Ok((loss, grad))
+            if opts.reduction != Reduction::None {
+                let empty_mean = opts.reduction == Reduction::Mean && rows == 0;
+                record_total_into(rec, self, OP, per_row, rows, 1.0, empty_mean, loss.at())?;
+            }
+            Ok(())
         })
     }
 
@@ -987,6 +1006,32 @@ pub enum GpuBceLoss {
     PerElement(GpuMatrix),
     /// `mean` or `sum`: one value.
     Reduced(GpuVector),
+}
+
+/// Values of a loss over `rows` rows under `reduction`: one per row, or one.
+fn loss_len(rows: usize, reduction: Reduction) -> usize {
+    match reduction {
+        Reduction::None => rows,
+        Reduction::Mean | Reduction::Sum => 1,
+    }
+}
+
+/// Fails unless `loss` holds [`loss_len`] values.
+fn check_loss_len(
+    op: &'static str,
+    loss: &GpuVector,
+    rows: usize,
+    reduction: Reduction,
+) -> Result<()> {
+    let want = loss_len(rows, reduction);
+    if loss.len() != want {
+        return Err(Error::shape(
+            op,
+            format!("a loss of {want} values (reduction {reduction})"),
+            format!("{} values", loss.len()),
+        ));
+    }
+    Ok(())
 }
 
 /// An array an op binds: what it is, where it lies, and its bytes.
