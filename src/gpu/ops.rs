@@ -169,6 +169,43 @@ fn record_total_into(
     Ok(())
 }
 
+/// Where an op's per-row losses go: the loss itself for [`Reduction::None`], else a
+/// workspace of the plan's own that [`reduce`](Self::reduce) sums into the loss.
+struct PerRow(Option<GpuVector>);
+
+impl PerRow {
+    fn new(gpu: &GpuContext, op: &'static str, rows: usize, reduction: Reduction) -> Result<Self> {
+        Ok(PerRow(match reduction {
+            Reduction::None => None,
+            Reduction::Mean | Reduction::Sum => Some(gpu.new_vector(op, rows)?),
+        }))
+    }
+
+    /// The per-row losses as a kernel binds them.
+    fn at<'a>(&'a self, loss: &'a GpuVector) -> At<'a> {
+        self.0.as_ref().unwrap_or(loss).at()
+    }
+
+    /// Records `scale * sum` of the workspace into `loss` (NaN for `empty_mean`); nothing
+    /// for [`Reduction::None`], whose per-row losses are the loss.
+    fn reduce(
+        &self,
+        rec: &mut Recorder<'_>,
+        gpu: &GpuContext,
+        op: &'static str,
+        scale: f32,
+        empty_mean: bool,
+        loss: &GpuVector,
+    ) -> Result<()> {
+        match &self.0 {
+            None => Ok(()),
+            Some(v) => {
+                record_total_into(rec, gpu, op, v.at(), v.len(), scale, empty_mean, loss.at())
+            }
+        }
+    }
+}
+
 /// The class weights of `opts` for `classes` classes, 1 each without weights: the fused
 /// kernels always read a weight.
 fn class_weights(opts: &CrossEntropyOptions, classes: usize) -> Vec<f32> {
@@ -708,13 +745,8 @@ impl GpuContext {
         let empty_mean = opts.reduction == Reduction::Mean && labels.active_count() == 0;
         self.build_plan(op, |rec| {
             // Per-row losses: the output itself for `none`, else workspace summed into it.
-            let workspace;
-            let per_row = if opts.reduction == Reduction::None {
-                loss.at()
-            } else {
-                workspace = self.new_vector(op, rows)?;
-                workspace.at()
-            };
+            let per_row_losses = PerRow::new(self, op, rows, opts.reduction)?;
+            let per_row = per_row_losses.at(loss);
             if grad.is_none() && opts.is_plain() {
                 rec.rows(
                     Kernel::CrossEntropyLossFused,
@@ -723,11 +755,8 @@ impl GpuContext {
                     &[x.at(), labels.at(), per_row],
                     Extra::default(),
                 )?;
-                if opts.reduction != Reduction::None {
-                    let scale = reduction_scale(opts.reduction, labels.active_count());
-                    record_total_into(rec, self, op, per_row, rows, scale, empty_mean, loss.at())?;
-                }
-                return Ok(());
+                let scale = reduction_scale(opts.reduction, labels.active_count());
+                return per_row_losses.reduce(rec, self, op, scale, empty_mean, loss);
             }
             let weights = class_weights(opts, cols);
             let (ce_scale, z_scale) = match opts.reduction {
@@ -769,10 +798,7 @@ impl GpuContext {
                 extra,
             )?;
             // The per-row values already carry the reduction's scales: a plain sum remains.
-            if opts.reduction != Reduction::None {
-                record_total_into(rec, self, op, per_row, rows, 1.0, empty_mean, loss.at())?;
-            }
-            Ok(())
+            per_row_losses.reduce(rec, self, op, 1.0, empty_mean, loss)
         })
     }
 
@@ -839,13 +865,8 @@ impl GpuContext {
             Reduction::Sum | Reduction::None => 1.0,
         };
         self.build_plan(OP, |rec| {
-            let workspace;
-            let per_row = if opts.reduction == Reduction::None {
-                loss.at()
-            } else {
-                workspace = self.new_vector(OP, rows)?;
-                workspace.at()
-            };
+            let per_row_losses = PerRow::new(self, OP, rows, opts.reduction)?;
+            let per_row = per_row_losses.at(loss);
             let w = self.storage_init("class weights", bytemuck::cast_slice(&weights));
             rec.rows(
                 Kernel::CrossEntropySoft,
@@ -860,11 +881,8 @@ impl GpuContext {
                 },
             )?;
             // The per-row values already carry the reduction's scale: a plain sum remains.
-            if opts.reduction != Reduction::None {
-                let empty_mean = opts.reduction == Reduction::Mean && rows == 0;
-                record_total_into(rec, self, OP, per_row, rows, 1.0, empty_mean, loss.at())?;
-            }
-            Ok(())
+            let empty_mean = opts.reduction == Reduction::Mean && rows == 0;
+            per_row_losses.reduce(rec, self, OP, 1.0, empty_mean, loss)
         })
     }
 
