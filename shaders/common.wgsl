@@ -18,12 +18,12 @@ struct RowParams {
     f2: f32,        // kernel-specific
     f3: f32,        // kernel-specific
     f4: f32,        // kernel-specific
+    ignore: u32,    // the label word of an ignored row, where ignores = 1 (label_class)
+    ignores: u32,   // 1 where some label word means "ignored", 0 where none does
+    nan: f32,       // always NaN (WGSL has no NaN literal)
     pad0: u32,      // padding to 64 bytes, as RowParams
     pad1: u32,
     pad2: u32,
-    pad3: u32,
-    pad4: u32,
-    pad5: u32,
     // Matrix k (the k-th matrix binding of the kernel, from 0): the index (in V units) of the
     // window's first row inside its binding, and its row stride in V units, at [k / 4][k % 4].
     base: array<vec4<u32>, 2>,
@@ -65,6 +65,23 @@ fn row_start(l: Lane) -> u32 {
 // Vectors the lane must visit: none for a dead lane, so it only joins the barriers.
 fn row_vectors(l: Lane) -> u32 {
     return select(0u, p.cols / W, l.live);
+}
+
+// The class a label word names: the word itself, IGNORED for the ignore index, or INVALID
+// for a word outside [0, p.cols) (a negative i32 reads as a u32 past every class count the
+// host allows). Labels an application wrote on the device were never validated by the host:
+// a row with an INVALID class gets NaN, never a number.
+fn label_class(label: u32) -> u32 {
+    if p.ignores != 0u && label == p.ignore {
+        return IGNORED;
+    }
+    return select(INVALID, label, label < p.cols);
+}
+
+// What an ignored row adds to a loss divided by d: 0, except where d is 0, a mean over no
+// rows, which is NaN (0 / 0 in PyTorch) whether or not any row is left to say so.
+fn ignored_loss(d: f32) -> f32 {
+    return select(0.0, p.nan, d == 0.0);
 }
 
 var<workgroup> scratch: array<f32, WG>;

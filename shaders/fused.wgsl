@@ -7,12 +7,16 @@
 //   softmax_fused:            out[i, j] = exp(x[i, j] - m) / s, or with p.flags = 1 the
 //                             log-softmax (x[i, j] - m) - log(s)
 //   logsumexp_fused:          lse[i] = m + log(s), or m when m is infinite (torch.logsumexp)
-//   cross_entropy_loss_fused: loss[i] = (m - x[i, y[i]]) + log(s), 0 when y[i] = IGNORED
+//   cross_entropy_loss_fused: loss[i] = ((m - x[i, y[i]]) + log(s)) / den[0], 0 for an
+//                             ignored row (NaN where den[0] = 0: a mean over no rows)
 //   cross_entropy_fused:      the loss with every option, and its gradient (cpu::cross_entropy
 //                             and cpu::cross_entropy_grad give the formulas); 0 for ignored rows.
-//                             p.f0, p.f1: the scales of the cross-entropy and z-loss terms;
+//                             The cross-entropy terms are divided by den[0], the z-loss terms by
+//                             den[DEN_Z]: a mean's denominators, or 1 (GpuContext::denominators);
 //                             p.f2: label smoothing; p.f3: z-loss strength; p.f4: the sum of the
 //                             class weights; p.flags bit 0: multiply row i by up[i].
+//   Labels are decoded by label_class (common.wgsl): a label out of range gives its row a NaN
+//   loss and gradient.
 //   cross_entropy_soft:       against probability targets t: per row sum_j w_j t'_j (lse - x_j)
 //                             + S lse^2 with t' = (1 - e) t + e / C, and its gradient
 //                             (sum_k w_k t'_k + 2 S lse) p_j - w_j t'_j, both times p.f0 (the
@@ -27,12 +31,14 @@
 //   logsumexp_fused           1 x         (as above)
 //                             2 lse_out   read_write  array<f32>  one per row
 //   cross_entropy_loss_fused  1 x         (as above)
-//                             2 y         read        array<u32>  one label per row, or IGNORED
+//                             2 y         read        array<u32>  one label word per row
 //                             3 loss_out  read_write  array<f32>  one per row
+//                             4 den_loss  read        array<f32>  denominators, bound whole
 //   cross_entropy_fused       1 x, 2 y, 3 loss_out (as above)
 //                             4 g         read_write  array<V>    N x C gradient
 //                             5 w         read        array<V>    C class weights, bound whole
 //                             6 up        read        array<f32>  per-row upstream gradient
+//                             7 den       read        array<f32>  denominators, bound whole
 //   cross_entropy_soft        1 x; 2 soft read array<V> N x C targets; 3 loss_out; 4 g; 5 w
 // Dispatch: a team of p.tpr threads per row (common.wgsl).
 // Rust side: Kernel::{SoftmaxFused, LogsumexpFused, CrossEntropyLossFused, CrossEntropyFused};
@@ -45,8 +51,10 @@
 @group(0) @binding(2) var<storage, read> soft: array<V>;
 @group(0) @binding(3) var<storage, read_write> loss_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> g: array<V>;
+@group(0) @binding(4) var<storage, read> den_loss: array<f32>;
 @group(0) @binding(5) var<storage, read> w: array<V>;
 @group(0) @binding(6) var<storage, read> up: array<f32>;
+@group(0) @binding(7) var<storage, read> den: array<f32>;
 
 var<workgroup> pair_m: array<f32, WG>;
 var<workgroup> pair_s: array<f32, WG>;
@@ -157,11 +165,13 @@ fn logsumexp_fused(
     }
 }
 
-// The loss of row l from its statistics: (m - x_y) first, exact when they are close.
-fn row_loss(l: Lane, label: u32, stats: vec2<f32>) -> f32 {
-    let safe = min(label, p.cols - 1u);
+// The loss of row l of class `cls` from its statistics, over the denominator d: (m - x_y)
+// first, exact when they are close.
+fn row_loss(l: Lane, cls: u32, stats: vec2<f32>, d: f32) -> f32 {
+    let safe = min(cls, p.cols - 1u);
     let x_y = lane_of(x[row_start(l) + safe / W], safe % W);
-    return select((stats.x - x_y) + log(stats.y), 0.0, label == IGNORED);
+    let loss = select(((stats.x - x_y) + log(stats.y)) / d, ignored_loss(d), cls == IGNORED);
+    return select(loss, p.nan, cls == INVALID);
 }
 
 @compute @workgroup_size(WG)
@@ -175,7 +185,7 @@ fn cross_entropy_loss_fused(
     let stats = row_stats(l, lid, false, &cache);
     if l.live && l.t == 0u {
         let i = p.vec_base + l.row;
-        loss_out[i] = row_loss(l, y[i], stats);
+        loss_out[i] = row_loss(l, label_class(y[i]), stats, den_loss[0]);
     }
 }
 
@@ -189,9 +199,12 @@ fn cross_entropy_fused(
     var cache: array<V, ROW_CACHE>;
     let stats = row_stats(l, lid, true, &cache);
     let i_row = p.vec_base + safe_row(l);
-    let label = y[i_row];
-    let ignored = label == IGNORED;
-    let safe = min(label, p.cols - 1u);
+    let cls = label_class(y[i_row]);
+    let ignored = cls == IGNORED;
+    let invalid = cls == INVALID;
+    let safe = min(cls, p.cols - 1u);
+    let d_ce = den[0];
+    let d_z = den[DEN_Z];
     let start = row_start(l);
     let g_start = row_at(1u, l);
     let m = stats.x;
@@ -200,9 +213,9 @@ fn cross_entropy_fused(
     let w_y = lane_of(w[safe / W], safe % W);
     let upstream = select(1.0, up[i_row], (p.flags & 1u) != 0u);
     // grad = a (p - onehot) + b (W p - w) + c p: the cross-entropy, smoothing and z-loss terms.
-    let a = p.f0 * (1.0 - eps) * w_y * upstream;
-    let b = p.f0 * eps / f32(p.cols) * upstream;
-    let c = p.f1 * 2.0 * p.f3 * (m + log_s) * upstream;
+    let a = (1.0 - eps) * w_y * upstream / d_ce;
+    let b = eps / f32(p.cols) * upstream / d_ce;
+    let c = 2.0 * p.f3 * (m + log_s) * upstream / d_z;
     let inv = 1.0 / stats.y;
     var smoothing = splat(0.0);
     var k = 0u;
@@ -210,7 +223,7 @@ fn cross_entropy_fused(
         let v = cached(&cache, k, start + i);
         k++;
         let prob = exp(v - splat(m)) * inv;
-        var grad = (prob - onehot(i, label)) * a;
+        var grad = (prob - onehot(i, cls)) * a;
         if eps > 0.0 {
             let wv = w[i];
             grad += (splat(p.f4) * prob - wv) * b;
@@ -221,10 +234,10 @@ fn cross_entropy_fused(
             grad += prob * c;
         }
         // select, not a multiply by 0: an ignored row's logits may hold NaN or inf.
-        g[g_start + i] = select(grad, splat(0.0), ignored);
+        g[g_start + i] = select(select(grad, splat(0.0), ignored), splat(p.nan), invalid);
     }
     let smooth_sum = team_sum(lid, hsum(smoothing));
-    if l.live && l.t == 0u && !ignored {
+    if l.live && l.t == 0u && !ignored && !invalid {
         let x_y = lane_of(x[start + safe / W], safe % W);
         var ce = (1.0 - eps) * w_y * ((m - x_y) + log_s);
         if eps > 0.0 {
@@ -234,10 +247,10 @@ fn cross_entropy_fused(
         if p.f3 > 0.0 {
             z = p.f3 * (m + log_s) * (m + log_s);
         }
-        // Each term carries its reduction's scale; sum_tree then adds them as they are.
-        loss_out[p.vec_base + l.row] = ce * p.f0 + z * p.f1;
+        // Each term carries its reduction's denominator; sum_tree then adds them as they are.
+        loss_out[p.vec_base + l.row] = ce / d_ce + z / d_z;
     } else if l.live && l.t == 0u {
-        loss_out[p.vec_base + l.row] = 0.0;
+        loss_out[p.vec_base + l.row] = select(ignored_loss(d_ce), p.nan, invalid);
     }
 }
 

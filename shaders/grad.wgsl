@@ -1,18 +1,22 @@
 // grad.wgsl: the one-hot-subtract gradient of the cross-entropy.
 //
-//   one_hot_subtract: g[i, j] = (g[i, j] - [j == y[i]]) * p.f0, in place over the
-//                     probabilities (softmax_normalise's output); 0 for rows with y = IGNORED.
+//   one_hot_subtract: g[i, j] = (g[i, j] - [j == y[i]]) * p.f0 / den[0], in place over the
+//                     probabilities (softmax_normalise's output); 0 for an ignored row, NaN
+//                     for a label out of range (label_class, common.wgsl).
 //
-// p.f0 is the reduction's scale: 1 / (rows not ignored) for a mean, 1 for a sum.
+// p.f0 / den[0] is the reduction's scale: den[0] the rows not ignored for a mean (counted by the
+// host, or on the device), p.f0 a scale of the caller's.
 //
 // Bindings (group 0), windowed by rows:
-//   1 y  read        array<u32>  one label per row, or IGNORED
-//   2 g  read_write  array<V>    N x C: probabilities in, gradient out
+//   1 y    read        array<u32>  one label word per row
+//   2 g    read_write  array<V>    N x C: probabilities in, gradient out
+//   3 den  read        array<f32>  the denominator, bound whole
 // Dispatch: a team of p.tpr threads per row (common.wgsl).
 // Rust side: Kernel::OneHotSubtract; cpu::one_hot_subtract.
 
 @group(0) @binding(1) var<storage, read> y: array<u32>;
 @group(0) @binding(2) var<storage, read_write> g: array<V>;
+@group(0) @binding(3) var<storage, read> den: array<f32>;
 
 @compute @workgroup_size(WG)
 fn one_hot_subtract(
@@ -22,9 +26,11 @@ fn one_hot_subtract(
 ) {
     let l = lane(wid, nwg, lid);
     let start = row_start(l);
-    let label = y[p.vec_base + safe_row(l)];
+    let cls = label_class(y[p.vec_base + safe_row(l)]);
+    let scale = p.f0 / den[0];
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
         // select, not a multiply by 0: an ignored row's probabilities may be NaN.
-        g[start + i] = select((g[start + i] - onehot(i, label)) * p.f0, splat(0.0), label == IGNORED);
+        let grad = select((g[start + i] - onehot(i, cls)) * scale, splat(0.0), cls == IGNORED);
+        g[start + i] = select(grad, splat(p.nan), cls == INVALID);
     }
 }

@@ -14,6 +14,10 @@ pub const DEFAULT_IGNORE_INDEX: i64 = -100;
 /// (`src/gpu/shaders.rs`).
 pub(crate) const IGNORED: u32 = u32::MAX;
 
+/// What the kernels decode a label outside `[0, classes)` to (one an application wrote on the
+/// device, which the host never validated). Keep in sync with `INVALID` in the WGSL prelude.
+pub(crate) const INVALID: u32 = u32::MAX - 1;
+
 /// One class label per row, each in `[0, classes)` or equal to the ignore index.
 ///
 /// ```
@@ -53,7 +57,7 @@ impl Labels {
                 what: "the class dimension",
             });
         }
-        if classes >= IGNORED as usize {
+        if classes >= INVALID as usize {
             return Err(Error::invalid(
                 OP,
                 format!("{classes} classes do not fit 32-bit labels"),

@@ -67,7 +67,7 @@ pub mod train;
 
 pub use device::{Device, DeviceKind};
 pub use error::{Error, Result};
-pub use gpu::{GpuContext, GpuLabels, GpuMatrix, GpuOptions, GpuPlan, GpuVector};
+pub use gpu::{GpuContext, GpuLabels, GpuMatrix, GpuOptions, GpuPlan, GpuVector, LabelType};
 pub use labels::{DEFAULT_IGNORE_INDEX, Labels};
 pub use loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 

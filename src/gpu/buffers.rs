@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::record::At;
 use crate::gpu::shaders::STEP_UNIFORM_BYTES;
-use crate::labels::Labels;
+use crate::labels::{IGNORED, INVALID, Labels};
 
 /// What a staging buffer's map callback hands to the future waiting on it.
 #[derive(Default)]
@@ -191,17 +191,43 @@ impl GpuVector {
     }
 }
 
-/// Validated [`Labels`] on the device: one `u32` per row, ignored rows marked.
+/// How an application stores class labels in its own buffer: one 32-bit integer per row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LabelType {
+    /// `u32`: an ignore index that is negative (PyTorch's default -100) marks no row.
+    U32,
+    /// `i32`: every negative label other than the ignore index is out of range.
+    I32,
+}
+
+/// Class labels on the device: one 32-bit word per row, ignored rows marked.
+///
+/// Either [uploaded](GpuContext::upload_labels) from validated [`Labels`] (`u32`, an ignored
+/// row `0xffffffff`), whose counts the host knows, or [wrapped](GpuContext::wrap_labels) over
+/// words an application wrote there, which the host never reads: the kernels decode each word
+/// (the ignore index, then the range), give a row whose label is out of range a NaN loss and
+/// NaN gradient instead of a silently wrong number, and count the rows a mean divides by on
+/// the device, each time a plan runs.
 #[derive(Clone, Debug)]
 pub struct GpuLabels {
     pub(crate) buffer: wgpu::Buffer,
     pub(crate) owner: u64,
+    offset: u64,
     len: usize,
     classes: usize,
-    active: usize,
-    /// Rows of each class present, as `(class, rows)` sorted by class (for the weighted mean's
-    /// denominator without a readback).
-    pub(crate) counts: std::sync::Arc<[(u32, u64)]>,
+    /// The word that marks an ignored row, where one can: none for an ignore index the type
+    /// cannot hold (a negative index in `u32` labels).
+    ignore: Option<u32>,
+    counted: Option<Counted>,
+}
+
+/// What the host knows of uploaded labels: the denominators of a mean without a readback.
+#[derive(Clone, Debug)]
+pub(crate) struct Counted {
+    /// Rows not ignored.
+    pub active: usize,
+    /// Rows of each class present, as `(class, rows)` sorted by class.
+    pub per_class: Arc<[(u32, u64)]>,
 }
 
 impl GpuLabels {
@@ -215,24 +241,44 @@ impl GpuLabels {
         self.len == 0
     }
 
-    /// Number of classes the labels were validated against.
+    /// Number of classes the labels are read against.
     pub fn classes(&self) -> usize {
         self.classes
     }
 
-    /// Number of rows not ignored.
-    pub fn active_count(&self) -> usize {
-        self.active
+    /// Number of rows not ignored, where the host knows it: `None` for wrapped labels, whose
+    /// rows are counted on the device.
+    pub fn active_count(&self) -> Option<usize> {
+        self.counted.as_ref().map(|c| c.active)
     }
 
-    /// The buffer that holds them: one `u32` per row, `0xffffffff` for an ignored row.
+    /// The buffer that holds them, from byte [`offset`](Self::offset): one 32-bit word per
+    /// row (`0xffffffff` for an ignored row of uploaded labels).
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
 
+    /// Where the first label starts in [`buffer`](Self::buffer), in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The host's counts of uploaded labels; `None` for wrapped ones.
+    pub(crate) fn counted(&self) -> Option<&Counted> {
+        self.counted.as_ref()
+    }
+
+    /// The ignore word, as the kernels that decode labels take it.
+    pub(crate) fn ignore(&self) -> Option<u32> {
+        self.ignore
+    }
+
     /// The labels as a kernel binds them.
     pub(crate) fn at(&self) -> At<'_> {
-        At::from(&self.buffer)
+        At {
+            offset: self.offset,
+            ..At::from(&self.buffer)
+        }
     }
 
     pub(crate) fn check_fits(&self, op: &'static str, rows: usize, cols: usize) -> Result<()> {
@@ -518,7 +564,8 @@ impl GpuContext {
             return Err(Error::invalid(
                 op,
                 format!(
-                    "offset {offset} is not a multiple of {align} bytes, the device's storage                      binding alignment"
+                    "offset {offset} is not a multiple of {align} bytes, the device's storage \
+                     binding alignment"
                 ),
             ));
         }
@@ -547,17 +594,74 @@ impl GpuContext {
         // `classes` counters (a label set may claim a billion classes).
         let mut present: Vec<u32> = labels.iter().flatten().map(|y| y as u32).collect();
         present.sort_unstable();
-        let counts: Vec<(u32, u64)> = present
+        let per_class: Vec<(u32, u64)> = present
             .chunk_by(|a, b| a == b)
             .map(|run| (run[0], run.len() as u64))
             .collect();
         Ok(GpuLabels {
             buffer,
             owner: self.id,
+            offset: 0,
             len: labels.len(),
             classes: labels.classes(),
-            active: labels.active_count(),
-            counts: counts.into(),
+            ignore: Some(IGNORED),
+            counted: Some(Counted {
+                active: labels.active_count(),
+                per_class: per_class.into(),
+            }),
+        })
+    }
+
+    /// Labels over `len` 32-bit words of the application's own `buffer` from byte `offset`,
+    /// read against `classes` classes: a row whose label equals `ignore_index` is ignored
+    /// (PyTorch's `ignore_index`), one outside `[0, classes)` gets a NaN loss and gradient. The
+    /// host never reads them, so the application may rewrite them between replays of a plan;
+    /// the count of rows a mean divides by is taken on the device each time. The buffer's
+    /// requirements and errors are those of [`wrap_matrix`](Self::wrap_matrix).
+    ///
+    /// # Errors
+    /// Those of [`wrap_matrix`](Self::wrap_matrix), [`Error::Empty`] for no classes, and
+    /// [`Error::InvalidArgument`] for more classes than the label type can name.
+    pub fn wrap_labels(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+        classes: usize,
+        ty: LabelType,
+        ignore_index: i64,
+    ) -> Result<GpuLabels> {
+        const OP: &str = "wrap_labels";
+        if classes == 0 {
+            return Err(Error::Empty {
+                op: OP,
+                what: "the class dimension",
+            });
+        }
+        // Two words are taken (IGNORED and INVALID); an i32 class must be non-negative.
+        let most = match ty {
+            LabelType::U32 => INVALID as usize,
+            LabelType::I32 => 1 << 31,
+        };
+        if classes > most {
+            return Err(Error::invalid(
+                OP,
+                format!("{classes} classes do not fit {ty:?} labels (at most {most})"),
+            ));
+        }
+        self.check_view(OP, buffer, offset, len, &format!("{len} labels"))?;
+        let ignore = match ty {
+            LabelType::U32 => u32::try_from(ignore_index).ok(),
+            LabelType::I32 => i32::try_from(ignore_index).ok().map(|i| i as u32),
+        };
+        Ok(GpuLabels {
+            buffer: buffer.clone(),
+            owner: self.id,
+            offset,
+            len,
+            classes,
+            ignore,
+            counted: None,
         })
     }
 

@@ -38,7 +38,7 @@ mod shaders;
 mod timing;
 pub(crate) mod train;
 
-pub use buffers::{GpuLabels, GpuMatrix, GpuVector};
+pub use buffers::{GpuLabels, GpuMatrix, GpuVector, LabelType};
 pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions, enumerate_adapters};
 pub use ops::{CopyKernel, GpuBceLoss, GpuLoss, Staged};
 pub use record::GpuPlan;

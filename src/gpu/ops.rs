@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::{GpuLabels, GpuMatrix, GpuVector};
 use crate::gpu::record::{At, Extra, GpuPlan, Recorder};
-use crate::gpu::shaders::Kernel;
+use crate::gpu::shaders::{DEN_Z, Kernel};
 use crate::loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
@@ -88,40 +88,6 @@ fn record_stats(
     Ok((m, s))
 }
 
-/// The scale of each row's loss and gradient under `reduction`, over `active` rows not ignored.
-fn reduction_scale(reduction: Reduction, active: usize) -> f32 {
-    match reduction {
-        Reduction::Mean => 1.0 / active as f32,
-        Reduction::Sum | Reduction::None => 1.0,
-    }
-}
-
-/// The loss `reduction` asks for, from per-row losses: the per-row values themselves, or
-/// their scaled sum (PyTorch's NaN for a mean over no rows).
-fn record_reduction(
-    rec: &mut Recorder<'_>,
-    gpu: &GpuContext,
-    op: &'static str,
-    per_row: GpuVector,
-    labels: &GpuLabels,
-    reduction: Reduction,
-) -> Result<GpuVector> {
-    if reduction == Reduction::None {
-        return Ok(per_row);
-    }
-    let empty_mean = reduction == Reduction::Mean && labels.active_count() == 0;
-    let scale = reduction_scale(reduction, labels.active_count());
-    record_total(
-        rec,
-        gpu,
-        op,
-        &per_row.buffer,
-        labels.len(),
-        scale,
-        empty_mean,
-    )
-}
-
 /// `scale * sum` of the first `len` values of `values`, in a new one-element vector; NaN
 /// instead for `empty_mean`, PyTorch's mean over no rows (0 / 0).
 fn record_total(
@@ -170,39 +136,117 @@ fn record_total_into(
 }
 
 /// Where an op's per-row losses go: the loss itself for [`Reduction::None`], else a
-/// workspace of the plan's own that [`reduce`](Self::reduce) sums into the loss.
-struct PerRow(Option<GpuVector>);
+/// workspace of the plan's own that [`reduce`](Self::reduce) sums into the loss. The per-row
+/// values carry the reduction's scale (a mean's denominator), so a plain sum remains.
+struct PerRow {
+    values: Option<GpuVector>,
+    /// A mean over no rows at all: PyTorch's NaN, which no kernel is left to write. (A mean
+    /// over rows that are all ignored gets its NaN from the kernels: `ignored_loss`.)
+    empty_mean: bool,
+}
 
 impl PerRow {
     fn new(gpu: &GpuContext, op: &'static str, rows: usize, reduction: Reduction) -> Result<Self> {
-        Ok(PerRow(match reduction {
-            Reduction::None => None,
-            Reduction::Mean | Reduction::Sum => Some(gpu.new_vector(op, rows)?),
-        }))
+        Ok(PerRow {
+            values: match reduction {
+                Reduction::None => None,
+                Reduction::Mean | Reduction::Sum => Some(gpu.new_vector(op, rows)?),
+            },
+            empty_mean: reduction == Reduction::Mean && rows == 0,
+        })
     }
 
     /// The per-row losses as a kernel binds them.
     fn at<'a>(&'a self, loss: &'a GpuVector) -> At<'a> {
-        self.0.as_ref().unwrap_or(loss).at()
+        self.values.as_ref().unwrap_or(loss).at()
     }
 
-    /// Records `scale * sum` of the workspace into `loss` (NaN for `empty_mean`); nothing
-    /// for [`Reduction::None`], whose per-row losses are the loss.
+    /// Records the sum of the workspace into `loss`; nothing for [`Reduction::None`], whose
+    /// per-row losses are the loss.
     fn reduce(
         &self,
         rec: &mut Recorder<'_>,
         gpu: &GpuContext,
         op: &'static str,
-        scale: f32,
-        empty_mean: bool,
         loss: &GpuVector,
     ) -> Result<()> {
-        match &self.0 {
+        match &self.values {
             None => Ok(()),
-            Some(v) => {
-                record_total_into(rec, gpu, op, v.at(), v.len(), scale, empty_mean, loss.at())
+            Some(v) => record_total_into(
+                rec,
+                gpu,
+                op,
+                v.at(),
+                v.len(),
+                1.0,
+                self.empty_mean,
+                loss.at(),
+            ),
+        }
+    }
+}
+
+impl GpuContext {
+    /// The denominators a label loss divides by under `reduction`, in a buffer the kernels
+    /// bind whole: at slot 0 the class-weighted count of the rows not ignored (the plain count
+    /// without `weights`), at slot [`DEN_Z`] their plain count (the z-loss's), for a mean; 1
+    /// and 1 otherwise. The one place a mean's denominator is made: from the host's counts of
+    /// uploaded labels, with no dispatch, or summed on the device (`label_stats`, then two
+    /// sums) for labels the application wrote there, so that each replay of the plan counts
+    /// that frame's labels.
+    fn denominators(
+        &self,
+        rec: &mut Recorder<'_>,
+        op: &'static str,
+        labels: &GpuLabels,
+        weights: Option<(&[f32], &wgpu::Buffer)>,
+        reduction: Reduction,
+    ) -> Result<wgpu::Buffer> {
+        let mut den = [0f32; DEN_Z + 1];
+        match (reduction, labels.counted()) {
+            (Reduction::Sum | Reduction::None, _) => {
+                den[0] = 1.0;
+                den[DEN_Z] = 1.0;
+            }
+            (Reduction::Mean, Some(counted)) => {
+                den[0] = match weights {
+                    Some((w, _)) => counted
+                        .per_class
+                        .iter()
+                        .map(|&(class, n)| n as f64 * f64::from(w[class as usize]))
+                        .sum::<f64>() as f32,
+                    None => counted.active as f32,
+                };
+                den[DEN_Z] = counted.active as f32;
+            }
+            (Reduction::Mean, None) => {
+                let buffer = self.storage("denominators", std::mem::size_of_val(&den) as u64);
+                let rows = labels.len();
+                let weight = self.new_vector(op, rows)?;
+                let active = self.new_vector(op, rows)?;
+                // Unweighted, label_stats never reads binding 2: the buffer stands in.
+                let w = weights.map_or(&buffer, |(_, b)| b);
+                rec.rows(
+                    Kernel::LabelStats,
+                    rows,
+                    labels.classes(),
+                    &[labels.at(), At::from(w), weight.at(), active.at()],
+                    Extra {
+                        flags: u32::from(weights.is_some()),
+                        ..Extra::default()
+                    }
+                    .labels(labels),
+                )?;
+                rec.push(self.plan_sum(op, weight.at(), rows, At::from(&buffer), 1.0)?);
+                let z = At {
+                    offset: 4 * DEN_Z as u64,
+                    ..At::from(&buffer)
+                };
+                rec.push(self.plan_sum(op, active.at(), rows, z, 1.0)?);
+                return Ok(buffer);
             }
         }
+        Ok(self.storage_init("denominators", bytemuck::cast_slice(&den)))
     }
 }
 
@@ -322,12 +366,15 @@ impl<'a> Staged<'a> {
         self.gpu.check_owned(OP, &[p.owner, labels.owner])?;
         let (rows, cols) = p.dim();
         self.gpu.record(OP, |rec| {
+            let den = self
+                .gpu
+                .denominators(rec, OP, labels, None, Reduction::Sum)?;
             rec.rows(
                 Kernel::OneHotSubtract,
                 rows,
                 cols,
-                &[labels.at(), p.at()],
-                Extra::f0(scale),
+                &[labels.at(), p.at(), At::from(&den)],
+                Extra::f0(scale).labels(labels),
             )
         })?;
         Ok(p)
@@ -425,18 +472,26 @@ impl<'a> Staged<'a> {
         }
         let (rows, cols) = x.dim();
         let gpu = self.gpu;
-        let scale = reduction_scale(opts.reduction, labels.active_count());
         gpu.record(op, |rec| {
+            let den = gpu.denominators(rec, op, labels, None, opts.reduction)?;
             let (m, s) = record_stats(rec, gpu, op, x)?;
-            let per_row = gpu.new_vector(op, rows)?;
+            let values = gpu.new_vector(op, loss_len(rows, opts.reduction))?;
+            let per_row = PerRow::new(gpu, op, rows, opts.reduction)?;
             rec.rows(
                 Kernel::CrossEntropyRows,
                 rows,
                 cols,
-                &[x.at(), m.at(), s.at(), labels.at(), per_row.at()],
-                Extra::default(),
+                &[
+                    x.at(),
+                    m.at(),
+                    s.at(),
+                    labels.at(),
+                    per_row.at(&values),
+                    At::from(&den),
+                ],
+                Extra::default().labels(labels),
             )?;
-            let values = record_reduction(rec, gpu, op, per_row, labels, opts.reduction)?;
+            per_row.reduce(rec, gpu, op, &values)?;
             let grad = if with_grad {
                 let g = gpu.new_matrix(op, rows, cols)?;
                 rec.rows(
@@ -450,8 +505,8 @@ impl<'a> Staged<'a> {
                     Kernel::OneHotSubtract,
                     rows,
                     cols,
-                    &[labels.at(), g.at()],
-                    Extra::f0(scale),
+                    &[labels.at(), g.at(), At::from(&den)],
+                    Extra::f0(1.0).labels(labels),
                 )?;
                 Some(g)
             } else {
@@ -742,42 +797,32 @@ impl GpuContext {
         self.check_owned(op, &owners)?;
         check_disjoint(op, &inputs, &outputs)?;
         opts.validate(op, cols)?;
-        let empty_mean = opts.reduction == Reduction::Mean && labels.active_count() == 0;
         self.build_plan(op, |rec| {
-            // Per-row losses: the output itself for `none`, else workspace summed into it.
             let per_row_losses = PerRow::new(self, op, rows, opts.reduction)?;
             let per_row = per_row_losses.at(loss);
             if grad.is_none() && opts.is_plain() {
+                let den = self.denominators(rec, op, labels, None, opts.reduction)?;
                 rec.rows(
                     Kernel::CrossEntropyLossFused,
                     rows,
                     cols,
-                    &[x.at(), labels.at(), per_row],
-                    Extra::default(),
+                    &[x.at(), labels.at(), per_row, At::from(&den)],
+                    Extra::default().labels(labels),
                 )?;
-                let scale = reduction_scale(opts.reduction, labels.active_count());
-                return per_row_losses.reduce(rec, self, op, scale, empty_mean, loss);
+                return per_row_losses.reduce(rec, self, op, loss);
             }
             let weights = class_weights(opts, cols);
-            let (ce_scale, z_scale) = match opts.reduction {
-                Reduction::Mean => {
-                    let total: f64 = labels
-                        .counts
-                        .iter()
-                        .map(|&(class, n)| n as f64 * f64::from(weights[class as usize]))
-                        .sum();
-                    (1.0 / total, 1.0 / labels.active_count() as f64)
-                }
-                Reduction::Sum | Reduction::None => (1.0, 1.0),
-            };
+            let w = self.storage_init("class weights", bytemuck::cast_slice(&weights));
+            let weighted = opts.weight.as_ref().map(|_| (weights.as_slice(), &w));
+            let den = self.denominators(rec, op, labels, weighted, opts.reduction)?;
             let extra = Extra {
                 flags: u32::from(upstream.is_some()),
-                f0: ce_scale as f32,
-                f1: z_scale as f32,
                 f2: opts.label_smoothing,
                 f3: opts.z_loss,
                 f4: weights.iter().map(|&w| f64::from(w)).sum::<f64>() as f32,
-            };
+                ..Extra::default()
+            }
+            .labels(labels);
             // The loss alone still needs somewhere to write the gradient it computes.
             let scratch;
             let g = match grad {
@@ -787,18 +832,24 @@ impl GpuContext {
                     scratch.at()
                 }
             };
-            let w = self.storage_init("class weights", bytemuck::cast_slice(&weights));
             // Without an upstream gradient the kernel never reads binding 6; the labels stand in.
             let up = upstream.map_or(labels.at(), GpuVector::at);
             rec.rows(
                 Kernel::CrossEntropyFused,
                 rows,
                 cols,
-                &[x.at(), labels.at(), per_row, g, At::from(&w), up],
+                &[
+                    x.at(),
+                    labels.at(),
+                    per_row,
+                    g,
+                    At::from(&w),
+                    up,
+                    At::from(&den),
+                ],
                 extra,
             )?;
-            // The per-row values already carry the reduction's scales: a plain sum remains.
-            per_row_losses.reduce(rec, self, op, 1.0, empty_mean, loss)
+            per_row_losses.reduce(rec, self, op, loss)
         })
     }
 
@@ -880,9 +931,7 @@ impl GpuContext {
                     ..Default::default()
                 },
             )?;
-            // The per-row values already carry the reduction's scale: a plain sum remains.
-            let empty_mean = opts.reduction == Reduction::Mean && rows == 0;
-            per_row_losses.reduce(rec, self, OP, 1.0, empty_mean, loss)
+            per_row_losses.reduce(rec, self, OP, loss)
         })
     }
 

@@ -27,8 +27,15 @@ pub(crate) struct RowParams {
     pub f3: f32,
     /// Kernel-specific scalar.
     pub f4: f32,
+    /// The word of a label binding that marks an ignored row, where `ignores` is 1.
+    pub ignore: u32,
+    /// 1 where some label word means "ignored" (`ignore`), 0 where none does.
+    pub ignores: u32,
+    /// Always NaN: what a row with an out-of-range label gets (WGSL has no NaN literal, and a
+    /// constant expression may not produce one).
+    pub nan: f32,
     /// Pads the scalars to 64 bytes, where the arrays start (WGSL aligns them to 16).
-    pub pad: [u32; 6],
+    pub pad: [u32; 3],
     /// Matrix binding `k` of the kernel (from 0): where the window's first row starts inside
     /// its binding, in vector lanes (`W` elements), because bindings start at aligned offsets
     /// and rows need not.

@@ -14,6 +14,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
+use crate::gpu::buffers::GpuLabels;
 use crate::gpu::context::Pipeline;
 use crate::gpu::dispatch::{FIXED_TRIPS, row_groups, threads_per_row};
 use crate::gpu::params::{MATRICES, RowParams};
@@ -28,6 +29,8 @@ pub(crate) struct Extra {
     pub f2: f32,
     pub f3: f32,
     pub f4: f32,
+    /// How the kernel's label binding marks an ignored row (`GpuLabels::ignore`).
+    pub ignore: Option<u32>,
 }
 
 impl Extra {
@@ -35,6 +38,14 @@ impl Extra {
         Extra {
             f0,
             ..Default::default()
+        }
+    }
+
+    /// These params for a kernel that decodes `labels`.
+    pub(crate) fn labels(self, labels: &GpuLabels) -> Self {
+        Extra {
+            ignore: labels.ignore(),
+            ..self
         }
     }
 }
@@ -183,7 +194,9 @@ impl GpuContext {
         let mut out = Vec::new();
         let per_dispatch = geometry.dispatch_rows(u64::from(wg / tpr));
         // Windows sized by the widest stride: every matrix's window fits one binding.
-        let row_elems = strides.iter().copied().fold(cols, usize::max);
+        // Without matrices only the per-row bindings, one element a row, need to fit.
+        let narrowest = if strides.is_empty() { 1 } else { cols };
+        let row_elems = strides.iter().copied().fold(narrowest, usize::max);
         let lanes = width.lanes() as u32;
         for window in geometry.windows_capped(op, rows, row_elems, per_dispatch)? {
             let groups = geometry.fold(op, row_groups(window.len(), tpr, wg))?;
@@ -240,7 +253,10 @@ impl GpuContext {
                 f2: extra.f2,
                 f3: extra.f3,
                 f4: extra.f4,
-                pad: [0; 6],
+                ignore: extra.ignore.unwrap_or(0),
+                ignores: u32::from(extra.ignore.is_some()),
+                nan: f32::NAN,
+                pad: [0; 3],
                 base,
                 stride,
             };

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use crate::labels::IGNORED;
+use crate::labels::{IGNORED, INVALID};
 
 /// A WGSL file of related entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -189,6 +189,19 @@ const TEX_OUT: Binding = Binding {
     writable: true,
 };
 
+const NORMALISE: &[Binding] = &[MAT_IN, ROW_IN, ROW_IN, MAT_OUT];
+const PRODUCT: &[Binding] = &[WHOLE_IN, WHOLE_IN, WHOLE_OUT];
+const BACKWARD: &[Binding] = &[MAT_IN, MAT_IN, MAT_OUT];
+
+/// What the host knows of one entry point: a row of the kernel table ([`Kernel::spec`]).
+struct Spec {
+    family: Family,
+    entry: &'static str,
+    bindings: &'static [Binding],
+    shape: Shape,
+    row_passes: u64,
+}
+
 /// One entry point. The variant name, the WGSL entry point and the CPU reference function share
 /// one spelling (`RowMax` / `row_max` / `cpu::row_max`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -199,6 +212,7 @@ pub(crate) enum Kernel {
     LogSoftmaxNormalise,
     LogsumexpRows,
     CrossEntropyRows,
+    LabelStats,
     SumTree,
     OneHotSubtract,
     MatmulNn,
@@ -230,13 +244,14 @@ pub(crate) enum Kernel {
 impl Kernel {
     /// Every kernel, for validation tests.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 32] = [
+    pub(crate) const ALL: [Kernel; 33] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
         Kernel::LogSoftmaxNormalise,
         Kernel::LogsumexpRows,
         Kernel::CrossEntropyRows,
+        Kernel::LabelStats,
         Kernel::SumTree,
         Kernel::OneHotSubtract,
         Kernel::MatmulNn,
@@ -265,118 +280,190 @@ impl Kernel {
         Kernel::LogisticResidual,
     ];
 
-    pub(crate) fn family(self) -> Family {
+    /// The kernel's row of the table: its file, entry point, bindings, shape and loops.
+    fn spec(self) -> Spec {
+        use Family as F;
         use Kernel::*;
+        use Shape::{
+            Blocks, CachedTeamPerRow as Cached, TeamPerRow as Team, ThreadPerRow as Thread, Tiles,
+        };
+        let row = |family, entry, bindings, shape, row_passes| Spec {
+            family,
+            entry,
+            bindings,
+            shape,
+            row_passes,
+        };
         match self {
-            RowMax | RowSumexp => Family::Reduce,
-            SoftmaxNormalise | LogSoftmaxNormalise => Family::Softmax,
-            LogsumexpRows | CrossEntropyRows | SumTree => Family::Loss,
-            OneHotSubtract => Family::Grad,
-            MatmulNn | MatmulTn => Family::Matmul,
-            Pack | PackTransposed | MatmulTex => Family::MatmulTex,
-            SoftmaxGradRows | LossErrRows | StepForward | StepUpdate | LossErrFused => {
-                Family::Train
-            }
-            StepForwardTex | StepUpdateTex | LossErrTex => Family::TrainTex,
-            CopyRows | CopyFlat => Family::Copy,
-            SoftmaxFused
-            | LogsumexpFused
-            | CrossEntropyLossFused
-            | CrossEntropyFused
-            | CrossEntropySoft => Family::Fused,
-            SoftmaxBackward | LogSoftmaxBackward | BceWithLogits => Family::Backward,
-            LogisticResidual => Family::Backward,
+            RowMax => row(F::Reduce, "row_max", &[MAT_IN, ROW_OUT], Team, 1),
+            RowSumexp => row(F::Reduce, "row_sumexp", &[MAT_IN, ROW_IN, ROW_OUT], Team, 1),
+            SoftmaxNormalise => row(F::Softmax, "softmax_normalise", NORMALISE, Team, 1),
+            LogSoftmaxNormalise => row(F::Softmax, "log_softmax_normalise", NORMALISE, Team, 1),
+            LogsumexpRows => row(
+                F::Loss,
+                "logsumexp_rows",
+                &[ROW_IN, ROW_IN, ROW_OUT],
+                Thread,
+                0,
+            ),
+            CrossEntropyRows => row(
+                F::Loss,
+                "cross_entropy_rows",
+                &[MAT_IN, ROW_IN, ROW_IN, ROW_IN, ROW_OUT, WHOLE_IN],
+                Thread,
+                0,
+            ),
+            LabelStats => row(
+                F::Loss,
+                "label_stats",
+                &[ROW_IN, WHOLE_IN, ROW_OUT, ROW_OUT],
+                Thread,
+                0,
+            ),
+            SumTree => row(F::Loss, "sum_tree", &[ROW_IN, WHOLE_OUT], Blocks, 0),
+            OneHotSubtract => row(
+                F::Grad,
+                "one_hot_subtract",
+                &[ROW_IN, MAT_OUT, WHOLE_IN],
+                Team,
+                1,
+            ),
+            MatmulNn => row(F::Matmul, "matmul_nn", PRODUCT, Tiles, 0),
+            MatmulTn => row(F::Matmul, "matmul_tn", PRODUCT, Tiles, 0),
+            Pack => row(F::MatmulTex, "pack", &[WHOLE_IN, TEX_OUT], Tiles, 0),
+            PackTransposed => row(
+                F::MatmulTex,
+                "pack_transposed",
+                &[WHOLE_IN, TEX_OUT],
+                Tiles,
+                0,
+            ),
+            MatmulTex => row(
+                F::MatmulTex,
+                "matmul_tex",
+                &[TEX_IN, TEX_IN, WHOLE_OUT],
+                Tiles,
+                0,
+            ),
+            SoftmaxGradRows => row(F::Train, "softmax_grad_rows", &[ROW_IN, MAT_OUT], Team, 3),
+            LossErrRows => row(
+                F::Train,
+                "loss_err_rows",
+                &[MAT_IN, ROW_IN, ROW_OUT, ROW_OUT],
+                Team,
+                2,
+            ),
+            CopyRows => row(F::Copy, "copy_rows", &[MAT_IN, MAT_OUT], Team, 1),
+            // Elementwise: one vector per "row" of the dispatch, so no thread loops.
+            CopyFlat => row(F::Copy, "copy_flat", &[MAT_IN, MAT_OUT], Thread, 0),
+            SoftmaxFused => row(F::Fused, "softmax_fused", &[MAT_IN, MAT_OUT], Cached, 2),
+            LogsumexpFused => row(F::Fused, "logsumexp_fused", &[MAT_IN, ROW_OUT], Team, 1),
+            CrossEntropyLossFused => row(
+                F::Fused,
+                "cross_entropy_loss_fused",
+                &[MAT_IN, ROW_IN, ROW_OUT, WHOLE_IN],
+                Team,
+                1,
+            ),
+            CrossEntropyFused => row(
+                F::Fused,
+                "cross_entropy_fused",
+                &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT, WHOLE_IN, ROW_IN, WHOLE_IN],
+                Cached,
+                2,
+            ),
+            CrossEntropySoft => row(
+                F::Fused,
+                "cross_entropy_soft",
+                &[MAT_IN, MAT_IN, ROW_OUT, MAT_OUT, WHOLE_IN],
+                Team,
+                3,
+            ),
+            SoftmaxBackward => row(F::Backward, "softmax_backward", BACKWARD, Team, 2),
+            LogSoftmaxBackward => row(F::Backward, "log_softmax_backward", BACKWARD, Team, 2),
+            // One vector a thread; its per-column gather loops over the W lanes only.
+            BceWithLogits => row(
+                F::Backward,
+                "bce_with_logits",
+                &[MAT_IN, MAT_IN, MAT_IN, MAT_IN, WHOLE_IN, MAT_OUT, MAT_OUT],
+                Thread,
+                0,
+            ),
+            // Targets windowed as a 1-column matrix, so that their window may start at another
+            // row than the residuals'.
+            LogisticResidual => row(
+                F::Backward,
+                "logistic_residual",
+                &[MAT_IN, ROW_OUT],
+                Thread,
+                0,
+            ),
+            // step_forward and loss_err_fused walk the features once, step_update the batch;
+            // their loops over at most STEP_CLASSES classes are counted by fused_step_fits
+            // (src/gpu/train.rs), which alone plans them.
+            StepForward => row(
+                F::Train,
+                "step_forward",
+                &[MAT_IN, ROW_IN, WHOLE_OUT, UNIFORM_IN],
+                Thread,
+                1,
+            ),
+            // The batch's rows of x are bound by the caller (src/gpu/train.rs), not windowed.
+            StepUpdate => row(
+                F::Train,
+                "step_update",
+                &[WHOLE_IN, UNIFORM_IN, WHOLE_OUT],
+                Thread,
+                1,
+            ),
+            LossErrFused => row(
+                F::Train,
+                "loss_err_fused",
+                &[MAT_IN, ROW_IN, ROW_OUT, UNIFORM_IN, ROW_OUT],
+                Thread,
+                1,
+            ),
+            StepForwardTex => row(
+                F::TrainTex,
+                "step_forward_tex",
+                &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN],
+                Tiles,
+                0,
+            ),
+            StepUpdateTex => row(
+                F::TrainTex,
+                "step_update_tex",
+                &[TEX_IN, UNIFORM_IN, WHOLE_OUT],
+                Tiles,
+                0,
+            ),
+            LossErrTex => row(
+                F::TrainTex,
+                "loss_err_tex",
+                &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN, WHOLE_OUT],
+                Tiles,
+                0,
+            ),
         }
     }
 
+    pub(crate) fn family(self) -> Family {
+        self.spec().family
+    }
+
     pub(crate) fn entry(self) -> &'static str {
-        use Kernel::*;
-        match self {
-            RowMax => "row_max",
-            RowSumexp => "row_sumexp",
-            SoftmaxNormalise => "softmax_normalise",
-            LogSoftmaxNormalise => "log_softmax_normalise",
-            LogsumexpRows => "logsumexp_rows",
-            CrossEntropyRows => "cross_entropy_rows",
-            SumTree => "sum_tree",
-            OneHotSubtract => "one_hot_subtract",
-            MatmulNn => "matmul_nn",
-            MatmulTn => "matmul_tn",
-            Pack => "pack",
-            PackTransposed => "pack_transposed",
-            MatmulTex => "matmul_tex",
-            SoftmaxGradRows => "softmax_grad_rows",
-            LossErrRows => "loss_err_rows",
-            CopyRows => "copy_rows",
-            CopyFlat => "copy_flat",
-            SoftmaxFused => "softmax_fused",
-            LogsumexpFused => "logsumexp_fused",
-            CrossEntropyLossFused => "cross_entropy_loss_fused",
-            CrossEntropyFused => "cross_entropy_fused",
-            SoftmaxBackward => "softmax_backward",
-            LogSoftmaxBackward => "log_softmax_backward",
-            BceWithLogits => "bce_with_logits",
-            CrossEntropySoft => "cross_entropy_soft",
-            StepForward => "step_forward",
-            StepUpdate => "step_update",
-            LossErrFused => "loss_err_fused",
-            StepForwardTex => "step_forward_tex",
-            StepUpdateTex => "step_update_tex",
-            LossErrTex => "loss_err_tex",
-            LogisticResidual => "logistic_residual",
-        }
+        self.spec().entry
     }
 
     /// The bindings after binding 0 (always the params uniform), in binding order. Keep in sync
     /// with the `@binding` declarations of the kernel's WGSL file.
     pub(crate) fn bindings(self) -> &'static [Binding] {
-        use Kernel::*;
-        match self {
-            RowMax => &[MAT_IN, ROW_OUT],
-            RowSumexp => &[MAT_IN, ROW_IN, ROW_OUT],
-            SoftmaxNormalise | LogSoftmaxNormalise => &[MAT_IN, ROW_IN, ROW_IN, MAT_OUT],
-            LogsumexpRows => &[ROW_IN, ROW_IN, ROW_OUT],
-            CrossEntropyRows => &[MAT_IN, ROW_IN, ROW_IN, ROW_IN, ROW_OUT],
-            SumTree => &[ROW_IN, WHOLE_OUT],
-            OneHotSubtract | SoftmaxGradRows => &[ROW_IN, MAT_OUT],
-            MatmulNn | MatmulTn => &[WHOLE_IN, WHOLE_IN, WHOLE_OUT],
-            Pack | PackTransposed => &[WHOLE_IN, TEX_OUT],
-            MatmulTex => &[TEX_IN, TEX_IN, WHOLE_OUT],
-            LossErrRows => &[MAT_IN, ROW_IN, ROW_OUT, ROW_OUT],
-            CopyRows | CopyFlat | SoftmaxFused => &[MAT_IN, MAT_OUT],
-            LogsumexpFused => &[MAT_IN, ROW_OUT],
-            CrossEntropyLossFused => &[MAT_IN, ROW_IN, ROW_OUT],
-            CrossEntropyFused => &[MAT_IN, ROW_IN, ROW_OUT, MAT_OUT, WHOLE_IN, ROW_IN],
-            SoftmaxBackward | LogSoftmaxBackward => &[MAT_IN, MAT_IN, MAT_OUT],
-            BceWithLogits => &[MAT_IN, MAT_IN, MAT_IN, MAT_IN, WHOLE_IN, MAT_OUT, MAT_OUT],
-            CrossEntropySoft => &[MAT_IN, MAT_IN, ROW_OUT, MAT_OUT, WHOLE_IN],
-            StepForward => &[MAT_IN, ROW_IN, WHOLE_OUT, UNIFORM_IN],
-            // The batch's rows of x are bound by the caller (src/gpu/train.rs), not windowed.
-            StepUpdate => &[WHOLE_IN, UNIFORM_IN, WHOLE_OUT],
-            LossErrFused => &[MAT_IN, ROW_IN, ROW_OUT, UNIFORM_IN, ROW_OUT],
-            StepForwardTex => &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN],
-            StepUpdateTex => &[TEX_IN, UNIFORM_IN, WHOLE_OUT],
-            LossErrTex => &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN, WHOLE_OUT],
-            // Targets windowed as a 1-column matrix, so that their window may start at another
-            // row than the residuals'.
-            LogisticResidual => &[MAT_IN, ROW_OUT],
-        }
+        self.spec().bindings
     }
 
     /// How the kernel's invocations map onto rows.
     pub(crate) fn shape(self) -> Shape {
-        use Kernel::*;
-        match self {
-            LogsumexpRows | CrossEntropyRows | CopyFlat | StepForward | StepUpdate
-            | LossErrFused => Shape::ThreadPerRow,
-            SumTree => Shape::Blocks,
-            MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
-            | StepUpdateTex | LossErrTex => Shape::Tiles,
-            SoftmaxFused | CrossEntropyFused => Shape::CachedTeamPerRow,
-            // Elementwise: one vector per "row" of the dispatch, so no thread loops.
-            BceWithLogits | LogisticResidual => Shape::ThreadPerRow,
-            _ => Shape::TeamPerRow,
-        }
+        self.spec().shape
     }
 
     /// How many loops of a row kernel walk a thread's share of its row (each of
@@ -384,34 +471,12 @@ impl Kernel {
     /// thread's loops cost against the loop budget (`Geometry::check_trips`). Count the
     /// `for` loops over `row_vectors` (or over `p.cols` for a thread per row) in the kernel's
     /// WGSL, `row_stats` included; the boundary tests in `tests/limits.rs` hold the count to
-    /// lavapipe's real limit.
+    /// lavapipe's real limit. 0 for the kernels that are not row kernels: their planners count
+    /// their own loops.
     ///
     /// [`FIXED_TRIPS`]: crate::gpu::dispatch::FIXED_TRIPS
     pub(crate) fn row_passes(self) -> u64 {
-        use Kernel::*;
-        match self {
-            // One row (logistic_residual) or one vector (bce_with_logits) a thread, no loop
-            // over it: bce_with_logits's per-column gather loops over the W lanes only.
-            LogsumexpRows | CrossEntropyRows | CopyFlat | LogisticResidual | BceWithLogits => 0,
-            RowMax
-            | RowSumexp
-            | SoftmaxNormalise
-            | LogSoftmaxNormalise
-            | OneHotSubtract
-            | CopyRows
-            | LogsumexpFused
-            | CrossEntropyLossFused => 1,
-            // step_forward and loss_err_fused walk the features once, step_update the batch;
-            // their loops over at most STEP_CLASSES classes are counted by fused_step_fits
-            // (src/gpu/train.rs), which alone plans them.
-            StepForward | StepUpdate | LossErrFused => 1,
-            SoftmaxFused | CrossEntropyFused | SoftmaxBackward | LogSoftmaxBackward
-            | LossErrRows => 2,
-            CrossEntropySoft | SoftmaxGradRows => 3,
-            // Not row kernels: their planners count their own loops.
-            SumTree | MatmulNn | MatmulTn | Pack | PackTransposed | MatmulTex | StepForwardTex
-            | StepUpdateTex | LossErrTex => 0,
-        }
+        self.spec().row_passes
     }
 
     /// The access width for rows of `cols` elements: vec4 where the row allows it, except in
@@ -461,6 +526,11 @@ pub(crate) const STEP_CLASSES: u32 = 16;
 /// Size of the fused step's uniform bindings (theta, the batch gradient): the 64 KiB every
 /// WebGPU adapter offers. Buffers bound there are allocated at least this large.
 pub(crate) const STEP_UNIFORM_BYTES: u64 = 64 << 10;
+
+/// Where a label loss's second denominator (the z-loss's count of rows not ignored) sits in
+/// its denominators buffer, in `f32`s: 256 bytes past the first, the largest storage-binding
+/// alignment WebGPU allows, so that a sum can write each through a binding of its own.
+pub(crate) const DEN_Z: usize = 64;
 
 /// Values each thread of `sum_tree` adds before its workgroup's tree (written out in
 /// `loss.wgsl`, which must match): a workgroup reduces `SUM_TERMS * WG` values.
@@ -542,6 +612,8 @@ impl Config {
         let _ = writeln!(s, "const STEP_CLASSES: u32 = {STEP_CLASSES}u;");
         let _ = writeln!(s, "const STEP_UNIFORM: u32 = {}u;", STEP_UNIFORM_BYTES / 16);
         let _ = writeln!(s, "const IGNORED: u32 = {IGNORED:#x}u;");
+        let _ = writeln!(s, "const INVALID: u32 = {INVALID:#x}u;");
+        let _ = writeln!(s, "const DEN_Z: u32 = {DEN_Z}u;");
         // WGSL has no infinity literal; `x < -F32_MAX` is how the kernels test for -inf. The
         // hexadecimal form is exactly f32::MAX: Tint rejects a decimal above it before
         // rounding (Rust's shortest `{:e}`, 3.4028235e38, is one), naga accepts both.
