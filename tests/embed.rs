@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use softmax_ce::{CrossEntropyOptions, GpuContext, Loss, Reduction, cpu};
+use softmax_ce::{CrossEntropyOptions, GpuContext, LabelType, Loss, Reduction, cpu};
 
 #[test]
 fn a_context_is_send_sync_and_cheap_to_clone() {
@@ -444,4 +444,308 @@ fn backward_soft_and_sum_plans_write_into_given_outputs() {
     );
     let e = gpu.plan_sum_into(&v, &v).unwrap_err().to_string();
     assert!(e.contains("an output of 1 value"), "{e}");
+}
+
+/// Label words as an application writes them: `i32` (or `u32`, same bits for the
+/// non-negative ones) in its buffer from byte `offset`.
+fn write_labels(gpu: &GpuContext, buffer: &wgpu::Buffer, offset: u64, words: &[i64]) {
+    let bits: Vec<i32> = words.iter().map(|&w| w as i32).collect();
+    gpu.queue()
+        .write_buffer(buffer, offset, bytemuck::cast_slice(&bits));
+}
+
+/// `rows` label words over `classes` classes, every fourth one `ignore` (if not `None`).
+fn words(rows: usize, classes: usize, ignore: Option<i64>, seed: u64) -> Vec<i64> {
+    let y = labels(rows, classes, 0, seed);
+    (0..rows)
+        .map(|i| match ignore {
+            Some(ignore) if i % 4 == 3 => ignore,
+            _ => y.get(i).unwrap() as i64,
+        })
+        .collect()
+}
+
+fn cross_entropy_options(classes: usize) -> Vec<(&'static str, CrossEntropyOptions)> {
+    let w = ndarray::Array1::from_shape_fn(classes, |j| 0.25 + (j % 7) as f32 * 0.5);
+    let base = CrossEntropyOptions::default();
+    vec![
+        ("mean", base.clone()),
+        ("sum", base.clone().reduction(Reduction::Sum)),
+        ("none", base.clone().reduction(Reduction::None)),
+        ("weighted mean", base.clone().weight(w.clone())),
+        (
+            "weighted smoothed z-loss mean",
+            base.clone().weight(w).label_smoothing(0.1).z_loss(1e-3),
+        ),
+    ]
+}
+
+fn assert_loss(got: Loss, want: Loss, case: &str) {
+    match (got, want) {
+        (Loss::Reduced(g), Loss::Reduced(w)) => assert_close_scalar(g, w, LOSS_ABS, LOSS_REL, case),
+        (Loss::PerRow(g), Loss::PerRow(w)) => {
+            assert_close(g.view(), w.view(), LOSS_ABS, LOSS_REL, case)
+        }
+        (g, w) => panic!("{case}: got {g:?}, want {w:?}"),
+    }
+}
+
+/// Labels the application wrote on the device, `u32` and `i32`, at an aligned offset, with an
+/// ignore index that is negative and one that is a class: every cross-entropy path decodes
+/// them and counts a mean's rows on the device, and agrees with the CPU reference on the same
+/// labels validated on the host, in every kernel configuration.
+#[test]
+fn wrapped_labels_are_decoded_and_counted_on_the_device() {
+    require_gpu!();
+    for (name, gpu) in configs() {
+        let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+        for (rows, cols) in [(37, 10), (5, 1000), (130, 4), (1, 1)] {
+            let x_host = logits(rows, cols, 3.0, 4);
+            let x = gpu.upload(x_host.view()).unwrap();
+            let cases = [
+                (LabelType::I32, -100, Some(-100)),
+                (LabelType::U32, -100, None),
+                (LabelType::I32, 0, Some(0)),
+                (LabelType::U32, 0, Some(0)),
+            ];
+            for (ty, ignore_index, written) in cases {
+                let w = words(rows, cols, written, rows as u64);
+                let buffer = app_buffer(gpu, align + 4 * rows as u64);
+                write_labels(gpu, &buffer, align, &w);
+                let y = gpu
+                    .wrap_labels(&buffer, align, rows, cols, ty, ignore_index)
+                    .unwrap();
+                assert_eq!(y.active_count(), None);
+                let host = softmax_ce::Labels::new(w.clone(), cols, ignore_index).unwrap();
+                for (opt_name, opts) in cross_entropy_options(cols) {
+                    let case =
+                        format!("{name} {rows}x{cols} {ty:?} ignore {ignore_index} {opt_name}");
+                    let want_loss = cpu::cross_entropy(x_host.view(), &host, &opts).unwrap();
+                    let want_grad = cpu::cross_entropy_grad(x_host.view(), &host, &opts).unwrap();
+                    let (loss, grad) = gpu.cross_entropy_with_grad(&x, &y, &opts).unwrap();
+                    assert_loss(gpu.download_loss(&loss).unwrap(), want_loss.clone(), &case);
+                    assert_close(
+                        gpu.download(&grad).unwrap().view(),
+                        want_grad.view(),
+                        GRAD_ABS_PER_SCALE,
+                        1e-5,
+                        &format!("{case}: gradient"),
+                    );
+                    let loss = gpu.cross_entropy(&x, &y, &opts).unwrap();
+                    assert_loss(gpu.download_loss(&loss).unwrap(), want_loss.clone(), &case);
+                    if opts.is_plain() {
+                        let (loss, grad) =
+                            gpu.staged().cross_entropy_with_grad(&x, &y, &opts).unwrap();
+                        let case = format!("{case} (staged)");
+                        assert_loss(gpu.download_loss(&loss).unwrap(), want_loss, &case);
+                        assert_close(
+                            gpu.download(&grad).unwrap().view(),
+                            want_grad.view(),
+                            GRAD_ABS_PER_SCALE,
+                            1e-5,
+                            &format!("{case}: gradient"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A label the host never validated and that is out of range (past the classes, or a
+/// negative `i32` that is not the ignore index) gives its row a NaN loss and gradient, and a
+/// mean or sum over it NaN: never a number. A mean over rows all ignored is NaN with a zero
+/// gradient, as in PyTorch.
+#[test]
+fn out_of_range_device_labels_give_nan_never_a_number() {
+    require_gpu!();
+    for (name, gpu) in configs() {
+        let (rows, cols) = (9, 12);
+        let x_host = logits(rows, cols, 3.0, 7);
+        let x = gpu.upload(x_host.view()).unwrap();
+        for bad in [cols as i64, -5, i32::MAX as i64] {
+            let mut w = words(rows, cols, Some(-100), 3);
+            w[4] = bad;
+            let buffer = app_buffer(gpu, 4 * rows as u64);
+            write_labels(gpu, &buffer, 0, &w);
+            let y = gpu
+                .wrap_labels(&buffer, 0, rows, cols, LabelType::I32, -100)
+                .unwrap();
+            let mut fixed = w.clone();
+            fixed[4] = -100;
+            let host = softmax_ce::Labels::new(fixed, cols, -100).unwrap();
+            let case = format!("{name}: label {bad} in row 4");
+            let none = CrossEntropyOptions::default().reduction(Reduction::None);
+            for staged in [false, true] {
+                let (loss, grad) = if staged {
+                    gpu.staged().cross_entropy_with_grad(&x, &y, &none).unwrap()
+                } else {
+                    gpu.cross_entropy_with_grad(&x, &y, &none).unwrap()
+                };
+                let Loss::PerRow(got) = gpu.download_loss(&loss).unwrap() else {
+                    unreachable!()
+                };
+                let Loss::PerRow(want) = cpu::cross_entropy(x_host.view(), &host, &none).unwrap()
+                else {
+                    unreachable!()
+                };
+                let grad = gpu.download(&grad).unwrap();
+                let want_grad = cpu::cross_entropy_grad(x_host.view(), &host, &none).unwrap();
+                for r in 0..rows {
+                    if r == 4 {
+                        assert!(got[r].is_nan(), "{case} (staged {staged}): loss {}", got[r]);
+                        assert!(grad.row(r).iter().all(|g| g.is_nan()), "{case}: gradient");
+                    } else {
+                        assert_close_scalar(got[r], want[r], LOSS_ABS, LOSS_REL, &case);
+                        assert_close(
+                            grad.row(r),
+                            want_grad.row(r),
+                            GRAD_ABS_PER_SCALE,
+                            1e-5,
+                            &case,
+                        );
+                    }
+                }
+            }
+            for opts in [
+                CrossEntropyOptions::default(),
+                CrossEntropyOptions::default().reduction(Reduction::Sum),
+                CrossEntropyOptions::default().label_smoothing(0.2),
+            ] {
+                let loss = gpu.cross_entropy(&x, &y, &opts).unwrap();
+                let Loss::Reduced(v) = gpu.download_loss(&loss).unwrap() else {
+                    unreachable!()
+                };
+                assert!(v.is_nan(), "{case} {opts:?}: {v}");
+            }
+        }
+        // Every row ignored.
+        let buffer = app_buffer(gpu, 4 * rows as u64);
+        write_labels(gpu, &buffer, 0, &vec![-100; rows]);
+        let y = gpu
+            .wrap_labels(&buffer, 0, rows, cols, LabelType::I32, -100)
+            .unwrap();
+        for opts in [
+            CrossEntropyOptions::default(),
+            CrossEntropyOptions::default()
+                .z_loss(1e-2)
+                .label_smoothing(0.1),
+        ] {
+            let (loss, grad) = gpu.cross_entropy_with_grad(&x, &y, &opts).unwrap();
+            let Loss::Reduced(v) = gpu.download_loss(&loss).unwrap() else {
+                unreachable!()
+            };
+            assert!(v.is_nan(), "{name}: mean over no rows gave {v}");
+            assert!(gpu.download(&grad).unwrap().iter().all(|&g| g == 0.0));
+            let loss = gpu.cross_entropy(&x, &y, &opts).unwrap();
+            let Loss::Reduced(v) = gpu.download_loss(&loss).unwrap() else {
+                unreachable!()
+            };
+            assert!(v.is_nan(), "{name}: mean over no rows gave {v}");
+        }
+    }
+}
+
+/// A plan over wrapped labels replayed after the application rewrote them: each run decodes
+/// and counts the labels of its moment (here a different number of ignored rows each frame),
+/// with no allocation.
+#[test]
+fn a_replayed_plan_counts_the_labels_of_each_frame() {
+    require_gpu!();
+    let gpu = &GpuContext::new().unwrap();
+    let (rows, cols) = (64, 33);
+    let x_host = logits(rows, cols, 2.0, 11);
+    let x = gpu.upload(x_host.view()).unwrap();
+    let buffer = app_buffer(gpu, 4 * rows as u64);
+    let y = gpu
+        .wrap_labels(&buffer, 0, rows, cols, LabelType::U32, 7)
+        .unwrap();
+    let opts = CrossEntropyOptions::default()
+        .weight(ndarray::Array1::from_shape_fn(cols, |j| {
+            1.0 + j as f32 / 8.0
+        }))
+        .z_loss(1e-3);
+    let loss = gpu.upload_vector(ndarray::arr1(&[0.0f32]).view()).unwrap();
+    let grad = gpu
+        .upload(ndarray::Array2::zeros((rows, cols)).view())
+        .unwrap();
+    let plan = gpu
+        .plan_cross_entropy(&x, &y, &opts, &loss, Some(&grad))
+        .unwrap();
+    for frame in 0..4u64 {
+        // Frame f ignores (label 7) about f / 4 of the rows.
+        let w: Vec<i64> = words(rows, cols, None, frame)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| if (i as u64) % 4 < frame { 7 } else { v })
+            .collect();
+        write_labels(gpu, &buffer, 0, &w);
+        let before = gpu.allocations();
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        plan.record(&mut encoder);
+        gpu.queue().submit([encoder.finish()]);
+        assert_eq!(gpu.allocations(), before, "recording a plan allocated");
+        let host = softmax_ce::Labels::new(w, cols, 7).unwrap();
+        let case = format!("frame {frame}");
+        let Loss::Reduced(want) = cpu::cross_entropy(x_host.view(), &host, &opts).unwrap() else {
+            unreachable!()
+        };
+        assert_close_scalar(
+            gpu.download_vector(&loss).unwrap()[0],
+            want,
+            LOSS_ABS,
+            LOSS_REL,
+            &case,
+        );
+        let want_grad = cpu::cross_entropy_grad(x_host.view(), &host, &opts).unwrap();
+        assert_close(
+            gpu.download(&grad).unwrap().view(),
+            want_grad.view(),
+            GRAD_ABS_PER_SCALE,
+            1e-5,
+            &case,
+        );
+    }
+}
+
+/// Each invalid label view gets its own error, naming the value.
+#[test]
+fn invalid_label_views_are_errors() {
+    let gpu = require_gpu!();
+    let fine = app_buffer(gpu, 1024);
+    let err = |r: softmax_ce::Result<softmax_ce::GpuLabels>| r.unwrap_err().to_string();
+    let no_storage = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1024,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let e = err(gpu.wrap_labels(&no_storage, 0, 4, 3, LabelType::U32, -100));
+    assert!(e.contains("lacks STORAGE"), "{e}");
+    let e = err(gpu.wrap_labels(&fine, 12, 4, 3, LabelType::U32, -100));
+    assert!(e.contains("offset 12 is not a multiple of"), "{e}");
+    let e = err(gpu.wrap_labels(&fine, 256, 193, 3, LabelType::I32, -100));
+    assert!(
+        e.contains("runs past the end of a buffer of 1024 bytes"),
+        "{e}"
+    );
+    gpu.wrap_labels(&fine, 256, 192, 3, LabelType::I32, -100)
+        .unwrap();
+    let e = err(gpu.wrap_labels(&fine, 0, 4, 0, LabelType::U32, -100));
+    assert!(e.contains("class dimension"), "{e}");
+    let e = err(gpu.wrap_labels(&fine, 0, 4, (1 << 31) + 1, LabelType::I32, -100));
+    assert!(
+        e.contains("2147483649 classes do not fit I32 labels"),
+        "{e}"
+    );
+    // Labels of another shape than the logits.
+    let y = gpu
+        .wrap_labels(&fine, 0, 4, 3, LabelType::U32, -100)
+        .unwrap();
+    let x = gpu.upload(logits(5, 3, 1.0, 0).view()).unwrap();
+    let e = gpu
+        .cross_entropy(&x, &y, &CrossEntropyOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("5 labels over 3 classes"), "{e}");
 }
