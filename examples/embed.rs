@@ -1,7 +1,8 @@
 //! softmax-ce inside an application's own GPU frame.
 //!
 //! The application creates its own wgpu device (not through softmax-ce), writes logits into a
-//! buffer it owns with its own WGSL kernel, and hands that buffer to softmax-ce without a copy.
+//! buffer it owns with its own WGSL kernel, and hands that buffer to softmax-ce without a copy,
+//! with the labels it keeps on the device as `i32` (PyTorch's -100 marking an ignored row).
 //! The fused cross-entropy and its gradient are recorded into the application's command
 //! encoder right after its kernel, into an output buffer the application owns too; one
 //! submission runs the frame and one readback brings the logits, the loss and the gradient
@@ -11,7 +12,7 @@
 //! recorded 1,000 times into one encoder against 1,000 calls of the convenience method and
 //! against as many empty dispatches in one submission (the figures in BENCHMARKS.md).
 
-use softmax_ce::{CrossEntropyOptions, GpuContext, Labels, Loss, cpu};
+use softmax_ce::{CrossEntropyOptions, GpuContext, LabelType, Labels, Loss, cpu};
 
 const ROWS: usize = 4;
 const COLS: usize = 1000;
@@ -60,6 +61,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
+    let label_words: [i32; ROWS] = [3, 999, -100, 0];
+    let labels_buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("application labels"),
+        size: std::mem::size_of_val(&label_words) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&labels_buf, 0, bytemuck::cast_slice(&label_words));
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("application readback"),
         size: 2 * (256 + logit_bytes),
@@ -97,8 +106,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x = gpu.wrap_matrix(&logits, 256, ROWS, COLS)?;
     let loss = gpu.wrap_vector(&outputs, 0, 1)?;
     let grad = gpu.wrap_matrix(&outputs, 256, ROWS, COLS)?;
-    let labels = Labels::new([3, 999, -100, 0], COLS, -100)?;
-    let y = gpu.upload_labels(&labels)?;
+    // Its labels too: decoded in the kernels, the rows a mean divides by counted there.
+    let y = gpu.wrap_labels(&labels_buf, 0, ROWS, COLS, LabelType::I32, -100)?;
     let opts = CrossEntropyOptions::default().label_smoothing(0.1);
     // Built once; a frame loop would record the same plan every frame.
     let plan = gpu.plan_cross_entropy(&x, &y, &opts, &loss, Some(&grad))?;
@@ -130,6 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grad_gpu = ndarray::ArrayView2::from_shape((ROWS, COLS), &data[half + 64..])?;
 
     // --- The CPU reference, on the logits the application's kernel wrote.
+    let labels = Labels::new(label_words.map(i64::from), COLS, -100)?;
     let Loss::Reduced(loss_cpu) = cpu::cross_entropy(x_host.view(), &labels, &opts)? else {
         unreachable!("a mean is one value")
     };
@@ -153,7 +163,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         plan.steps()
     );
     if std::env::args().any(|a| a == "--overhead") {
-        overhead(&gpu, &plan, (&x, &y, &opts))?;
+        overhead(&gpu, &plan, (&x, &y, &opts), "labels counted on the device")?;
+        // Uploaded labels: the host knows their count, and the plan has no counting steps.
+        let y = gpu.upload_labels(&labels)?;
+        let plan = gpu.plan_cross_entropy(&x, &y, &opts, &loss, Some(&grad))?;
+        overhead(&gpu, &plan, (&x, &y, &opts), "labels counted on the host")?;
     }
     Ok(())
 }
@@ -171,6 +185,7 @@ fn overhead(
         &softmax_ce::GpuLabels,
         &CrossEntropyOptions,
     ),
+    what: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (device, queue) = (gpu.device(), gpu.queue());
     let wait = || device.poll(wgpu::PollType::wait_indefinitely()).map(drop);
@@ -188,6 +203,15 @@ fn overhead(
         }
         queue.submit([encoder.finish()]);
         wait()?;
+        Ok(())
+    })?;
+    // The host's share alone: recording and finishing the encoder, nothing submitted.
+    let recording = time(&|| {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        for _ in 0..CALLS {
+            plan.record(&mut encoder);
+        }
+        drop(encoder.finish());
         Ok(())
     })?;
     // As many empty dispatches, of the fused kernel's grid, in one submission: what wgpu and
@@ -226,9 +250,9 @@ fn overhead(
         Ok(())
     })?;
     println!(
-        "overhead per call of the {ROWS} x {COLS} cross-entropy with gradient ({} steps): \
-         recorded plan {recorded:.1} us, {} empty dispatches {empty:.1} us ({:.2}x), \
-         convenience method {convenience:.1} us ({:.2}x)",
+        "overhead per call of the {ROWS} x {COLS} cross-entropy with gradient, {what} ({} steps): \
+         recorded plan {recorded:.1} us (recording alone {recording:.1} us), {} empty \
+         dispatches {empty:.1} us ({:.2}x), convenience method {convenience:.1} us ({:.2}x)",
         plan.steps(),
         plan.steps(),
         recorded / empty,
