@@ -8,8 +8,8 @@
 //   bce_with_logits:      per element e of z, t (F.binary_cross_entropy_with_logits), with
 //                         weight w, positive weight pw and c = 1 + (pw - 1) t:
 //                         loss[e] = w ((1 - t) z + c softplus(-z))
-//                         g[e]    = w ((1 - t) sigmoid(z) - pw t sigmoid(-z)) * p.f0
-//                         (p.f0: the reduction's scale; sum_tree adds the scaled terms)
+//                         g[e]    = w ((1 - t) sigmoid(z) - pw t sigmoid(-z)) * p.a.scale
+//                         (p.a.scale: the reduction's scale; sum_tree adds the scaled terms)
 //
 // Bindings (group 0), windowed by rows:
 //   softmax_backward, log_softmax_backward
@@ -26,10 +26,9 @@
 //                      7 bce_grad  read_write  array<V>    gradient, flat
 //   logistic_residual  1 a         read        array<V>    N x 1 targets y (W = 1)
 //                      2 resid     read_write  array<f32>  one per row: z in, sigmoid(z) - y out
-//   p.flags of bce_with_logits: bits 0-1 the weight's mode, bits 2-3 the positive weight's
-//   (BCE_ONE: 1; BCE_COLS: one per column of a K-column matrix, from bce_cols; BCE_FULL: one per
-//   element). p.f1 = K and p.f2 = the column of the window's first element, both exact integers
-//   below 2^24 where a mode is BCE_COLS (the host guarantees it).
+//   p.a of bce_with_logits: the weight's and the positive weight's modes (BCE_ONE: 1; BCE_COLS:
+//   one per column of a K-column matrix, from bce_cols; BCE_FULL: one per element), K, and the
+//   column of the window's first element.
 // Dispatch: logistic_residual: one thread per row (p.tpr = 1).
 // softmax_backward and log_softmax_backward: a team of p.tpr threads per row
 // (common.wgsl). bce_with_logits: one thread per vector, no loop over elements (each "row" of
@@ -37,6 +36,19 @@
 // each, vec4s first and the last len % 4 elements at W = 1, with groups folded into y.
 // Rust side: Kernel::{SoftmaxBackward, LogSoftmaxBackward, BceWithLogits, LogisticResidual};
 // cpu::{softmax_backward, log_softmax_backward, bce_with_logits_nd, bce_with_logits_nd_grad}.
+
+
+// RowParams.a; BackwardArgs in src/gpu/params.rs (read by bce_with_logits only).
+struct Args {
+    weight_mode: u32,      // BCE_ONE, BCE_FULL or BCE_COLS
+    pos_weight_mode: u32,  // the same for the positive weight
+    scale: f32,            // the reduction's scale
+    k_cols: u32,           // K, along which a per-column weight runs
+    first_col: u32,        // the column (mod K) of the window's first element
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
 
 @group(0) @binding(1) var<storage, read> a: array<V>;
 @group(0) @binding(2) var<storage, read> dy: array<V>;
@@ -102,8 +114,8 @@ fn log1p_small(x: V) -> V {
 
 // The per-column BCE weights at `offset` of bce_cols for the W elements of vector `v`.
 fn bce_cols_at(offset: u32, v: u32) -> V {
-    let k_cols = u32(p.f1);
-    let first = u32(p.f2) + v * W;
+    let k_cols = p.a.k_cols;
+    let first = p.a.first_col + v * W;
     var out = splat(0.0);
     for (var k = 0u; k < W; k++) {
         out += onehot(v, v * W + k) * bce_cols[offset + (first + k) % k_cols];
@@ -127,18 +139,18 @@ fn bce_with_logits(
     let z = a[i];
     let t = dy[i];
     var w = splat(1.0);
-    let w_mode = p.flags & 3u;
+    let w_mode = p.a.weight_mode;
     if w_mode == BCE_FULL {
         w = bce_w[i];
     } else if w_mode == BCE_COLS {
         w = bce_cols_at(0u, l.row);
     }
     var pw = splat(1.0);
-    let pw_mode = (p.flags >> 2u) & 3u;
+    let pw_mode = p.a.pos_weight_mode;
     if pw_mode == BCE_FULL {
         pw = bce_pw[i];
     } else if pw_mode == BCE_COLS {
-        pw = bce_cols_at(u32(p.f1), l.row);
+        pw = bce_cols_at(p.a.k_cols, l.row);
     }
     // Never exp of a positive number: stable for any z.
     let e = exp(-abs(z));
@@ -153,7 +165,7 @@ fn bce_with_logits(
     // sigmoid(z) and sigmoid(-z) from the same e, neither as 1 minus the other.
     let s_pos = select(e, splat(1.0), pos) / (splat(1.0) + e);
     let s_neg = select(splat(1.0), e, pos) / (splat(1.0) + e);
-    bce_grad[i] = w * ((splat(1.0) - t) * s_pos - pw * t * s_neg) * p.f0;
+    bce_grad[i] = w * ((splat(1.0) - t) * s_pos - pw * t * s_neg) * p.a.scale;
 }
 
 @compute @workgroup_size(WG)

@@ -12,18 +12,12 @@ struct RowParams {
     cols: u32,      // elements per row
     tpr: u32,       // threads per row: a power of two dividing WG
     vec_base: u32,  // index of the window's first row in each per-row binding
-    flags: u32,     // kernel-specific
-    f0: f32,        // kernel-specific
-    f1: f32,        // kernel-specific
-    f2: f32,        // kernel-specific
-    f3: f32,        // kernel-specific
-    f4: f32,        // kernel-specific
     ignore: u32,    // the label word of an ignored row, where ignores = 1 (label_class)
     ignores: u32,   // 1 where some label word means "ignored", 0 where none does
     nan: f32,       // always NaN (WGSL has no NaN literal)
-    pad0: u32,      // padding to 64 bytes, as RowParams
-    pad1: u32,
-    pad2: u32,
+    pad: u32,       // padding of the header to 32 bytes, as RowParams
+    // The family's own arguments: `struct Args`, declared by each family file (32 bytes).
+    a: Args,
     // Matrix k (the k-th matrix binding of the kernel, from 0): the index (in V units) of the
     // window's first row inside its binding, and its row stride in V units, at [k / 4][k % 4].
     base: array<vec4<u32>, 2>,

@@ -14,6 +14,12 @@
 // row of W elements (p.tpr = 1).
 // Rust side: Kernel::{CopyRows, CopyFlat}; GpuContext::copy, GpuContext::copy_with.
 
+
+// No arguments (RowParams.a; NoArgs in src/gpu/params.rs).
+struct Args {
+    unused: array<vec4<u32>, 2>,
+}
+
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read_write> y: array<V>;
 

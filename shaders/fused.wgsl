@@ -4,7 +4,7 @@
 // a second time to write the result once. The staged kernels (reduce.wgsl and after) compute the
 // same with one pass per stage.
 //
-//   softmax_fused:            out[i, j] = exp(x[i, j] - m) / s, or with p.flags = 1 the
+//   softmax_fused:            out[i, j] = exp(x[i, j] - m) / s, or with p.a.log = 1 the
 //                             log-softmax (x[i, j] - m) - log(s)
 //   logsumexp_fused:          lse[i] = m + log(s), or m when m is infinite (torch.logsumexp)
 //   cross_entropy_loss_fused: loss[i] = ((m - x[i, y[i]]) + log(s)) / den[0], 0 for an
@@ -13,14 +13,14 @@
 //                             and cpu::cross_entropy_grad give the formulas); 0 for ignored rows.
 //                             The cross-entropy terms are divided by den[0], the z-loss terms by
 //                             den[DEN_Z]: a mean's denominators, or 1 (GpuContext::denominators);
-//                             p.f2: label smoothing; p.f3: z-loss strength; p.f4: the sum of the
-//                             class weights; p.flags bit 0: multiply row i by up[i].
+//                             p.a holds the smoothing, the z-loss strength, the sum of the class
+//                             weights, and whether to multiply row i by up[i].
 //   Labels are decoded by label_class (common.wgsl): a label out of range gives its row a NaN
 //   loss and gradient.
 //   cross_entropy_soft:       against probability targets t: per row sum_j w_j t'_j (lse - x_j)
 //                             + S lse^2 with t' = (1 - e) t + e / C, and its gradient
-//                             (sum_k w_k t'_k + 2 S lse) p_j - w_j t'_j, both times p.f0 (the
-//                             reduction's scale); p.f2: e; p.f3: S.
+//                             (sum_k w_k t'_k + 2 S lse) p_j - w_j t'_j, both times p.a.scale (the
+//                             reduction's scale).
 //
 // An all -inf row has m = -inf and s = 0: softmax and the loss are NaN (as in PyTorch), and
 // logsumexp is -inf. A row holding +inf or NaN gives NaN. Ignored rows never reach an output.
@@ -43,6 +43,19 @@
 // Dispatch: a team of p.tpr threads per row (common.wgsl).
 // Rust side: Kernel::{SoftmaxFused, LogsumexpFused, CrossEntropyLossFused, CrossEntropyFused};
 // GpuContext::{softmax, log_softmax, logsumexp, cross_entropy, cross_entropy_with_grad}.
+
+
+// RowParams.a; FusedArgs in src/gpu/params.rs.
+struct Args {
+    log: u32,         // softmax_fused: 1 for the log-softmax
+    upstream: u32,    // cross_entropy_fused: 1 to multiply row i by up[i]
+    scale: f32,       // cross_entropy_soft: the reduction's scale
+    smoothing: f32,   // label smoothing e
+    z_loss: f32,      // z-loss strength S
+    weight_sum: f32,  // sum of the class weights
+    pad0: u32,
+    pad1: u32,
+}
 
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read_write> out: array<V>;
@@ -135,7 +148,7 @@ fn softmax_fused(
     let start = row_start(l);
     let out_start = row_at(1u, l);
     var k = 0u;
-    if p.flags == 1u {
+    if p.a.log == 1u {
         let log_s = splat(log(stats.y));
         for (var i = l.t; i < row_vectors(l); i += p.tpr) {
             // (x - m) first: exact next to the maximum.
@@ -209,13 +222,13 @@ fn cross_entropy_fused(
     let g_start = row_at(1u, l);
     let m = stats.x;
     let log_s = log(stats.y);
-    let eps = p.f2;
+    let eps = p.a.smoothing;
     let w_y = lane_of(w[safe / W], safe % W);
-    let upstream = select(1.0, up[i_row], (p.flags & 1u) != 0u);
+    let upstream = select(1.0, up[i_row], p.a.upstream != 0u);
     // grad = a (p - onehot) + b (W p - w) + c p: the cross-entropy, smoothing and z-loss terms.
     let a = (1.0 - eps) * w_y * upstream / d_ce;
     let b = eps / f32(p.cols) * upstream / d_ce;
-    let c = 2.0 * p.f3 * (m + log_s) * upstream / d_z;
+    let c = 2.0 * p.a.z_loss * (m + log_s) * upstream / d_z;
     let inv = 1.0 / stats.y;
     var smoothing = splat(0.0);
     var k = 0u;
@@ -226,11 +239,11 @@ fn cross_entropy_fused(
         var grad = (prob - onehot(i, cls)) * a;
         if eps > 0.0 {
             let wv = w[i];
-            grad += (splat(p.f4) * prob - wv) * b;
+            grad += (splat(p.a.weight_sum) * prob - wv) * b;
             // sum_j w_j (m - x_j): the smoothing term, (m - x) first as everywhere.
             smoothing += wv * (splat(m) - v);
         }
-        if p.f3 > 0.0 {
+        if p.a.z_loss > 0.0 {
             grad += prob * c;
         }
         // select, not a multiply by 0: an ignored row's logits may hold NaN or inf.
@@ -241,11 +254,11 @@ fn cross_entropy_fused(
         let x_y = lane_of(x[start + safe / W], safe % W);
         var ce = (1.0 - eps) * w_y * ((m - x_y) + log_s);
         if eps > 0.0 {
-            ce += eps / f32(p.cols) * (smooth_sum + p.f4 * log_s);
+            ce += eps / f32(p.cols) * (smooth_sum + p.a.weight_sum * log_s);
         }
         var z = 0.0;
-        if p.f3 > 0.0 {
-            z = p.f3 * (m + log_s) * (m + log_s);
+        if p.a.z_loss > 0.0 {
+            z = p.a.z_loss * (m + log_s) * (m + log_s);
         }
         // Each term carries its reduction's denominator; sum_tree then adds them as they are.
         loss_out[p.vec_base + l.row] = ce / d_ce + z / d_z;
@@ -268,7 +281,7 @@ fn cross_entropy_soft(
     let g_start = row_at(2u, l);
     let m = stats.x;
     let log_s = log(stats.y);
-    let eps = p.f2;
+    let eps = p.a.smoothing;
     let uniform_part = splat(eps / f32(p.cols));
     // The weighted, smoothed targets' total, and sum_j w_j t'_j (m - x_j) for the loss.
     var total_acc = splat(0.0);
@@ -281,14 +294,14 @@ fn cross_entropy_soft(
     let total = team_sum(lid, hsum(total_acc));
     let loss_part = team_sum(lid, hsum(loss_acc));
     let inv = 1.0 / stats.y;
-    let z = 2.0 * p.f3 * (m + log_s);
+    let z = 2.0 * p.a.z_loss * (m + log_s);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
         let tw = w[i] * (soft[t_start + i] * (1.0 - eps) + uniform_part);
         let prob = exp(x[start + i] - splat(m)) * inv;
-        g[g_start + i] = (prob * (total + z) - tw) * p.f0;
+        g[g_start + i] = (prob * (total + z) - tw) * p.a.scale;
     }
     if l.live && l.t == 0u {
         let lse = m + log_s;
-        loss_out[p.vec_base + l.row] = (loss_part + total * log_s + p.f3 * lse * lse) * p.f0;
+        loss_out[p.vec_base + l.row] = (loss_part + total * log_s + p.a.z_loss * lse * lse) * p.a.scale;
     }
 }

@@ -5,12 +5,12 @@
 //   cross_entropy_rows: loss[i] = ((m[i] - x[i, y[i]]) + log(s[i])) / den[0], 0 for an
 //                                 ignored row (NaN where den[0] = 0: a mean over no rows),
 //                                 NaN for a label out of range (label_class, common.wgsl)
-//   label_stats:        weight[i] = w[y[i]] (1 unless p.flags = 1) and active[i] = 1 for a
+//   label_stats:        weight[i] = w[y[i]] (1 unless p.a.weighted = 1) and active[i] = 1 for a
 //                                 row not ignored, 0 and 0
 //                                 for an ignored row, NaN and NaN for a label out of range:
 //                                 summed, the denominators of a mean (class-weighted, and plain
 //                                 for the z-loss) for labels the host never read
-//   sum_tree:           partial[p.flags + g] = p.f0 * sum of values g * B .. (g + 1) * B of
+//   sum_tree:           partial[p.a.first_partial + g] = p.a.scale * sum of values g * B .. (g + 1) * B of
 //                                 the window (B = SUM_TERMS * WG = 4 WG), as a fixed tree:
 //                                 each thread adds 4 values pairwise, the workgroup's tree adds
 //                                 the threads'. The host chains dispatches, partials of one
@@ -41,6 +41,19 @@
 // one workgroup per block of 4 WG values, the whole workgroup one team (p.tpr = WG).
 // Rust side: Kernel::{LogsumexpRows, CrossEntropyRows, LabelStats, SumTree};
 // cpu::{logsumexp, cross_entropy}.
+
+
+// RowParams.a; LossArgs in src/gpu/params.rs.
+struct Args {
+    first_partial: u32,  // sum_tree: where the dispatch's first partial goes
+    weighted: u32,       // label_stats: 1 to read class weights, else 1 each
+    scale: f32,          // sum_tree: the scale of each partial
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+    pad3: u32,
+    pad4: u32,
+}
 
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(1) var<storage, read> v: array<f32>;
@@ -113,9 +126,9 @@ fn label_stats(
     let cls = label_class(label_of[i]);
     let safe = min(cls, p.cols - 1u);
     let ignored = cls == IGNORED;
-    // Unweighted (p.flags = 0), class_w is a stand-in never read.
+    // Unweighted (p.a.weighted = 0), class_w is a stand-in never read.
     var w_y = 1.0;
-    if p.flags != 0u {
+    if p.a.weighted != 0u {
         w_y = lane_of(class_w[safe / W], safe % W);
     }
     let weight = select(w_y, 0.0, ignored);
@@ -140,6 +153,6 @@ fn sum_tree(
     let s = (term(first) + term(first + WG)) + (term(first + 2u * WG) + term(first + 3u * WG));
     let total = team_sum(lid, s);
     if lid == 0u && group * (4u * WG) < p.rows {
-        total_out[p.flags + group] = total * p.f0;
+        total_out[p.a.first_partial + group] = total * p.a.scale;
     }
 }

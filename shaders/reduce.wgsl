@@ -13,6 +13,12 @@
 // Dispatch: a team of p.tpr threads per row (common.wgsl).
 // Rust side: Kernel::{RowMax, RowSumexp} in src/gpu/shaders.rs; cpu::{row_max, row_sumexp}.
 
+
+// No arguments (RowParams.a; NoArgs in src/gpu/params.rs).
+struct Args {
+    unused: array<vec4<u32>, 2>,
+}
+
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read_write> m_out: array<f32>;
 @group(0) @binding(2) var<storage, read> m: array<f32>;

@@ -1,6 +1,6 @@
 // train.wgsl: the kernels of softmax-regression training.
 //
-//   softmax_grad_rows: g[i, j] = (softmax(g[i])_j - [j == y[i]]) * p.f0, in place over the
+//   softmax_grad_rows: g[i, j] = (softmax(g[i])_j - [j == y[i]]) * p.a.scale, in place over the
 //                      logits; 0 for rows with y = IGNORED. The SGD step's Z - I_y, scaled.
 //   loss_err_rows:     loss[i] = logsumexp(x[i]) - x[i, y[i]];
 //                      err[i]  = 1 if the first maximum of x[i] (numpy's argmax) is not at
@@ -23,12 +23,12 @@
 // (a constant-cache hit on a GPU, one scalar load for all SIMD lanes on lavapipe), where a
 // storage load would be repeated per lane. A batch step is then two dispatches:
 //
-//   step_forward:  g[b, j] = (softmax(x[b] theta)_j - [j == y[b]]) * p.f0, from the logits
+//   step_forward:  g[b, j] = (softmax(x[b] theta)_j - [j == y[b]]) * p.a.scale, from the logits
 //                  computed in registers (the matmul, softmax and one-hot subtract in one pass);
 //                  0 for rows with y = IGNORED.
-//   step_update:   theta[k, j] = p.f1 * theta[k, j] + p.f0 * sum_b x[b, k] g[b, j]:
-//                  one thread per feature k, the SGD update theta - lr/B X^T G (p.f0 = -lr/B,
-//                  p.f1 = 1 - lr l2).
+//   step_update:   theta[k, j] = p.a.decay * theta[k, j] + p.a.scale * sum_b x[b, k] g[b, j]:
+//                  one thread per feature k, the SGD update theta - lr/B X^T G (p.a.scale = -lr/B,
+//                  p.a.decay = 1 - lr l2).
 //   loss_err_fused: loss_err_rows of the logits x[i] theta, computed in registers.
 //
 // Bindings (group 0):
@@ -41,10 +41,23 @@
 //                   3 theta    read_write  array<f32>  features x C
 //   loss_err_fused  1 x, 2 y, 3 loss_out as loss_err_rows; 4 theta_u as step_forward;
 //                   5 err_fused  read_write  array<f32>  one per row (loss_err_rows' err_out)
-// Params: p.flags = C in every step kernel; step_update: p.rows = features, p.cols = B.
+// Params: p.a.classes = C in every step kernel; step_update: p.rows = features, p.cols = B.
 // Dispatch: one thread per row (batch row, feature, or data row), p.tpr = 1, scalar (W = 1).
 // Rust side: Kernel::{SoftmaxGradRows, LossErrRows, StepForward, StepUpdate, LossErrFused};
 // src/gpu/train.rs; src/train.rs on the CPU.
+
+
+// RowParams.a; TrainArgs in src/gpu/params.rs.
+struct Args {
+    classes: u32,  // C: columns of theta and of the logits
+    scale: f32,    // the gradient's scale; step_update: -lr / B
+    decay: f32,    // step_update: 1 - lr l2
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+    pad3: u32,
+    pad4: u32,
+}
 
 @group(0) @binding(1) var<storage, read> labels: array<u32>;
 @group(0) @binding(2) var<storage, read_write> g: array<f32>;
@@ -81,10 +94,10 @@ fn softmax_grad_rows(
         s += exp(g[start + j] - m);
     }
     s = team_sum(lid, s);
-    let scale = p.f0 / s;
+    let scale = p.a.scale / s;
     let ignored = label == IGNORED;
     for (var j = l.t; j < row_vectors(l); j += p.tpr) {
-        let v = exp(g[start + j] - m) * scale - select(0.0, p.f0, j == label);
+        let v = exp(g[start + j] - m) * scale - select(0.0, p.a.scale, j == label);
         // Nothing of an ignored row's logits reaches its gradient, not even a NaN.
         g[start + j] = select(v, 0.0, ignored);
     }
@@ -179,11 +192,11 @@ fn g4(i: u32) -> vec4<f32> {
                 g_u[(i + 2u) / 4u][(i + 2u) % 4u], g_u[(i + 3u) / 4u][(i + 3u) % 4u]);
 }
 
-// x[row] theta for the row starting at element `start` of x, p.flags classes.
+// x[row] theta for the row starting at element `start` of x, p.a.classes classes.
 // Dead lanes call this on the last row and discard the result: returning before the loop
 // would make it divergent.
 fn row_logits(start: u32) -> Classes {
-    let classes = p.flags;
+    let classes = p.a.classes;
     var c = Classes(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
     for (var k = 0u; k < p.cols; k++) {
         let v = x[start + k];
@@ -223,12 +236,12 @@ fn step_forward(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    let classes = p.flags;
+    let classes = p.a.classes;
     let z = row_logits(row_start(l));
     if !l.live {
         return;
     }
-    write_gradient(l.row, y[p.vec_base + l.row], z, classes, p.f0);
+    write_gradient(l.row, y[p.vec_base + l.row], z, classes, p.a.scale);
 }
 
 // Row `row` of the batch gradient: (softmax(z) - onehot(label)) * scale, or zeros for an
@@ -259,7 +272,7 @@ fn step_update(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    let classes = p.flags;
+    let classes = p.a.classes;
     let features = p.rows;
     let k = safe_row(l);
     var c = Classes(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
@@ -282,7 +295,7 @@ fn step_update(
     }
     for (var j = 0u; j < classes; j++) {
         let i = k * classes + j;
-        theta[i] = p.f1 * theta[i] + p.f0 * class_of(c, j);
+        theta[i] = p.a.decay * theta[i] + p.a.scale * class_of(c, j);
     }
 }
 
@@ -293,7 +306,7 @@ fn loss_err_fused(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let l = lane(wid, nwg, lid);
-    let classes = p.flags;
+    let classes = p.a.classes;
     let z = row_logits(row_start(l));
     if !l.live {
         return;

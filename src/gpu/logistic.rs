@@ -14,7 +14,8 @@ use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::{GpuMatrix, GpuVector};
 use crate::gpu::matmul::{Gemm, TextureSet};
-use crate::gpu::record::{Dispatch, Extra};
+use crate::gpu::params::BackwardArgs;
+use crate::gpu::record::Dispatch;
 use crate::gpu::shaders::Kernel;
 
 const OP: &str = "train_logistic";
@@ -116,10 +117,10 @@ impl GpuLogistic {
             plan.extend(gpu.plan_rows(
                 OP,
                 Kernel::LogisticResidual,
-                batch,
-                1,
+                (batch, 1),
                 &[y.at_row(b * batch), (&resid.buffer).into()],
-                Extra::default(),
+                BackwardArgs::default(),
+                None,
             )?);
             plan.extend(gpu.plan_matmul(
                 OP,

@@ -9,7 +9,8 @@
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::{GpuLabels, GpuMatrix, GpuVector};
-use crate::gpu::record::{At, Extra, GpuPlan, Recorder};
+use crate::gpu::params::{BackwardArgs, FusedArgs, GradArgs, LossArgs, NoArgs};
+use crate::gpu::record::{At, GpuPlan, Recorder};
 use crate::gpu::shaders::{DEN_Z, Kernel};
 use crate::loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
@@ -76,14 +77,14 @@ fn record_stats(
         rows,
         cols,
         &[x.at(), m.at()],
-        Extra::default(),
+        NoArgs::default(),
     )?;
     rec.rows(
         Kernel::RowSumexp,
         rows,
         cols,
         &[x.at(), m.at(), s.at()],
-        Extra::default(),
+        NoArgs::default(),
     )?;
     Ok((m, s))
 }
@@ -226,16 +227,16 @@ impl GpuContext {
                 let active = self.new_vector(op, rows)?;
                 // Unweighted, label_stats never reads binding 2: the buffer stands in.
                 let w = weights.map_or(&buffer, |(_, b)| b);
-                rec.rows(
+                rec.rows_labelled(
                     Kernel::LabelStats,
                     rows,
                     labels.classes(),
                     &[labels.at(), At::from(w), weight.at(), active.at()],
-                    Extra {
-                        flags: u32::from(weights.is_some()),
-                        ..Extra::default()
-                    }
-                    .labels(labels),
+                    LossArgs {
+                        weighted: u32::from(weights.is_some()),
+                        ..LossArgs::default()
+                    },
+                    labels,
                 )?;
                 rec.push(self.plan_sum(op, weight.at(), rows, At::from(&buffer), 1.0)?);
                 let z = At {
@@ -273,7 +274,7 @@ impl<'a> Staged<'a> {
                 rows,
                 cols,
                 &[x.at(), m.at()],
-                Extra::default(),
+                NoArgs::default(),
             )?;
             Ok(m)
         })
@@ -293,7 +294,7 @@ impl<'a> Staged<'a> {
                 rows,
                 cols,
                 &[x.at(), m.at(), s.at()],
-                Extra::default(),
+                NoArgs::default(),
             )?;
             Ok(s)
         })
@@ -346,7 +347,7 @@ impl<'a> Staged<'a> {
                 rows,
                 cols,
                 &[x.at(), m.at(), s.at(), out.at()],
-                Extra::default(),
+                NoArgs::default(),
             )?;
             Ok(out)
         })
@@ -369,12 +370,16 @@ impl<'a> Staged<'a> {
             let den = self
                 .gpu
                 .denominators(rec, OP, labels, None, Reduction::Sum)?;
-            rec.rows(
+            rec.rows_labelled(
                 Kernel::OneHotSubtract,
                 rows,
                 cols,
                 &[labels.at(), p.at(), At::from(&den)],
-                Extra::f0(scale).labels(labels),
+                GradArgs {
+                    scale,
+                    ..GradArgs::default()
+                },
+                labels,
             )
         })?;
         Ok(p)
@@ -402,7 +407,7 @@ impl<'a> Staged<'a> {
                 rows,
                 cols,
                 &[x.at(), m.at(), s.at(), out.at()],
-                Extra::default(),
+                NoArgs::default(),
             )?;
             Ok(out)
         })
@@ -422,7 +427,7 @@ impl<'a> Staged<'a> {
                 rows,
                 cols,
                 &[m.at(), s.at(), lse.at()],
-                Extra::default(),
+                LossArgs::default(),
             )?;
             Ok(lse)
         })
@@ -477,7 +482,7 @@ impl<'a> Staged<'a> {
             let (m, s) = record_stats(rec, gpu, op, x)?;
             let values = gpu.new_vector(op, loss_len(rows, opts.reduction))?;
             let per_row = PerRow::new(gpu, op, rows, opts.reduction)?;
-            rec.rows(
+            rec.rows_labelled(
                 Kernel::CrossEntropyRows,
                 rows,
                 cols,
@@ -489,7 +494,8 @@ impl<'a> Staged<'a> {
                     per_row.at(&values),
                     At::from(&den),
                 ],
-                Extra::default().labels(labels),
+                LossArgs::default(),
+                labels,
             )?;
             per_row.reduce(rec, gpu, op, &values)?;
             let grad = if with_grad {
@@ -499,14 +505,18 @@ impl<'a> Staged<'a> {
                     rows,
                     cols,
                     &[x.at(), m.at(), s.at(), g.at()],
-                    Extra::default(),
+                    NoArgs::default(),
                 )?;
-                rec.rows(
+                rec.rows_labelled(
                     Kernel::OneHotSubtract,
                     rows,
                     cols,
                     &[labels.at(), g.at(), At::from(&den)],
-                    Extra::f0(1.0).labels(labels),
+                    GradArgs {
+                        scale: 1.0,
+                        ..GradArgs::default()
+                    },
+                    labels,
                 )?;
                 Some(g)
             } else {
@@ -557,12 +567,12 @@ impl GpuContext {
     /// [`Error::Shape`] when `out` is not `x`'s shape, [`Error::InvalidArgument`] when `out`
     /// overlaps `x` or either lives on another context, [`Error::Empty`] for no classes.
     pub fn plan_softmax(&self, x: &GpuMatrix, out: &GpuMatrix) -> Result<GpuPlan> {
-        self.plan_softmax_fused("softmax", x, out, 0)
+        self.plan_softmax_fused("softmax", x, out, false)
     }
 
     /// The plan of [`log_softmax`](Self::log_softmax), as [`plan_softmax`](Self::plan_softmax).
     pub fn plan_log_softmax(&self, x: &GpuMatrix, out: &GpuMatrix) -> Result<GpuPlan> {
-        self.plan_softmax_fused("log_softmax", x, out, 1)
+        self.plan_softmax_fused("log_softmax", x, out, true)
     }
 
     fn plan_softmax_fused(
@@ -570,7 +580,7 @@ impl GpuContext {
         op: &'static str,
         x: &GpuMatrix,
         out: &GpuMatrix,
-        flags: u32,
+        log: bool,
     ) -> Result<GpuPlan> {
         check_classes(op, x)?;
         check_pair(op, x, out, "an output")?;
@@ -587,9 +597,9 @@ impl GpuContext {
                 rows,
                 cols,
                 &[x.at(), out.at()],
-                Extra {
-                    flags,
-                    ..Default::default()
+                FusedArgs {
+                    log: u32::from(log),
+                    ..FusedArgs::default()
                 },
             )
         })
@@ -621,7 +631,7 @@ impl GpuContext {
                 rows,
                 cols,
                 &[x.at(), out.at()],
-                Extra::default(),
+                FusedArgs::default(),
             )
         })
     }
@@ -802,12 +812,13 @@ impl GpuContext {
             let per_row = per_row_losses.at(loss);
             if grad.is_none() && opts.is_plain() {
                 let den = self.denominators(rec, op, labels, None, opts.reduction)?;
-                rec.rows(
+                rec.rows_labelled(
                     Kernel::CrossEntropyLossFused,
                     rows,
                     cols,
                     &[x.at(), labels.at(), per_row, At::from(&den)],
-                    Extra::default().labels(labels),
+                    FusedArgs::default(),
+                    labels,
                 )?;
                 return per_row_losses.reduce(rec, self, op, loss);
             }
@@ -815,14 +826,13 @@ impl GpuContext {
             let w = self.storage_init("class weights", bytemuck::cast_slice(&weights));
             let weighted = opts.weight.as_ref().map(|_| (weights.as_slice(), &w));
             let den = self.denominators(rec, op, labels, weighted, opts.reduction)?;
-            let extra = Extra {
-                flags: u32::from(upstream.is_some()),
-                f2: opts.label_smoothing,
-                f3: opts.z_loss,
-                f4: weights.iter().map(|&w| f64::from(w)).sum::<f64>() as f32,
-                ..Extra::default()
-            }
-            .labels(labels);
+            let args = FusedArgs {
+                upstream: u32::from(upstream.is_some()),
+                smoothing: opts.label_smoothing,
+                z_loss: opts.z_loss,
+                weight_sum: weights.iter().map(|&w| f64::from(w)).sum::<f64>() as f32,
+                ..FusedArgs::default()
+            };
             // The loss alone still needs somewhere to write the gradient it computes.
             let scratch;
             let g = match grad {
@@ -834,7 +844,7 @@ impl GpuContext {
             };
             // Without an upstream gradient the kernel never reads binding 6; the labels stand in.
             let up = upstream.map_or(labels.at(), GpuVector::at);
-            rec.rows(
+            rec.rows_labelled(
                 Kernel::CrossEntropyFused,
                 rows,
                 cols,
@@ -847,7 +857,8 @@ impl GpuContext {
                     up,
                     At::from(&den),
                 ],
-                extra,
+                args,
+                labels,
             )?;
             per_row_losses.reduce(rec, self, op, loss)
         })
@@ -924,11 +935,11 @@ impl GpuContext {
                 rows,
                 cols,
                 &[x.at(), targets.at(), per_row, grad.at(), At::from(&w)],
-                Extra {
-                    f0: scale,
-                    f2: opts.label_smoothing,
-                    f3: opts.z_loss,
-                    ..Default::default()
+                FusedArgs {
+                    scale,
+                    smoothing: opts.label_smoothing,
+                    z_loss: opts.z_loss,
+                    ..FusedArgs::default()
                 },
             )?;
             per_row_losses.reduce(rec, self, OP, loss)
@@ -1007,7 +1018,7 @@ impl GpuContext {
                     rows,
                     cols,
                     &[x.at(), out.at()],
-                    Extra::default(),
+                    NoArgs::default(),
                 )?,
                 CopyKernel::Flat => {
                     // The matrix as rows of one vector each: vec4s where the length allows.
@@ -1018,7 +1029,7 @@ impl GpuContext {
                         len / width,
                         width,
                         &[x.flat_at(0), out.flat_at(0)],
-                        Extra::default(),
+                        NoArgs::default(),
                     )?;
                 }
                 CopyKernel::Buffer => {
@@ -1217,7 +1228,7 @@ impl GpuContext {
                 rows,
                 cols,
                 &[a.at(), dy.at(), dx.at()],
-                Extra::default(),
+                BackwardArgs::default(),
             )
         })
     }
@@ -1243,7 +1254,7 @@ impl GpuContext {
     /// One thread per `vec4` of the logits (per element where their count is not a multiple
     /// of 4), reading each input once and writing the loss and the gradient once; a mean or sum
     /// adds one reduction. A `1 x K` weight is read from a buffer of `K` values where `2 K`
-    /// floats fit one binding and `K < 2^24`; past that it is first copied to every row on the
+    /// floats fit one binding; past that it is first copied to every row on the
     /// device (`R x K` more floats). The weights' values are not checked here (they are on the
     /// device); non-finite ones give non-finite losses.
     ///
@@ -1284,9 +1295,8 @@ impl GpuContext {
             Reduction::Mean => 1.0 / elems as f32,
             Reduction::Sum | Reduction::None => 1.0,
         };
-        // Per-column weights are read from one whole binding of 2 K floats, and the shader
-        // takes K and columns as f32 integers: exact below 2^24.
-        let cols_fit = cols < 1 << 24 && (2 * cols as u64) * 4 <= self.geometry.max_binding;
+        // Per-column weights are read from one whole binding of 2 K floats.
+        let cols_fit = (2 * cols as u64) * 4 <= self.geometry.max_binding;
         let mode = |w: Option<&GpuMatrix>| match w {
             None => BCE_ONE,
             Some(w) if w.rows() == 1 && rows > 1 && cols_fit => BCE_COLS,
@@ -1336,11 +1346,12 @@ impl GpuContext {
             };
             let w_full = full(rec, weight, w_mode)?;
             let pw_full = full(rec, pos_weight, pw_mode)?;
-            let extra = Extra {
-                flags: w_mode | pw_mode << 2,
-                f0: scale,
-                f1: cols as f32,
-                ..Default::default()
+            let args = BackwardArgs {
+                weight_mode: w_mode,
+                pos_weight_mode: pw_mode,
+                scale,
+                k_cols: cols as u32,
+                ..BackwardArgs::default()
             };
             // vec4s first, then the last elems % 4 one at a time; each window of either is one
             // dispatch, told the column of its first element.
@@ -1379,17 +1390,17 @@ impl GpuContext {
                         grad.flat_at(first_row),
                     ];
                     let phase = (first + window.start * width) % cols.max(1);
-                    let extra = Extra {
-                        f2: phase as f32,
-                        ..extra
+                    let args = BackwardArgs {
+                        first_col: phase as u32,
+                        ..args
                     };
                     let plan = self.plan_rows(
                         OP,
                         Kernel::BceWithLogits,
-                        window.len(),
-                        width,
+                        (window.len(), width),
                         &buffers,
-                        extra,
+                        args,
+                        None,
                     )?;
                     // The column phase is per window: the plan must not cut it again.
                     assert_eq!(plan.len(), 1, "a BCE window is one dispatch");

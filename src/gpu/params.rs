@@ -2,8 +2,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Params of every row kernel, for one row window. Keep in sync with `struct RowParams` in
-/// `shaders/common.wgsl`.
+use crate::gpu::shaders::Family;
+
+/// Params of every row kernel, for one row window: where it works, how it decodes labels, its
+/// family's own arguments ([`Args`]), and each matrix binding's layout. Keep in sync with
+/// `struct RowParams` in `shaders/common.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub(crate) struct RowParams {
@@ -15,18 +18,6 @@ pub(crate) struct RowParams {
     pub tpr: u32,
     /// Where the window's first row starts inside each per-row binding, in elements.
     pub vec_base: u32,
-    /// Kernel-specific bits (see each kernel's header).
-    pub flags: u32,
-    /// Kernel-specific scalar (a reduction scale, for instance).
-    pub f0: f32,
-    /// Kernel-specific scalar.
-    pub f1: f32,
-    /// Kernel-specific scalar.
-    pub f2: f32,
-    /// Kernel-specific scalar.
-    pub f3: f32,
-    /// Kernel-specific scalar.
-    pub f4: f32,
     /// The word of a label binding that marks an ignored row, where `ignores` is 1.
     pub ignore: u32,
     /// 1 where some label word means "ignored" (`ignore`), 0 where none does.
@@ -34,14 +25,142 @@ pub(crate) struct RowParams {
     /// Always NaN: what a row with an out-of-range label gets (WGSL has no NaN literal, and a
     /// constant expression may not produce one).
     pub nan: f32,
-    /// Pads the scalars to 64 bytes, where the arrays start (WGSL aligns them to 16).
-    pub pad: [u32; 3],
+    /// Pads the header to 32 bytes.
+    pub pad: u32,
+    /// The family's arguments, an [`Args`] struct's words.
+    pub args: [u32; ARGS_WORDS],
     /// Matrix binding `k` of the kernel (from 0): where the window's first row starts inside
     /// its binding, in vector lanes (`W` elements), because bindings start at aligned offsets
     /// and rows need not.
     pub base: [u32; MATRICES],
     /// Matrix binding `k`'s row stride, in vector lanes.
     pub stride: [u32; MATRICES],
+}
+
+/// Words of [`RowParams::args`].
+pub(crate) const ARGS_WORDS: usize = 8;
+
+/// A row family's own arguments: a `#[repr(C)]` struct of [`ARGS_WORDS`] words, mirrored field
+/// by field as `struct Args` in the family's WGSL file (a test holds the two together through
+/// naga), read there as `p.a`.
+pub(crate) trait Args: Pod {
+    /// The families whose `struct Args` this is.
+    const FAMILIES: &'static [Family];
+
+    /// The words of [`RowParams::args`].
+    fn words(&self) -> [u32; ARGS_WORDS] {
+        let mut words = [0; ARGS_WORDS];
+        words.copy_from_slice(bytemuck::cast_slice(bytemuck::bytes_of(self)));
+        words
+    }
+}
+
+/// The arguments of the families that take none (`reduce.wgsl`, `softmax.wgsl`, `copy.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct NoArgs {
+    /// Unused.
+    pub unused: [u32; ARGS_WORDS],
+}
+
+impl Args for NoArgs {
+    const FAMILIES: &'static [Family] = &[Family::Reduce, Family::Softmax, Family::Copy];
+}
+
+/// `fused.wgsl`'s arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct FusedArgs {
+    /// `softmax_fused`: 1 for the log-softmax.
+    pub log: u32,
+    /// `cross_entropy_fused`: 1 to multiply row `i` by the upstream gradient `up[i]`.
+    pub upstream: u32,
+    /// `cross_entropy_soft`: the reduction's scale of every row.
+    pub scale: f32,
+    /// Label smoothing `e`.
+    pub smoothing: f32,
+    /// The z-loss strength `S`.
+    pub z_loss: f32,
+    /// The sum of the class weights (`C` without weights).
+    pub weight_sum: f32,
+    /// Unused.
+    pub pad: [u32; 2],
+}
+
+impl Args for FusedArgs {
+    const FAMILIES: &'static [Family] = &[Family::Fused];
+}
+
+/// `loss.wgsl`'s arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct LossArgs {
+    /// `sum_tree`: where the dispatch's first partial sum goes in its output.
+    pub first_partial: u32,
+    /// `label_stats`: 1 to read class weights, 0 for a weight of 1 each.
+    pub weighted: u32,
+    /// `sum_tree`: the scale of each partial sum.
+    pub scale: f32,
+    /// Unused.
+    pub pad: [u32; 5],
+}
+
+impl Args for LossArgs {
+    const FAMILIES: &'static [Family] = &[Family::Loss];
+}
+
+/// `grad.wgsl`'s arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct GradArgs {
+    /// The scale of the gradient, over the denominator the kernel reads.
+    pub scale: f32,
+    /// Unused.
+    pub pad: [u32; 7],
+}
+
+impl Args for GradArgs {
+    const FAMILIES: &'static [Family] = &[Family::Grad];
+}
+
+/// `backward.wgsl`'s arguments (read by `bce_with_logits` only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct BackwardArgs {
+    /// How the weight is bound: `BCE_NONE`, `BCE_FULL` or `BCE_COLS` (`src/gpu/ops.rs`).
+    pub weight_mode: u32,
+    /// How the positive weight is bound, the same way.
+    pub pos_weight_mode: u32,
+    /// The reduction's scale of every element.
+    pub scale: f32,
+    /// `K`, the last dimension, along which a per-column weight runs.
+    pub k_cols: u32,
+    /// The column (modulo `K`) of the window's first element.
+    pub first_col: u32,
+    /// Unused.
+    pub pad: [u32; 3],
+}
+
+impl Args for BackwardArgs {
+    const FAMILIES: &'static [Family] = &[Family::Backward];
+}
+
+/// `train.wgsl`'s arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct TrainArgs {
+    /// Classes: columns of theta and of the logits.
+    pub classes: u32,
+    /// The gradient's scale; `step_update`: `-lr / B`.
+    pub scale: f32,
+    /// `step_update`: `1 - lr l2`.
+    pub decay: f32,
+    /// Unused.
+    pub pad: [u32; 5],
+}
+
+impl Args for TrainArgs {
+    const FAMILIES: &'static [Family] = &[Family::Train];
 }
 
 /// The most matrix bindings a row kernel has (`bce_with_logits`: six).
@@ -132,5 +251,16 @@ mod tests {
         assert_eq!(std::mem::size_of::<MatmulParams>(), 48);
         assert_eq!(std::mem::size_of::<PackParams>(), 32);
         assert_eq!(std::mem::size_of::<StepParams>(), 32);
+        assert_eq!(std::mem::offset_of!(RowParams, args), 32);
+        for size in [
+            std::mem::size_of::<NoArgs>(),
+            std::mem::size_of::<FusedArgs>(),
+            std::mem::size_of::<LossArgs>(),
+            std::mem::size_of::<GradArgs>(),
+            std::mem::size_of::<BackwardArgs>(),
+            std::mem::size_of::<TrainArgs>(),
+        ] {
+            assert_eq!(size, 4 * ARGS_WORDS);
+        }
     }
 }

@@ -17,38 +17,8 @@ use crate::gpu::GpuContext;
 use crate::gpu::buffers::GpuLabels;
 use crate::gpu::context::Pipeline;
 use crate::gpu::dispatch::{FIXED_TRIPS, row_groups, threads_per_row};
-use crate::gpu::params::{MATRICES, RowParams};
+use crate::gpu::params::{Args, LossArgs, MATRICES, RowParams};
 use crate::gpu::shaders::{Kernel, STEP_UNIFORM_BYTES, SUM_TERMS, Shape, Slot, Width};
-
-/// The kernel-specific fields of [`RowParams`].
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Extra {
-    pub flags: u32,
-    pub f0: f32,
-    pub f1: f32,
-    pub f2: f32,
-    pub f3: f32,
-    pub f4: f32,
-    /// How the kernel's label binding marks an ignored row (`GpuLabels::ignore`).
-    pub ignore: Option<u32>,
-}
-
-impl Extra {
-    pub(crate) fn f0(f0: f32) -> Self {
-        Extra {
-            f0,
-            ..Default::default()
-        }
-    }
-
-    /// These params for a kernel that decodes `labels`.
-    pub(crate) fn labels(self, labels: &GpuLabels) -> Self {
-        Extra {
-            ignore: labels.ignore(),
-            ..self
-        }
-    }
-}
 
 /// One step of a plan, with everything bound: built once, recorded as often as needed. The
 /// trainer builds its per-batch dispatches once per shape and replays them every epoch.
@@ -135,15 +105,22 @@ impl GpuContext {
     /// The dispatches of `kernel` over `rows` rows of `cols` elements, cut into windows that
     /// each fit one binding. `buffers` follow the kernel's binding signature
     /// ([`Kernel::bindings`]); row `r` of the work is row `first_row + r` of each buffer.
-    pub(crate) fn plan_rows(
+    pub(crate) fn plan_rows<A: Args>(
         &self,
         op: &'static str,
         kernel: Kernel,
-        rows: usize,
-        cols: usize,
+        (rows, cols): (usize, usize),
         buffers: &[At<'_>],
-        extra: Extra,
+        args: A,
+        labels: Option<&GpuLabels>,
     ) -> Result<Vec<Dispatch>> {
+        debug_assert!(
+            A::FAMILIES.contains(&kernel.family()),
+            "{} takes the arguments of {:?}",
+            kernel.entry(),
+            kernel.family()
+        );
+        let ignore = labels.and_then(GpuLabels::ignore);
         let signature = kernel.bindings();
         assert_eq!(
             signature.len(),
@@ -247,16 +224,11 @@ impl GpuContext {
                 cols: cols as u32,
                 tpr,
                 vec_base: vec_base.unwrap_or(0),
-                flags: extra.flags,
-                f0: extra.f0,
-                f1: extra.f1,
-                f2: extra.f2,
-                f3: extra.f3,
-                f4: extra.f4,
-                ignore: extra.ignore.unwrap_or(0),
-                ignores: u32::from(extra.ignore.is_some()),
+                ignore: ignore.unwrap_or(0),
+                ignores: u32::from(ignore.is_some()),
                 nan: f32::NAN,
-                pad: [0; 3],
+                pad: 0,
+                args: args.words(),
                 base,
                 stride,
             };
@@ -324,8 +296,12 @@ impl GpuContext {
                     cols: 1,
                     tpr: wg,
                     vec_base,
-                    flags: base as u32,
-                    f0: if last { scale } else { 1.0 },
+                    args: LossArgs {
+                        first_partial: base as u32,
+                        scale: if last { scale } else { 1.0 },
+                        ..LossArgs::default()
+                    }
+                    .words(),
                     ..RowParams::default()
                 };
                 plan.push(self.dispatch(
@@ -423,17 +399,34 @@ impl<'a> Recorder<'a> {
     /// Adds `kernel` over `rows` rows of `cols` elements. `buffers` follow the kernel's
     /// binding signature ([`Kernel::bindings`]); matrices among them are `rows x cols`,
     /// per-row buffers hold `rows` elements.
-    pub(crate) fn rows(
+    pub(crate) fn rows<A: Args>(
         &mut self,
         kernel: Kernel,
         rows: usize,
         cols: usize,
         buffers: &[At<'_>],
-        extra: Extra,
+        args: A,
     ) -> Result<()> {
         let plan = self
             .gpu
-            .plan_rows(self.op, kernel, rows, cols, buffers, extra)?;
+            .plan_rows(self.op, kernel, (rows, cols), buffers, args, None)?;
+        self.steps.extend(plan);
+        Ok(())
+    }
+
+    /// [`rows`](Self::rows) for a kernel that decodes `labels` (their ignore word).
+    pub(crate) fn rows_labelled<A: Args>(
+        &mut self,
+        kernel: Kernel,
+        rows: usize,
+        cols: usize,
+        buffers: &[At<'_>],
+        args: A,
+        labels: &GpuLabels,
+    ) -> Result<()> {
+        let plan =
+            self.gpu
+                .plan_rows(self.op, kernel, (rows, cols), buffers, args, Some(labels))?;
         self.steps.extend(plan);
         Ok(())
     }

@@ -820,12 +820,10 @@ mod tests {
             ("cols", offset_of!(RowParams, cols)),
             ("tpr", offset_of!(RowParams, tpr)),
             ("vec_base", offset_of!(RowParams, vec_base)),
-            ("flags", offset_of!(RowParams, flags)),
-            ("f0", offset_of!(RowParams, f0)),
-            ("f1", offset_of!(RowParams, f1)),
-            ("f2", offset_of!(RowParams, f2)),
-            ("f3", offset_of!(RowParams, f3)),
-            ("f4", offset_of!(RowParams, f4)),
+            ("ignore", offset_of!(RowParams, ignore)),
+            ("ignores", offset_of!(RowParams, ignores)),
+            ("nan", offset_of!(RowParams, nan)),
+            ("a", offset_of!(RowParams, args)),
             ("base", offset_of!(RowParams, base)),
             ("stride", offset_of!(RowParams, stride)),
         ];
@@ -833,6 +831,45 @@ mod tests {
         let last = got.iter().map(|(_, o)| *o).max().unwrap();
         // The last member is the 32-byte stride array.
         assert_eq!(last as usize + 32, size_of::<RowParams>());
+
+        // Each row family's arguments, field by field, 32 bytes in all.
+        macro_rules! args {
+            ($family:expr, $ty:ty, [$($field:ident),*]) => {{
+                let module = parse(&config, $family, Width::Vec4);
+                let want = [$((stringify!($field), offset_of!($ty, $field))),*];
+                let got = assert_members(&module, "Args", &want);
+                let last = got.iter().map(|(_, o)| *o).max().unwrap();
+                assert_eq!(last + 4, size_of::<$ty>() as u32, "{:?}: Args ends early", $family);
+            }};
+        }
+        use crate::gpu::params::*;
+        args!(
+            Family::Fused,
+            FusedArgs,
+            [log, upstream, scale, smoothing, z_loss, weight_sum]
+        );
+        args!(Family::Loss, LossArgs, [first_partial, weighted, scale]);
+        args!(Family::Grad, GradArgs, [scale]);
+        args!(
+            Family::Backward,
+            BackwardArgs,
+            [weight_mode, pos_weight_mode, scale, k_cols, first_col]
+        );
+        args!(Family::Train, TrainArgs, [classes, scale, decay]);
+        for family in Family::ALL.into_iter().filter(|f| f.uses_rows()) {
+            let module = parse(&config, family, Width::Vec4);
+            let ty = module
+                .types
+                .iter()
+                .find(|(_, t)| t.name.as_deref() == Some("Args"))
+                .unwrap_or_else(|| panic!("{} declares no Args", family.name()));
+            assert_eq!(
+                ty.1.inner.size(module.to_ctx()),
+                size_of::<NoArgs>() as u32,
+                "{}: Args is not 32 bytes",
+                family.name()
+            );
+        }
 
         let mm = parse(&config, Family::Matmul, Width::Scalar);
         let want_mm = [

@@ -29,8 +29,8 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{FIXED_TRIPS, row_groups};
 use crate::gpu::matmul::{Gemm, PackedTexture, Packing, TextureSet};
-use crate::gpu::params::{RowParams, StepParams};
-use crate::gpu::record::{At, Dispatch, Extra, uniform_binding};
+use crate::gpu::params::{Args, RowParams, StepParams, TrainArgs};
+use crate::gpu::record::{At, Dispatch, uniform_binding};
 use crate::gpu::shaders::{Kernel, MT_LANES, STEP_CLASSES, STEP_UNIFORM_BYTES, Width};
 use crate::labels::Labels;
 
@@ -479,8 +479,7 @@ fn plan_eval(
         gpu.plan_rows(
             op,
             Kernel::LossErrFused,
-            set.rows,
-            model.features,
+            (set.rows, model.features),
             &[
                 (&set.x).into(),
                 (&set.y).into(),
@@ -488,10 +487,11 @@ fn plan_eval(
                 model.theta.into(),
                 (&scratch.err).into(),
             ],
-            Extra {
-                flags: model.classes as u32,
-                ..Extra::default()
+            TrainArgs {
+                classes: model.classes as u32,
+                ..TrainArgs::default()
             },
+            None,
         )?
     } else {
         let mut plan = gpu.plan_matmul(
@@ -512,15 +512,15 @@ fn plan_eval(
         plan.extend(gpu.plan_rows(
             op,
             Kernel::LossErrRows,
-            set.rows,
-            model.classes,
+            (set.rows, model.classes),
             &[
                 (&scratch.logits).into(),
                 (&set.y).into(),
                 (&scratch.loss).into(),
                 (&scratch.err).into(),
             ],
-            Extra::default(),
+            TrainArgs::default(),
+            None,
         )?);
         plan
     };
@@ -617,8 +617,7 @@ fn plan_fused_step(
     let mut plan = gpu.plan_rows(
         op,
         Kernel::StepForward,
-        step.batch,
-        model.features,
+        (step.batch, model.features),
         &[
             At {
                 buffer: &set.x,
@@ -635,11 +634,12 @@ fn plan_fused_step(
             grad.into(),
             model.theta.into(),
         ],
-        Extra {
-            flags: classes,
-            f0: 1.0,
-            ..Extra::default()
+        TrainArgs {
+            classes,
+            scale: 1.0,
+            ..TrainArgs::default()
         },
+        None,
     )?;
     // fused_step_fits checked this: the kernel indexes the gradient by row within its window.
     assert_eq!(plan.len(), 1, "a fused batch spans one window");
@@ -652,9 +652,13 @@ fn plan_fused_step(
         rows: model.features as u32,
         cols: step.batch as u32,
         tpr: 1,
-        flags: classes,
-        f0: -step.lr / step.batch as f32,
-        f1: 1.0 - step.lr * step.l2,
+        args: TrainArgs {
+            classes,
+            scale: -step.lr / step.batch as f32,
+            decay: 1.0 - step.lr * step.l2,
+            ..TrainArgs::default()
+        }
+        .words(),
         base: [base, 0, 0, 0, 0, 0, 0, 0],
         ..RowParams::default()
     };
@@ -759,8 +763,7 @@ fn plan_step(
     plan.extend(gpu.plan_rows(
         op,
         Kernel::SoftmaxGradRows,
-        step.batch,
-        model.classes,
+        (step.batch, model.classes),
         &[
             At {
                 buffer: &set.y,
@@ -770,7 +773,11 @@ fn plan_step(
             },
             logits.into(),
         ],
-        Extra::f0(1.0),
+        TrainArgs {
+            scale: 1.0,
+            ..TrainArgs::default()
+        },
+        None,
     )?);
     plan.extend(gpu.plan_matmul(
         op,
