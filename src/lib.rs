@@ -57,6 +57,7 @@
 pub mod cpu;
 pub mod data;
 mod device;
+mod dtype;
 mod error;
 pub mod gpu;
 mod labels;
@@ -66,8 +67,10 @@ pub mod npy;
 pub mod train;
 
 pub use device::{Device, DeviceKind};
+pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use gpu::{GpuContext, GpuLabels, GpuMatrix, GpuOptions, GpuPlan, GpuVector, LabelType};
+pub use half::f16;
 pub use labels::{DEFAULT_IGNORE_INDEX, Labels};
 pub use loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 
