@@ -50,9 +50,9 @@ struct Args {
     pad2: u32,
 }
 
-@group(0) @binding(1) var<storage, read> a: array<V>;
-@group(0) @binding(2) var<storage, read> dy: array<V>;
-@group(0) @binding(3) var<storage, read_write> dx: array<V>;
+@group(0) @binding(1) var<storage, read> a: array<S>;
+@group(0) @binding(2) var<storage, read> dy: array<S>;
+@group(0) @binding(3) var<storage, read_write> dx: array<S>;
 @group(0) @binding(2) var<storage, read_write> resid: array<f32>;
 @group(0) @binding(3) var<storage, read> bce_w: array<V>;
 @group(0) @binding(4) var<storage, read> bce_pw: array<V>;
@@ -77,11 +77,11 @@ fn softmax_backward(
     let dx_start = row_at(2u, l);
     var acc = splat(0.0);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        acc += a[start + i] * dy[dy_start + i];
+        acc += V(a[start + i]) * V(dy[dy_start + i]);
     }
     let dot = splat(team_sum(lid, hsum(acc)));
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        dx[dx_start + i] = a[start + i] * (dy[dy_start + i] - dot);
+        dx[dx_start + i] = S(V(a[start + i]) * (V(dy[dy_start + i]) - dot));
     }
 }
 
@@ -97,11 +97,11 @@ fn log_softmax_backward(
     let dx_start = row_at(2u, l);
     var acc = splat(0.0);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        acc += dy[dy_start + i];
+        acc += V(dy[dy_start + i]);
     }
     let total = splat(team_sum(lid, hsum(acc)));
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        dx[dx_start + i] = dy[dy_start + i] - exp(a[start + i]) * total;
+        dx[dx_start + i] = S(V(dy[dy_start + i]) - exp(V(a[start + i])) * total);
     }
 }
 
@@ -136,8 +136,8 @@ fn bce_with_logits(
     // Every matrix binding shares matrix 0's layout: the host passes contiguous arrays at
     // aligned offsets only (GpuContext::bce_with_logits_weighted checks).
     let i = row_start(l);
-    let z = a[i];
-    let t = dy[i];
+    let z = V(a[i]);
+    let t = V(dy[i]);
     var w = splat(1.0);
     let w_mode = p.a.weight_mode;
     if w_mode == BCE_FULL {
@@ -183,5 +183,5 @@ fn logistic_residual(
     // sigmoid(z) with no exp of a positive number.
     let e = exp(-abs(z));
     let sigmoid = select(e, 1.0, z >= 0.0) / (1.0 + e);
-    resid[i] = sigmoid - lane_of(a[row_start(l)], 0u);
+    resid[i] = sigmoid - lane_of(V(a[row_start(l)]), 0u);
 }

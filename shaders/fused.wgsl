@@ -57,13 +57,13 @@ struct Args {
     pad1: u32,
 }
 
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(2) var<storage, read_write> out: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
+@group(0) @binding(2) var<storage, read_write> out: array<S>;
 @group(0) @binding(2) var<storage, read_write> lse_out: array<f32>;
 @group(0) @binding(2) var<storage, read> y: array<u32>;
-@group(0) @binding(2) var<storage, read> soft: array<V>;
+@group(0) @binding(2) var<storage, read> soft: array<S>;
 @group(0) @binding(3) var<storage, read_write> loss_out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> g: array<V>;
+@group(0) @binding(4) var<storage, read_write> g: array<S>;
 @group(0) @binding(4) var<storage, read> den_loss: array<f32>;
 @group(0) @binding(5) var<storage, read> w: array<V>;
 @group(0) @binding(6) var<storage, read> up: array<f32>;
@@ -89,11 +89,11 @@ fn row_stats(l: Lane, lid: u32, keep: bool, cache: ptr<function, array<V, ROW_CA
     let start = row_start(l);
     // Seeded with an element of the row, not a sentinel (WGSL has no -inf literal); s = 0
     // makes a thread with no vectors of its own a neutral partner in the merge.
-    var m = hmax(x[start]);
+    var m = hmax(V(x[start]));
     var s = 0.0;
     var k = 0u;
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        let v = x[start + i];
+        let v = V(x[start + i]);
         if keep && k < ROW_CACHE {
             (*cache)[k] = v;
         }
@@ -132,7 +132,7 @@ fn cached(cache: ptr<function, array<V, ROW_CACHE>>, k: u32, index: u32) -> V {
     if k < ROW_CACHE {
         return (*cache)[k];
     }
-    return x[index];
+    return V(x[index]);
 }
 
 @compute @workgroup_size(WG)
@@ -152,13 +152,13 @@ fn softmax_fused(
         let log_s = splat(log(stats.y));
         for (var i = l.t; i < row_vectors(l); i += p.tpr) {
             // (x - m) first: exact next to the maximum.
-            out[out_start + i] = (cached(&cache, k, start + i) - m) - log_s;
+            out[out_start + i] = S((cached(&cache, k, start + i) - m) - log_s);
             k++;
         }
     } else {
         let inv = 1.0 / stats.y;
         for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-            out[out_start + i] = exp(cached(&cache, k, start + i) - m) * inv;
+            out[out_start + i] = S(exp(cached(&cache, k, start + i) - m) * inv);
             k++;
         }
     }
@@ -182,7 +182,7 @@ fn logsumexp_fused(
 // first, exact when they are close.
 fn row_loss(l: Lane, cls: u32, stats: vec2<f32>, d: f32) -> f32 {
     let safe = min(cls, p.cols - 1u);
-    let x_y = lane_of(x[row_start(l) + safe / W], safe % W);
+    let x_y = lane_of(V(x[row_start(l) + safe / W]), safe % W);
     let loss = select(((stats.x - x_y) + log(stats.y)) / d, ignored_loss(d), cls == IGNORED);
     return select(loss, p.nan, cls == INVALID);
 }
@@ -247,11 +247,11 @@ fn cross_entropy_fused(
             grad += prob * c;
         }
         // select, not a multiply by 0: an ignored row's logits may hold NaN or inf.
-        g[g_start + i] = select(select(grad, splat(0.0), ignored), splat(p.nan), invalid);
+        g[g_start + i] = S(select(select(grad, splat(0.0), ignored), splat(p.nan), invalid));
     }
     let smooth_sum = team_sum(lid, hsum(smoothing));
     if l.live && l.t == 0u && !ignored && !invalid {
-        let x_y = lane_of(x[start + safe / W], safe % W);
+        let x_y = lane_of(V(x[start + safe / W]), safe % W);
         var ce = (1.0 - eps) * w_y * ((m - x_y) + log_s);
         if eps > 0.0 {
             ce += eps / f32(p.cols) * (smooth_sum + p.a.weight_sum * log_s);
@@ -287,18 +287,18 @@ fn cross_entropy_soft(
     var total_acc = splat(0.0);
     var loss_acc = splat(0.0);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        let tw = w[i] * (soft[t_start + i] * (1.0 - eps) + uniform_part);
+        let tw = w[i] * (V(soft[t_start + i]) * (1.0 - eps) + uniform_part);
         total_acc += tw;
-        loss_acc += tw * (splat(m) - x[start + i]);
+        loss_acc += tw * (splat(m) - V(x[start + i]));
     }
     let total = team_sum(lid, hsum(total_acc));
     let loss_part = team_sum(lid, hsum(loss_acc));
     let inv = 1.0 / stats.y;
     let z = 2.0 * p.a.z_loss * (m + log_s);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        let tw = w[i] * (soft[t_start + i] * (1.0 - eps) + uniform_part);
-        let prob = exp(x[start + i] - splat(m)) * inv;
-        g[g_start + i] = (prob * (total + z) - tw) * p.a.scale;
+        let tw = w[i] * (V(soft[t_start + i]) * (1.0 - eps) + uniform_part);
+        let prob = exp(V(x[start + i]) - splat(m)) * inv;
+        g[g_start + i] = S((prob * (total + z) - tw) * p.a.scale);
     }
     if l.live && l.t == 0u {
         let lse = m + log_s;

@@ -111,6 +111,20 @@ pub enum Error {
         message: String,
     },
 
+    /// The op needs a feature the device was not created with (e.g. `SHADER_F16` for `f16`
+    /// matrices: wgpu's GL backend has none).
+    #[error("{op}: {what} needs the device feature {feature}, which {device} lacks")]
+    MissingFeature {
+        /// The op that checked.
+        op: &'static str,
+        /// What needs the feature.
+        what: String,
+        /// The wgpu feature's name.
+        feature: &'static str,
+        /// The adapter the device runs on.
+        device: String,
+    },
+
     /// Data is larger than the device allows and cannot be split to fit.
     #[error("{op}: {what} needs {bytes} bytes but the device allows at most {limit}")]
     TooLarge {

@@ -8,11 +8,13 @@ use std::task::{Context, Poll, Waker};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use wgpu::util::DeviceExt;
 
+use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::record::At;
 use crate::gpu::shaders::STEP_UNIFORM_BYTES;
 use crate::labels::{IGNORED, INVALID, Labels};
+use half::f16;
 
 /// What a staging buffer's map callback hands to the future waiting on it.
 #[derive(Default)]
@@ -39,8 +41,9 @@ impl Future for Mapped {
     }
 }
 
-/// An `rows x cols` row-major `f32` matrix on the device: `rows * cols` contiguous floats of
-/// a buffer, from byte [`offset`](Self::offset).
+/// An `rows x cols` row-major matrix of `f32` or `f16` ([`dtype`](Self::dtype)) on the
+/// device: its rows [`stride`](Self::stride) elements apart in a buffer, from byte
+/// [`offset`](Self::offset).
 ///
 /// Results of one op can be passed straight to the next; nothing returns to the host until
 /// [`GpuContext::download`]. An application binds them in its own passes through
@@ -58,9 +61,15 @@ pub struct GpuMatrix {
     cols: usize,
     /// Elements from one row's start to the next's: `cols`, or more for padded rows.
     stride: usize,
+    dtype: DType,
 }
 
 impl GpuMatrix {
+    /// How its elements are stored.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// The buffer that holds it.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
@@ -85,11 +94,31 @@ impl GpuMatrix {
     }
 
     /// The bytes it spans in the buffer, from its first element to its last: `4 * rows * cols`
-    /// for a contiguous matrix.
+    /// for a contiguous `f32` matrix, `2 * rows * cols` for `f16`.
     pub fn byte_len(&self) -> u64 {
+        (self.dtype.size() * self.span()) as u64
+    }
+
+    /// The elements it spans, from its first to its last.
+    fn span(&self) -> usize {
         match self.rows {
             0 => 0,
-            r => 4 * ((r - 1) * self.stride + self.cols) as u64,
+            r => (r - 1) * self.stride + self.cols,
+        }
+    }
+
+    /// Fails unless it is an `f32` matrix: `op` has no `f16` kernels.
+    pub(crate) fn check_f32(&self, op: &'static str) -> Result<()> {
+        match self.dtype {
+            DType::F32 => Ok(()),
+            DType::F16 => Err(Error::invalid(
+                op,
+                format!(
+                    "a {} x {} matrix of {}: {op} takes f32 only (f16 runs the softmax, \
+                     log-softmax, log-sum-exp, cross-entropy and softmax-backward ops)",
+                    self.rows, self.cols, self.dtype
+                ),
+            )),
         }
     }
 
@@ -100,6 +129,7 @@ impl GpuMatrix {
             offset: self.offset,
             first_row,
             stride: self.stride,
+            dtype: self.dtype,
         }
     }
 
@@ -177,6 +207,7 @@ impl GpuVector {
             offset: self.offset,
             first_row: 0,
             stride: 0,
+            dtype: DType::F32,
         }
     }
 
@@ -294,13 +325,29 @@ impl GpuLabels {
 }
 
 /// The `rows x cols` matrix in `data`, its rows `stride` elements apart.
-fn rows_of(data: Vec<f32>, (rows, cols): (usize, usize), stride: usize) -> Array2<f32> {
+fn rows_of<T: Copy>(data: Vec<T>, (rows, cols): (usize, usize), stride: usize) -> Array2<T> {
     if stride == cols || rows <= 1 {
         let mut data = data;
         data.truncate(rows * cols);
         return Array2::from_shape_vec((rows, cols), data).expect("length matches the shape");
     }
     Array2::from_shape_fn((rows, cols), |(r, c)| data[r * stride + c])
+}
+
+/// The first `len` halves of `words`, as the device stores them (little-endian pairs).
+fn halves(words: &[u32], len: usize) -> Vec<f16> {
+    let mut out: Vec<f16> = bytemuck::cast_slice(words).to_vec();
+    out.truncate(len);
+    out
+}
+
+/// The 4-byte words `elems` elements of `dtype` take, rounded up: what buffers, bindings and
+/// copies are sized in.
+pub(crate) fn words(elems: usize, dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => elems,
+        DType::F16 => elems.div_ceil(2),
+    }
 }
 
 /// Fails unless `buffer` can be copied out (a wrapped buffer may lack `COPY_SRC`).
@@ -378,17 +425,28 @@ impl GpuContext {
             })
     }
 
-    /// An uninitialised matrix, checked against the device's limits.
+    /// An uninitialised `f32` matrix, checked against the device's limits.
     pub(crate) fn new_matrix(
         &self,
         op: &'static str,
         rows: usize,
         cols: usize,
     ) -> Result<GpuMatrix> {
-        let what = format!("a {rows} x {cols} f32 matrix");
-        let bytes = self.check_bytes(op, &what, rows.saturating_mul(cols))?;
+        self.new_matrix_of(op, rows, cols, DType::F32)
+    }
+
+    /// An uninitialised matrix of `dtype`, checked against the device's limits.
+    pub(crate) fn new_matrix_of(
+        &self,
+        op: &'static str,
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+    ) -> Result<GpuMatrix> {
+        let what = format!("a {rows} x {cols} {dtype} matrix");
+        let bytes = self.check_bytes(op, &what, words(rows.saturating_mul(cols), dtype))?;
         // Fail now, not halfway through an op, if a single row cannot be bound.
-        self.geometry.windows(op, rows.min(1), cols)?;
+        self.geometry.windows(op, rows.min(1), words(cols, dtype))?;
         Ok(GpuMatrix {
             buffer: self.storage(op, bytes),
             owner: self.id,
@@ -396,6 +454,7 @@ impl GpuContext {
             rows,
             cols,
             stride: cols,
+            dtype,
         })
     }
 
@@ -410,19 +469,24 @@ impl GpuContext {
         })
     }
 
-    /// Copies a matrix to the device.
+    /// Copies a matrix of `f32` or `f16` to the device, in its precision.
     ///
     /// # Errors
     /// [`Error::TooLarge`] when the matrix exceeds the device's largest buffer, or one of its
     /// rows exceeds the largest binding (rows are never split).
-    pub fn upload(&self, x: ArrayView2<f32>) -> Result<GpuMatrix> {
+    pub fn upload<T: Element>(&self, x: ArrayView2<T>) -> Result<GpuMatrix> {
         const OP: &str = "upload";
         let (rows, cols) = x.dim();
-        self.check_bytes(OP, &format!("a {rows} x {cols} f32 matrix"), x.len())?;
-        self.geometry.windows(OP, rows.min(1), cols)?;
+        let dtype = T::DTYPE;
+        let what = format!("a {rows} x {cols} {dtype} matrix");
+        self.check_bytes(OP, &what, words(x.len(), dtype))?;
+        self.geometry.windows(OP, rows.min(1), words(cols, dtype))?;
         let data = x.as_standard_layout();
-        let bytes = bytemuck::cast_slice(data.as_slice().expect("standard layout is contiguous"));
-        let buffer = self.capture(OP, || Ok(self.storage_init("matrix", bytes)))?;
+        let mut bytes: Vec<u8> =
+            bytemuck::cast_slice(data.as_slice().expect("standard layout is contiguous")).to_vec();
+        // Bindings and copies move whole 4-byte words: an odd count of f16 gets a zero pad.
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        let buffer = self.capture(OP, || Ok(self.storage_init("matrix", &bytes)))?;
         Ok(GpuMatrix {
             buffer,
             owner: self.id,
@@ -430,6 +494,7 @@ impl GpuContext {
             rows,
             cols,
             stride: cols,
+            dtype,
         })
     }
 
@@ -490,6 +555,23 @@ impl GpuContext {
         cols: usize,
         stride: usize,
     ) -> Result<GpuMatrix> {
+        self.wrap_matrix_as(buffer, offset, (rows, cols), stride, DType::F32)
+    }
+
+    /// [`wrap_matrix_strided`](Self::wrap_matrix_strided) over elements of `dtype`: an `f16`
+    /// matrix is `2 * stride` bytes a row, and its view must end inside the buffer rounded up
+    /// to a whole 4-byte word (bindings are sized in words).
+    ///
+    /// # Errors
+    /// Those of [`wrap_matrix_strided`](Self::wrap_matrix_strided).
+    pub fn wrap_matrix_as(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        (rows, cols): (usize, usize),
+        stride: usize,
+        dtype: DType,
+    ) -> Result<GpuMatrix> {
         const OP: &str = "wrap_matrix";
         if stride < cols {
             return Err(Error::invalid(
@@ -514,10 +596,11 @@ impl GpuContext {
             OP,
             buffer,
             offset,
-            span,
-            &format!("a {rows} x {cols} f32 matrix"),
+            words(span, dtype),
+            &format!("a {rows} x {cols} {dtype} matrix"),
         )?;
-        self.geometry.windows(OP, rows.min(1), stride)?;
+        self.geometry
+            .windows(OP, rows.min(1), words(stride, dtype))?;
         Ok(GpuMatrix {
             buffer: buffer.clone(),
             owner: self.id,
@@ -525,6 +608,7 @@ impl GpuContext {
             rows,
             cols,
             stride,
+            dtype,
         })
     }
 
@@ -677,13 +761,41 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Copies a matrix back to the host, waiting for the work that writes it.
+    /// Copies a matrix back to the host, waiting for the work that writes it; an `f16`
+    /// matrix comes back widened to `f32`, exactly ([`download_f16`](Self::download_f16)
+    /// keeps it in `f16`).
     pub fn download(&self, m: &GpuMatrix) -> Result<Array2<f32>> {
         self.check_owned("download", &[m.owner])?;
         check_readable("download", &m.buffer)?;
-        let span = (m.byte_len() / 4) as usize;
-        let data = self.read_pod::<f32>(&m.buffer, m.offset, span)?;
+        let data = match m.dtype {
+            DType::F32 => self.read_pod::<f32>(&m.buffer, m.offset, m.span())?,
+            DType::F16 => {
+                let words = self.read_pod::<u32>(&m.buffer, m.offset, words(m.span(), m.dtype))?;
+                halves(&words, m.span())
+                    .iter()
+                    .map(|h| h.to_f32())
+                    .collect()
+            }
+        };
         Ok(rows_of(data, m.dim(), m.stride))
+    }
+
+    /// Copies an `f16` matrix back to the host in `f16`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an `f32` matrix (narrowing it would round).
+    pub fn download_f16(&self, m: &GpuMatrix) -> Result<Array2<f16>> {
+        const OP: &str = "download_f16";
+        self.check_owned(OP, &[m.owner])?;
+        check_readable(OP, &m.buffer)?;
+        if m.dtype != DType::F16 {
+            return Err(Error::invalid(
+                OP,
+                format!("a matrix of {}: download it with download", m.dtype),
+            ));
+        }
+        let words = self.read_pod::<u32>(&m.buffer, m.offset, words(m.span(), m.dtype))?;
+        Ok(rows_of(halves(&words, m.span()), m.dim(), m.stride))
     }
 
     /// Copies a vector back to the host, waiting for the work that writes it.
@@ -705,13 +817,20 @@ impl GpuContext {
         &self,
         m: &GpuMatrix,
     ) -> impl Future<Output = Result<Array2<f32>>> + Send + 'static {
-        let (rows, cols, stride) = (m.rows, m.cols, m.stride);
-        let span = (m.byte_len() / 4) as usize;
+        let (rows, cols, stride, dtype) = (m.rows, m.cols, m.stride, m.dtype);
+        let span = m.span();
         let read = self
             .check_owned("download_async", &[m.owner])
             .and_then(|()| check_readable("download_async", &m.buffer))
-            .map(|()| self.read_pod_async::<f32>(&m.buffer, m.offset, span));
-        async move { Ok(rows_of(read?.await?, (rows, cols), stride)) }
+            .map(|()| self.read_pod_async::<u32>(&m.buffer, m.offset, words(span, dtype)));
+        async move {
+            let words = read?.await?;
+            let data = match dtype {
+                DType::F32 => bytemuck::cast_slice(&words).to_vec(),
+                DType::F16 => halves(&words, span).iter().map(|h| h.to_f32()).collect(),
+            };
+            Ok(rows_of(data, (rows, cols), stride))
+        }
     }
 
     /// [`download_async`](Self::download_async) for a vector.

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::dispatch::Geometry;
 use crate::gpu::shaders::{Config, Family, Kernel, MT_LANES, Slot, Width};
@@ -325,8 +326,8 @@ pub struct GpuContext {
     pub(crate) geometry: Geometry,
     /// What `probe.wgsl` measured: the loop iterations an invocation may run, if bounded.
     driver_loop_limit: Option<u32>,
-    pipelines: Arc<Mutex<HashMap<(Kernel, Width), Pipeline>>>,
-    modules: Arc<Mutex<HashMap<(Family, Width), wgpu::ShaderModule>>>,
+    pipelines: Arc<Mutex<HashMap<(Kernel, Width, DType), Pipeline>>>,
+    modules: Arc<Mutex<HashMap<(Family, Width, DType), wgpu::ShaderModule>>>,
     /// Device-to-host reads so far (see [`GpuContext::readbacks`]).
     pub(crate) readbacks: Arc<AtomicU64>,
     /// Device objects created so far (see [`GpuContext::allocations`]).
@@ -365,7 +366,8 @@ impl GpuContext {
     pub fn with_options(opts: &GpuOptions) -> Result<Self> {
         let adapter = choose_adapter(opts)?;
         // Only features some kernel or benchmark uses; everything else stays off.
-        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
+        let wanted =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
         let (device, queue) =
             pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("softmax_ce"),
@@ -576,22 +578,30 @@ impl GpuContext {
 
     /// The compiled pipeline of `kernel` at `width`, building it on first use.
     pub(crate) fn pipeline(&self, kernel: Kernel, width: Width) -> Result<Pipeline> {
-        if let Some(p) = lock(&self.pipelines).get(&(kernel, width)) {
-            return Ok(p.clone());
-        }
-        let built = self.build_pipeline(kernel, width)?;
-        // Two threads may race to build the same pipeline; both results are valid and equal.
-        Ok(lock(&self.pipelines)
-            .entry((kernel, width))
-            .or_insert(built)
-            .clone())
+        self.pipeline_of(kernel, width, DType::F32)
     }
 
-    fn module(&self, family: Family, width: Width) -> Result<wgpu::ShaderModule> {
-        if let Some(m) = lock(&self.modules).get(&(family, width)) {
+    /// The pipeline of `kernel` at `width` over matrices of `dtype`.
+    pub(crate) fn pipeline_of(
+        &self,
+        kernel: Kernel,
+        width: Width,
+        dtype: DType,
+    ) -> Result<Pipeline> {
+        let key = (kernel, width, dtype);
+        if let Some(p) = lock(&self.pipelines).get(&key) {
+            return Ok(p.clone());
+        }
+        let built = self.build_pipeline(key)?;
+        // Two threads may race to build the same pipeline; both results are valid and equal.
+        Ok(lock(&self.pipelines).entry(key).or_insert(built).clone())
+    }
+
+    fn module(&self, family: Family, width: Width, dtype: DType) -> Result<wgpu::ShaderModule> {
+        if let Some(m) = lock(&self.modules).get(&(family, width, dtype)) {
             return Ok(m.clone());
         }
-        let source = self.config.source(family, width);
+        let source = self.config.source(family, width, dtype);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
@@ -606,13 +616,13 @@ impl GpuContext {
             });
         }
         Ok(lock(&self.modules)
-            .entry((family, width))
+            .entry((family, width, dtype))
             .or_insert(module)
             .clone())
     }
 
-    fn build_pipeline(&self, kernel: Kernel, width: Width) -> Result<Pipeline> {
-        let module = self.module(kernel.family(), width)?;
+    fn build_pipeline(&self, (kernel, width, dtype): (Kernel, Width, DType)) -> Result<Pipeline> {
+        let module = self.module(kernel.family(), width, dtype)?;
         let uniform = std::iter::once(wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,

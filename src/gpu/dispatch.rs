@@ -104,25 +104,29 @@ impl Geometry {
     /// byte `origin` of its buffer, are bound: `(offset, size)` in bytes, and the index of the
     /// window's first element inside that binding. The binding ends with the window's last
     /// element, not its last row's stride, so a view that ends at the end of its buffer binds.
+    ///
+    /// `elem` is the bytes of one element (4, or 2 for `f16`); a binding's size is a whole
+    /// number of 4-byte words, so an `f16` binding may end 2 bytes past the last element
+    /// (the buffers are sized for it).
     pub(crate) fn slice_rows(
         &self,
         origin: u64,
         window: &Range<usize>,
-        stride: usize,
-        cols: usize,
+        (stride, cols): (usize, usize),
+        elem: u64,
     ) -> (u64, u64, u32) {
         debug_assert_eq!(origin % self.align, 0, "arrays start at aligned offsets");
-        let start = origin + window.start as u64 * stride as u64 * ELEM;
+        let start = origin + window.start as u64 * stride as u64 * elem;
         let end = if window.is_empty() {
             start
         } else {
-            origin + ((window.end as u64 - 1) * stride as u64 + cols as u64) * ELEM
+            origin + ((window.end as u64 - 1) * stride as u64 + cols as u64) * elem
         };
         let offset = start - start % self.align;
         (
             offset,
-            (end - offset).max(ELEM),
-            ((start - offset) / ELEM) as u32,
+            (end - offset).max(ELEM).next_multiple_of(ELEM),
+            ((start - offset) / elem) as u32,
         )
     }
 

@@ -454,6 +454,8 @@ impl GpuContext {
         self.check_owned(op, &[a.owner, b.owner])?;
         a.check_contiguous(op)?;
         b.check_contiguous(op)?;
+        a.check_f32(op)?;
+        b.check_f32(op)?;
         let n = b.cols();
         self.record(op, |rec| {
             let c = self.new_matrix(op, m, n)?;

@@ -6,6 +6,7 @@
 //! default path: the fused kernels of `shaders/fused.wgsl`, which read each row once for its
 //! statistics (online softmax) and, where they write a matrix, once more to write it.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::{GpuLabels, GpuMatrix, GpuVector};
@@ -547,7 +548,7 @@ impl GpuContext {
     /// Row-wise softmax of `x`, as `torch.softmax(x, dim=1)`: one fused dispatch that reads
     /// each row twice (statistics, then the result) and writes it once.
     pub fn softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        let out = self.new_matrix("softmax", x.rows(), x.cols())?;
+        let out = self.new_matrix_of("softmax", x.rows(), x.cols(), x.dtype())?;
         self.run_plan(self.plan_softmax(x, &out)?)?;
         Ok(out)
     }
@@ -555,7 +556,7 @@ impl GpuContext {
     /// Row-wise log-softmax of `x`, as `torch.log_softmax(x, dim=1)`, fused like
     /// [`softmax`](Self::softmax).
     pub fn log_softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        let out = self.new_matrix("log_softmax", x.rows(), x.cols())?;
+        let out = self.new_matrix_of("log_softmax", x.rows(), x.cols(), x.dtype())?;
         self.run_plan(self.plan_log_softmax(x, &out)?)?;
         Ok(out)
     }
@@ -701,7 +702,7 @@ impl GpuContext {
     ) -> Result<(GpuLoss, Option<GpuMatrix>)> {
         let loss = self.new_vector(op, loss_len(x.rows(), opts.reduction))?;
         let grad = if with_grad {
-            Some(self.new_matrix(op, x.rows(), x.cols())?)
+            Some(self.new_matrix_of(op, x.rows(), x.cols(), x.dtype())?)
         } else {
             None
         };
@@ -838,7 +839,7 @@ impl GpuContext {
             let g = match grad {
                 Some(g) => g.at(),
                 None => {
-                    scratch = self.new_matrix(op, rows, cols)?;
+                    scratch = self.new_matrix_of(op, rows, cols, x.dtype())?;
                     scratch.at()
                 }
             };
@@ -876,7 +877,7 @@ impl GpuContext {
     ) -> Result<(GpuLoss, GpuMatrix)> {
         const OP: &str = "cross_entropy_soft";
         let loss = self.new_vector(OP, loss_len(x.rows(), opts.reduction))?;
-        let grad = self.new_matrix(OP, x.rows(), x.cols())?;
+        let grad = self.new_matrix_of(OP, x.rows(), x.cols(), x.dtype())?;
         self.run_plan(self.plan_cross_entropy_soft(x, targets, opts, &loss, &grad)?)?;
         let loss = GpuLoss {
             values: loss,
@@ -1006,6 +1007,7 @@ impl GpuContext {
     pub fn copy_with(&self, x: &GpuMatrix, kernel: CopyKernel) -> Result<GpuMatrix> {
         const OP: &str = "copy";
         self.check_owned(OP, &[x.owner])?;
+        x.check_f32(OP)?;
         if kernel != CopyKernel::Rows {
             x.check_contiguous(OP)?;
         }
@@ -1154,6 +1156,16 @@ fn check_pair(op: &'static str, a: &GpuMatrix, b: &GpuMatrix, what: &str) -> Res
             format!("{:?}", b.dim()),
         ));
     }
+    if a.dtype() != b.dtype() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{what} of {}, the input's precision, not {}",
+                a.dtype(),
+                b.dtype()
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -1161,7 +1173,7 @@ impl GpuContext {
     /// The softmax backward pass: `dx = p * (dy - sum_j dy_j p_j)` per row, for probabilities
     /// `p` and upstream gradient `dy` (see [`cpu::softmax_backward`](crate::cpu::softmax_backward)).
     pub fn softmax_backward(&self, p: &GpuMatrix, dy: &GpuMatrix) -> Result<GpuMatrix> {
-        let dx = self.new_matrix("softmax_backward", p.rows(), p.cols())?;
+        let dx = self.new_matrix_of("softmax_backward", p.rows(), p.cols(), p.dtype())?;
         self.run_plan(self.plan_softmax_backward(p, dy, &dx)?)?;
         Ok(dx)
     }
@@ -1169,7 +1181,7 @@ impl GpuContext {
     /// The log-softmax backward pass: `dx = dy - exp(lp) * sum_j dy_j` per row (see
     /// [`cpu::log_softmax_backward`](crate::cpu::log_softmax_backward)).
     pub fn log_softmax_backward(&self, lp: &GpuMatrix, dy: &GpuMatrix) -> Result<GpuMatrix> {
-        let dx = self.new_matrix("log_softmax_backward", lp.rows(), lp.cols())?;
+        let dx = self.new_matrix_of("log_softmax_backward", lp.rows(), lp.cols(), lp.dtype())?;
         self.run_plan(self.plan_log_softmax_backward(lp, dy, &dx)?)?;
         Ok(dx)
     }
@@ -1273,6 +1285,7 @@ impl GpuContext {
         check_pair(OP, z, t, "targets")?;
         for m in [Some(z), Some(t), weight, pos_weight].into_iter().flatten() {
             m.check_contiguous(OP)?;
+            m.check_f32(OP)?;
         }
         let (rows, cols) = z.dim();
         let mut owners = vec![z.owner, t.owner];
@@ -1377,6 +1390,7 @@ impl GpuContext {
                             offset: *offset,
                             first_row,
                             stride: 0,
+                            dtype: DType::F32,
                         },
                         None => z.flat_at(first_row),
                     });

@@ -12,7 +12,8 @@
 
 use wgpu::util::DeviceExt;
 
-use crate::error::Result;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::GpuLabels;
 use crate::gpu::context::Pipeline;
@@ -88,6 +89,8 @@ pub(crate) struct At<'b> {
     pub first_row: usize,
     /// A matrix's row stride in elements; 0 for rows of the kernel's column count, end to end.
     pub stride: usize,
+    /// How a matrix's elements are stored; `f32` for everything else.
+    pub dtype: DType,
 }
 
 impl<'b> From<&'b wgpu::Buffer> for At<'b> {
@@ -97,6 +100,7 @@ impl<'b> From<&'b wgpu::Buffer> for At<'b> {
             offset: 0,
             first_row: 0,
             stride: 0,
+            dtype: DType::F32,
         }
     }
 }
@@ -147,7 +151,8 @@ impl GpuContext {
         } else {
             Width::Scalar
         };
-        let pipeline = self.pipeline(kernel, width)?;
+        let dtype = self.matrices_dtype(op, kernel, signature, buffers)?;
+        let pipeline = self.pipeline_of(kernel, width, dtype)?;
         let geometry = self.geometry;
         let wg = self.config.wg(kernel.family());
         let tpr = match kernel.shape() {
@@ -175,7 +180,9 @@ impl GpuContext {
         let narrowest = if strides.is_empty() { 1 } else { cols };
         let row_elems = strides.iter().copied().fold(narrowest, usize::max);
         let lanes = width.lanes() as u32;
-        for window in geometry.windows_capped(op, rows, row_elems, per_dispatch)? {
+        // Windows are cut in 4-byte words: two f16 to a word.
+        let row_words = crate::gpu::buffers::words(row_elems, dtype).max(1);
+        for window in geometry.windows_capped(op, rows, row_words, per_dispatch)? {
             let groups = geometry.fold(op, row_groups(window.len(), tpr, wg))?;
             // Every buffer sees the same window of rows, shifted to where its rows start.
             let shifted = |at: &At<'_>| at.first_row + window.start..at.first_row + window.end;
@@ -192,8 +199,12 @@ impl GpuContext {
                     Slot::Matrix | Slot::PerRow => {
                         let (offset, size) = if binding.slot == Slot::Matrix {
                             let s = strides[matrix];
-                            let (offset, size, b) =
-                                geometry.slice_rows(at.offset, &shifted(at), s, cols);
+                            let (offset, size, b) = geometry.slice_rows(
+                                at.offset,
+                                &shifted(at),
+                                (s, cols),
+                                dtype.size() as u64,
+                            );
                             debug_assert_eq!(b % lanes, 0);
                             base[matrix] = b / lanes;
                             stride[matrix] = (s / width.lanes()) as u32;
@@ -241,6 +252,48 @@ impl GpuContext {
             ));
         }
         Ok(out)
+    }
+
+    /// The one element type of `kernel`'s matrix bindings: `f32`, or `f16` where the kernel's
+    /// family has an `f16` variant and the device has `SHADER_F16`.
+    fn matrices_dtype(
+        &self,
+        op: &'static str,
+        kernel: Kernel,
+        signature: &[crate::gpu::shaders::Binding],
+        buffers: &[At<'_>],
+    ) -> Result<DType> {
+        let mut dtypes = signature
+            .iter()
+            .zip(buffers)
+            .filter(|(b, _)| b.slot == Slot::Matrix)
+            .map(|(_, at)| at.dtype);
+        let Some(dtype) = dtypes.next() else {
+            return Ok(DType::F32);
+        };
+        if dtypes.any(|d| d != dtype) {
+            return Err(Error::invalid(
+                op,
+                "its matrices mix f32 and f16: inputs and outputs share one precision",
+            ));
+        }
+        if dtype == DType::F16 {
+            if !kernel.family().has_f16() {
+                return Err(Error::invalid(
+                    op,
+                    format!("{} has no f16 kernel: pass f32 matrices", kernel.entry()),
+                ));
+            }
+            if !self.device.features().contains(wgpu::Features::SHADER_F16) {
+                return Err(Error::MissingFeature {
+                    op,
+                    what: "an f16 matrix".into(),
+                    feature: "SHADER_F16",
+                    device: self.adapter_info().name.clone(),
+                });
+            }
+        }
+        Ok(dtype)
     }
 
     /// The dispatches that write `scale * sum` of `len` values of `values` (from its element

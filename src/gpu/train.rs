@@ -25,6 +25,7 @@
 
 use ndarray::{Array2, ArrayView2};
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{FIXED_TRIPS, row_groups};
@@ -624,12 +625,14 @@ fn plan_fused_step(
                 offset: 0,
                 stride: 0,
                 first_row,
+                dtype: DType::F32,
             },
             At {
                 buffer: &set.y,
                 offset: 0,
                 stride: 0,
                 first_row,
+                dtype: DType::F32,
             },
             grad.into(),
             model.theta.into(),
@@ -744,6 +747,7 @@ fn plan_step(
         offset: 0,
         stride: 0,
         first_row,
+        dtype: DType::F32,
     };
     let mut plan = gpu.plan_matmul(
         op,
@@ -770,6 +774,7 @@ fn plan_step(
                 offset: 0,
                 stride: 0,
                 first_row,
+                dtype: DType::F32,
             },
             logits.into(),
         ],

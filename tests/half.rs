@@ -1,0 +1,394 @@
+//! Half precision: every op with an `f16` kernel held to the CPU reference on `f16` data, in
+//! every kernel configuration, on rows around every workgroup and vector size, with the
+//! adversarial rows an `f16` can hold; wrapped `f16` buffers; the error where the device has
+//! no `SHADER_F16`.
+
+mod common;
+
+use common::*;
+use ndarray::{Array1, Array2, ArrayView2};
+use rand::Rng;
+use softmax_ce::{CrossEntropyOptions, DType, Element, GpuContext, Loss, Reduction, cpu, f16};
+
+/// Widths around the vector width (4), the subgroup (8, 32), the workgroups (32 to 256) and a
+/// long row.
+const WIDTHS: [usize; 18] = [
+    1, 2, 3, 4, 5, 7, 8, 31, 33, 63, 64, 65, 127, 128, 129, 257, 1000, 1025,
+];
+const ROWS: [usize; 2] = [1, 37];
+
+/// An `f16` output against the reference's value rounded once to `f16`: the kernels compute in
+/// `f32` and round once, so they may land one `f16` step (2^-10 relative) from the reference,
+/// never more; 2^-24 absolute is the subnormal step.
+const HALF_REL: f32 = 2.0 * 9.8e-4;
+const HALF_ABS: f32 = 2.0 * 6.0e-8;
+
+/// Rows an `f16` can hold that break naive softmax: `+-6e4` (near `f16::MAX` = 65504), all
+/// `f16::MAX`, `-inf` entries, all `-inf` (NaN softmax), equal rows, one dominant entry,
+/// `+inf` (NaN), and plain values. Row `i` is case `i % 9`.
+fn adversarial_f16(rows: usize, cols: usize, seed: u64) -> Array2<f16> {
+    let mut r = rng(seed);
+    let x = Array2::from_shape_fn((rows, cols), |(i, j)| {
+        let v: f32 = r.random_range(-3.0..3.0);
+        match i % 9 {
+            0 => v * 2e4,
+            1 => 65504.0,
+            2 => {
+                if v > 0.0 {
+                    6e4
+                } else {
+                    -6e4
+                }
+            }
+            3 => {
+                if j == cols / 2 {
+                    0.5
+                } else if v > 0.0 {
+                    f32::NEG_INFINITY
+                } else {
+                    v
+                }
+            }
+            4 => f32::NEG_INFINITY,
+            5 => 7.0,
+            6 => {
+                if j == cols - 1 {
+                    6e4
+                } else {
+                    -6e4
+                }
+            }
+            7 if j == 0 => f32::INFINITY,
+            _ => v,
+        }
+    });
+    x.mapv(f16::from_f32)
+}
+
+fn widen(x: ArrayView2<f16>) -> Array2<f32> {
+    x.mapv(f16::to_f32)
+}
+
+/// The reference's `f32` matrix rounded once to `f16`, then widened back for comparison.
+fn rounded(want: Array2<f32>) -> Array2<f32> {
+    want.mapv(|v| f16::from_f32(v).to_f32())
+}
+
+fn check_matrix(gpu: &GpuContext, got: &softmax_ce::GpuMatrix, want: Array2<f32>, case: &str) {
+    assert_eq!(got.dtype(), DType::F16, "{case}: output precision");
+    let half = gpu.download_f16(got).unwrap();
+    let widened = gpu.download(got).unwrap();
+    let exact = format!("{case}: download widens exactly");
+    assert_close(widen(half.view()).view(), widened.view(), 0.0, 0.0, &exact);
+    assert_close(
+        widened.view(),
+        rounded(want).view(),
+        HALF_ABS,
+        HALF_REL,
+        case,
+    );
+}
+
+fn check_loss(got: Loss, want: Loss, case: &str) {
+    match (got, want) {
+        (Loss::Reduced(g), Loss::Reduced(w)) => assert_close_scalar(g, w, LOSS_ABS, LOSS_REL, case),
+        (Loss::PerRow(g), Loss::PerRow(w)) => {
+            assert_close(g.view(), w.view(), LOSS_ABS, LOSS_REL, case)
+        }
+        (g, w) => panic!("{case}: got {g:?}, want {w:?}"),
+    }
+}
+
+#[test]
+fn softmax_log_softmax_and_logsumexp_of_f16_match_the_reference() {
+    require_gpu!();
+    for (name, gpu) in configs() {
+        for rows in ROWS {
+            for cols in WIDTHS {
+                let x = adversarial_f16(rows, cols, cols as u64);
+                let xf = widen(x.view());
+                let on = gpu.upload(x.view()).unwrap();
+                assert_eq!(on.dtype(), DType::F16);
+                let case = format!("{name} {rows}x{cols}");
+                check_matrix(
+                    gpu,
+                    &gpu.softmax(&on).unwrap(),
+                    cpu::softmax(xf.view()).unwrap(),
+                    &format!("{case} softmax"),
+                );
+                check_matrix(
+                    gpu,
+                    &gpu.log_softmax(&on).unwrap(),
+                    cpu::log_softmax(xf.view()).unwrap(),
+                    &format!("{case} log_softmax"),
+                );
+                // Log-sum-exp is f32, from the same (exactly widened) values.
+                assert_close(
+                    gpu.download_vector(&gpu.logsumexp(&on).unwrap())
+                        .unwrap()
+                        .view(),
+                    cpu::logsumexp(xf.view()).unwrap().view(),
+                    LOSS_ABS,
+                    LOSS_REL,
+                    &format!("{case} logsumexp"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_of_f16_logits_matches_the_reference_with_every_option() {
+    require_gpu!();
+    for (name, gpu) in configs() {
+        for rows in ROWS {
+            for cols in WIDTHS {
+                // Rows of finite logits: an adversarial row with -inf or +inf makes every mean
+                // NaN, which the f32 tests already cover; here the f16 values are the point.
+                let x = adversarial_f16(rows, cols, 3 + cols as u64).mapv(|v| {
+                    if v.is_finite() {
+                        v
+                    } else {
+                        f16::from_f32(-1.5)
+                    }
+                });
+                let xf = widen(x.view());
+                let on = gpu.upload(x.view()).unwrap();
+                let y = labels(rows, cols, 3, cols as u64);
+                let gy = gpu.upload_labels(&y).unwrap();
+                let w = Array1::from_shape_fn(cols, |j| 0.5 + (j % 5) as f32 * 0.25);
+                for opts in [
+                    CrossEntropyOptions::default(),
+                    CrossEntropyOptions::default().reduction(Reduction::None),
+                    CrossEntropyOptions::default()
+                        .reduction(Reduction::Sum)
+                        .weight(w.clone())
+                        .label_smoothing(0.1)
+                        .z_loss(1e-4),
+                ] {
+                    let case = format!("{name} {rows}x{cols} {:?}", opts.reduction);
+                    let (loss, grad) = gpu.cross_entropy_with_grad(&on, &gy, &opts).unwrap();
+                    let want = cpu::cross_entropy(xf.view(), &y, &opts).unwrap();
+                    check_loss(gpu.download_loss(&loss).unwrap(), want.clone(), &case);
+                    check_matrix(
+                        gpu,
+                        &grad,
+                        cpu::cross_entropy_grad(xf.view(), &y, &opts).unwrap(),
+                        &format!("{case} gradient"),
+                    );
+                    let loss = gpu.cross_entropy(&on, &gy, &opts).unwrap();
+                    check_loss(gpu.download_loss(&loss).unwrap(), want, &case);
+                }
+                // The per-row upstream form.
+                let none = CrossEntropyOptions::default().reduction(Reduction::None);
+                let up = Array1::from_shape_fn(rows, |i| 0.5 - i as f32 / 16.0);
+                let g_up = gpu.upload_vector(up.view()).unwrap();
+                let (_, grad) = gpu
+                    .cross_entropy_with_grad_upstream(&on, &gy, &none, &g_up)
+                    .unwrap();
+                check_matrix(
+                    gpu,
+                    &grad,
+                    cpu::cross_entropy_grad_upstream(xf.view(), &y, &none, up.view()).unwrap(),
+                    &format!("{name} {rows}x{cols} upstream gradient"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn soft_targets_and_backward_passes_of_f16_match_the_reference() {
+    require_gpu!();
+    for (name, gpu) in configs() {
+        for rows in ROWS {
+            for cols in WIDTHS {
+                let case = format!("{name} {rows}x{cols}");
+                let x = logits(rows, cols, 4.0, cols as u64).mapv(f16::from_f32);
+                let xf = widen(x.view());
+                let on = gpu.upload(x.view()).unwrap();
+                // Probability targets, rounded to f16 (the reference gets the same values).
+                let t = cpu::softmax(logits(rows, cols, 2.0, 7).view())
+                    .unwrap()
+                    .mapv(f16::from_f32);
+                let tf = widen(t.view());
+                let opts = CrossEntropyOptions::default().label_smoothing(0.05);
+                let (loss, grad) = gpu
+                    .cross_entropy_soft_with_grad(&on, &gpu.upload(t.view()).unwrap(), &opts)
+                    .unwrap();
+                check_loss(
+                    gpu.download_loss(&loss).unwrap(),
+                    cpu::cross_entropy_soft(xf.view(), tf.view(), &opts).unwrap(),
+                    &format!("{case} soft"),
+                );
+                check_matrix(
+                    gpu,
+                    &grad,
+                    cpu::cross_entropy_soft_grad(xf.view(), tf.view(), &opts).unwrap(),
+                    &format!("{case} soft gradient"),
+                );
+                // Backward passes: probabilities and upstream gradients in f16.
+                let p = cpu::softmax(xf.view()).unwrap().mapv(f16::from_f32);
+                let lp = cpu::log_softmax(xf.view()).unwrap().mapv(f16::from_f32);
+                let dy = logits(rows, cols, 1.0, 99).mapv(f16::from_f32);
+                let (pf, lpf, dyf) = (widen(p.view()), widen(lp.view()), widen(dy.view()));
+                let g_dy = gpu.upload(dy.view()).unwrap();
+                check_matrix(
+                    gpu,
+                    &gpu.softmax_backward(&gpu.upload(p.view()).unwrap(), &g_dy)
+                        .unwrap(),
+                    cpu::softmax_backward(pf.view(), dyf.view()).unwrap(),
+                    &format!("{case} softmax_backward"),
+                );
+                let want = cpu::log_softmax_backward(lpf.view(), dyf.view()).unwrap();
+                let got = gpu
+                    .log_softmax_backward(&gpu.upload(lp.view()).unwrap(), &g_dy)
+                    .unwrap();
+                // dy - exp(lp) * sum(dy): a difference, whose f16 rounding is relative to its
+                // terms, not to the result (cancellation); one f16 step of sum(dy) is the bound.
+                let scale = dyf
+                    .rows()
+                    .into_iter()
+                    .map(|r| r.sum().abs())
+                    .fold(1.0, f32::max);
+                assert_close(
+                    gpu.download(&got).unwrap().view(),
+                    rounded(want).view(),
+                    HALF_REL * scale,
+                    HALF_REL,
+                    &format!("{case} log_softmax_backward"),
+                );
+            }
+        }
+    }
+}
+
+/// An application's own `f16` logits at an aligned offset, rows padded, with a plan recorded
+/// into its encoder: half the bytes of f32, the same answers.
+#[test]
+fn wrapped_f16_buffers_at_offsets_and_strides() {
+    let gpu = require_gpu!();
+    let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+    for (rows, cols, stride) in [(5, 7, 9), (9, 12, 16), (3, 1, 1), (4, 1000, 1000)] {
+        let x = adversarial_f16(rows, cols, 5);
+        let mut padded = Array2::from_elem((rows, stride), f16::NAN);
+        padded.slice_mut(ndarray::s![.., ..cols]).assign(&x);
+        let bytes: Vec<u8> = bytemuck::cast_slice(padded.as_slice().unwrap()).to_vec();
+        let size = (align + bytes.len() as u64).next_multiple_of(4);
+        let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("application f16"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut upload = bytes.clone();
+        upload.resize(upload.len().next_multiple_of(4), 0);
+        gpu.queue().write_buffer(&buffer, align, &upload);
+        let on = gpu
+            .wrap_matrix_as(&buffer, align, (rows, cols), stride, DType::F16)
+            .unwrap();
+        assert_eq!(on.byte_len(), 2 * ((rows - 1) * stride + cols) as u64);
+        let case = format!("wrapped {rows}x{cols} stride {stride}");
+        let out = gpu
+            .upload(Array2::<f16>::zeros((rows, cols)).view())
+            .unwrap();
+        let plan = gpu.plan_softmax(&on, &out).unwrap();
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        plan.record(&mut encoder);
+        gpu.queue().submit([encoder.finish()]);
+        check_matrix(
+            gpu,
+            &out,
+            cpu::softmax(widen(x.view()).view()).unwrap(),
+            &case,
+        );
+        let back = widen(gpu.download_f16(&on).unwrap().view());
+        let case = format!("{case}: the input reads back as written");
+        assert_close(back.view(), widen(x.view()).view(), 0.0, 0.0, &case);
+    }
+}
+
+/// Ops without an f16 kernel, mixed precisions, and narrowing downloads are errors that say so.
+#[test]
+fn f16_where_it_does_not_run_is_an_error() {
+    let gpu = require_gpu!();
+    let x = gpu
+        .upload(logits(4, 8, 1.0, 1).mapv(f16::from_f32).view())
+        .unwrap();
+    let x32 = gpu.upload(logits(4, 8, 1.0, 1).view()).unwrap();
+    let e = gpu.matmul_tn(&x, &x32).unwrap_err().to_string();
+    assert!(
+        e.contains("matmul_tn: a 4 x 8 matrix of f16: matmul_tn takes f32 only"),
+        "{e}"
+    );
+    let e = gpu.copy(&x).unwrap_err().to_string();
+    assert!(e.contains("copy takes f32 only"), "{e}");
+    let e = gpu.staged().softmax(&x).unwrap_err().to_string();
+    assert!(e.contains("row_max has no f16 kernel"), "{e}");
+    let e = gpu.softmax_backward(&x, &x32).unwrap_err().to_string();
+    assert!(e.contains("of f16, the input's precision, not f32"), "{e}");
+    let out32 = gpu.upload(Array2::<f32>::zeros((4, 8)).view()).unwrap();
+    let e = gpu.plan_softmax(&x, &out32).unwrap_err().to_string();
+    assert!(e.contains("of f16, the input's precision, not f32"), "{e}");
+    let e = gpu.download_f16(&x32).unwrap_err().to_string();
+    assert!(e.contains("a matrix of f32"), "{e}");
+}
+
+/// A device made without `SHADER_F16` (as on wgpu's GL backend) refuses f16 matrices with an
+/// error naming the feature, and still runs f32.
+#[test]
+fn a_device_without_shader_f16_says_so() {
+    require_gpu!();
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: wgpu::Features::empty(),
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let gpu = GpuContext::from_device(device, queue).unwrap();
+    let x = logits(3, 5, 1.0, 2);
+    let half = gpu.upload(x.mapv(f16::from_f32).view()).unwrap();
+    let e = gpu.softmax(&half).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            softmax_ce::Error::MissingFeature {
+                feature: "SHADER_F16",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("needs the device feature SHADER_F16"),
+        "{e}"
+    );
+    let p = gpu.softmax(&gpu.upload(x.view()).unwrap()).unwrap();
+    assert_close(
+        gpu.download(&p).unwrap().view(),
+        cpu::softmax(x.view()).unwrap().view(),
+        PROB_ABS,
+        PROB_REL,
+        "f32 without SHADER_F16",
+    );
+}
+
+/// The conversions the tests lean on: f16 widens exactly, and the reference's rounding is once.
+#[test]
+fn f16_widening_is_exact() {
+    for bits in (0u16..=u16::MAX).step_by(97) {
+        let h = f16::from_bits(bits);
+        let w = <f16 as Element>::to_f64(h);
+        if h.is_nan() {
+            assert!(w.is_nan());
+        } else {
+            assert_eq!(<f16 as Element>::from_f64(w), h);
+        }
+    }
+    let _: fn(ArrayView2<f16>) -> Array2<f32> = widen;
+}
