@@ -326,8 +326,8 @@ pub struct GpuContext {
     pub(crate) geometry: Geometry,
     /// What `probe.wgsl` measured: the loop iterations an invocation may run, if bounded.
     driver_loop_limit: Option<u32>,
-    pipelines: Arc<Mutex<HashMap<(Kernel, Width, DType), Pipeline>>>,
-    modules: Arc<Mutex<HashMap<(Family, Width, DType), wgpu::ShaderModule>>>,
+    pipelines: Arc<Mutex<HashMap<PipelineKey, Pipeline>>>,
+    modules: Arc<Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>>,
     /// Device-to-host reads so far (see [`GpuContext::readbacks`]).
     pub(crate) readbacks: Arc<AtomicU64>,
     /// Device objects created so far (see [`GpuContext::allocations`]).
@@ -621,7 +621,7 @@ impl GpuContext {
             .clone())
     }
 
-    fn build_pipeline(&self, (kernel, width, dtype): (Kernel, Width, DType)) -> Result<Pipeline> {
+    fn build_pipeline(&self, (kernel, width, dtype): PipelineKey) -> Result<Pipeline> {
         let module = self.module(kernel.family(), width, dtype)?;
         let uniform = std::iter::once(wgpu::BindGroupLayoutEntry {
             binding: 0,
@@ -703,6 +703,13 @@ impl GpuContext {
         Ok(Pipeline { pipeline, layout })
     }
 }
+
+/// A compiled pipeline's key: one per kernel, vector width and matrix precision, built on first
+/// use.
+type PipelineKey = (Kernel, Width, DType);
+
+/// A compiled shader module's key: one per family, vector width and matrix precision.
+type ModuleKey = (Family, Width, DType);
 
 /// Locks a cache, recovering it if a thread panicked while holding it: the maps only ever hold
 /// complete entries.
