@@ -107,7 +107,7 @@ fn softmax_log_softmax_and_logsumexp_of_f16_match_the_reference() {
             for cols in WIDTHS {
                 let x = adversarial_f16(rows, cols, cols as u64);
                 let xf = widen(x.view());
-                let on = gpu.upload(x.view()).unwrap();
+                let on = gpu.upload_f16(x.view()).unwrap();
                 assert_eq!(on.dtype(), DType::F16);
                 let case = format!("{name} {rows}x{cols}");
                 check_matrix(
@@ -153,7 +153,7 @@ fn cross_entropy_of_f16_logits_matches_the_reference_with_every_option() {
                     }
                 });
                 let xf = widen(x.view());
-                let on = gpu.upload(x.view()).unwrap();
+                let on = gpu.upload_f16(x.view()).unwrap();
                 let y = labels(rows, cols, 3, cols as u64);
                 let gy = gpu.upload_labels(&y).unwrap();
                 let w = Array1::from_shape_fn(cols, |j| 0.5 + (j % 5) as f32 * 0.25);
@@ -206,7 +206,7 @@ fn soft_targets_and_backward_passes_of_f16_match_the_reference() {
                 let case = format!("{name} {rows}x{cols}");
                 let x = logits(rows, cols, 4.0, cols as u64).mapv(f16::from_f32);
                 let xf = widen(x.view());
-                let on = gpu.upload(x.view()).unwrap();
+                let on = gpu.upload_f16(x.view()).unwrap();
                 // Probability targets, rounded to f16 (the reference gets the same values).
                 let t = cpu::softmax(logits(rows, cols, 2.0, 7).view())
                     .unwrap()
@@ -214,7 +214,7 @@ fn soft_targets_and_backward_passes_of_f16_match_the_reference() {
                 let tf = widen(t.view());
                 let opts = CrossEntropyOptions::default().label_smoothing(0.05);
                 let (loss, grad) = gpu
-                    .cross_entropy_soft_with_grad(&on, &gpu.upload(t.view()).unwrap(), &opts)
+                    .cross_entropy_soft_with_grad(&on, &gpu.upload_f16(t.view()).unwrap(), &opts)
                     .unwrap();
                 check_loss(
                     gpu.download_loss(&loss).unwrap(),
@@ -232,17 +232,17 @@ fn soft_targets_and_backward_passes_of_f16_match_the_reference() {
                 let lp = cpu::log_softmax(xf.view()).unwrap().mapv(f16::from_f32);
                 let dy = logits(rows, cols, 1.0, 99).mapv(f16::from_f32);
                 let (pf, lpf, dyf) = (widen(p.view()), widen(lp.view()), widen(dy.view()));
-                let g_dy = gpu.upload(dy.view()).unwrap();
+                let g_dy = gpu.upload_f16(dy.view()).unwrap();
                 check_matrix(
                     gpu,
-                    &gpu.softmax_backward(&gpu.upload(p.view()).unwrap(), &g_dy)
+                    &gpu.softmax_backward(&gpu.upload_f16(p.view()).unwrap(), &g_dy)
                         .unwrap(),
                     cpu::softmax_backward(pf.view(), dyf.view()).unwrap(),
                     &format!("{case} softmax_backward"),
                 );
                 let want = cpu::log_softmax_backward(lpf.view(), dyf.view()).unwrap();
                 let got = gpu
-                    .log_softmax_backward(&gpu.upload(lp.view()).unwrap(), &g_dy)
+                    .log_softmax_backward(&gpu.upload_f16(lp.view()).unwrap(), &g_dy)
                     .unwrap();
                 // dy - exp(lp) * sum(dy): a difference, whose f16 rounding is relative to its
                 // terms, not to the result (cancellation); one f16 step of sum(dy) is the bound.
@@ -292,7 +292,7 @@ fn wrapped_f16_buffers_at_offsets_and_strides() {
         assert_eq!(on.byte_len(), 2 * ((rows - 1) * stride + cols) as u64);
         let case = format!("wrapped {rows}x{cols} stride {stride}");
         let out = gpu
-            .upload(Array2::<f16>::zeros((rows, cols)).view())
+            .upload_f16(Array2::<f16>::zeros((rows, cols)).view())
             .unwrap();
         let plan = gpu.plan_softmax(&on, &out).unwrap();
         let mut encoder = gpu.device().create_command_encoder(&Default::default());
@@ -315,7 +315,7 @@ fn wrapped_f16_buffers_at_offsets_and_strides() {
 fn f16_where_it_does_not_run_is_an_error() {
     let gpu = require_gpu!();
     let x = gpu
-        .upload(logits(4, 8, 1.0, 1).mapv(f16::from_f32).view())
+        .upload_f16(logits(4, 8, 1.0, 1).mapv(f16::from_f32).view())
         .unwrap();
     let x32 = gpu.upload(logits(4, 8, 1.0, 1).view()).unwrap();
     let e = gpu.matmul_tn(&x, &x32).unwrap_err().to_string();
@@ -351,7 +351,7 @@ fn a_device_without_shader_f16_says_so() {
     .unwrap();
     let gpu = GpuContext::from_device(device, queue).unwrap();
     let x = logits(3, 5, 1.0, 2);
-    let half = gpu.upload(x.mapv(f16::from_f32).view()).unwrap();
+    let half = gpu.upload_f16(x.mapv(f16::from_f32).view()).unwrap();
     let e = gpu.softmax(&half).unwrap_err();
     assert!(
         matches!(

@@ -469,24 +469,38 @@ impl GpuContext {
         })
     }
 
-    /// Copies a matrix of `f32` or `f16` to the device, in its precision.
+    /// Copies a matrix to the device.
     ///
     /// # Errors
     /// [`Error::TooLarge`] when the matrix exceeds the device's largest buffer, or one of its
     /// rows exceeds the largest binding (rows are never split).
-    pub fn upload<T: Element>(&self, x: ArrayView2<T>) -> Result<GpuMatrix> {
-        const OP: &str = "upload";
+    pub fn upload(&self, x: ArrayView2<f32>) -> Result<GpuMatrix> {
+        self.upload_as("upload", x)
+    }
+
+    /// Copies an `f16` matrix to the device, in half precision: the ops with `f16` kernels
+    /// (softmax, log-softmax, log-sum-exp, the cross-entropies, the softmax backward passes)
+    /// take it where the device has `SHADER_F16`, compute in `f32`, and write their matrices in
+    /// `f16`.
+    ///
+    /// # Errors
+    /// Those of [`upload`](Self::upload).
+    pub fn upload_f16(&self, x: ArrayView2<f16>) -> Result<GpuMatrix> {
+        self.upload_as("upload_f16", x)
+    }
+
+    fn upload_as<T: Element>(&self, op: &'static str, x: ArrayView2<T>) -> Result<GpuMatrix> {
         let (rows, cols) = x.dim();
         let dtype = T::DTYPE;
         let what = format!("a {rows} x {cols} {dtype} matrix");
-        self.check_bytes(OP, &what, words(x.len(), dtype))?;
-        self.geometry.windows(OP, rows.min(1), words(cols, dtype))?;
+        self.check_bytes(op, &what, words(x.len(), dtype))?;
+        self.geometry.windows(op, rows.min(1), words(cols, dtype))?;
         let data = x.as_standard_layout();
         let mut bytes: Vec<u8> =
             bytemuck::cast_slice(data.as_slice().expect("standard layout is contiguous")).to_vec();
         // Bindings and copies move whole 4-byte words: an odd count of f16 gets a zero pad.
         bytes.resize(bytes.len().next_multiple_of(4), 0);
-        let buffer = self.capture(OP, || Ok(self.storage_init("matrix", &bytes)))?;
+        let buffer = self.capture(op, || Ok(self.storage_init("matrix", &bytes)))?;
         Ok(GpuMatrix {
             buffer,
             owner: self.id,
