@@ -38,9 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let adapter = pollster::block_on(instance.request_adapter(&Default::default()))?;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("application"),
-        // Subgroups if the adapter has them (softmax-ce's reductions use them), and the
-        // adapter's own limits.
-        required_features: adapter.features() & wgpu::Features::SUBGROUP,
+        // Subgroups if the adapter has them (softmax-ce's reductions use them), f16 if it has
+        // it (the half-precision frame below), and the adapter's own limits.
+        required_features: adapter.features()
+            & (wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16),
         required_limits: adapter.limits(),
         ..Default::default()
     }))?;
@@ -162,6 +163,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          gradient within {grad_err:.1e}, {} steps, 0 allocations per frame: ok",
         plan.steps()
     );
+    if device.features().contains(wgpu::Features::SHADER_F16) {
+        half_frame(&gpu, &y, &labels)?;
+    } else {
+        println!("embed f16: skipped, the adapter lacks SHADER_F16");
+    }
     if std::env::args().any(|a| a == "--overhead") {
         overhead(&gpu, &plan, (&x, &y, &opts), "labels counted on the device")?;
         // Uploaded labels: the host knows their count, and the plan has no counting steps.
@@ -169,6 +175,113 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let plan = gpu.plan_cross_entropy(&x, &y, &opts, &loss, Some(&grad))?;
         overhead(&gpu, &plan, (&x, &y, &opts), "labels counted on the host")?;
     }
+    Ok(())
+}
+
+/// The application's kernel in half precision: the same logits, stored as `f16`.
+const FILL_F16: &str = r#"
+enable f16;
+@group(0) @binding(0) var<storage, read_write> logits: array<f16>;
+
+@compute @workgroup_size(64)
+fn fill(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    if i < arrayLength(&logits) {
+        logits[i] = f16(8.0 * sin(f32(i) * 0.37) + f32(i % 7u));
+    }
+}
+"#;
+
+/// The frame again with `f16` logits the application's own kernel writes: softmax-ce reads
+/// them in half precision, computes in `f32`, and writes the gradient in `f16` into the
+/// application's buffer (the loss in `f32`). Prints a line ending in `ok`.
+fn half_frame(
+    gpu: &GpuContext,
+    y: &softmax_ce::GpuLabels,
+    labels: &Labels,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use softmax_ce::{DType, f16};
+    let device = gpu.device();
+    let bytes = (ROWS * COLS * 2) as u64;
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let buffer = |label| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: 256 + bytes,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let (logits, outputs) = (
+        buffer("application f16 logits"),
+        buffer("application outputs"),
+    );
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("fill f16"),
+        source: wgpu::ShaderSource::Wgsl(FILL_F16.into()),
+    });
+    let fill = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("fill f16"),
+        layout: None,
+        module: &module,
+        entry_point: Some("fill"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let binds = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("fill f16"),
+        layout: &fill.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &logits,
+                offset: 256,
+                size: wgpu::BufferSize::new(bytes),
+            }),
+        }],
+    });
+    let x = gpu.wrap_matrix_as(&logits, 256, (ROWS, COLS), COLS, DType::F16)?;
+    let loss = gpu.wrap_vector(&outputs, 0, 1)?;
+    let grad = gpu.wrap_matrix_as(&outputs, 256, (ROWS, COLS), COLS, DType::F16)?;
+    let opts = CrossEntropyOptions::default().label_smoothing(0.1);
+    let plan = gpu.plan_cross_entropy(&x, y, &opts, &loss, Some(&grad))?;
+    let mut encoder = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&fill);
+        pass.set_bind_group(0, &binds, &[]);
+        pass.dispatch_workgroups((ROWS * COLS).div_ceil(64) as u32, 1, 1);
+    }
+    plan.record(&mut encoder);
+    gpu.queue().submit([encoder.finish()]);
+
+    // The reference on the f16 logits, widened exactly; the gradient rounded once to f16.
+    let x_host = gpu.download_f16(&x)?.mapv(f16::to_f32);
+    let Loss::Reduced(loss_cpu) = cpu::cross_entropy(x_host.view(), labels, &opts)? else {
+        unreachable!("a mean is one value")
+    };
+    let grad_cpu = cpu::cross_entropy_grad(x_host.view(), labels, &opts)?;
+    let grad_gpu = gpu.download_f16(&grad)?;
+    let loss_gpu = gpu.download_vector(&loss)?[0];
+    // One f16 step of each element (2^-10 relative), or the subnormal step near 0.
+    let grad_ok = grad_gpu
+        .iter()
+        .zip(&grad_cpu)
+        .all(|(g, &c)| (g.to_f32() - f16::from_f32(c).to_f32()).abs() <= c.abs() * 2e-3 + 1.2e-7);
+    let loss_err = (loss_gpu - loss_cpu).abs() / loss_cpu.abs().max(1.0);
+    if !(loss_err < 1e-5 && grad_ok) {
+        return Err(format!(
+            "f16 mismatch: loss {loss_gpu} against {loss_cpu}, gradient within one f16 step: \
+             {grad_ok}"
+        )
+        .into());
+    }
+    println!(
+        "embed f16: the application's f16 logits, the gradient written in f16 into its \
+         buffer ({} bytes where f32 takes {}), loss {loss_gpu:.6} (cpu {loss_cpu:.6}): ok",
+        grad.byte_len(),
+        2 * grad.byte_len()
+    );
     Ok(())
 }
 
