@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use softmax_ce::cpu::{self, fast};
 use softmax_ce::gpu::CopyKernel;
 use softmax_ce::train::{SoftmaxRegression, TrainOptions};
-use softmax_ce::{CrossEntropyOptions, Labels};
+use softmax_ce::{CrossEntropyOptions, DType, Labels, f16};
 
 use super::{DeviceArg, open_device};
 
@@ -59,6 +59,8 @@ struct Row {
     copy_ratio: Option<f64>,
     /// The kernel a row measured when the op has several (the copies).
     kernel: Option<&'static str>,
+    /// How the matrices are stored: `f32`, or `f16` (bytes counted at 2 an element).
+    dtype: DType,
 }
 
 impl Row {
@@ -74,6 +76,7 @@ impl Row {
             "min_ms": round(min),
             "max_ms": round(max),
             "reps": self.times.len(),
+            "dtype": self.dtype.name(),
         });
         if let Some(bytes) = self.bytes {
             v["gbps"] = json!(round(bytes / median / 1e6));
@@ -286,6 +289,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             flops: None,
             copy_ratio: None,
             kernel: None,
+            dtype: DType::F32,
         };
         let v = x.view();
         emit(row(
@@ -387,6 +391,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 time(&|| gpu.cross_entropy_with_grad(&gx, &gy, &opts).map(drop))?,
                 None,
             )?;
+            if gpu.device().features().contains(wgpu::Features::SHADER_F16) {
+                // Half precision: half the bytes, so its own yardstick, the fastest copy of an
+                // f32 matrix of those bytes (n x c/2); no ratio where c is odd.
+                let hx = gpu.upload_f16(x.mapv(f16::from_f32).view())?;
+                let half_copy = if c % 2 == 0 {
+                    let same_bytes = gpu.upload(x.slice(ndarray::s![.., ..c / 2]))?;
+                    let mut best = f64::INFINITY;
+                    for kernel in CopyKernel::ALL {
+                        let t = median(&time(&|| gpu.copy_with(&same_bytes, kernel).map(drop))?);
+                        best = best.min(t);
+                    }
+                    Some(best)
+                } else {
+                    None
+                };
+                let half_row = |op, times: Vec<f64>| {
+                    let mut r = row(op, "gpu_fused", times);
+                    r.bytes = Some(2.0 * (n * c * 2) as f64);
+                    r.copy_ratio = half_copy.map(|copy| median(&r.times) / copy);
+                    r.dtype = DType::F16;
+                    emit(r)
+                };
+                half_row("softmax", time(&|| gpu.softmax(&hx).map(drop))?)?;
+                half_row("log_softmax", time(&|| gpu.log_softmax(&hx).map(drop))?)?;
+                half_row(
+                    "cross_entropy_fwd_bwd",
+                    time(&|| gpu.cross_entropy_with_grad(&hx, &gy, &opts).map(drop))?,
+                )?;
+            }
         }
         // The reference is slow by design (f64, one thread): fewer repetitions keep the run short.
         let few = reps.min(3);
@@ -425,6 +458,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             flops,
             copy_ratio: None,
             kernel: None,
+            dtype: DType::F32,
         };
         emit(row(
             "cpu_reference",
@@ -471,6 +505,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ),
             copy_ratio: None,
             kernel: None,
+            dtype: DType::F32,
         })
     };
     let mut model =
@@ -549,7 +584,10 @@ fn print_row(row: &Row) -> Result<()> {
         "| {:<22} | {:<16} | {:<13} | {:>10} | {:>10} | {:>10} | {:>8} | {:>8} | {:>6} |",
         row.op,
         row.shape,
-        row.path,
+        match row.dtype {
+            DType::F32 => row.path.to_string(),
+            DType::F16 => format!("{} f16", row.path),
+        },
         num("median_ms"),
         num("min_ms"),
         num("max_ms"),
