@@ -489,7 +489,12 @@ impl GpuContext {
         self.upload_as("upload_f16", x)
     }
 
-    fn upload_as<T: Element>(&self, op: &'static str, x: ArrayView2<T>) -> Result<GpuMatrix> {
+    /// [`upload`](Self::upload) or [`upload_f16`](Self::upload_f16), by the element type.
+    pub(crate) fn upload_as<T: Element>(
+        &self,
+        op: &'static str,
+        x: ArrayView2<T>,
+    ) -> Result<GpuMatrix> {
         let (rows, cols) = x.dim();
         let dtype = T::DTYPE;
         let what = format!("a {rows} x {cols} {dtype} matrix");
@@ -792,6 +797,19 @@ impl GpuContext {
             }
         };
         Ok(rows_of(data, m.dim(), m.stride))
+    }
+
+    /// [`download`](Self::download) or [`download_f16`](Self::download_f16), by the element
+    /// type, which must be the matrix's own.
+    pub(crate) fn download_as<T: Element>(&self, m: &GpuMatrix) -> Result<Array2<T>> {
+        if m.dtype != T::DTYPE {
+            return Err(Error::invalid(
+                "download",
+                format!("a matrix of {} read back as {}", m.dtype, T::DTYPE),
+            ));
+        }
+        // Exact both ways: an f16 widens to f32 and narrows back to itself.
+        Ok(self.download(m)?.mapv(T::from_f32))
     }
 
     /// Copies an `f16` matrix back to the host in `f16`.
