@@ -78,30 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     // --- Its kernel, bound at the logits' offset.
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("fill"),
-        source: wgpu::ShaderSource::Wgsl(FILL.into()),
-    });
-    let fill = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("fill"),
-        layout: None,
-        module: &module,
-        entry_point: Some("fill"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let fill_binds = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("fill"),
-        layout: &fill.get_bind_group_layout(0),
-        entries: &[wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &logits,
-                offset: 256,
-                size: wgpu::BufferSize::new(logit_bytes),
-            }),
-        }],
-    });
+    let fill = Fill::new(&device, FILL, &logits, logit_bytes);
 
     // --- softmax-ce over the application's memory: wrapped, never copied or uploaded.
     let x = gpu.wrap_matrix(&logits, 256, ROWS, COLS)?;
@@ -116,12 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // --- The frame: the application's kernel, then softmax-ce's, then the readback copy.
     let mut encoder = device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&fill);
-        pass.set_bind_group(0, &fill_binds, &[]);
-        pass.dispatch_workgroups((ROWS * COLS).div_ceil(64) as u32, 1, 1);
-    }
+    fill.record(&mut encoder);
     plan.record(&mut encoder);
     encoder.copy_buffer_to_buffer(&logits, 0, &staging, 0, 256 + logit_bytes);
     encoder.copy_buffer_to_buffer(&outputs, 0, &staging, 256 + logit_bytes, 256 + logit_bytes);
@@ -178,6 +150,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The application's fill kernel over `bytes` of its buffer from byte 256, built once.
+struct Fill {
+    pipeline: wgpu::ComputePipeline,
+    binds: wgpu::BindGroup,
+}
+
+impl Fill {
+    fn new(device: &wgpu::Device, source: &str, buffer: &wgpu::Buffer, bytes: u64) -> Self {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("fill"),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("fill"),
+            layout: None,
+            module: &module,
+            entry_point: Some("fill"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let binds = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("fill"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: 256,
+                    size: wgpu::BufferSize::new(bytes),
+                }),
+            }],
+        });
+        Fill { pipeline, binds }
+    }
+
+    /// The application's own pass, one invocation per logit.
+    fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.binds, &[]);
+        pass.dispatch_workgroups((ROWS * COLS).div_ceil(64) as u32, 1, 1);
+    }
+}
+
 /// The application's kernel in half precision: the same logits, stored as `f16`.
 const FILL_F16: &str = r#"
 enable f16;
@@ -216,42 +232,14 @@ fn half_frame(
         buffer("application f16 logits"),
         buffer("application outputs"),
     );
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("fill f16"),
-        source: wgpu::ShaderSource::Wgsl(FILL_F16.into()),
-    });
-    let fill = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("fill f16"),
-        layout: None,
-        module: &module,
-        entry_point: Some("fill"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let binds = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("fill f16"),
-        layout: &fill.get_bind_group_layout(0),
-        entries: &[wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &logits,
-                offset: 256,
-                size: wgpu::BufferSize::new(bytes),
-            }),
-        }],
-    });
+    let fill = Fill::new(device, FILL_F16, &logits, bytes);
     let x = gpu.wrap_matrix_as(&logits, 256, (ROWS, COLS), COLS, DType::F16)?;
     let loss = gpu.wrap_vector(&outputs, 0, 1)?;
     let grad = gpu.wrap_matrix_as(&outputs, 256, (ROWS, COLS), COLS, DType::F16)?;
     let opts = CrossEntropyOptions::default().label_smoothing(0.1);
     let plan = gpu.plan_cross_entropy(&x, y, &opts, &loss, Some(&grad))?;
     let mut encoder = device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&fill);
-        pass.set_bind_group(0, &binds, &[]);
-        pass.dispatch_workgroups((ROWS * COLS).div_ceil(64) as u32, 1, 1);
-    }
+    fill.record(&mut encoder);
     plan.record(&mut encoder);
     gpu.queue().submit([encoder.finish()]);
 

@@ -480,16 +480,6 @@ fn cross_entropy_options(classes: usize) -> Vec<(&'static str, CrossEntropyOptio
     ]
 }
 
-fn assert_loss(got: Loss, want: Loss, case: &str) {
-    match (got, want) {
-        (Loss::Reduced(g), Loss::Reduced(w)) => assert_close_scalar(g, w, LOSS_ABS, LOSS_REL, case),
-        (Loss::PerRow(g), Loss::PerRow(w)) => {
-            assert_close(g.view(), w.view(), LOSS_ABS, LOSS_REL, case)
-        }
-        (g, w) => panic!("{case}: got {g:?}, want {w:?}"),
-    }
-}
-
 /// Labels the application wrote on the device, `u32` and `i32`, at an aligned offset, with an
 /// ignore index that is negative and one that is a class: every cross-entropy path decodes
 /// them and counts a mean's rows on the device, and agrees with the CPU reference on the same

@@ -89,16 +89,6 @@ fn check_matrix(gpu: &GpuContext, got: &softmax_ce::GpuMatrix, want: Array2<f32>
     );
 }
 
-fn check_loss(got: Loss, want: Loss, case: &str) {
-    match (got, want) {
-        (Loss::Reduced(g), Loss::Reduced(w)) => assert_close_scalar(g, w, LOSS_ABS, LOSS_REL, case),
-        (Loss::PerRow(g), Loss::PerRow(w)) => {
-            assert_close(g.view(), w.view(), LOSS_ABS, LOSS_REL, case)
-        }
-        (g, w) => panic!("{case}: got {g:?}, want {w:?}"),
-    }
-}
-
 #[test]
 fn softmax_log_softmax_and_logsumexp_of_f16_match_the_reference() {
     require_gpu!();
@@ -169,7 +159,7 @@ fn cross_entropy_of_f16_logits_matches_the_reference_with_every_option() {
                     let case = format!("{name} {rows}x{cols} {:?}", opts.reduction);
                     let (loss, grad) = gpu.cross_entropy_with_grad(&on, &gy, &opts).unwrap();
                     let want = cpu::cross_entropy(xf.view(), &y, &opts).unwrap();
-                    check_loss(gpu.download_loss(&loss).unwrap(), want.clone(), &case);
+                    assert_loss(gpu.download_loss(&loss).unwrap(), want.clone(), &case);
                     check_matrix(
                         gpu,
                         &grad,
@@ -177,7 +167,7 @@ fn cross_entropy_of_f16_logits_matches_the_reference_with_every_option() {
                         &format!("{case} gradient"),
                     );
                     let loss = gpu.cross_entropy(&on, &gy, &opts).unwrap();
-                    check_loss(gpu.download_loss(&loss).unwrap(), want, &case);
+                    assert_loss(gpu.download_loss(&loss).unwrap(), want, &case);
                 }
                 // The per-row upstream form.
                 let none = CrossEntropyOptions::default().reduction(Reduction::None);
@@ -216,7 +206,7 @@ fn soft_targets_and_backward_passes_of_f16_match_the_reference() {
                 let (loss, grad) = gpu
                     .cross_entropy_soft_with_grad(&on, &gpu.upload_f16(t.view()).unwrap(), &opts)
                     .unwrap();
-                check_loss(
+                assert_loss(
                     gpu.download_loss(&loss).unwrap(),
                     cpu::cross_entropy_soft(xf.view(), tf.view(), &opts).unwrap(),
                     &format!("{case} soft"),

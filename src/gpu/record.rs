@@ -460,11 +460,7 @@ impl<'a> Recorder<'a> {
         buffers: &[At<'_>],
         args: A,
     ) -> Result<()> {
-        let plan = self
-            .gpu
-            .plan_rows(self.op, kernel, (rows, cols), buffers, args, None)?;
-        self.steps.extend(plan);
-        Ok(())
+        self.rows_of(kernel, (rows, cols), buffers, args, None)
     }
 
     /// [`rows`](Self::rows) for a kernel that decodes `labels` (their ignore word).
@@ -477,9 +473,20 @@ impl<'a> Recorder<'a> {
         args: A,
         labels: &GpuLabels,
     ) -> Result<()> {
-        let plan =
-            self.gpu
-                .plan_rows(self.op, kernel, (rows, cols), buffers, args, Some(labels))?;
+        self.rows_of(kernel, (rows, cols), buffers, args, Some(labels))
+    }
+
+    fn rows_of<A: Args>(
+        &mut self,
+        kernel: Kernel,
+        shape: (usize, usize),
+        buffers: &[At<'_>],
+        args: A,
+        labels: Option<&GpuLabels>,
+    ) -> Result<()> {
+        let plan = self
+            .gpu
+            .plan_rows(self.op, kernel, shape, buffers, args, labels)?;
         self.steps.extend(plan);
         Ok(())
     }

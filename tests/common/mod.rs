@@ -184,6 +184,18 @@ pub fn assert_close<D: Dimension>(
     );
 }
 
+/// A loss against the reference's, per row or reduced, within the loss tolerances.
+pub fn assert_loss(got: softmax_ce::Loss, want: softmax_ce::Loss, case: &str) {
+    use softmax_ce::Loss;
+    match (got, want) {
+        (Loss::Reduced(g), Loss::Reduced(w)) => assert_close_scalar(g, w, LOSS_ABS, LOSS_REL, case),
+        (Loss::PerRow(g), Loss::PerRow(w)) => {
+            assert_close(g.view(), w.view(), LOSS_ABS, LOSS_REL, case)
+        }
+        (g, w) => panic!("{case}: got {g:?}, want {w:?}"),
+    }
+}
+
 /// Scalar form of [`assert_close`].
 pub fn assert_close_scalar(got: f32, want: f32, abs: f32, rel: f32, case: &str) {
     let g = Array1::from(vec![got]);
