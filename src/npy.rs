@@ -3,8 +3,8 @@
 //!
 //! Floats are read from `float32` or `float64` (converted) by [`read_f32`] and its 1-D and 2-D
 //! forms; [`read_array`] and [`read_matrix_any`] also read `float16`, which they keep as
-//! [`f16`] ([`NpyArray`], [`Matrix`]) so that a half-precision input can give a half-precision
-//! result, as in PyTorch. Labels are read from any integer dtype. Both byte orders and both
+//! [`struct@f16`] ([`NpyArray`], [`Matrix`]) so that a half-precision input can give a
+//! half-precision result, as in PyTorch. Labels are read from any integer dtype. Both byte orders and both
 //! memory orders (`C` and `fortran_order`) are accepted. Everything written is little-endian
 //! `float32` ([`write_f32`]) or `float16` ([`write_f16`]) in C order.
 //!
@@ -667,7 +667,7 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
     f32s(path, open(path)?, "float32 or float64")
 }
 
-/// A float array as its `.npy` file stores it: `float16` as [`f16`], `float32` as `f32`, and
+/// A float array as its `.npy` file stores it: `float16` as [`struct@f16`], `float32` as `f32`, and
 /// `float64` converted to `f32` as [`read_f32`] converts it (no op of the crate stores `f64`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum NpyArray {
@@ -738,7 +738,7 @@ impl Matrix {
     }
 }
 
-/// Reads a float array of any shape, keeping `float16` as [`f16`]: [`NpyArray::F16`] for a
+/// Reads a float array of any shape, keeping `float16` as [`struct@f16`]: [`NpyArray::F16`] for a
 /// `float16` file, [`NpyArray::F32`] for `float32` and for `float64` (converted as [`read_f32`]
 /// converts it).
 ///
@@ -762,8 +762,8 @@ pub fn read_array(path: &Path) -> Result<NpyArray> {
     into_array(path, header, data).map(NpyArray::F16)
 }
 
-/// Reads a 2-D float array, keeping `float16` as [`f16`] (see [`read_array`]); `what` names it
-/// in errors ("logits", "targets").
+/// Reads a 2-D float array, keeping `float16` as [`struct@f16`] (see [`read_array`]); `what`
+/// names it in errors ("logits", "targets").
 ///
 /// # Errors
 /// Those of [`read_array`], and [`Error::Parse`] when the array is not 2-D.
