@@ -100,7 +100,13 @@ impl Element for half::f16 {
     }
 
     fn from_f64(v: f64) -> Self {
-        half::f16::from_f64(v)
+        // Not `half::f16::from_f64`: it rounds twice, through f32, where the CPU has F16C
+        // (half-rs issue 116), and drops the low 32 bits of the mantissa before rounding in
+        // software (issue 151), so a value just above an f16 tie can round down. Rounding to
+        // f32 by round-to-odd first keeps every bit the f16 rounding depends on (f32 has 13
+        // more bits than f16, and round-to-odd needs 2), so `from_f32`'s rounding to nearest
+        // even is then the one correct rounding of `v`.
+        half::f16::from_f32(f32_round_to_odd(v))
     }
 
     fn to_f32(self) -> f32 {
@@ -110,6 +116,23 @@ impl Element for half::f16 {
     fn from_f32(v: f32) -> Self {
         half::f16::from_f32(v)
     }
+}
+
+/// `v` rounded to f32 toward zero, with the last bit of the significand set when that was
+/// inexact ("round to odd"). A second rounding, to nearest, into a format at least two bits
+/// narrower then gives the correctly rounded value of `v` (Boldo and Melquiond, "When double
+/// rounding is odd", 2005). NaN stays NaN, infinities and every f32 stay as they are.
+fn f32_round_to_odd(v: f64) -> f32 {
+    let mut r = v as f32;
+    if f64::from(r).abs() > v.abs() {
+        // One step toward zero: the bits of a float are its sign and magnitude, and the
+        // magnitude is non-zero here.
+        r = f32::from_bits(r.to_bits() - 1);
+    }
+    if f64::from(r) != v && !v.is_nan() {
+        r = f32::from_bits(r.to_bits() | 1);
+    }
+    r
 }
 
 mod sealed {
@@ -122,6 +145,108 @@ mod sealed {
 mod tests {
     use super::*;
     use half::f16;
+
+    /// The f16 nearest `v`, ties to even, found by bisection over the ordered bit patterns and
+    /// one comparison with the exact midpoint (every midpoint of two f16s is an f64): an
+    /// oracle that shares nothing with the conversion under test.
+    fn nearest_f16(v: f64) -> f16 {
+        if v.is_nan() {
+            return f16::NAN;
+        }
+        let a = v.abs();
+        // As a midpoint's upper end, infinity stands for 2^16, the next binade past f16::MAX,
+        // so that IEEE's overflow rule (from MAX + half an ulp up) is an ordinary tie to even.
+        let value = |b: u16| {
+            if b == 0x7C00 {
+                65536.0
+            } else {
+                f16::from_bits(b).to_f64()
+            }
+        };
+        let bits = if a >= 65536.0 {
+            0x7C00
+        } else {
+            let (mut lo, mut hi) = (0u16, 0x7C00u16);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if value(mid) <= a { lo = mid } else { hi = mid }
+            }
+            let mid = (value(lo) + value(hi)) / 2.0;
+            if a < mid || (a == mid && lo % 2 == 0) {
+                lo
+            } else {
+                hi
+            }
+        };
+        f16::from_bits(bits | if v.is_sign_negative() { 0x8000 } else { 0 })
+    }
+
+    fn assert_rounds(v: f64) {
+        let (got, want) = (<f16 as Element>::from_f64(v), nearest_f16(v));
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{v:e} ({:#018x}): got {got} ({:#06x}), want {want} ({:#06x})",
+            v.to_bits(),
+            got.to_bits(),
+            want.to_bits()
+        );
+    }
+
+    /// Values just off every tie of f16, where rounding twice (through f32) or rounding a
+    /// truncated significand goes the wrong way.
+    #[test]
+    fn f64_to_f16_is_correctly_rounded_next_to_every_tie() {
+        // Just above the tie between 1 and 1 + 2^-10: through f32 it becomes the tie itself,
+        // and ties to even gives 1.
+        let v = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(<f16 as Element>::from_f64(v), f16::from_bits(0x3C01));
+        // half-rs issue 116's cases: 0x03ff and 2047, not 0x0400 and 2048.
+        assert_eq!(
+            <f16 as Element>::from_f64(2f64.powi(-14) - 2f64.powi(-25) - 2f64.powi(-65)).to_bits(),
+            0x03FF
+        );
+        assert_eq!(
+            <f16 as Element>::from_f64(0x1f_fdff_ffffu64 as f64 * 2f64.powi(-26)),
+            f16::from_f64_const(2047.0)
+        );
+        for bits in 0u16..0x7C00 {
+            let lo = f16::from_bits(bits).to_f64();
+            let hi = if bits == 0x7BFF {
+                65536.0
+            } else {
+                f16::from_bits(bits + 1).to_f64()
+            };
+            let mid = (lo + hi) / 2.0;
+            let ulp = f64::from_bits(mid.to_bits() + 1) - mid;
+            for v in [
+                lo,
+                mid,
+                f64::from_bits(mid.to_bits() + 1),
+                f64::from_bits(mid.to_bits() - 1),
+                mid + 2f64.powi(-30) * mid,
+                mid - 2f64.powi(-30) * mid,
+                mid + (1u64 << 28) as f64 * ulp,
+            ] {
+                assert_rounds(v);
+                assert_rounds(-v);
+            }
+        }
+        for v in [
+            0.0,
+            1e-300,
+            2f64.powi(-25),
+            65519.99,
+            65520.0,
+            1e300,
+            f64::INFINITY,
+        ] {
+            assert_rounds(v);
+            assert_rounds(-v);
+        }
+        assert!(<f16 as Element>::from_f64(f64::NAN).is_nan());
+        assert!(<f16 as Element>::from_f64(-0.0).is_sign_negative());
+    }
 
     #[test]
     fn conversions_round_once_to_nearest_even() {

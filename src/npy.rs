@@ -1,9 +1,12 @@
 //! Reading and writing numpy `.npy` files, so that any numpy or PyTorch user can feed the ops
 //! and check their results.
 //!
-//! Floats are read from `float32` or `float64` (converted); labels from any integer dtype. Both
-//! byte orders and both memory orders (`C` and `fortran_order`) are accepted. Everything written
-//! is little-endian `float32` in C order.
+//! Floats are read from `float32` or `float64` (converted) by [`read_f32`] and its 1-D and 2-D
+//! forms; [`read_array`] and [`read_matrix_any`] also read `float16`, which they keep as
+//! [`struct@f16`] ([`NpyArray`], [`Matrix`]) so that a half-precision input can give a
+//! half-precision result, as in PyTorch. Labels are read from any integer dtype. Both byte orders and both
+//! memory orders (`C` and `fortran_order`) are accepted. Everything written is little-endian
+//! `float32` ([`write_f32`]) or `float16` ([`write_f16`]) in C order.
 //!
 //! # Reading untrusted files
 //!
@@ -15,18 +18,20 @@
 //!
 //! # Writing
 //!
-//! [`write_f32`] and [`PendingFile`] never leave a half-written file where an old one was: the
-//! data goes to a temporary file beside the target, is flushed to disk, and is renamed over the
-//! target only once complete.
+//! [`write_f32`], [`write_f16`] and [`PendingFile`] never leave a half-written file where an old
+//! one was: the data goes to a temporary file beside the target, is flushed to disk, and is
+//! renamed over the target only once complete.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use half::f16;
 use ndarray::{Array1, Array2, ArrayD, ArrayViewD, IxDyn, ShapeBuilder};
 use npyz::WriterBuilder;
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 /// The longest header the reader accepts, in bytes: numpy's own default
@@ -606,11 +611,16 @@ fn payload<U>(
     Ok(out)
 }
 
-/// [`payload`] for float32 in the machine's own byte order, the common case: read straight
-/// into the result, with no per-element work.
-fn payload_f32_native(path: &Path, header: &Header, reader: &mut impl Read) -> Result<Vec<f32>> {
+/// [`payload`] for floats in the machine's own byte order, the common case: read straight into
+/// the result, with no per-element work. `U` must be the header's dtype.
+fn payload_native<U: bytemuck::Pod>(
+    path: &Path,
+    header: &Header,
+    reader: &mut impl Read,
+) -> Result<Vec<U>> {
+    debug_assert_eq!(std::mem::size_of::<U>(), header.dtype.size);
     let mut out = reserve(path, header)?;
-    out.resize(header.len, 0.0f32);
+    out.resize(header.len, U::zeroed());
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
     let got = fill(reader, bytes).map_err(|e| Error::io(path, e))?;
     if got < bytes.len() {
@@ -646,18 +656,132 @@ fn into_array<U>(path: &Path, header: &Header, data: Vec<U>) -> Result<ArrayD<U>
 
 /// Reads a float array of any shape; `float64` is converted to `float32`.
 ///
+/// `float16` is refused rather than widened: it is read, and kept, by [`read_array`].
+///
 /// # Errors
 /// [`Error::Io`] when the file cannot be read; [`Error::Parse`] when it is not a `.npy` file,
 /// its dtype is not `float32` or `float64`, its data is shorter than its shape, or a finite
 /// `float64` value is too large for `float32` (it would silently become infinite; infinities
 /// and NaN in the file are kept as they are).
 pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
+    f32s(path, open(path)?, "float32 or float64")
+}
+
+/// A float array as its `.npy` file stores it: `float16` as [`struct@f16`], `float32` as `f32`, and
+/// `float64` converted to `f32` as [`read_f32`] converts it (no op of the crate stores `f64`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum NpyArray {
+    /// A `float32` (or converted `float64`) file.
+    F32(ArrayD<f32>),
+    /// A `float16` file.
+    F16(ArrayD<f16>),
+}
+
+impl NpyArray {
+    /// The element type: [`DType::F16`] for a `float16` file, else [`DType::F32`].
+    pub fn dtype(&self) -> DType {
+        match self {
+            NpyArray::F32(_) => DType::F32,
+            NpyArray::F16(_) => DType::F16,
+        }
+    }
+
+    /// The array's shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            NpyArray::F32(a) => a.shape(),
+            NpyArray::F16(a) => a.shape(),
+        }
+    }
+
+    /// As `f32`, widening an `f16` array exactly (every `f16` is an `f32`).
+    pub fn into_f32(self) -> ArrayD<f32> {
+        match self {
+            NpyArray::F32(a) => a,
+            NpyArray::F16(a) => a.mapv(f16::to_f32),
+        }
+    }
+}
+
+/// A 2-D float array (rows x classes) as its `.npy` file stores it; see [`NpyArray`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Matrix {
+    /// A `float32` (or converted `float64`) file.
+    F32(Array2<f32>),
+    /// A `float16` file.
+    F16(Array2<f16>),
+}
+
+impl Matrix {
+    /// The element type: [`DType::F16`] for a `float16` file, else [`DType::F32`].
+    pub fn dtype(&self) -> DType {
+        match self {
+            Matrix::F32(_) => DType::F32,
+            Matrix::F16(_) => DType::F16,
+        }
+    }
+
+    /// `(rows, columns)`.
+    pub fn dim(&self) -> (usize, usize) {
+        match self {
+            Matrix::F32(a) => a.dim(),
+            Matrix::F16(a) => a.dim(),
+        }
+    }
+
+    /// As `f32`, widening an `f16` matrix exactly (every `f16` is an `f32`).
+    pub fn into_f32(self) -> Array2<f32> {
+        match self {
+            Matrix::F32(a) => a,
+            Matrix::F16(a) => a.mapv(f16::to_f32),
+        }
+    }
+}
+
+/// Reads a float array of any shape, keeping `float16` as [`struct@f16`]: [`NpyArray::F16`] for a
+/// `float16` file, [`NpyArray::F32`] for `float32` and for `float64` (converted as [`read_f32`]
+/// converts it).
+///
+/// # Errors
+/// Those of [`read_f32`], with `float16` among the dtypes accepted.
+pub fn read_array(path: &Path) -> Result<NpyArray> {
     let mut src = open(path)?;
+    let dtype = src.header.dtype.clone();
+    if (dtype.kind, dtype.size) != ('f', 2) {
+        return f32s(path, src, "float16, float32 or float64").map(NpyArray::F32);
+    }
+    let be = dtype.big_endian;
+    let (header, reader) = (&src.header, &mut src.reader);
+    let data = if be == cfg!(target_endian = "big") {
+        payload_native(path, header, reader)?
+    } else {
+        payload(path, header, reader, |b, _| {
+            Ok(f16::from_bits(u16::from_ne_bytes(native(b, be))))
+        })?
+    };
+    into_array(path, header, data).map(NpyArray::F16)
+}
+
+/// Reads a 2-D float array, keeping `float16` as [`struct@f16`] (see [`read_array`]); `what`
+/// names it in errors ("logits", "targets").
+///
+/// # Errors
+/// Those of [`read_array`], and [`Error::Parse`] when the array is not 2-D.
+pub fn read_matrix_any(path: &Path, what: &str) -> Result<Matrix> {
+    Ok(match read_array(path)? {
+        NpyArray::F32(a) => Matrix::F32(into_matrix(path, what, a)?),
+        NpyArray::F16(a) => Matrix::F16(into_matrix(path, what, a)?),
+    })
+}
+
+/// The elements of a `float32` or `float64` file as `f32`; for any other dtype an error that
+/// says the dtype found and `expected`, the dtypes the caller reads.
+fn f32s(path: &Path, mut src: Source, expected: &str) -> Result<ArrayD<f32>> {
     let dtype = src.header.dtype.clone();
     let be = dtype.big_endian;
     let (header, reader) = (&src.header, &mut src.reader);
     let data = match (dtype.kind, dtype.size) {
-        ('f', 4) if be == cfg!(target_endian = "big") => payload_f32_native(path, header, reader)?,
+        ('f', 4) if be == cfg!(target_endian = "big") => payload_native(path, header, reader)?,
         ('f', 4) => payload(path, header, reader, |b, _| {
             Ok(f32::from_ne_bytes(native(b, be)))
         })?,
@@ -681,7 +805,7 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
         _ => {
             return Err(Error::parse(
                 path,
-                format!("dtype {} is not float32 or float64", dtype.name()),
+                format!("dtype {} is not {expected}", dtype.name()),
             ));
         }
     };
@@ -693,7 +817,11 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
 /// # Errors
 /// Those of [`read_f32`], and [`Error::Parse`] when the array is not 2-D.
 pub fn read_matrix(path: &Path, what: &str) -> Result<Array2<f32>> {
-    let a = read_f32(path)?;
+    into_matrix(path, what, read_f32(path)?)
+}
+
+/// `a` as a matrix, or an error naming `what` and the shape found.
+fn into_matrix<U>(path: &Path, what: &str, a: ArrayD<U>) -> Result<Array2<U>> {
     let shape = a.shape().to_vec();
     a.into_dimensionality().map_err(|_| {
         Error::parse(
@@ -796,6 +924,20 @@ fn integers(path: &Path, mut src: Source) -> Result<ArrayD<i64>> {
 /// # Errors
 /// The writer's errors.
 pub fn write_f32_to<W: Write>(w: W, a: ArrayViewD<f32>) -> io::Result<()> {
+    write_to(w, a)
+}
+
+/// Writes `a` as a little-endian `float16` `.npy` file (`'<f2'`, a 0-d array for a scalar) to
+/// `w`, every bit pattern as it is (NaN payloads, `-0`, subnormals).
+///
+/// # Errors
+/// The writer's errors.
+pub fn write_f16_to<W: Write>(w: W, a: ArrayViewD<f16>) -> io::Result<()> {
+    write_to(w, a)
+}
+
+/// `a` as a `.npy` file of npyz's default dtype for `U`: little-endian, C order.
+fn write_to<W: Write, U: npyz::AutoSerialize + Copy>(w: W, a: ArrayViewD<U>) -> io::Result<()> {
     let shape: Vec<u64> = a.shape().iter().map(|&d| d as u64).collect();
     let mut writer = npyz::WriteOptions::new()
         .default_dtype()
@@ -815,6 +957,17 @@ pub fn write_f32_to<W: Write>(w: W, a: ArrayViewD<f32>) -> io::Result<()> {
 pub fn write_f32(path: &Path, a: ArrayViewD<f32>) -> Result<()> {
     let mut file = PendingFile::new(path)?;
     file.write_f32(a)?;
+    file.commit()
+}
+
+/// Writes a float16 array of any shape (a 0-d array for a scalar), atomically: a failure
+/// leaves any existing file at `path` as it was (see [`PendingFile`]).
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be created, written or moved into place.
+pub fn write_f16(path: &Path, a: ArrayViewD<f16>) -> Result<()> {
+    let mut file = PendingFile::new(path)?;
+    file.write_f16(a)?;
     file.commit()
 }
 
@@ -984,6 +1137,14 @@ impl PendingFile {
     /// As [`PendingFile::write_with`].
     pub fn write_f32(&mut self, a: ArrayViewD<f32>) -> Result<()> {
         self.write_with(|w| write_f32_to(w, a))
+    }
+
+    /// Writes `a` as a little-endian `float16` `.npy` file ([`write_f16_to`]).
+    ///
+    /// # Errors
+    /// As [`PendingFile::write_with`].
+    pub fn write_f16(&mut self, a: ArrayViewD<f16>) -> Result<()> {
+        self.write_with(|w| write_f16_to(w, a))
     }
 
     /// Moves the written file over its target (nothing to do for a device or pipe).
@@ -1185,7 +1346,7 @@ mod tests {
         let header =
             parse_header(b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,)}").unwrap();
         let path = Path::new("pipe");
-        let err = payload_f32_native(path, &header, &mut &[0u8; 10][..]).unwrap_err();
+        let err = payload_native::<f32>(path, &header, &mut &[0u8; 10][..]).unwrap_err();
         assert!(
             err.to_string().contains("ends after 10 of the 16 bytes"),
             "{err}"
@@ -1195,7 +1356,7 @@ mod tests {
             err.to_string().contains("ends after 10 of the 16 bytes"),
             "{err}"
         );
-        let ok = payload_f32_native(path, &header, &mut &[0u8; 20][..]).unwrap();
+        let ok = payload_native::<f32>(path, &header, &mut &[0u8; 20][..]).unwrap();
         assert_eq!(ok.len(), 4);
     }
 
@@ -1296,6 +1457,170 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Bit patterns of `a`, to compare NaN payloads and signed zeros exactly.
+    fn bits(a: &ArrayD<f16>) -> Vec<u16> {
+        a.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn float16_round_trips_every_bit_pattern() {
+        let dir = scratch("f16_round_trip");
+        let path = dir.join("h.npy");
+        // All 65536: both zeros, subnormals, normals, both infinities, every NaN payload.
+        let all = Array2::from_shape_fn((256, 256), |(i, j)| f16::from_bits((i * 256 + j) as u16));
+        write_f16(&path, all.view().into_dyn()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes[..128]);
+        assert!(text.contains("'descr': '<f2'"), "{text}");
+        let data = &bytes[bytes.len() - 2 * 65536..];
+        assert_eq!(
+            &data[..6],
+            &[0, 0, 1, 0, 2, 0],
+            "little-endian bits, C order"
+        );
+        let NpyArray::F16(got) = read_array(&path).unwrap() else {
+            panic!("float16 read as float32");
+        };
+        assert_eq!(got.shape(), &[256, 256]);
+        assert_eq!(bits(&got), (0..=u16::MAX).collect::<Vec<_>>());
+        let Matrix::F16(m) = read_matrix_any(&path, "logits").unwrap() else {
+            panic!("float16 read as float32");
+        };
+        assert_eq!(bits(&m.into_dyn()), bits(&got));
+        // A transposed view is written in logical order; a scalar as a 0-d array.
+        write_f16(&path, all.t().into_dyn()).unwrap();
+        let got = read_array(&path).unwrap();
+        assert_eq!(got.dtype(), DType::F16);
+        let NpyArray::F16(got) = got else {
+            unreachable!()
+        };
+        assert_eq!(bits(&got), bits(&all.t().to_owned().into_dyn()));
+        let scalar = ArrayD::from_elem(IxDyn(&[]), f16::from_f32(-0.0));
+        let mut file = PendingFile::new(&path).unwrap();
+        file.write_f16(scalar.view()).unwrap();
+        file.commit().unwrap();
+        let got = read_array(&path).unwrap();
+        assert_eq!(got.shape(), &[] as &[usize]);
+        assert_eq!(
+            got.into_f32().first().map(|v| v.to_bits()),
+            Some(0x8000_0000)
+        );
+        // Only the written file is left: no temporaries.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A float16 file byte for byte as `np.save` writes it: version 1.0, the header padded
+    /// with spaces and a newline so that the data starts at a multiple of 64 bytes.
+    fn numpy_f16(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+        let order = if fortran { "True" } else { "False" };
+        let dict = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
+        let pad = 63 - (10 + dict.len()) % 64;
+        let header = format!("{dict}{}\n", " ".repeat(pad));
+        assert_eq!((10 + header.len()) % 64, 0);
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn float16_reads_as_numpy_writes_it() {
+        let dir = scratch("f16_numpy");
+        let path = dir.join("logits.npy");
+        // 1, -2.5, 65504 (the largest finite), -inf, 2^-24 (the smallest subnormal), NaN.
+        let want: [u16; 6] = [0x3C00, 0xC100, 0x7BFF, 0xFC00, 0x0001, 0x7E00];
+        let le: Vec<u8> = want.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let bytes = numpy_f16("<f2", false, "(2, 3)", &le);
+        assert_eq!(bytes.len(), 128 + 12);
+        std::fs::write(&path, &bytes).unwrap();
+        let NpyArray::F16(a) = read_array(&path).unwrap() else {
+            panic!("float16 read as float32");
+        };
+        assert_eq!(a.shape(), &[2, 3]);
+        assert_eq!(bits(&a), want);
+        assert_eq!(a[[0, 1]], f16::from_f32(-2.5));
+        assert_eq!(a[[1, 1]].to_f64(), 2f64.powi(-24));
+        let m = read_matrix_any(&path, "logits").unwrap();
+        assert_eq!((m.dtype(), m.dim()), (DType::F16, (2, 3)));
+        let widened = m.into_f32();
+        assert_eq!(widened[[0, 2]], 65504.0);
+        assert!(widened[[1, 2]].is_nan());
+
+        // Big-endian, and Fortran order (columns first): the same matrix.
+        let be: Vec<u8> = [0, 3, 1, 4, 2, 5]
+            .iter()
+            .flat_map(|&k| want[k].to_be_bytes())
+            .collect();
+        std::fs::write(&path, numpy_f16(">f2", true, "(2, 3)", &be)).unwrap();
+        let NpyArray::F16(b) = read_array(&path).unwrap() else {
+            panic!("float16 read as float32");
+        };
+        assert_eq!(b.shape(), &[2, 3]);
+        assert_eq!(b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+
+        // The f32 readers refuse float16, naming the file and both dtypes, as for any other
+        // dtype they do not read; they never reinterpret the bytes.
+        std::fs::write(&path, &bytes).unwrap();
+        for err in [
+            read_f32(&path).unwrap_err(),
+            read_matrix(&path, "logits").unwrap_err(),
+        ] {
+            let err = err.to_string();
+            assert!(
+                err.contains("logits.npy")
+                    && err.contains("dtype float16 is not float32 or float64"),
+                "{err}"
+            );
+        }
+        // Short data, and a 1-D array where a matrix is wanted.
+        std::fs::write(&path, numpy_f16("<f2", false, "(2, 3)", &le[..10])).unwrap();
+        let err = read_array(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("float16 needs 12 data bytes, the file has 10"),
+            "{err}"
+        );
+        std::fs::write(&path, numpy_f16("<f2", false, "(6,)", &le)).unwrap();
+        let err = read_matrix_any(&path, "logits").unwrap_err().to_string();
+        assert!(err.contains("logits must be a 2-D array"), "{err}");
+        assert_eq!(read_array(&path).unwrap().shape(), &[6]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_array_keeps_float32_and_converts_float64_as_read_f32_does() {
+        let dir = scratch("read_array");
+        let path = dir.join("a.npy");
+        let m = array![[1.5f32, -2.0], [f32::NEG_INFINITY, 4.0]];
+        write_f32(&path, m.view().into_dyn()).unwrap();
+        assert_eq!(
+            read_array(&path).unwrap(),
+            NpyArray::F32(m.clone().into_dyn())
+        );
+        assert_eq!(read_matrix_any(&path, "m").unwrap(), Matrix::F32(m.clone()));
+        let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }";
+        let data = |v: [f64; 2]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        std::fs::write(&path, npy_bytes(header, &data([0.1, -3.0]))).unwrap();
+        let a = read_array(&path).unwrap();
+        assert_eq!(a.dtype(), DType::F32);
+        assert_eq!(a.into_f32(), array![0.1f32, -3.0].into_dyn());
+        std::fs::write(&path, npy_bytes(header, &data([1e300, 0.0]))).unwrap();
+        let err = read_array(&path).unwrap_err().to_string();
+        assert!(err.contains("too large for float32"), "{err}");
+        for (descr, name) in [("<i8", "int64"), ("|u1", "uint8"), ("<f16", "float128")] {
+            let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (1,), }}");
+            std::fs::write(&path, npy_bytes(&header, &[0; 16])).unwrap();
+            let err = read_array(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("a.npy")
+                    && err.contains(&format!("dtype {name} is not float16, float32 or float64")),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_failed_write_leaves_the_old_file_and_no_temporary() {
         let dir = scratch("atomic");
@@ -1318,6 +1643,19 @@ mod tests {
         drop(f);
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        let mut f = PendingFile::new(&path).unwrap();
+        f.write_f16(ArrayD::from_elem(IxDyn(&[2]), f16::ONE).view())
+            .unwrap();
+        assert!(f.is_written());
+        drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        let err = write_f16(
+            &dir.join("no/such/dir.npy"),
+            ArrayD::zeros(IxDyn(&[1])).view(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no/such/dir.npy"), "{err}");
         // A missing directory fails when the file is prepared, not after the work.
         let err = PendingFile::new(&dir.join("no/such/dir.npy")).unwrap_err();
         assert!(err.to_string().contains("no/such/dir.npy"), "{err}");

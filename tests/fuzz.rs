@@ -51,9 +51,31 @@ fn one_line(e: &impl std::fmt::Display) -> Result<(), TestCaseError> {
 /// Reads `bytes` as a `.npy` file every way the library can.
 fn check_npy(path: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
     std::fs::write(path, bytes).unwrap();
-    match npy::read_f32(path) {
+    let f32s = npy::read_f32(path);
+    match &f32s {
         Ok(a) => prop_assert!(a.len() * 4 <= bytes.len()),
-        Err(e) => one_line(&e)?,
+        Err(e) => one_line(e)?,
+    }
+    // read_array reads what read_f32 reads, bit for bit, and float16 besides.
+    let bits = |a: &ndarray::ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    match npy::read_array(path) {
+        Ok(npy::NpyArray::F32(a)) => {
+            prop_assert!(
+                f32s.as_ref()
+                    .is_ok_and(|b| b.shape() == a.shape() && bits(b) == bits(&a))
+            )
+        }
+        Ok(npy::NpyArray::F16(a)) => {
+            prop_assert!(f32s.is_err());
+            prop_assert!(a.len() * 2 <= bytes.len());
+        }
+        Err(e) => {
+            prop_assert!(f32s.is_err());
+            one_line(&e)?
+        }
+    }
+    if let Err(e) = npy::read_matrix_any(path, "m") {
+        one_line(&e)?;
     }
     match npy::read_labels(path) {
         Ok(a) => prop_assert!(a.len() <= bytes.len()),

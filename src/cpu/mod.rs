@@ -1,9 +1,20 @@
 //! The CPU reference path: every op of the crate on ndarray, written to be obviously right.
 //!
 //! This is the oracle the GPU kernels are tested against, so it favours plain loops over speed:
-//! per-row sums and logarithms are taken in `f64` and rounded to `f32` once, at the end. The
-//! functions have the names of the GPU ops and the same semantics (PyTorch's; see
-//! `docs/semantics.md`).
+//! per-row sums and logarithms are taken in `f64` and rounded once, at the end. The functions
+//! have the names of the GPU ops and the same semantics (PyTorch's; see `docs/semantics.md`).
+//!
+//! # Element types
+//!
+//! The row ops take matrices of any [`Element`], `f32` or [`f16`](crate::f16), and return
+//! matrices (probabilities, log-probabilities, gradients) of the same type; per-row and reduced
+//! results ([`Loss`], [`logsumexp`], [`row_max`], [`row_sumexp`]) are always `f32`, as PyTorch
+//! computes a float16 tensor's reductions in float32. Every `f16` is exactly an `f64`, so an
+//! `f16` row is computed exactly as the same values in `f32` would be, and each output element
+//! is rounded once, from `f64` straight to its type: never through `f32` first, which would
+//! round twice and could land on the other side of an `f16` tie. Class weights, label smoothing
+//! and the upstream gradient of [`cross_entropy_grad_upstream`] stay `f32`. The binary
+//! cross-entropy and the n-dimensional (`_nd`) functions are `f32` only.
 //!
 //! Every row op works on an `N x C` matrix of logits, one row per sample, and rejects `C == 0`.
 //! Per row, with `m = max_j x_j`:
@@ -23,12 +34,13 @@ pub mod fast;
 
 use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewD, Axis, IxDyn, Zip};
 
+use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::labels::Labels;
 use crate::loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
 
 /// Rejects matrices with no columns, for which a row op is undefined.
-pub(crate) fn check_classes(op: &'static str, x: ArrayView2<f32>) -> Result<()> {
+pub(crate) fn check_classes<T>(op: &'static str, x: ArrayView2<T>) -> Result<()> {
     if x.ncols() == 0 {
         return Err(Error::Empty {
             op,
@@ -39,27 +51,33 @@ pub(crate) fn check_classes(op: &'static str, x: ArrayView2<f32>) -> Result<()> 
 }
 
 /// `m` of a row, and `s = sum exp(x - m)` in f64 (0 for an all `-inf` row, so that the pair
-/// merges correctly; NaN when `m = +inf`, as the subtraction `inf - inf` gives).
-fn stats(row: ArrayView1<f32>) -> (f32, f64) {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let shift = if m == f32::NEG_INFINITY {
-        0.0
-    } else {
-        m as f64
-    };
-    // A NaN entry is skipped by `f32::max` but still poisons the sum, as it does in PyTorch.
-    let s = row.iter().map(|&v| (v as f64 - shift).exp()).sum();
-    (m, s)
+/// merges correctly; NaN when `m = +inf`, as the subtraction `inf - inf` gives). `m` is one of
+/// the row's elements, exactly: it is an `f32` (and a `T`) as well as an `f64`.
+fn stats<T: Element>(row: ArrayView1<T>) -> (f64, f64) {
+    let m = row
+        .iter()
+        .map(|v| v.to_f64())
+        .fold(f64::NEG_INFINITY, f64::max);
+    // A NaN entry is skipped by `f64::max` but still poisons the sum, as it does in PyTorch.
+    (m, sum_exp(row, m))
+}
+
+/// `sum exp(x - m)` in f64, shifted by `m` unless it is `-inf` (an all `-inf` row, whose sum is
+/// then 0 rather than the NaN of `-inf - -inf`).
+fn sum_exp<T: Element>(row: ArrayView1<T>, m: f64) -> f64 {
+    let shift = if m == f64::NEG_INFINITY { 0.0 } else { m };
+    row.iter().map(|v| (v.to_f64() - shift).exp()).sum()
 }
 
 /// Row-wise maximum. A row containing NaN gives NaN, as `torch.max` does.
-pub fn row_max(x: ArrayView2<f32>) -> Result<Array1<f32>> {
+pub fn row_max<T: Element>(x: ArrayView2<T>) -> Result<Array1<f32>> {
     check_classes("row_max", x)?;
     Ok(x.map_axis(Axis(1), |row| {
-        if row.iter().any(|v| v.is_nan()) {
+        if row.iter().any(|v| v.to_f64().is_nan()) {
             f32::NAN
         } else {
-            stats(row).0
+            // Exact: the maximum is one of the elements.
+            stats(row).0 as f32
         }
     }))
 }
@@ -68,7 +86,7 @@ pub fn row_max(x: ArrayView2<f32>) -> Result<Array1<f32>> {
 ///
 /// A row whose maximum is `-inf` sums to 0, so that partial sums over column chunks merge
 /// exactly (see the crate docs on mergeable statistics).
-pub fn row_sumexp(x: ArrayView2<f32>, m: ArrayView1<f32>) -> Result<Array1<f32>> {
+pub fn row_sumexp<T: Element>(x: ArrayView2<T>, m: ArrayView1<f32>) -> Result<Array1<f32>> {
     const OP: &str = "row_sumexp";
     check_classes(OP, x)?;
     if m.len() != x.nrows() {
@@ -82,27 +100,20 @@ pub fn row_sumexp(x: ArrayView2<f32>, m: ArrayView1<f32>) -> Result<Array1<f32>>
     Zip::from(&mut out)
         .and(x.rows())
         .and(m)
-        .for_each(|o, row, &m| {
-            let shift = if m == f32::NEG_INFINITY {
-                0.0
-            } else {
-                m as f64
-            };
-            *o = row.iter().map(|&v| (v as f64 - shift).exp()).sum::<f64>() as f32;
-        });
+        .for_each(|o, row, &m| *o = sum_exp(row, m as f64) as f32);
     Ok(out)
 }
 
 /// Row-wise `log sum_j exp(x_j)`, computed stably. A row whose maximum is infinite gives that
 /// maximum (`-inf` for an all `-inf` row), as `torch.logsumexp` does.
-pub fn logsumexp(x: ArrayView2<f32>) -> Result<Array1<f32>> {
+pub fn logsumexp<T: Element>(x: ArrayView2<T>) -> Result<Array1<f32>> {
     check_classes("logsumexp", x)?;
     Ok(x.map_axis(Axis(1), |row| {
         let (m, s) = stats(row);
         if m.is_infinite() {
-            m
+            m as f32
         } else {
-            (m as f64 + s.ln()) as f32
+            (m + s.ln()) as f32
         }
     }))
 }
@@ -110,51 +121,52 @@ pub fn logsumexp(x: ArrayView2<f32>) -> Result<Array1<f32>> {
 /// Row-wise softmax, `exp(x_j - m) / sum_k exp(x_k - m)`.
 ///
 /// A row that contains `+inf` or NaN, or that is all `-inf`, gives NaN, as in PyTorch.
-pub fn softmax(x: ArrayView2<f32>) -> Result<Array2<f32>> {
+pub fn softmax<T: Element>(x: ArrayView2<T>) -> Result<Array2<T>> {
     check_classes("softmax", x)?;
-    Ok(map_rows(x, |v, m, s| {
-        ((v as f64 - m as f64).exp() / s) as f32
-    }))
+    Ok(map_rows(x, |v, m, s| (v - m).exp() / s))
 }
 
 /// Row-wise log-softmax, `x_j - m - log sum_k exp(x_k - m)`.
-pub fn log_softmax(x: ArrayView2<f32>) -> Result<Array2<f32>> {
+pub fn log_softmax<T: Element>(x: ArrayView2<T>) -> Result<Array2<T>> {
     check_classes("log_softmax", x)?;
-    Ok(map_rows(x, |v, m, s| (v as f64 - m as f64 - s.ln()) as f32))
+    Ok(map_rows(x, |v, m, s| v - m - s.ln()))
 }
 
-/// Applies `f(x_j, m, s)` to every element, with its row's statistics. `m` is the raw maximum
-/// (not the shifted one [`stats`] sums with): `x - m` is then NaN exactly where PyTorch's is.
-fn map_rows(x: ArrayView2<f32>, f: impl Fn(f32, f32, f64) -> f32) -> Array2<f32> {
+/// Applies `f(x_j, m, s)` in f64 to every element, with its row's statistics, and rounds the
+/// result once to `T`. `m` is the raw maximum (not the shifted one [`stats`] sums with):
+/// `x - m` is then NaN exactly where PyTorch's is.
+fn map_rows<T: Element>(x: ArrayView2<T>, f: impl Fn(f64, f64, f64) -> f64) -> Array2<T> {
     let mut out = Array2::zeros(x.raw_dim());
     Zip::from(out.rows_mut())
         .and(x.rows())
         .for_each(|mut o, row| {
             let (m, s) = stats(row);
-            Zip::from(&mut o).and(row).for_each(|o, &v| *o = f(v, m, s));
+            Zip::from(&mut o)
+                .and(row)
+                .for_each(|o, &v| *o = T::from_f64(f(v.to_f64(), m, s)));
         });
     out
 }
 
 /// One row's cross-entropy terms, in f64: `(ce, z)`, the (weighted, smoothed) cross-entropy
 /// and the z-loss, before the reduction's scales; `(0, 0)` for an ignored row.
-fn cross_entropy_terms(
-    row: ArrayView1<f32>,
+fn cross_entropy_terms<T: Element>(
+    row: ArrayView1<T>,
     y: Option<usize>,
     opts: &CrossEntropyOptions,
 ) -> (f64, f64) {
     let Some(y) = y else { return (0.0, 0.0) };
     let (m, s) = stats(row);
-    let (m, ln_s) = (m as f64, s.ln());
+    let ln_s = s.ln();
     let eps = opts.label_smoothing as f64;
     // (m - x) first: next to m = 1e30, even f64 would round ln s away.
-    let mut ce = (1.0 - eps) * opts.w(y) * ((m - row[y] as f64) + ln_s);
+    let mut ce = (1.0 - eps) * opts.w(y) * ((m - row[y].to_f64()) + ln_s);
     if eps > 0.0 {
         let c = row.len() as f64;
         let smooth: f64 = row
             .iter()
             .enumerate()
-            .map(|(j, &v)| opts.w(j) * ((m - v as f64) + ln_s))
+            .map(|(j, v)| opts.w(j) * ((m - v.to_f64()) + ln_s))
             .sum();
         ce += eps / c * smooth;
     }
@@ -186,8 +198,8 @@ pub(crate) fn reduction_scale(reduction: Reduction, labels: &Labels) -> f64 {
 /// whatever their logits hold; a `mean` divides the cross-entropy terms by the summed weights of
 /// the rows not ignored and the z-loss terms by their number, and is NaN when there are none
 /// (PyTorch's result).
-pub fn cross_entropy(
-    x: ArrayView2<f32>,
+pub fn cross_entropy<T: Element>(
+    x: ArrayView2<T>,
     labels: &Labels,
     opts: &CrossEntropyOptions,
 ) -> Result<Loss> {
@@ -224,40 +236,57 @@ pub fn cross_entropy(
 /// for `none` it is the gradient of the sum of the per-row losses). Ignored rows get a zero
 /// gradient whatever their logits hold (PyTorch lets a NaN logit in an ignored row through as
 /// NaN; we deliberately do not).
-pub fn cross_entropy_grad(
-    x: ArrayView2<f32>,
+pub fn cross_entropy_grad<T: Element>(
+    x: ArrayView2<T>,
     labels: &Labels,
     opts: &CrossEntropyOptions,
-) -> Result<Array2<f32>> {
-    const OP: &str = "cross_entropy_grad";
-    check_classes(OP, x)?;
-    labels.check_fits(OP, x.nrows(), x.ncols())?;
-    opts.validate(OP, x.ncols())?;
+) -> Result<Array2<T>> {
+    grad_rows("cross_entropy_grad", x, labels, opts, |_| 1.0)
+}
+
+/// [`cross_entropy_grad`] with row `i` multiplied by `factor(i)` before the one rounding to
+/// `T`, so that an upstream gradient costs no second rounding.
+fn grad_rows<T: Element>(
+    op: &'static str,
+    x: ArrayView2<T>,
+    labels: &Labels,
+    opts: &CrossEntropyOptions,
+    factor: impl Fn(usize) -> f64,
+) -> Result<Array2<T>> {
+    check_classes(op, x)?;
+    labels.check_fits(op, x.nrows(), x.ncols())?;
+    opts.validate(op, x.ncols())?;
     let (ce_scale, z_scale) = opts.scales(labels);
     let eps = opts.label_smoothing as f64;
     let c = x.ncols() as f64;
     let total_weight: f64 = (0..x.ncols()).map(|j| opts.w(j)).sum();
     let mut g = Array2::zeros(x.raw_dim());
-    for ((mut g, row), y) in g.rows_mut().into_iter().zip(x.rows()).zip(labels.iter()) {
-        if let Some(y) = y {
-            // In f64 throughout: p - 1 next to p = 1 - 1e-7 would keep only p's f32 rounding.
-            let (m, s) = stats(row);
-            let lse = m as f64 + s.ln();
-            let a = ce_scale * (1.0 - eps) * opts.w(y);
-            let b = ce_scale * eps / c;
-            let z = z_scale * 2.0 * opts.z_loss as f64 * lse;
-            for (j, (g, &v)) in g.iter_mut().zip(row).enumerate() {
-                let p = (v as f64 - m as f64).exp() / s;
-                let onehot = if j == y { 1.0 } else { 0.0 };
-                let mut d = a * (p - onehot);
-                if eps > 0.0 {
-                    d += b * (total_weight * p - opts.w(j));
-                }
-                if opts.z_loss > 0.0 {
-                    d += z * p;
-                }
-                *g = d as f32;
+    let rows = g.rows_mut().into_iter().zip(x.rows()).zip(labels.iter());
+    for (i, ((mut g, row), y)) in rows.enumerate() {
+        let u = factor(i);
+        let Some(y) = y else {
+            // The zero gradient times the factor: a NaN or infinite upstream gradient of an
+            // ignored row still gives NaN, as the product does; the logits are never read.
+            g.fill(T::from_f64(0.0 * u));
+            continue;
+        };
+        // In f64 throughout: p - 1 next to p = 1 - 1e-7 would keep only p's f32 rounding.
+        let (m, s) = stats(row);
+        let lse = m + s.ln();
+        let a = ce_scale * (1.0 - eps) * opts.w(y);
+        let b = ce_scale * eps / c;
+        let z = z_scale * 2.0 * opts.z_loss as f64 * lse;
+        for (j, (g, v)) in g.iter_mut().zip(row).enumerate() {
+            let p = (v.to_f64() - m).exp() / s;
+            let onehot = if j == y { 1.0 } else { 0.0 };
+            let mut d = a * (p - onehot);
+            if eps > 0.0 {
+                d += b * (total_weight * p - opts.w(j));
             }
+            if opts.z_loss > 0.0 {
+                d += z * p;
+            }
+            *g = T::from_f64(d * u);
         }
     }
     Ok(g)
@@ -265,7 +294,11 @@ pub fn cross_entropy_grad(
 
 /// The one-hot-subtract gradient: `(p - onehot(y)) * scale` for each row not ignored, 0 for
 /// ignored rows. `p` is usually [`softmax`] of the logits.
-pub fn one_hot_subtract(p: ArrayView2<f32>, labels: &Labels, scale: f32) -> Result<Array2<f32>> {
+pub fn one_hot_subtract<T: Element>(
+    p: ArrayView2<T>,
+    labels: &Labels,
+    scale: f32,
+) -> Result<Array2<T>> {
     const OP: &str = "one_hot_subtract";
     check_classes(OP, p)?;
     labels.check_fits(OP, p.nrows(), p.ncols())?;
@@ -273,9 +306,9 @@ pub fn one_hot_subtract(p: ArrayView2<f32>, labels: &Labels, scale: f32) -> Resu
     for ((mut g, p), y) in g.rows_mut().into_iter().zip(p.rows()).zip(labels.iter()) {
         // An ignored row stays 0: its probabilities are never read, so NaN cannot leak in.
         if let Some(y) = y {
-            for (j, (g, &p)) in g.iter_mut().zip(p).enumerate() {
+            for (j, (g, p)) in g.iter_mut().zip(p).enumerate() {
                 let onehot = if j == y { 1.0 } else { 0.0 };
-                *g = ((p as f64 - onehot) * scale as f64) as f32;
+                *g = T::from_f64((p.to_f64() - onehot) * scale as f64);
             }
         }
     }
@@ -313,7 +346,7 @@ pub fn one_hot_subtract(p: ArrayView2<f32>, labels: &Labels, scale: f32) -> Resu
 /// }
 /// # Ok::<(), softmax_ce::Error>(())
 /// ```
-pub fn lse_stats(x: ArrayView2<f32>) -> Result<(Array1<f32>, Array1<f32>)> {
+pub fn lse_stats<T: Element>(x: ArrayView2<T>) -> Result<(Array1<f32>, Array1<f32>)> {
     let m = row_max(x)?;
     let s = row_sumexp(x, m.view())?;
     Ok((m, s))
@@ -360,10 +393,10 @@ pub fn merge_lse_stats(
     Ok((m, s))
 }
 
-fn check_same_shape(
+fn check_same_shape<A, B>(
     op: &'static str,
-    a: ArrayView2<f32>,
-    b: ArrayView2<f32>,
+    a: ArrayView2<A>,
+    b: ArrayView2<B>,
     what: &str,
 ) -> Result<()> {
     if a.dim() != b.dim() {
@@ -379,15 +412,15 @@ fn check_same_shape(
 /// The softmax backward pass (vector-Jacobian product), as PyTorch's: given the probabilities
 /// `p = softmax(x)` and the upstream gradient `dy`, `dx = p * (dy - sum_j dy_j p_j)` per row,
 /// the product of `dy` with the Jacobian `diag(p) - p p^T`.
-pub fn softmax_backward(p: ArrayView2<f32>, dy: ArrayView2<f32>) -> Result<Array2<f32>> {
+pub fn softmax_backward<T: Element>(p: ArrayView2<T>, dy: ArrayView2<T>) -> Result<Array2<T>> {
     const OP: &str = "softmax_backward";
     check_classes(OP, p)?;
     check_same_shape(OP, p, dy, "an upstream gradient")?;
     let mut dx = Array2::zeros(p.raw_dim());
     for ((mut dx, p), dy) in dx.rows_mut().into_iter().zip(p.rows()).zip(dy.rows()) {
-        let dot: f64 = p.iter().zip(dy).map(|(&p, &d)| p as f64 * d as f64).sum();
-        for ((dx, &p), &d) in dx.iter_mut().zip(p).zip(dy) {
-            *dx = (p as f64 * (d as f64 - dot)) as f32;
+        let dot: f64 = p.iter().zip(dy).map(|(p, d)| p.to_f64() * d.to_f64()).sum();
+        for ((dx, p), d) in dx.iter_mut().zip(p).zip(dy) {
+            *dx = T::from_f64(p.to_f64() * (d.to_f64() - dot));
         }
     }
     Ok(dx)
@@ -395,15 +428,15 @@ pub fn softmax_backward(p: ArrayView2<f32>, dy: ArrayView2<f32>) -> Result<Array
 
 /// The log-softmax backward pass, as PyTorch's: given the log-probabilities `lp` and the
 /// upstream gradient `dy`, `dx = dy - exp(lp) * sum_j dy_j` per row.
-pub fn log_softmax_backward(lp: ArrayView2<f32>, dy: ArrayView2<f32>) -> Result<Array2<f32>> {
+pub fn log_softmax_backward<T: Element>(lp: ArrayView2<T>, dy: ArrayView2<T>) -> Result<Array2<T>> {
     const OP: &str = "log_softmax_backward";
     check_classes(OP, lp)?;
     check_same_shape(OP, lp, dy, "an upstream gradient")?;
     let mut dx = Array2::zeros(lp.raw_dim());
     for ((mut dx, lp), dy) in dx.rows_mut().into_iter().zip(lp.rows()).zip(dy.rows()) {
-        let total: f64 = dy.iter().map(|&d| d as f64).sum();
-        for ((dx, &lp), &d) in dx.iter_mut().zip(lp).zip(dy) {
-            *dx = (d as f64 - (lp as f64).exp() * total) as f32;
+        let total: f64 = dy.iter().map(|d| d.to_f64()).sum();
+        for ((dx, lp), d) in dx.iter_mut().zip(lp).zip(dy) {
+            *dx = T::from_f64(d.to_f64() - lp.to_f64().exp() * total);
         }
     }
     Ok(dx)
@@ -585,13 +618,14 @@ impl BceLoss {
 }
 
 /// The gradient of the per-row losses ([`Reduction::None`]) with a per-row upstream gradient:
-/// row `i` of [`cross_entropy_grad`] times `upstream[i]`.
-pub fn cross_entropy_grad_upstream(
-    x: ArrayView2<f32>,
+/// row `i` of [`cross_entropy_grad`] times `upstream[i]`, the product taken in f64 and rounded
+/// once to `T`.
+pub fn cross_entropy_grad_upstream<T: Element>(
+    x: ArrayView2<T>,
     labels: &Labels,
     opts: &CrossEntropyOptions,
     upstream: ArrayView1<f32>,
-) -> Result<Array2<f32>> {
+) -> Result<Array2<T>> {
     const OP: &str = "cross_entropy_grad_upstream";
     if opts.reduction != Reduction::None {
         return Err(Error::invalid(
@@ -609,11 +643,7 @@ pub fn cross_entropy_grad_upstream(
             format!("{}", upstream.len()),
         ));
     }
-    let mut g = cross_entropy_grad(x, labels, opts)?;
-    for (mut row, &u) in g.rows_mut().into_iter().zip(upstream) {
-        row *= u;
-    }
-    Ok(g)
+    grad_rows(OP, x, labels, opts, |i| upstream[i] as f64)
 }
 
 /// Cross-entropy against probability ("soft") targets `t` (`N x C`, each row a distribution),
@@ -621,9 +651,9 @@ pub fn cross_entropy_grad_upstream(
 /// per row `sum_j w_j t'_j (lse - x_j)` with `t' = (1 - e) t + e / C`. `mean` divides by `N`
 /// (PyTorch divides by the batch size here, not by the weights). No row is ignored; the z-loss
 /// adds `S lse^2` per row as for integer labels.
-pub fn cross_entropy_soft(
-    x: ArrayView2<f32>,
-    targets: ArrayView2<f32>,
+pub fn cross_entropy_soft<T: Element>(
+    x: ArrayView2<T>,
+    targets: ArrayView2<T>,
     opts: &CrossEntropyOptions,
 ) -> Result<Loss> {
     const OP: &str = "cross_entropy_soft";
@@ -634,9 +664,9 @@ pub fn cross_entropy_soft(
         .zip(targets.rows())
         .map(|(row, t)| {
             let (m, s) = stats(row);
-            let (m, ln_s) = (m as f64, s.ln());
+            let ln_s = s.ln();
             let ce: f64 = (0..row.len())
-                .map(|j| soft_target(opts, t, j) * ((m - row[j] as f64) + ln_s))
+                .map(|j| soft_target(opts, t, j) * ((m - row[j].to_f64()) + ln_s))
                 .sum();
             let lse = m + ln_s;
             ce + if opts.z_loss > 0.0 {
@@ -655,11 +685,11 @@ pub fn cross_entropy_soft(
 
 /// The gradient of [`cross_entropy_soft`]: per row
 /// `scale ((sum_k w_k t'_k) p_j - w_j t'_j + 2 S lse p_j)`, `scale = 1/N` for mean.
-pub fn cross_entropy_soft_grad(
-    x: ArrayView2<f32>,
-    targets: ArrayView2<f32>,
+pub fn cross_entropy_soft_grad<T: Element>(
+    x: ArrayView2<T>,
+    targets: ArrayView2<T>,
     opts: &CrossEntropyOptions,
-) -> Result<Array2<f32>> {
+) -> Result<Array2<T>> {
     const OP: &str = "cross_entropy_soft_grad";
     check_soft(OP, x, targets, opts)?;
     let scale = match opts.reduction {
@@ -669,27 +699,27 @@ pub fn cross_entropy_soft_grad(
     let mut g = Array2::zeros(x.raw_dim());
     for ((mut g, row), t) in g.rows_mut().into_iter().zip(x.rows()).zip(targets.rows()) {
         let (m, s) = stats(row);
-        let lse = m as f64 + s.ln();
+        let lse = m + s.ln();
         let tw: Vec<f64> = (0..row.len()).map(|j| soft_target(opts, t, j)).collect();
         let total: f64 = tw.iter().sum();
-        for (j, (g, &v)) in g.iter_mut().zip(row).enumerate() {
-            let p = (v as f64 - m as f64).exp() / s;
-            *g = (scale * (total * p - tw[j] + 2.0 * opts.z_loss as f64 * lse * p)) as f32;
+        for (j, (g, v)) in g.iter_mut().zip(row).enumerate() {
+            let p = (v.to_f64() - m).exp() / s;
+            *g = T::from_f64(scale * (total * p - tw[j] + 2.0 * opts.z_loss as f64 * lse * p));
         }
     }
     Ok(g)
 }
 
 /// `w_j t'_j`, the weighted, smoothed target of class `j`.
-fn soft_target(opts: &CrossEntropyOptions, t: ArrayView1<f32>, j: usize) -> f64 {
+fn soft_target<T: Element>(opts: &CrossEntropyOptions, t: ArrayView1<T>, j: usize) -> f64 {
     let eps = opts.label_smoothing as f64;
-    opts.w(j) * ((1.0 - eps) * t[j] as f64 + eps / t.len() as f64)
+    opts.w(j) * ((1.0 - eps) * t[j].to_f64() + eps / t.len() as f64)
 }
 
-fn check_soft(
+fn check_soft<T: Element>(
     op: &'static str,
-    x: ArrayView2<f32>,
-    targets: ArrayView2<f32>,
+    x: ArrayView2<T>,
+    targets: ArrayView2<T>,
     opts: &CrossEntropyOptions,
 ) -> Result<()> {
     check_classes(op, x)?;
