@@ -7,6 +7,7 @@ use std::str::FromStr;
 use ndarray::{Array1, Array2, ArrayD, ArrayView2, ArrayViewD};
 
 use crate::cpu;
+use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::labels::Labels;
@@ -82,62 +83,65 @@ impl Device {
         }
     }
 
-    /// Row-wise softmax.
-    pub fn softmax(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+    /// Row-wise softmax, in the input's precision (`f32` or `f16`).
+    pub fn softmax<T: Element>(&self, x: ArrayView2<T>) -> Result<Array2<T>> {
         match self {
             Device::Cpu => cpu::softmax(x),
-            Device::Gpu(g) => g.download(&g.softmax(&g.upload(x)?)?),
+            Device::Gpu(g) => g.download_as(&g.softmax(&g.upload_as("softmax", x)?)?),
         }
     }
 
-    /// Row-wise log-softmax.
-    pub fn log_softmax(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+    /// Row-wise log-softmax, in the input's precision.
+    pub fn log_softmax<T: Element>(&self, x: ArrayView2<T>) -> Result<Array2<T>> {
         match self {
             Device::Cpu => cpu::log_softmax(x),
-            Device::Gpu(g) => g.download(&g.log_softmax(&g.upload(x)?)?),
+            Device::Gpu(g) => g.download_as(&g.log_softmax(&g.upload_as("log_softmax", x)?)?),
         }
     }
 
-    /// Row-wise log-sum-exp.
-    pub fn logsumexp(&self, x: ArrayView2<f32>) -> Result<Array1<f32>> {
+    /// Row-wise log-sum-exp, in `f32` whatever the input's precision.
+    pub fn logsumexp<T: Element>(&self, x: ArrayView2<T>) -> Result<Array1<f32>> {
         match self {
             Device::Cpu => cpu::logsumexp(x),
-            Device::Gpu(g) => g.download_vector(&g.logsumexp(&g.upload(x)?)?),
+            Device::Gpu(g) => g.download_vector(&g.logsumexp(&g.upload_as("logsumexp", x)?)?),
         }
     }
 
-    /// Cross-entropy against integer labels.
-    pub fn cross_entropy(
+    /// Cross-entropy against integer labels (the loss in `f32`).
+    pub fn cross_entropy<T: Element>(
         &self,
-        x: ArrayView2<f32>,
+        x: ArrayView2<T>,
         labels: &Labels,
         opts: &CrossEntropyOptions,
     ) -> Result<Loss> {
         match self {
             Device::Cpu => cpu::cross_entropy(x, labels, opts),
             Device::Gpu(g) => {
-                let loss = g.cross_entropy(&g.upload(x)?, &g.upload_labels(labels)?, opts)?;
+                let x = g.upload_as("cross_entropy", x)?;
+                let loss = g.cross_entropy(&x, &g.upload_labels(labels)?, opts)?;
                 g.download_loss(&loss)
             }
         }
     }
 
-    /// Cross-entropy and its gradient with respect to the logits.
-    pub fn cross_entropy_with_grad(
+    /// Cross-entropy and its gradient with respect to the logits, the gradient in the
+    /// logits' precision.
+    pub fn cross_entropy_with_grad<T: Element>(
         &self,
-        x: ArrayView2<f32>,
+        x: ArrayView2<T>,
         labels: &Labels,
         opts: &CrossEntropyOptions,
-    ) -> Result<(Loss, Array2<f32>)> {
+    ) -> Result<(Loss, Array2<T>)> {
         match self {
             Device::Cpu => Ok((
                 cpu::cross_entropy(x, labels, opts)?,
                 cpu::cross_entropy_grad(x, labels, opts)?,
             )),
             Device::Gpu(g) => {
+                let x = g.upload_as("cross_entropy_with_grad", x)?;
                 let (loss, grad) =
-                    g.cross_entropy_with_grad(&g.upload(x)?, &g.upload_labels(labels)?, opts)?;
-                Ok((g.download_loss(&loss)?, g.download(&grad)?))
+                    g.cross_entropy_with_grad(&x, &g.upload_labels(labels)?, opts)?;
+                Ok((g.download_loss(&loss)?, g.download_as(&grad)?))
             }
         }
     }
@@ -164,22 +168,24 @@ impl Device {
         }
     }
 
-    /// Cross-entropy against probability targets and its gradient with respect to the logits.
-    pub fn cross_entropy_soft_with_grad(
+    /// Cross-entropy against probability targets and its gradient with respect to the logits,
+    /// targets and gradient in the logits' precision.
+    pub fn cross_entropy_soft_with_grad<T: Element>(
         &self,
-        x: ArrayView2<f32>,
-        targets: ArrayView2<f32>,
+        x: ArrayView2<T>,
+        targets: ArrayView2<T>,
         opts: &CrossEntropyOptions,
-    ) -> Result<(Loss, Array2<f32>)> {
+    ) -> Result<(Loss, Array2<T>)> {
         match self {
             Device::Cpu => Ok((
                 cpu::cross_entropy_soft(x, targets, opts)?,
                 cpu::cross_entropy_soft_grad(x, targets, opts)?,
             )),
             Device::Gpu(g) => {
-                let (loss, grad) =
-                    g.cross_entropy_soft_with_grad(&g.upload(x)?, &g.upload(targets)?, opts)?;
-                Ok((g.download_loss(&loss)?, g.download(&grad)?))
+                const OP: &str = "cross_entropy_soft";
+                let (x, t) = (g.upload_as(OP, x)?, g.upload_as(OP, targets)?);
+                let (loss, grad) = g.cross_entropy_soft_with_grad(&x, &t, opts)?;
+                Ok((g.download_loss(&loss)?, g.download_as(&grad)?))
             }
         }
     }
