@@ -247,7 +247,7 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
             "--out",
             o,
         ],
-        "not float32 or float64",
+        "is not float16, float32 or float64",
     );
 
     let labels = dir.join("y.npy");
@@ -1202,7 +1202,7 @@ fn crafted_npy_files_are_short_one_line_errors() {
     );
 
     // Dtypes by numpy's names.
-    for (descr, name) in [("<f2", "float16"), ("<i8", "int64"), ("|u1", "uint8")] {
+    for (descr, name) in [("<i8", "int64"), ("|u1", "uint8")] {
         write_npy_raw(
             &p,
             &format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (1, 2), }}"),
@@ -1295,4 +1295,176 @@ fn bench_sizes_past_the_adapters_buffers_are_refused_first() {
         err.contains(&shape) && err.contains("largest buffer"),
         "{err}"
     );
+}
+
+/// `eval` on float16 logits, on both devices: softmax and log-softmax written in float16,
+/// log-sum-exp and the loss in float32, the gradient in float16, each the CPU reference's own
+/// f16 result (the GPU within one f16 step); float16 soft targets with float16 logits; a
+/// float32 target for float16 logits and float16 logits of another rank are errors.
+#[test]
+fn eval_runs_float16_logits_on_both_devices() {
+    use softmax_ce::npy::{NpyArray, read_array, write_f16, write_f32};
+    use softmax_ce::{CrossEntropyOptions, Labels, Loss, cpu, f16};
+    let dir = scratch("eval_f16");
+    let x = logits(9, 13, 6.0, 4).mapv(f16::from_f32);
+    let xs = dir.join("x16.npy");
+    write_f16(&xs, x.view().into_dyn()).unwrap();
+    let y: Vec<i64> = (0..9)
+        .map(|i| if i == 4 { -100 } else { (i * 5) % 13 })
+        .collect();
+    let ys = dir.join("y.npy");
+    write_labels_i64(&ys, &y);
+    let labels = Labels::new(y.clone(), 13, -100).unwrap();
+    let half = |path: &std::path::Path| match read_array(path).unwrap() {
+        NpyArray::F16(a) => a.into_dimensionality::<ndarray::Ix2>().unwrap(),
+        NpyArray::F32(_) => panic!("{path:?} is float32, not float16"),
+    };
+    let single = |path: &std::path::Path| match read_array(path).unwrap() {
+        NpyArray::F32(a) => a,
+        NpyArray::F16(_) => panic!("{path:?} is float16, not float32"),
+    };
+    let near = |got: &ndarray::Array2<f16>, want: &ndarray::Array2<f16>, case: &str| {
+        assert_close(
+            got.mapv(f16::to_f32).view(),
+            want.mapv(f16::to_f32).view(),
+            1.2e-7,
+            2e-3,
+            case,
+        )
+    };
+    for device in devices() {
+        let out = dir.join(format!("p_{device}.npy"));
+        for (op, want) in [
+            ("softmax", cpu::softmax(x.view()).unwrap()),
+            ("log-softmax", cpu::log_softmax(x.view()).unwrap()),
+        ] {
+            ok(&[
+                "eval",
+                op,
+                "--logits",
+                s(&xs),
+                "--out",
+                s(&out),
+                "--device",
+                device,
+            ]);
+            near(&half(&out), &want, &format!("{op} on {device}"));
+        }
+        ok(&[
+            "eval",
+            "logsumexp",
+            "--logits",
+            s(&xs),
+            "--out",
+            s(&out),
+            "--device",
+            device,
+        ]);
+        assert_close(
+            single(&out)
+                .into_dimensionality::<ndarray::Ix1>()
+                .unwrap()
+                .view(),
+            cpu::logsumexp(x.view()).unwrap().view(),
+            LOSS_ABS,
+            LOSS_REL,
+            &format!("logsumexp on {device}"),
+        );
+        let (loss, grad) = (dir.join("loss.npy"), dir.join("grad.npy"));
+        ok(&[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            s(&xs),
+            "--labels",
+            s(&ys),
+            "--label-smoothing",
+            "0.1",
+            "--out",
+            s(&loss),
+            "--grad-out",
+            s(&grad),
+            "--device",
+            device,
+        ]);
+        let opts = CrossEntropyOptions::default().label_smoothing(0.1);
+        let Loss::Reduced(want) = cpu::cross_entropy(x.view(), &labels, &opts).unwrap() else {
+            unreachable!()
+        };
+        let got = single(&loss);
+        assert_eq!(got.ndim(), 0, "a mean is 0-d");
+        assert_close_scalar(
+            got.sum(),
+            want,
+            LOSS_ABS,
+            LOSS_REL,
+            &format!("loss on {device}"),
+        );
+        let want = cpu::cross_entropy_grad(x.view(), &labels, &opts).unwrap();
+        near(&half(&grad), &want, &format!("gradient on {device}"));
+        // Soft targets in float16, like the logits.
+        let t = cpu::softmax(logits(9, 13, 1.0, 8).view())
+            .unwrap()
+            .mapv(f16::from_f32);
+        let ts = dir.join("t16.npy");
+        write_f16(&ts, t.view().into_dyn()).unwrap();
+        ok(&[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            s(&xs),
+            "--targets",
+            s(&ts),
+            "--out",
+            s(&loss),
+            "--grad-out",
+            s(&grad),
+            "--device",
+            device,
+        ]);
+        let opts = CrossEntropyOptions::default();
+        let want = cpu::cross_entropy_soft_grad(x.view(), t.view(), &opts).unwrap();
+        near(&half(&grad), &want, &format!("soft gradient on {device}"));
+    }
+    // A float32 target for float16 logits; float16 logits that are not 2-D.
+    let t32 = dir.join("t32.npy");
+    write_f32(
+        &t32,
+        ndarray::Array2::<f32>::zeros((9, 13)).view().into_dyn(),
+    )
+    .unwrap();
+    let loss = dir.join("never.npy");
+    fails_with(
+        &[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            s(&xs),
+            "--targets",
+            s(&t32),
+            "--out",
+            s(&loss),
+        ],
+        "--targets: float32 targets for float16 logits",
+    );
+    let x3 = dir.join("x3.npy");
+    write_f16(
+        &x3,
+        ndarray::Array3::<f16>::zeros((2, 3, 4)).view().into_dyn(),
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            s(&x3),
+            "--labels",
+            s(&ys),
+            "--out",
+            s(&loss),
+        ],
+        "float16 takes 2-D (N, C) logits",
+    );
+    assert!(!loss.exists(), "a failed command wrote its output");
 }

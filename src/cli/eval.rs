@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use ndarray::{ArrayD, ArrayView2, Ix2};
+use softmax_ce::npy::{Matrix, NpyArray};
 use softmax_ce::{
-    BceOptions, CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Device, Labels, Reduction, npy,
+    BceOptions, CrossEntropyOptions, DEFAULT_IGNORE_INDEX, DType, Device, Element, Labels,
+    Reduction, npy,
 };
 
 use super::output::Outputs;
@@ -91,10 +93,11 @@ pub struct BceArgs {
 
 #[derive(Debug, Args)]
 pub struct RowArgs {
-    /// N x C logits (.npy, float32 or float64).
+    /// N x C logits (.npy, float32, float64 or float16).
     #[arg(long)]
     logits: PathBuf,
-    /// Where to write the result (.npy, float32).
+    /// Where to write the result (.npy: float32, or float16 for float16 logits; log-sum-exp
+    /// always float32).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, value_enum)]
@@ -159,16 +162,12 @@ pub struct CrossEntropyArgs {
     device: Option<DeviceArg>,
 }
 
-fn read_logits(path: &Path) -> Result<ndarray::Array2<f32>> {
-    npy::read_matrix(path, "logits").context("--logits")
-}
-
 /// Runs one op; its outputs are replaced only if every one of them was written.
 pub fn run(op: Op) -> Result<()> {
     match op {
-        Op::Softmax(a) => row_op(a, |d, x| Ok(d.softmax(x)?.into_dyn())),
-        Op::LogSoftmax(a) => row_op(a, |d, x| Ok(d.log_softmax(x)?.into_dyn())),
-        Op::Logsumexp(a) => row_op(a, |d, x| Ok(d.logsumexp(x)?.into_dyn())),
+        Op::Softmax(a) => row_op(a, RowOp::Softmax),
+        Op::LogSoftmax(a) => row_op(a, RowOp::LogSoftmax),
+        Op::Logsumexp(a) => row_op(a, RowOp::Logsumexp),
         Op::CrossEntropy(a) => cross_entropy(a),
         Op::SoftmaxBackward(a) => backward(
             (&a.probs, "--probs"),
@@ -245,15 +244,37 @@ fn bce(a: BceArgs) -> Result<()> {
     outs.commit()
 }
 
-fn row_op(
-    a: RowArgs,
-    f: impl FnOnce(&Device, ArrayView2<f32>) -> softmax_ce::Result<ArrayD<f32>>,
-) -> Result<()> {
+/// The row ops `eval` runs on float32 or float16 logits.
+#[derive(Clone, Copy)]
+enum RowOp {
+    Softmax,
+    LogSoftmax,
+    Logsumexp,
+}
+
+fn row_op(a: RowArgs, op: RowOp) -> Result<()> {
     let mut outs = Outputs::prepare(&[("--logits", Some(&a.logits))], &[("--out", Some(&a.out))])?;
-    let x = read_logits(&a.logits)?;
+    let x = npy::read_matrix_any(&a.logits, "logits").context("--logits")?;
     let device = open_device(a.device)?;
-    outs.write("--out", f(&device, x.view())?.view())?;
+    match x {
+        Matrix::F32(x) => row_op_as(&device, op, x.view(), &mut outs)?,
+        Matrix::F16(x) => row_op_as(&device, op, x.view(), &mut outs)?,
+    }
     outs.commit()
+}
+
+/// `op` on logits of `T`: matrices written in `T`, log-sum-exp in float32.
+fn row_op_as<T: Element>(
+    device: &Device,
+    op: RowOp,
+    x: ArrayView2<T>,
+    outs: &mut Outputs,
+) -> Result<()> {
+    match op {
+        RowOp::Softmax => outs.write_as("--out", device.softmax(x)?.view().into_dyn()),
+        RowOp::LogSoftmax => outs.write_as("--out", device.log_softmax(x)?.view().into_dyn()),
+        RowOp::Logsumexp => outs.write("--out", device.logsumexp(x)?.view().into_dyn()),
+    }
 }
 
 fn cross_entropy_options(a: &CrossEntropyArgs) -> Result<CrossEntropyOptions> {
@@ -280,20 +301,54 @@ fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
             ("--grad-out", a.grad_out.as_deref()),
         ],
     )?;
-    let x = npy::read_f32(&a.logits).context("--logits")?;
-    if x.ndim() != 2 {
-        return cross_entropy_nd(a, x, outs);
+    let x = match npy::read_array(&a.logits).context("--logits")? {
+        NpyArray::F32(x) if x.ndim() != 2 => return cross_entropy_nd(a, x, outs),
+        NpyArray::F32(x) => Matrix::F32(x.into_dimensionality::<Ix2>().expect("checked 2-D")),
+        NpyArray::F16(x) => {
+            let shape = x.shape().to_vec();
+            Matrix::F16(x.into_dimensionality::<Ix2>().map_err(|_| {
+                anyhow::anyhow!(
+                    "--logits: float16 logits of shape {shape:?}: float16 takes 2-D (N, C) \
+                     logits; write them as float32 for other shapes"
+                )
+            })?)
+        }
+    };
+    match x {
+        Matrix::F32(x) => cross_entropy_as(&a, x.view(), &mut outs)?,
+        Matrix::F16(x) => cross_entropy_as(&a, x.view(), &mut outs)?,
     }
-    let x = x.into_dimensionality::<Ix2>().expect("checked 2-D");
-    let opts = cross_entropy_options(&a)?;
+    outs.commit()
+}
+
+/// The 2-D cross-entropy of logits of `T`: the loss in float32, the gradient (and soft
+/// targets, which must share the logits' dtype) in `T`.
+fn cross_entropy_as<T: Element>(
+    a: &CrossEntropyArgs,
+    x: ArrayView2<T>,
+    outs: &mut Outputs,
+) -> Result<()> {
+    let opts = cross_entropy_options(a)?;
     let loss = match (&a.targets, &a.labels) {
         (Some(path), _) => {
-            let targets = npy::read_matrix(path, "targets").context("--targets")?;
+            let targets = npy::read_matrix_any(path, "targets").context("--targets")?;
+            if targets.dtype() != T::DTYPE {
+                let numpy = |d: DType| match d {
+                    DType::F32 => "float32",
+                    DType::F16 => "float16",
+                };
+                bail!(
+                    "--targets: {} targets for {} logits: both must have one dtype",
+                    numpy(targets.dtype()),
+                    numpy(T::DTYPE)
+                );
+            }
+            // Exact: the values are of T already.
+            let targets = targets.into_f32().mapv(T::from_f32);
             let device = open_device(a.device)?;
-            let (loss, grad) =
-                device.cross_entropy_soft_with_grad(x.view(), targets.view(), &opts)?;
+            let (loss, grad) = device.cross_entropy_soft_with_grad(x, targets.view(), &opts)?;
             if a.grad_out.is_some() {
-                outs.write("--grad-out", grad.view().into_dyn())?;
+                outs.write_as("--grad-out", grad.view().into_dyn())?;
             }
             loss
         }
@@ -303,18 +358,17 @@ fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
                 Labels::new(raw.iter().copied(), x.ncols(), a.ignore_index).context("--labels")?;
             let device = open_device(a.device)?;
             if a.grad_out.is_some() {
-                let (loss, grad) = device.cross_entropy_with_grad(x.view(), &labels, &opts)?;
-                outs.write("--grad-out", grad.view().into_dyn())?;
+                let (loss, grad) = device.cross_entropy_with_grad(x, &labels, &opts)?;
+                outs.write_as("--grad-out", grad.view().into_dyn())?;
                 loss
             } else {
-                device.cross_entropy(x.view(), &labels, &opts)?
+                device.cross_entropy(x, &labels, &opts)?
             }
         }
         // clap requires one of the two; said as an error rather than a panic all the same.
         (None, None) => bail!("cross-entropy needs --labels or --targets"),
     };
-    outs.write("--out", loss.into_array().view())?;
-    outs.commit()
+    outs.write("--out", loss.into_array().view())
 }
 
 /// Cross-entropy of logits that are not 2-D: `(N, C, d1, ..., dk)` with per-position labels,

@@ -163,6 +163,28 @@ impl Outputs {
         file.write_f32(a).with_context(|| flag.to_string())
     }
 
+    /// [`write`](Self::write) for a float16 output.
+    pub fn write_f16(&mut self, flag: &str, a: ArrayViewD<softmax_ce::f16>) -> Result<()> {
+        let (_, file) = self
+            .files
+            .iter_mut()
+            .find(|(f, _)| f == flag)
+            .ok_or_else(|| anyhow!("internal error: {flag} is not a prepared output"))?;
+        file.write_f16(a).with_context(|| flag.to_string())
+    }
+
+    /// Writes `a` in its own precision: float32, or float16.
+    pub fn write_as<T: softmax_ce::Element>(&mut self, flag: &str, a: ArrayViewD<T>) -> Result<()> {
+        match T::DTYPE {
+            softmax_ce::DType::F32 => self.write(flag, a.mapv(|v| v.to_f32()).view()),
+            // Exact: the values are f16 already.
+            softmax_ce::DType::F16 => self.write_f16(
+                flag,
+                a.mapv(|v| softmax_ce::f16::from_f32(v.to_f32())).view(),
+            ),
+        }
+    }
+
     /// Renames every output into place, once all were written; on any failure the temporaries
     /// left are removed.
     pub fn commit(self) -> Result<()> {
