@@ -203,7 +203,8 @@ impl Device {
                 cpu::bce_with_logits_grad(z, t, reduction)?,
             )),
             Device::Gpu(g) => {
-                let (loss, grad) = g.bce_with_logits(&g.upload(z)?, &g.upload(t)?, reduction)?;
+                let (loss, grad) =
+                    g.bce_with_logits_with_grad(&g.upload(z)?, &g.upload(t)?, reduction)?;
                 Ok((g.download_bce(&loss)?, g.download(&grad)?))
             }
         }
@@ -242,7 +243,7 @@ impl Device {
                 cpu::bce_with_logits_nd(z.view(), t.view(), opts)?,
                 cpu::bce_with_logits_nd_grad(z, t, opts)?,
             )),
-            Device::Gpu(g) => g.bce_with_logits_nd(z, t, opts),
+            Device::Gpu(g) => g.bce_with_logits_nd_with_grad(z, t, opts),
         }
     }
 

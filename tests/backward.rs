@@ -179,7 +179,7 @@ fn gpu_matches_cpu() {
             let t = logits(rows, cols, 0.5, 8).mapv(|v| v + 0.5);
             let (gz, gt) = (gpu.upload(z.view()).unwrap(), gpu.upload(t.view()).unwrap());
             for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
-                let (loss, grad) = gpu.bce_with_logits(&gz, &gt, reduction).unwrap();
+                let (loss, grad) = gpu.bce_with_logits_with_grad(&gz, &gt, reduction).unwrap();
                 let got = gpu.download_bce(&loss).unwrap().into_array();
                 let want = cpu::bce_with_logits(z.view(), t.view(), reduction)
                     .unwrap()
@@ -244,7 +244,9 @@ fn mismatched_shapes_are_errors() {
             ),
             "{err}"
         );
-        let err = gpu.bce_with_logits(&ga, &gb, Reduction::Sum).unwrap_err();
+        let err = gpu
+            .bce_with_logits_with_grad(&ga, &gb, Reduction::Sum)
+            .unwrap_err();
         assert!(
             matches!(
                 err,

@@ -38,7 +38,8 @@ fn bce_nd_hand_values() {
         .reduction(Reduction::None)
         .weight(array![2.0f32, 1.0, 0.5])
         .pos_weight(array![3.0f32]);
-    let loss = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
+    let loss =
+        cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
     let ln2 = std::f64::consts::LN_2;
     let e = std::f64::consts::E;
     // z = 0, t = 1: w pw ln 2 = 6 ln 2.
@@ -173,7 +174,8 @@ fn bce_nd_is_stable_at_extreme_logits() {
     let opts = BceOptions::default()
         .reduction(Reduction::None)
         .pos_weight(array![2.0f32]);
-    let loss = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
+    let loss =
+        cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
     let grad =
         cpu::bce_with_logits_nd_grad(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
     let want_loss = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, inf, inf, 0.75e4, f32::NAN];
@@ -202,7 +204,8 @@ fn bce_nd_agrees_with_the_2d_api_and_edge_shapes() {
     let t = logits(4, 6, 0.5, 10).mapv(|v| v + 0.5);
     for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
         let opts = BceOptions::default().reduction(reduction);
-        let nd = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
+        let nd = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts)
+            .unwrap();
         let old = cpu::bce_with_logits(z.view(), t.view(), reduction)
             .unwrap()
             .into_array();
@@ -210,10 +213,13 @@ fn bce_nd_agrees_with_the_2d_api_and_edge_shapes() {
     }
     let z0 = ndarray::arr0(0.0f32).into_dyn();
     let t0 = ndarray::arr0(1.0f32).into_dyn();
-    let l = cpu::bce_with_logits_nd(z0.view(), t0.view(), &BceOptions::default()).unwrap();
+    let l =
+        cpu::bce_with_logits_nd(z0.view(), t0.view(), &BceOptions::default()).unwrap();
     assert!((l[[]] - std::f32::consts::LN_2).abs() < 1e-7);
     let empty = ArrayD::<f32>::zeros(IxDyn(&[3, 0]));
-    let mean = cpu::bce_with_logits_nd(empty.view(), empty.view(), &BceOptions::default()).unwrap();
+    let mean =
+        cpu::bce_with_logits_nd(empty.view(), empty.view(), &BceOptions::default())
+            .unwrap();
     assert!(
         mean[[]].is_nan(),
         "a mean over nothing is NaN, as in PyTorch"
@@ -294,7 +300,7 @@ fn bce_nd_bad_inputs_are_errors() {
         let z = gpu.upload(logits(3, 4, 1.0, 1).view()).unwrap();
         let w = gpu.upload(logits(3, 1, 1.0, 2).view()).unwrap();
         let err = gpu
-            .bce_with_logits_weighted(&z, &z, Some(&w), None, Reduction::Mean)
+            .bce_with_logits_weighted_with_grad(&z, &z, Some(&w), None, Reduction::Mean)
             .unwrap_err();
         let msg = err.to_string();
         assert!(
@@ -369,7 +375,9 @@ fn compare(gpu: &softmax_ce::GpuContext, name: &str, shape: &[usize], seed: u64)
     let (z, t) = inputs(shape, seed);
     for (opt_name, opts) in option_sets(shape, seed) {
         let case = format!("{name} {shape:?} {opt_name}");
-        let (loss, grad) = gpu.bce_with_logits_nd(z.view(), t.view(), &opts).unwrap();
+        let (loss, grad) = gpu
+            .bce_with_logits_nd_with_grad(z.view(), t.view(), &opts)
+            .unwrap();
         let want = cpu::bce_with_logits_nd(z.view(), t.view(), &opts).unwrap();
         assert_close(
             loss.view(),
@@ -442,7 +450,9 @@ fn bce_nd_gpu_large_vector() {
     let z = dyn_of(&[n], 11, |v| 20.0 * v);
     let t = dyn_of(&[n], 12, |v| if v > 0.0 { 1.0 } else { 0.0 });
     let opts = BceOptions::default().pos_weight(array![2.5f32]);
-    let (loss, grad) = gpu.bce_with_logits_nd(z.view(), t.view(), &opts).unwrap();
+    let (loss, grad) = gpu
+        .bce_with_logits_nd_with_grad(z.view(), t.view(), &opts)
+        .unwrap();
     let want = cpu::bce_with_logits_nd(z.view(), t.view(), &opts).unwrap();
     assert_close(loss.view(), want.view(), LOSS_ABS, LOSS_REL, "loss");
     let want = cpu::bce_with_logits_nd_grad(z.view(), t.view(), &opts).unwrap();
@@ -464,13 +474,14 @@ fn bce_weighted_device_api() {
         gpu.upload(pw_full.view()).unwrap(),
     );
     let (loss, grad) = gpu
-        .bce_with_logits_weighted(&gz, &gt, Some(&gw), Some(&gpw), Reduction::Sum)
+        .bce_with_logits_weighted_with_grad(&gz, &gt, Some(&gw), Some(&gpw), Reduction::Sum)
         .unwrap();
     let opts = BceOptions::default()
         .reduction(Reduction::Sum)
         .weight(w_col.clone())
         .pos_weight(pw_full.clone());
-    let want = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
+    let want =
+        cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
     let got = gpu.download_bce(&loss).unwrap().into_array();
     assert_close(got.view(), want.view(), LOSS_ABS, LOSS_REL, "sum");
     let want =
@@ -496,7 +507,9 @@ fn bce_nd_gpu_vector_past_the_group_limit() {
     let opts = BceOptions::default()
         .reduction(Reduction::None)
         .pos_weight(array![1.5f32]);
-    let (loss, grad) = gpu.bce_with_logits_nd(z.view(), t.view(), &opts).unwrap();
+    let (loss, grad) = gpu
+        .bce_with_logits_nd_with_grad(z.view(), t.view(), &opts)
+        .unwrap();
     let want = cpu::bce_with_logits_nd(z.view(), t.view(), &opts).unwrap();
     assert_close(loss.view(), want.view(), 1e-5, 2e-5, "loss");
     drop(want);
@@ -513,7 +526,9 @@ fn bce_nd_gpu_mean_past_the_loop_limit() {
     let z = ndarray::Array1::from_shape_fn(n, |i| ((i % 2001) as f32 - 1000.0) / 50.0).into_dyn();
     let t = ndarray::Array1::from_shape_fn(n, |i| f32::from(u8::from(i % 3 == 0))).into_dyn();
     let opts = BceOptions::default();
-    let (loss, _) = gpu.bce_with_logits_nd(z.view(), t.view(), &opts).unwrap();
+    let (loss, _) = gpu
+        .bce_with_logits_nd_with_grad(z.view(), t.view(), &opts)
+        .unwrap();
     let want = cpu::bce_with_logits_nd(z.view(), t.view(), &opts).unwrap();
     assert_close(loss.view(), want.view(), LOSS_ABS, LOSS_REL, "mean");
 }

@@ -35,12 +35,25 @@ pub(crate) struct Gemm<'b> {
 /// products of one plan take different ones, by role), keyed by role and size.
 #[derive(Debug, Default)]
 pub(crate) struct TextureSet {
-    made: std::sync::Mutex<Vec<(u8, [usize; 2], PackedTexture)>>,
+    made: std::sync::Mutex<Vec<(TexRole, [usize; 2], PackedTexture)>>,
+}
+
+/// Which operand of which product a packed texture holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TexRole {
+    /// `A` of `A B`.
+    PlainA,
+    /// `B` of `A B`.
+    PlainB,
+    /// `A^T`, packed transposed, of `A^T B`.
+    TransposedA,
+    /// `B` of `A^T B`.
+    TransposedB,
 }
 
 impl TextureSet {
     /// The set's texture for `role` at `size`, made on first use.
-    fn get(&self, gpu: &GpuContext, role: u8, size: [usize; 2]) -> PackedTexture {
+    fn get(&self, gpu: &GpuContext, role: TexRole, size: [usize; 2]) -> PackedTexture {
         let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, _, t)) = made.iter().find(|(r, s, _)| (*r, *s) == (role, size)) {
             return t.clone();
@@ -257,11 +270,15 @@ impl GpuContext {
             None => self.packed_texture(size),
             Some(set) => set.get(self, role, size),
         };
-        // Roles: op(A) and B of a plain product, then of a transposed one, so that the two
-        // products of a training step never share a texture even at equal sizes.
-        let role = 2 * u8::from(g.transposed_a);
-        let a_tex = texture(role, a_size);
-        let b_tex = texture(role + 1, b_size);
+        // Each operand of each kind of product has its own texture, so that the two products
+        // of a training step never share one even at equal sizes.
+        let (a_role, b_role) = if g.transposed_a {
+            (TexRole::TransposedA, TexRole::TransposedB)
+        } else {
+            (TexRole::PlainA, TexRole::PlainB)
+        };
+        let a_tex = texture(a_role, a_size);
+        let b_tex = texture(b_role, b_size);
         let product = self.pipeline(Kernel::MatmulTex, Width::Scalar)?;
         let params = MatmulParams {
             m: g.m as u32,

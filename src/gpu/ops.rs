@@ -441,9 +441,7 @@ impl<'a> Staged<'a> {
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<GpuLoss> {
-        Ok(self
-            .cross_entropy_impl("cross_entropy", x, labels, opts, false)?
-            .0)
+        self.cross_entropy_impl("cross_entropy", x, labels, opts, None)
     }
 
     /// Cross-entropy and its gradient with respect to the logits (see
@@ -454,9 +452,10 @@ impl<'a> Staged<'a> {
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<(GpuLoss, GpuMatrix)> {
-        let (loss, grad) =
-            self.cross_entropy_impl("cross_entropy_with_grad", x, labels, opts, true)?;
-        Ok((loss, grad.expect("gradient requested")))
+        const OP: &str = "cross_entropy_with_grad";
+        let grad = self.gpu.new_matrix(OP, x.rows(), x.cols())?;
+        let loss = self.cross_entropy_impl(OP, x, labels, opts, Some(&grad))?;
+        Ok((loss, grad))
     }
 
     fn cross_entropy_impl(
@@ -465,8 +464,8 @@ impl<'a> Staged<'a> {
         x: &GpuMatrix,
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
-        with_grad: bool,
-    ) -> Result<(GpuLoss, Option<GpuMatrix>)> {
+        grad: Option<&GpuMatrix>,
+    ) -> Result<GpuLoss> {
         check_classes(op, x)?;
         labels.check_fits(op, x.rows(), x.cols())?;
         self.gpu.check_owned(op, &[x.owner, labels.owner])?;
@@ -499,8 +498,7 @@ impl<'a> Staged<'a> {
                 labels,
             )?;
             per_row.reduce(rec, gpu, op, &values)?;
-            let grad = if with_grad {
-                let g = gpu.new_matrix(op, rows, cols)?;
+            if let Some(g) = grad {
                 rec.rows(
                     Kernel::SoftmaxNormalise,
                     rows,
@@ -519,17 +517,11 @@ impl<'a> Staged<'a> {
                     },
                     labels,
                 )?;
-                Some(g)
-            } else {
-                None
-            };
-            Ok((
-                GpuLoss {
-                    values,
-                    reduction: opts.reduction,
-                },
-                grad,
-            ))
+            }
+            Ok(GpuLoss {
+                values,
+                reduction: opts.reduction,
+            })
         })
     }
 }
@@ -648,8 +640,7 @@ impl GpuContext {
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<GpuLoss> {
-        self.cross_entropy_op("cross_entropy", x, labels, opts, false, None)
-            .map(|(loss, _)| loss)
+        self.cross_entropy_op("cross_entropy", x, labels, opts, None, None)
     }
 
     /// Cross-entropy and its gradient with respect to the logits in one fused dispatch (plus
@@ -663,9 +654,10 @@ impl GpuContext {
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<(GpuLoss, GpuMatrix)> {
-        let (loss, grad) =
-            self.cross_entropy_op("cross_entropy_with_grad", x, labels, opts, true, None)?;
-        Ok((loss, grad.expect("a gradient was asked for")))
+        const OP: &str = "cross_entropy_with_grad";
+        let grad = self.new_matrix_of(OP, x.rows(), x.cols(), x.dtype())?;
+        let loss = self.cross_entropy_op(OP, x, labels, opts, Some(&grad), None)?;
+        Ok((loss, grad))
     }
 
     /// [`cross_entropy_with_grad`](Self::cross_entropy_with_grad) for [`Reduction::None`] with a
@@ -678,42 +670,29 @@ impl GpuContext {
         opts: &CrossEntropyOptions,
         upstream: &GpuVector,
     ) -> Result<(GpuLoss, GpuMatrix)> {
-        let (loss, grad) = self.cross_entropy_op(
-            "cross_entropy_with_grad_upstream",
-            x,
-            labels,
-            opts,
-            true,
-            Some(upstream),
-        )?;
-        Ok((loss, grad.expect("a gradient was asked for")))
+        const OP: &str = "cross_entropy_with_grad_upstream";
+        let grad = self.new_matrix_of(OP, x.rows(), x.cols(), x.dtype())?;
+        let loss = self.cross_entropy_op(OP, x, labels, opts, Some(&grad), Some(upstream))?;
+        Ok((loss, grad))
     }
 
-    /// The convenience form of [`plan_cross_entropy_op`](Self::plan_cross_entropy_op): new
-    /// outputs, one plan, submitted.
+    /// The convenience form of [`plan_cross_entropy_op`](Self::plan_cross_entropy_op): a new
+    /// loss, one plan, submitted.
     fn cross_entropy_op(
         &self,
         op: &'static str,
         x: &GpuMatrix,
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
-        with_grad: bool,
+        grad: Option<&GpuMatrix>,
         upstream: Option<&GpuVector>,
-    ) -> Result<(GpuLoss, Option<GpuMatrix>)> {
+    ) -> Result<GpuLoss> {
         let loss = self.new_vector(op, loss_len(x.rows(), opts.reduction))?;
-        let grad = if with_grad {
-            Some(self.new_matrix_of(op, x.rows(), x.cols(), x.dtype())?)
-        } else {
-            None
-        };
-        let plan =
-            self.plan_cross_entropy_op(op, x, labels, opts, &loss, grad.as_ref(), upstream)?;
-        self.run_plan(plan)?;
-        let loss = GpuLoss {
+        self.run_plan(self.plan_cross_entropy_op(op, x, labels, opts, &loss, grad, upstream)?)?;
+        Ok(GpuLoss {
             values: loss,
             reduction: opts.reduction,
-        };
-        Ok((loss, grad))
+        })
     }
 
     /// The plan of [`cross_entropy`](Self::cross_entropy) (`grad` `None`) or
@@ -1248,20 +1227,20 @@ impl GpuContext {
     /// Binary cross-entropy with logits `z` against targets `t` of the same shape, and its
     /// gradient with respect to `z`, as `F.binary_cross_entropy_with_logits` (see
     /// [`cpu::bce_with_logits`](crate::cpu::bce_with_logits)).
-    pub fn bce_with_logits(
+    pub fn bce_with_logits_with_grad(
         &self,
         z: &GpuMatrix,
         t: &GpuMatrix,
         reduction: Reduction,
     ) -> Result<(GpuBceLoss, GpuMatrix)> {
-        self.bce_with_logits_weighted(z, t, None, None, reduction)
+        self.bce_with_logits_weighted_with_grad(z, t, None, None, reduction)
     }
 
-    /// [`bce_with_logits`](Self::bce_with_logits) with PyTorch's `weight` and `pos_weight`
+    /// [`bce_with_logits_with_grad`](Self::bce_with_logits_with_grad) with PyTorch's `weight` and `pos_weight`
     /// (see [`cpu::bce_with_logits_nd`](crate::cpu::bce_with_logits_nd) for the formulas):
     /// each is a `1 x K` matrix, one value per column broadcast over the rows of the `R x K`
     /// logits (`pos_weight`'s usual shape, one per class), or `R x K`, one per element.
-    /// Other shapes broadcast on the host: [`bce_with_logits_nd`](Self::bce_with_logits_nd).
+    /// Other shapes broadcast on the host: [`bce_with_logits_nd_with_grad`](Self::bce_with_logits_nd_with_grad).
     ///
     /// One thread per `vec4` of the logits (per element where their count is not a multiple
     /// of 4), reading each input once and writing the loss and the gradient once; a mean or sum
@@ -1273,7 +1252,7 @@ impl GpuContext {
     /// # Errors
     /// [`Error::Shape`] when the targets are not the logits' shape or a weight is neither
     /// `1 x K` nor `R x K`, naming both shapes.
-    pub fn bce_with_logits_weighted(
+    pub fn bce_with_logits_weighted_with_grad(
         &self,
         z: &GpuMatrix,
         t: &GpuMatrix,
@@ -1451,7 +1430,7 @@ impl GpuContext {
     /// values; any other broadcast (a per-sample weight `(N, 1)`, say) is expanded on the host
     /// to the logits' full shape, which costs one more upload and read of `R K` floats. A last
     /// axis too long for one binding runs as `R K x 1`, its weights expanded likewise.
-    pub fn bce_with_logits_nd(
+    pub fn bce_with_logits_nd_with_grad(
         &self,
         z: ArrayViewD<f32>,
         t: ArrayViewD<f32>,
@@ -1494,8 +1473,13 @@ impl GpuContext {
         let gt = upload(t)?;
         let gw = weight(w)?;
         let gpw = weight(pw)?;
-        let (loss, grad) =
-            self.bce_with_logits_weighted(&gz, &gt, gw.as_ref(), gpw.as_ref(), opts.reduction)?;
+        let (loss, grad) = self.bce_with_logits_weighted_with_grad(
+            &gz,
+            &gt,
+            gw.as_ref(),
+            gpw.as_ref(),
+            opts.reduction,
+        )?;
         let loss = match self.download_bce(&loss)? {
             crate::cpu::BceLoss::PerElement(m) => m.into_shape_with_order(IxDyn(&shape)),
             crate::cpu::BceLoss::Reduced(v) => Ok(ndarray::arr0(v).into_dyn()),
