@@ -38,8 +38,7 @@ fn bce_nd_hand_values() {
         .reduction(Reduction::None)
         .weight(array![2.0f32, 1.0, 0.5])
         .pos_weight(array![3.0f32]);
-    let loss =
-        cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
+    let loss = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
     let ln2 = std::f64::consts::LN_2;
     let e = std::f64::consts::E;
     // z = 0, t = 1: w pw ln 2 = 6 ln 2.
@@ -174,8 +173,7 @@ fn bce_nd_is_stable_at_extreme_logits() {
     let opts = BceOptions::default()
         .reduction(Reduction::None)
         .pos_weight(array![2.0f32]);
-    let loss =
-        cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
+    let loss = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
     let grad =
         cpu::bce_with_logits_nd_grad(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
     let want_loss = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, inf, inf, 0.75e4, f32::NAN];
@@ -204,8 +202,7 @@ fn bce_nd_agrees_with_the_2d_api_and_edge_shapes() {
     let t = logits(4, 6, 0.5, 10).mapv(|v| v + 0.5);
     for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
         let opts = BceOptions::default().reduction(reduction);
-        let nd = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts)
-            .unwrap();
+        let nd = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
         let old = cpu::bce_with_logits(z.view(), t.view(), reduction)
             .unwrap()
             .into_array();
@@ -213,13 +210,10 @@ fn bce_nd_agrees_with_the_2d_api_and_edge_shapes() {
     }
     let z0 = ndarray::arr0(0.0f32).into_dyn();
     let t0 = ndarray::arr0(1.0f32).into_dyn();
-    let l =
-        cpu::bce_with_logits_nd(z0.view(), t0.view(), &BceOptions::default()).unwrap();
+    let l = cpu::bce_with_logits_nd(z0.view(), t0.view(), &BceOptions::default()).unwrap();
     assert!((l[[]] - std::f32::consts::LN_2).abs() < 1e-7);
     let empty = ArrayD::<f32>::zeros(IxDyn(&[3, 0]));
-    let mean =
-        cpu::bce_with_logits_nd(empty.view(), empty.view(), &BceOptions::default())
-            .unwrap();
+    let mean = cpu::bce_with_logits_nd(empty.view(), empty.view(), &BceOptions::default()).unwrap();
     assert!(
         mean[[]].is_nan(),
         "a mean over nothing is NaN, as in PyTorch"
@@ -480,8 +474,7 @@ fn bce_weighted_device_api() {
         .reduction(Reduction::Sum)
         .weight(w_col.clone())
         .pos_weight(pw_full.clone());
-    let want =
-        cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
+    let want = cpu::bce_with_logits_nd(z.view().into_dyn(), t.view().into_dyn(), &opts).unwrap();
     let got = gpu.download_bce(&loss).unwrap().into_array();
     assert_close(got.view(), want.view(), LOSS_ABS, LOSS_REL, "sum");
     let want =

@@ -739,3 +739,73 @@ fn invalid_label_views_are_errors() {
         .to_string();
     assert!(e.contains("5 labels over 3 classes"), "{e}");
 }
+
+/// The products over wrapped operands at offsets (each in its own buffer, after a header of
+/// the application's), into a wrapped output, through a plan recorded twice: the second
+/// recording allocates nothing, and both kernels (texture and storage) agree with ndarray.
+#[test]
+fn products_read_wrapped_operands_at_offsets_into_given_outputs() {
+    require_gpu!();
+    for (name, gpu) in both_kernels() {
+        let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+        for (m, k, n) in [(37, 19, 10), (64, 100, 8), (5, 3, 129)] {
+            for transposed in [false, true] {
+                let case = format!("{name} {m}x{k}x{n} transposed {transposed}");
+                let a_host = if transposed {
+                    logits(k, m, 1.0, 1)
+                } else {
+                    logits(m, k, 1.0, 1)
+                };
+                let b_host = logits(k, n, 1.0, 2);
+                let wrap = |x: &ndarray::Array2<f32>| {
+                    let buffer = app_buffer(gpu, align + 4 * x.len() as u64);
+                    write(gpu, &buffer, align, x);
+                    (buffer, x.dim())
+                };
+                let (a_buf, a_dim) = wrap(&a_host);
+                let (b_buf, b_dim) = wrap(&b_host);
+                let a = gpu.wrap_matrix(&a_buf, align, a_dim.0, a_dim.1).unwrap();
+                let b = gpu.wrap_matrix(&b_buf, align, b_dim.0, b_dim.1).unwrap();
+                let c_buf = app_buffer(gpu, 2 * align + 4 * (m * n) as u64);
+                let c = gpu.wrap_matrix(&c_buf, 2 * align, m, n).unwrap();
+                let plan = if transposed {
+                    gpu.plan_matmul_tn_into(&a, &b, &c).unwrap()
+                } else {
+                    gpu.plan_matmul_into(&a, &b, &c).unwrap()
+                };
+                let want = if transposed {
+                    a_host.t().dot(&b_host)
+                } else {
+                    a_host.dot(&b_host)
+                };
+                for round in 0..2 {
+                    let before = gpu.allocations();
+                    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+                    plan.record(&mut encoder);
+                    gpu.queue().submit([encoder.finish()]);
+                    assert_eq!(gpu.allocations(), before, "{case}: recording allocated");
+                    assert_close(
+                        gpu.download(&c).unwrap().view(),
+                        want.view(),
+                        1e-5,
+                        1e-5,
+                        &format!("{case}, round {round}"),
+                    );
+                }
+                // The convenience methods read the same offsets.
+                let got = if transposed {
+                    gpu.matmul_tn(&a, &b).unwrap()
+                } else {
+                    gpu.matmul(&a, &b).unwrap()
+                };
+                assert_close(
+                    gpu.download(&got).unwrap().view(),
+                    want.view(),
+                    1e-5,
+                    1e-5,
+                    &case,
+                );
+            }
+        }
+    }
+}

@@ -8,8 +8,9 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::GpuMatrix;
 use crate::gpu::dispatch::{FIXED_TRIPS, Geometry};
+use crate::gpu::ops::check_disjoint;
 use crate::gpu::params::{MatmulParams, PackParams};
-use crate::gpu::record::{At, Dispatch};
+use crate::gpu::record::{At, Dispatch, GpuPlan};
 use crate::gpu::shaders::{Kernel, MM_TILE, MT_TILE, PACK_TX, Width};
 
 /// One product `C = alpha op(A) B + beta C` over buffers, where op(A) is `A` (`transposed_a`
@@ -459,6 +460,49 @@ impl GpuContext {
         self.product(OP, a, b, a.cols(), a.rows(), true)
     }
 
+    /// The plan of [`matmul`](Self::matmul) into `out` (`m x n`), recorded as often as
+    /// needed without allocating.
+    ///
+    /// # Errors
+    /// Those of [`matmul`](Self::matmul), and [`Error::Shape`] or [`Error::InvalidArgument`]
+    /// for an output of the wrong shape or sharing a buffer with an input.
+    pub fn plan_matmul_into(
+        &self,
+        a: &GpuMatrix,
+        b: &GpuMatrix,
+        out: &GpuMatrix,
+    ) -> Result<GpuPlan> {
+        const OP: &str = "matmul";
+        if a.cols() != b.rows() {
+            return Err(Error::shape(
+                OP,
+                format!("b with {} rows (the columns of a)", a.cols()),
+                format!("{} x {}", b.rows(), b.cols()),
+            ));
+        }
+        self.plan_product(OP, (a, b, out), (a.rows(), a.cols()), false)
+    }
+
+    /// The plan of [`matmul_tn`](Self::matmul_tn) into `out` (`m x n`), with the errors of
+    /// [`plan_matmul_into`](Self::plan_matmul_into).
+    pub fn plan_matmul_tn_into(
+        &self,
+        a: &GpuMatrix,
+        b: &GpuMatrix,
+        out: &GpuMatrix,
+    ) -> Result<GpuPlan> {
+        const OP: &str = "matmul_tn";
+        if a.rows() != b.rows() {
+            return Err(Error::shape(
+                OP,
+                format!("b with {} rows (the rows of a)", a.rows()),
+                format!("{} x {}", b.rows(), b.cols()),
+            ));
+        }
+        self.plan_product(OP, (a, b, out), (a.cols(), a.rows()), true)
+    }
+
+    /// A new `m x n` output and the product's plan into it, submitted.
     fn product(
         &self,
         op: &'static str,
@@ -468,20 +512,45 @@ impl GpuContext {
         k: usize,
         transposed_a: bool,
     ) -> Result<GpuMatrix> {
-        self.check_owned(op, &[a.owner, b.owner])?;
-        a.check_contiguous(op)?;
-        b.check_contiguous(op)?;
-        a.check_f32(op)?;
-        b.check_f32(op)?;
+        let c = self.new_matrix(op, m, b.cols())?;
+        self.run_plan(self.plan_product(op, (a, b, &c), (m, k), transposed_a)?)?;
+        Ok(c)
+    }
+
+    /// The one description of a product `c = op(a) b`: checks, then the kernels.
+    fn plan_product(
+        &self,
+        op: &'static str,
+        (a, b, c): (&GpuMatrix, &GpuMatrix, &GpuMatrix),
+        (m, k): (usize, usize),
+        transposed_a: bool,
+    ) -> Result<GpuPlan> {
+        self.check_owned(op, &[a.owner, b.owner, c.owner])?;
+        for x in [a, b, c] {
+            x.check_contiguous(op)?;
+            x.check_f32(op)?;
+        }
         let n = b.cols();
-        self.record(op, |rec| {
-            let c = self.new_matrix(op, m, n)?;
+        if c.dim() != (m, n) {
+            return Err(Error::shape(
+                op,
+                format!("an output of shape {:?}", (m, n)),
+                format!("{:?}", c.dim()),
+            ));
+        }
+        check_disjoint(
+            op,
+            &[("a", a.at(), a.byte_len()), ("b", b.at(), b.byte_len())],
+            &[("the output", c.at(), c.byte_len())],
+        )?;
+        self.build_plan(op, |rec| {
+            // Each operand bound from its own offset: wrapped matrices need not start at 0.
             let plan = self.plan_matmul(
                 op,
                 &Gemm {
-                    a: (&a.buffer).into(),
-                    b: (&b.buffer).into(),
-                    c: (&c.buffer).into(),
+                    a: a.flat_at(0),
+                    b: b.flat_at(0),
+                    c: c.flat_at(0),
                     m,
                     n,
                     k,
@@ -492,7 +561,7 @@ impl GpuContext {
                 },
             )?;
             rec.run(&plan);
-            Ok(c)
+            Ok(())
         })
     }
 }

@@ -528,7 +528,7 @@ impl<'a> Staged<'a> {
 
 impl GpuContext {
     /// Submits a plan built for one call and drops it (its buffers live on in the work).
-    fn run_plan(&self, plan: GpuPlan) -> Result<()> {
+    pub(crate) fn run_plan(&self, plan: GpuPlan) -> Result<()> {
         self.submit(&plan).map(drop)
     }
 
@@ -1099,7 +1099,11 @@ type Span<'b> = (&'static str, At<'b>, u64);
 /// Fails when an output shares a buffer with an input, or overlaps another output: WebGPU
 /// refuses one buffer bound both read-only and writable in a dispatch, whatever the ranges,
 /// and two outputs over the same bytes would race.
-fn check_disjoint(op: &'static str, inputs: &[Span<'_>], outputs: &[Span<'_>]) -> Result<()> {
+pub(crate) fn check_disjoint(
+    op: &'static str,
+    inputs: &[Span<'_>],
+    outputs: &[Span<'_>],
+) -> Result<()> {
     let range = |s: &Span<'_>| format!("{} (bytes {}..{})", s.0, s.1.offset, s.1.offset + s.2);
     for (i, out) in outputs.iter().enumerate() {
         if let Some(input) = inputs.iter().find(|s| s.1.buffer == out.1.buffer) {
