@@ -809,3 +809,87 @@ fn products_read_wrapped_operands_at_offsets_into_given_outputs() {
         }
     }
 }
+
+/// The binary cross-entropy as a plan into given outputs, per-column weight and per-element
+/// positive weight, every reduction: recorded twice, the second recording allocating nothing,
+/// against the CPU reference.
+#[test]
+fn bce_plans_write_into_given_outputs() {
+    use softmax_ce::gpu::GpuBceLoss;
+    use softmax_ce::{BceOptions, cpu::BceLoss};
+    require_gpu!();
+    let gpu = &GpuContext::new().unwrap();
+    let (rows, cols) = (13, 7);
+    let z_host = logits(rows, cols, 6.0, 3);
+    let t_host = logits(rows, cols, 0.5, 4).mapv(|v| v + 0.5);
+    let w_host = logits(1, cols, 1.0, 5).mapv(|v| v + 1.5);
+    let pw_host = logits(rows, cols, 1.0, 6).mapv(|v| v + 1.5);
+    let (z, t) = (
+        gpu.upload(z_host.view()).unwrap(),
+        gpu.upload(t_host.view()).unwrap(),
+    );
+    let (w, pw) = (
+        gpu.upload(w_host.view()).unwrap(),
+        gpu.upload(pw_host.view()).unwrap(),
+    );
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        let opts = BceOptions::default()
+            .reduction(reduction)
+            .weight(w_host.clone())
+            .pos_weight(pw_host.clone());
+        let loss = match reduction {
+            Reduction::None => GpuBceLoss::PerElement(
+                gpu.upload(ndarray::Array2::<f32>::zeros((rows, cols)).view())
+                    .unwrap(),
+            ),
+            _ => GpuBceLoss::Reduced(gpu.upload_vector(ndarray::arr1(&[0.0f32]).view()).unwrap()),
+        };
+        let grad = gpu
+            .upload(ndarray::Array2::<f32>::zeros((rows, cols)).view())
+            .unwrap();
+        let plan = gpu
+            .plan_bce_with_logits((&z, &t, Some(&w), Some(&pw)), reduction, &loss, &grad)
+            .unwrap();
+        let want_loss =
+            cpu::bce_with_logits_nd(z_host.view().into_dyn(), t_host.view().into_dyn(), &opts)
+                .unwrap();
+        let want_grad =
+            cpu::bce_with_logits_nd_grad(z_host.view().into_dyn(), t_host.view().into_dyn(), &opts)
+                .unwrap();
+        for round in 0..2 {
+            let before = gpu.allocations();
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            plan.record(&mut encoder);
+            gpu.queue().submit([encoder.finish()]);
+            assert_eq!(gpu.allocations(), before, "recording a BCE plan allocated");
+            let case = format!("{reduction:?}, round {round}");
+            let got = match gpu.download_bce(&loss).unwrap() {
+                BceLoss::PerElement(m) => m.into_dyn(),
+                BceLoss::Reduced(v) => ndarray::arr0(v).into_dyn(),
+            };
+            assert_close(got.view(), want_loss.view(), LOSS_ABS, LOSS_REL, &case);
+            assert_close(
+                gpu.download(&grad).unwrap().into_dyn().view(),
+                want_grad.view(),
+                1e-6,
+                1e-5,
+                &format!("{case}: gradient"),
+            );
+        }
+        // A loss of the wrong kind for the reduction is an error.
+        let wrong = match reduction {
+            Reduction::None => {
+                GpuBceLoss::Reduced(gpu.upload_vector(ndarray::arr1(&[0.0f32]).view()).unwrap())
+            }
+            _ => GpuBceLoss::PerElement(
+                gpu.upload(ndarray::Array2::<f32>::zeros((rows, cols)).view())
+                    .unwrap(),
+            ),
+        };
+        let e = gpu
+            .plan_bce_with_logits((&z, &t, None, None), reduction, &wrong, &grad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("takes a loss of"), "{e}");
+    }
+}

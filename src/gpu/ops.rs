@@ -90,32 +90,8 @@ fn record_stats(
     Ok((m, s))
 }
 
-/// `scale * sum` of the first `len` values of `values`, in a new one-element vector; NaN
-/// instead for `empty_mean`, PyTorch's mean over no rows (0 / 0).
-fn record_total(
-    rec: &mut Recorder<'_>,
-    gpu: &GpuContext,
-    op: &'static str,
-    values: &wgpu::Buffer,
-    len: usize,
-    scale: f32,
-    empty_mean: bool,
-) -> Result<GpuVector> {
-    let total = gpu.new_vector(op, 1)?;
-    record_total_into(
-        rec,
-        gpu,
-        op,
-        values.into(),
-        len,
-        scale,
-        empty_mean,
-        total.at(),
-    )?;
-    Ok(total)
-}
-
-/// [`record_total`] into element 0 of `out`. Every reduced loss ends here.
+/// `scale * sum` of the first `len` values of `values` into element 0 of `out`; NaN instead
+/// for `empty_mean`, PyTorch's mean over no rows (0 / 0). Every reduced loss ends here.
 #[allow(clippy::too_many_arguments)]
 fn record_total_into(
     rec: &mut Recorder<'_>,
@@ -1265,13 +1241,91 @@ impl GpuContext {
         reduction: Reduction,
     ) -> Result<(GpuBceLoss, GpuMatrix)> {
         const OP: &str = "bce_with_logits";
+        let loss = match reduction {
+            Reduction::None => GpuBceLoss::PerElement(self.new_matrix(OP, z.rows(), z.cols())?),
+            Reduction::Mean | Reduction::Sum => GpuBceLoss::Reduced(self.new_vector(OP, 1)?),
+        };
+        let grad = self.new_matrix(OP, z.rows(), z.cols())?;
+        self.run_plan(self.plan_bce_with_logits(
+            (z, t, weight, pos_weight),
+            reduction,
+            &loss,
+            &grad,
+        )?)?;
+        Ok((loss, grad))
+    }
+
+    /// The plan of [`bce_with_logits_weighted_with_grad`](Self::bce_with_logits_weighted_with_grad)
+    /// for `(z, t, weight, pos_weight)` into `loss` ([`GpuBceLoss::PerElement`], the logits'
+    /// shape, for [`Reduction::None`]; [`GpuBceLoss::Reduced`], one value, otherwise) and `grad`
+    /// (the logits' shape), recorded as often as needed without allocating.
+    ///
+    /// # Errors
+    /// Those of [`bce_with_logits_weighted_with_grad`](Self::bce_with_logits_weighted_with_grad),
+    /// and [`Error::Shape`] or [`Error::InvalidArgument`] for outputs of the wrong shape or kind,
+    /// or sharing a buffer with an input.
+    pub fn plan_bce_with_logits(
+        &self,
+        (z, t, weight, pos_weight): (
+            &GpuMatrix,
+            &GpuMatrix,
+            Option<&GpuMatrix>,
+            Option<&GpuMatrix>,
+        ),
+        reduction: Reduction,
+        loss: &GpuBceLoss,
+        grad: &GpuMatrix,
+    ) -> Result<GpuPlan> {
+        const OP: &str = "bce_with_logits";
         check_pair(OP, z, t, "targets")?;
+        check_pair(OP, z, grad, "a gradient")?;
+        grad.check_contiguous(OP)?;
+        let (loss_at, loss_bytes, loss_owner) = match (loss, reduction) {
+            (GpuBceLoss::PerElement(m), Reduction::None) => {
+                check_pair(OP, z, m, "a per-element loss")?;
+                m.check_contiguous(OP)?;
+                (m.at(), m.byte_len(), m.owner)
+            }
+            (GpuBceLoss::Reduced(v), Reduction::Mean | Reduction::Sum) if v.len() == 1 => {
+                (v.at(), 4, v.owner)
+            }
+            (_, r) => {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "reduction {r} takes a loss of {}",
+                        if r == Reduction::None {
+                            "the logits' shape (GpuBceLoss::PerElement)"
+                        } else {
+                            "one value (GpuBceLoss::Reduced)"
+                        }
+                    ),
+                ));
+            }
+        };
+        let mut inputs = vec![
+            ("the logits", z.at(), z.byte_len()),
+            ("the targets", t.at(), t.byte_len()),
+        ];
+        for (what, w) in [("the weight", weight), ("the positive weight", pos_weight)] {
+            if let Some(w) = w {
+                inputs.push((what, w.at(), w.byte_len()));
+            }
+        }
+        check_disjoint(
+            OP,
+            &inputs,
+            &[
+                ("the loss", loss_at, loss_bytes),
+                ("the gradient", grad.at(), grad.byte_len()),
+            ],
+        )?;
         for m in [Some(z), Some(t), weight, pos_weight].into_iter().flatten() {
             m.check_contiguous(OP)?;
             m.check_f32(OP)?;
         }
         let (rows, cols) = z.dim();
-        let mut owners = vec![z.owner, t.owner];
+        let mut owners = vec![z.owner, t.owner, grad.owner, loss_owner];
         for (what, w) in [("weight", weight), ("pos_weight", pos_weight)] {
             let Some(w) = w else { continue };
             if w.dim() != (1, cols) && w.dim() != (rows, cols) {
@@ -1299,9 +1353,17 @@ impl GpuContext {
             Some(_) => BCE_FULL,
         };
         let (w_mode, pw_mode) = (mode(weight), mode(pos_weight));
-        self.record(OP, |rec| {
-            let loss = self.new_matrix(OP, rows, cols)?;
-            let grad = self.new_matrix(OP, rows, cols)?;
+        self.build_plan(OP, |rec| {
+            // Per-element losses: the output itself for `none`, else the plan's workspace.
+            let workspace = match loss {
+                GpuBceLoss::PerElement(_) => None,
+                GpuBceLoss::Reduced(_) => Some(self.new_matrix(OP, rows, cols)?),
+            };
+            let per_element = match (loss, &workspace) {
+                (GpuBceLoss::PerElement(m), _) => m,
+                (_, Some(w)) => w,
+                (GpuBceLoss::Reduced(_), None) => unreachable!("made above"),
+            };
             // Binding 5: K weights then K positive weights, 1 where absent.
             let per_col = if w_mode == BCE_COLS || pw_mode == BCE_COLS {
                 let buffer = self.storage_init(
@@ -1383,7 +1445,7 @@ impl GpuContext {
                         full[0],
                         full[1],
                         At::from(&per_col),
-                        loss.flat_at(first_row),
+                        per_element.flat_at(first_row),
                         grad.flat_at(first_row),
                     ];
                     let phase = (first + window.start * width) % cols.max(1);
@@ -1404,23 +1466,13 @@ impl GpuContext {
                     rec.run(&plan);
                 }
             }
-            let loss = match reduction {
-                Reduction::None => GpuBceLoss::PerElement(loss),
-                Reduction::Mean | Reduction::Sum => {
-                    // The loss matrix, read as one long vector of per-element values.
-                    let empty_mean = reduction == Reduction::Mean && elems == 0;
-                    GpuBceLoss::Reduced(record_total(
-                        rec,
-                        self,
-                        OP,
-                        &loss.buffer,
-                        elems,
-                        scale,
-                        empty_mean,
-                    )?)
-                }
-            };
-            Ok((loss, grad))
+            if let GpuBceLoss::Reduced(total) = loss {
+                // The per-element losses, read as one long vector.
+                let empty_mean = reduction == Reduction::Mean && elems == 0;
+                let values = per_element.flat_at(0);
+                record_total_into(rec, self, OP, values, elems, scale, empty_mean, total.at())?;
+            }
+            Ok(())
         })
     }
 
