@@ -225,10 +225,12 @@ fn cross_entropy_fused(
     let eps = p.a.smoothing;
     let w_y = lane_of(w[safe / W], safe % W);
     let upstream = select(1.0, up[i_row], p.a.upstream != 0u);
-    // grad = a (p - onehot) + b (W p - w) + c p: the cross-entropy, smoothing and z-loss terms.
-    let a = (1.0 - eps) * w_y * upstream / d_ce;
-    let b = eps / f32(p.cols) * upstream / d_ce;
-    let c = 2.0 * p.a.z_loss * (m + log_s) * upstream / d_z;
+    // grad = a (p - onehot) + b (W p - w) + c p: the cross-entropy, smoothing and z-loss terms,
+    // then times the upstream value, last, as cpu::cross_entropy_grad_upstream: an infinite
+    // upstream value must not meet the terms' opposite signs (inf - inf).
+    let a = (1.0 - eps) * w_y / d_ce;
+    let b = eps / f32(p.cols) / d_ce;
+    let c = 2.0 * p.a.z_loss * (m + log_s) / d_z;
     let inv = 1.0 / stats.y;
     var smoothing = splat(0.0);
     var k = 0u;
@@ -247,7 +249,7 @@ fn cross_entropy_fused(
             grad += prob * c;
         }
         // select, not a multiply by 0: an ignored row's logits may hold NaN or inf.
-        g[g_start + i] = S(select(select(grad, splat(0.0), ignored), splat(p.nan), invalid));
+        g[g_start + i] = S(select(select(grad * upstream, splat(0.0), ignored), splat(p.nan), invalid));
     }
     let smooth_sum = team_sum(lid, hsum(smoothing));
     if l.live && l.t == 0u && !ignored && !invalid {

@@ -196,6 +196,41 @@ fn an_upstream_gradient_scales_each_row() {
     }
     let short = Array1::<f32>::zeros(3);
     assert!(cpu::cross_entropy_grad_upstream(x.view(), &labels, &opts, short.view()).is_err());
+
+    // A NaN or infinite upstream value: NaN through a row that counts, nothing through an
+    // ignored one (row 3 is ignored), on both paths.
+    let mut bad = up.clone();
+    bad[3] = f32::NAN;
+    bad[5] = f32::INFINITY;
+    bad[6] = f32::NAN;
+    let want = cpu::cross_entropy_grad_upstream(x.view(), &labels, &opts, bad.view()).unwrap();
+    assert!(
+        want.row(3).iter().all(|&v| v == 0.0),
+        "ignored row: {}",
+        want.row(3)
+    );
+    assert!(
+        want.row(6).iter().all(|v| v.is_nan()),
+        "row 6: {}",
+        want.row(6)
+    );
+    if let Some(gpu) = gpu() {
+        let (gx, gy) = (
+            gpu.upload(x.view()).unwrap(),
+            gpu.upload_labels(&labels).unwrap(),
+        );
+        let gu = gpu.upload_vector(bad.view()).unwrap();
+        let (_, grad) = gpu
+            .cross_entropy_with_grad_upstream(&gx, &gy, &opts, &gu)
+            .unwrap();
+        assert_close(
+            gpu.download(&grad).unwrap().view(),
+            want.view(),
+            1e-6,
+            1e-4,
+            "non-finite upstream",
+        );
+    }
 }
 
 #[test]

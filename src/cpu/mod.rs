@@ -265,9 +265,9 @@ fn grad_rows<T: Element>(
     for (i, ((mut g, row), y)) in rows.enumerate() {
         let u = factor(i);
         let Some(y) = y else {
-            // The zero gradient times the factor: a NaN or infinite upstream gradient of an
-            // ignored row still gives NaN, as the product does; the logits are never read.
-            g.fill(T::from_f64(0.0 * u));
+            // Exactly 0, whatever the row's logits or upstream gradient hold (a NaN or inf
+            // upstream value of a padding row included): an ignored row never contaminates
+            // the gradient, as on the GPU (docs/semantics.md).
             continue;
         };
         // In f64 throughout: p - 1 next to p = 1 - 1e-7 would keep only p's f32 rounding.
