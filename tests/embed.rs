@@ -101,6 +101,30 @@ fn app_buffer(gpu: &GpuContext, bytes: u64) -> wgpu::Buffer {
     })
 }
 
+/// Records `plans`, in order, `times` times into one encoder and submits it, asserting that
+/// the recording created nothing on the context (the second and later calls of an op at the
+/// same shape must not allocate).
+fn record_without_allocating(
+    gpu: &GpuContext,
+    plans: &[&softmax_ce::GpuPlan],
+    times: usize,
+    case: &str,
+) {
+    let before = gpu.allocations();
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    for _ in 0..times {
+        for plan in plans {
+            plan.record(&mut encoder);
+        }
+    }
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(
+        gpu.allocations(),
+        before,
+        "{case}: recording a plan allocated"
+    );
+}
+
 fn write(gpu: &GpuContext, buffer: &wgpu::Buffer, offset: u64, x: &ndarray::Array2<f32>) {
     let data = x.as_standard_layout();
     gpu.queue().write_buffer(
@@ -408,15 +432,8 @@ fn backward_soft_and_sum_plans_write_into_given_outputs() {
         gpu.plan_cross_entropy_soft(&on_soft_x, &on_p, &soft_opts, &soft_loss, &soft_grad)
             .unwrap(),
     ];
-    let before = gpu.allocations();
-    let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    for _ in 0..2 {
-        for plan in &plans {
-            plan.record(&mut encoder);
-        }
-    }
-    gpu.queue().submit([encoder.finish()]);
-    assert_eq!(gpu.allocations(), before);
+    let plans: Vec<_> = plans.iter().collect();
+    record_without_allocating(gpu, &plans, 2, "backward, soft and sum plans");
     let want = cpu::softmax_backward(p.view(), dy.view()).unwrap();
     assert_close(
         gpu.download(&dx).unwrap().view(),
@@ -670,11 +687,7 @@ fn a_replayed_plan_counts_the_labels_of_each_frame() {
             .map(|(i, v)| if (i as u64) % 4 < frame { 7 } else { v })
             .collect();
         write_labels(gpu, &buffer, 0, &w);
-        let before = gpu.allocations();
-        let mut encoder = gpu.device().create_command_encoder(&Default::default());
-        plan.record(&mut encoder);
-        gpu.queue().submit([encoder.finish()]);
-        assert_eq!(gpu.allocations(), before, "recording a plan allocated");
+        record_without_allocating(gpu, &[&plan], 1, "recording a plan allocated");
         let host = softmax_ce::Labels::new(w, cols, 7).unwrap();
         let case = format!("frame {frame}");
         let Loss::Reduced(want) = cpu::cross_entropy(x_host.view(), &host, &opts).unwrap() else {
@@ -788,11 +801,7 @@ fn products_read_wrapped_operands_at_offsets_into_given_outputs() {
                     a_host.dot(&b_host)
                 };
                 for round in 0..2 {
-                    let before = gpu.allocations();
-                    let mut encoder = gpu.device().create_command_encoder(&Default::default());
-                    plan.record(&mut encoder);
-                    gpu.queue().submit([encoder.finish()]);
-                    assert_eq!(gpu.allocations(), before, "{case}: recording allocated");
+                    record_without_allocating(gpu, &[&plan], 1, "{case}: recording allocated");
                     assert_close(
                         gpu.download(&c).unwrap().view(),
                         want.view(),
@@ -866,11 +875,7 @@ fn bce_plans_write_into_given_outputs() {
             cpu::bce_with_logits_nd_grad(z_host.view().into_dyn(), t_host.view().into_dyn(), &opts)
                 .unwrap();
         for round in 0..2 {
-            let before = gpu.allocations();
-            let mut encoder = gpu.device().create_command_encoder(&Default::default());
-            plan.record(&mut encoder);
-            gpu.queue().submit([encoder.finish()]);
-            assert_eq!(gpu.allocations(), before, "recording a BCE plan allocated");
+            record_without_allocating(gpu, &[&plan], 1, "recording a BCE plan allocated");
             let case = format!("{reduction:?}, round {round}");
             let got = match gpu.download_bce(&loss).unwrap() {
                 BceLoss::PerElement(m) => m.into_dyn(),
@@ -901,4 +906,129 @@ fn bce_plans_write_into_given_outputs() {
             .to_string();
         assert!(e.contains("takes a loss of"), "{e}");
     }
+}
+
+#[test]
+fn staged_and_copy_plans_write_into_given_outputs_without_allocating() {
+    require_gpu!();
+    let gpu = &GpuContext::new().unwrap();
+    let (rows, cols) = (23, 77);
+    let x = adversarial(rows, cols, 11);
+    let host_labels = labels(rows, cols, 4, 12);
+    let on_x = gpu.upload(x.view()).unwrap();
+    let on_labels = gpu.upload_labels(&host_labels).unwrap();
+    let zeros = || {
+        gpu.upload(ndarray::Array2::zeros((rows, cols)).view())
+            .unwrap()
+    };
+    let vector = |len: usize| {
+        gpu.upload_vector(ndarray::Array1::zeros(len).view())
+            .unwrap()
+    };
+    let staged = gpu.staged();
+    let (m, s, lse, loss) = (vector(rows), vector(rows), vector(rows), vector(1));
+    let (prob, log_prob, fused_prob, grad, copies) = (
+        zeros(),
+        zeros(),
+        zeros(),
+        zeros(),
+        // At an offset inside the application's buffers: each copy must write from there.
+        [(); 3].map(|()| {
+            let buffer = app_buffer(gpu, 256 + 4 * (rows * cols) as u64);
+            gpu.wrap_matrix(&buffer, 256, rows, cols).unwrap()
+        }),
+    );
+    let opts = CrossEntropyOptions::default();
+    let mut plans = vec![
+        staged.plan_row_max(&on_x, &m).unwrap(),
+        staged.plan_row_sumexp(&on_x, &m, &s).unwrap(),
+        staged.plan_softmax_normalise(&on_x, &m, &s, &prob).unwrap(),
+        staged
+            .plan_log_softmax_normalise(&on_x, &m, &s, &log_prob)
+            .unwrap(),
+        staged.plan_softmax(&on_x, &fused_prob).unwrap(),
+        staged.plan_logsumexp(&on_x, &lse).unwrap(),
+        staged
+            .plan_cross_entropy(&on_x, &on_labels, &opts, &loss, Some(&grad))
+            .unwrap(),
+    ];
+    for (kernel, out) in softmax_ce::gpu::CopyKernel::ALL.iter().zip(&copies) {
+        plans.push(gpu.plan_copy(&on_x, out, *kernel).unwrap());
+    }
+    // Twice: a replay must give the same outputs (the gradient is written, then subtracted
+    // from, in each recording).
+    let plans: Vec<_> = plans.iter().collect();
+    record_without_allocating(gpu, &plans, 2, "staged and copy plans");
+
+    let want_max = cpu::row_max(x.view()).unwrap();
+    assert_close(
+        gpu.download_vector(&m).unwrap().view(),
+        want_max.view(),
+        0.0,
+        0.0,
+        "row_max plan",
+    );
+    let want = cpu::softmax(x.view()).unwrap();
+    for (got, what) in [
+        (&prob, "softmax_normalise plan"),
+        (&fused_prob, "staged softmax plan"),
+    ] {
+        let got = gpu.download(got).unwrap();
+        assert_close(got.view(), want.view(), PROB_ABS, PROB_REL, what);
+    }
+    let want = cpu::log_softmax(x.view()).unwrap();
+    let got = gpu.download(&log_prob).unwrap();
+    assert_close(
+        got.view(),
+        want.view(),
+        LOG_ABS,
+        LOG_REL,
+        "log_softmax_normalise plan",
+    );
+    let want = cpu::logsumexp(x.view()).unwrap();
+    let got = gpu.download_vector(&lse).unwrap();
+    assert_close(
+        got.view(),
+        want.view(),
+        LOG_ABS,
+        LOG_REL,
+        "staged logsumexp plan",
+    );
+    let want = cpu::cross_entropy(x.view(), &host_labels, &opts).unwrap();
+    assert_close_scalar(
+        gpu.download_vector(&loss).unwrap()[0],
+        want.scalar().unwrap(),
+        LOSS_ABS,
+        LOSS_REL,
+        "staged cross-entropy plan",
+    );
+    let want = cpu::cross_entropy_grad(x.view(), &host_labels, &opts).unwrap();
+    let got = gpu.download(&grad).unwrap();
+    assert_close(got.view(), want.view(), 1e-6, 1e-5, "staged gradient plan");
+    for (kernel, out) in softmax_ce::gpu::CopyKernel::ALL.iter().zip(&copies) {
+        let got = gpu.download(out).unwrap();
+        assert_close(got.view(), x.view(), 0.0, 0.0, kernel.name());
+    }
+
+    // Outputs are checked like every plan's.
+    let e = staged.plan_row_max(&on_x, &vector(rows + 1)).unwrap_err();
+    assert!(e.to_string().contains("row maxima (one per row)"), "{e}");
+    let e = gpu
+        .plan_copy(&on_x, &on_x, softmax_ce::gpu::CopyKernel::Flat)
+        .unwrap_err();
+    assert!(e.to_string().contains("shares a buffer"), "{e}");
+    let e = staged.plan_one_hot_subtract(&on_x, &on_labels, 1.0);
+    assert!(e.is_ok(), "in place on its own buffer: {e:?}");
+    let buffer = app_buffer(gpu, 4 * (rows * (cols + 3)) as u64);
+    let strided = gpu
+        .wrap_matrix_strided(&buffer, 0, rows, cols, cols + 3)
+        .unwrap();
+    let e = gpu
+        .plan_copy(&on_x, &strided, softmax_ce::gpu::CopyKernel::Buffer)
+        .unwrap_err();
+    assert!(e.to_string().contains("rows end to end"), "{e}");
+    assert!(
+        gpu.plan_copy(&on_x, &strided, softmax_ce::gpu::CopyKernel::Rows)
+            .is_ok()
+    );
 }

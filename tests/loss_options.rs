@@ -265,10 +265,22 @@ fn bad_options_are_errors_naming_the_values() {
             );
             let err = gpu.cross_entropy_with_grad(&gx, &gy, opts).unwrap_err();
             assert!(err.to_string().contains(want), "{err}");
-            // The staged kernels implement the plain loss only, and say so.
+            // The staged kernels check the options as the fused ones do, before saying that
+            // they implement the plain loss only.
             let err = gpu.staged().cross_entropy(&gx, &gy, opts).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
         }
+    }
+    // Valid options the staged kernels do not implement: refused, naming the path that has them.
+    if let Some(gpu) = gpu() {
+        let (gx, gy) = (
+            gpu.upload(x.view()).unwrap(),
+            gpu.upload_labels(&labels).unwrap(),
+        );
+        let opts = CrossEntropyOptions::default().label_smoothing(0.1);
+        let err = gpu.staged().cross_entropy(&gx, &gy, &opts).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        assert!(err.to_string().contains("fused"), "{err}");
     }
 }
 

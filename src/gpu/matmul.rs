@@ -431,15 +431,7 @@ impl GpuContext {
     /// exceeds the device, or `b` exceeds one binding (`a` and the result are cut into row
     /// windows, `b` is not).
     pub fn matmul(&self, a: &GpuMatrix, b: &GpuMatrix) -> Result<GpuMatrix> {
-        const OP: &str = "matmul";
-        if a.cols() != b.rows() {
-            return Err(Error::shape(
-                OP,
-                format!("b with {} rows (the columns of a)", a.cols()),
-                format!("{} x {}", b.rows(), b.cols()),
-            ));
-        }
-        self.product(OP, a, b, a.rows(), a.cols(), false)
+        self.product("matmul", a, b, false)
     }
 
     /// `a^T b` for `a` of `k x m` and `b` of `k x n`, reading `a` transposed in place (no copy):
@@ -449,15 +441,7 @@ impl GpuContext {
     /// [`Error::Shape`] when the row counts differ; [`Error::TooLarge`] when the `m x n`
     /// result exceeds one binding (`a` and `b` are cut into windows of rows).
     pub fn matmul_tn(&self, a: &GpuMatrix, b: &GpuMatrix) -> Result<GpuMatrix> {
-        const OP: &str = "matmul_tn";
-        if a.rows() != b.rows() {
-            return Err(Error::shape(
-                OP,
-                format!("b with {} rows (the rows of a)", a.rows()),
-                format!("{} x {}", b.rows(), b.cols()),
-            ));
-        }
-        self.product(OP, a, b, a.cols(), a.rows(), true)
+        self.product("matmul_tn", a, b, true)
     }
 
     /// The plan of [`matmul`](Self::matmul) into `out` (`m x n`), recorded as often as
@@ -472,15 +456,8 @@ impl GpuContext {
         b: &GpuMatrix,
         out: &GpuMatrix,
     ) -> Result<GpuPlan> {
-        const OP: &str = "matmul";
-        if a.cols() != b.rows() {
-            return Err(Error::shape(
-                OP,
-                format!("b with {} rows (the columns of a)", a.cols()),
-                format!("{} x {}", b.rows(), b.cols()),
-            ));
-        }
-        self.plan_product(OP, (a, b, out), (a.rows(), a.cols()), false)
+        let mk = product_dims("matmul", a, b, false)?;
+        self.plan_product("matmul", (a, b, out), mk, false)
     }
 
     /// The plan of [`matmul_tn`](Self::matmul_tn) into `out` (`m x n`), with the errors of
@@ -491,15 +468,8 @@ impl GpuContext {
         b: &GpuMatrix,
         out: &GpuMatrix,
     ) -> Result<GpuPlan> {
-        const OP: &str = "matmul_tn";
-        if a.rows() != b.rows() {
-            return Err(Error::shape(
-                OP,
-                format!("b with {} rows (the rows of a)", a.rows()),
-                format!("{} x {}", b.rows(), b.cols()),
-            ));
-        }
-        self.plan_product(OP, (a, b, out), (a.cols(), a.rows()), true)
+        let mk = product_dims("matmul_tn", a, b, true)?;
+        self.plan_product("matmul_tn", (a, b, out), mk, true)
     }
 
     /// A new `m x n` output and the product's plan into it, submitted.
@@ -508,10 +478,9 @@ impl GpuContext {
         op: &'static str,
         a: &GpuMatrix,
         b: &GpuMatrix,
-        m: usize,
-        k: usize,
         transposed_a: bool,
     ) -> Result<GpuMatrix> {
+        let (m, k) = product_dims(op, a, b, transposed_a)?;
         let c = self.new_matrix(op, m, b.cols())?;
         self.run_plan(self.plan_product(op, (a, b, &c), (m, k), transposed_a)?)?;
         Ok(c)
@@ -629,4 +598,32 @@ fn too_many_groups(op: &'static str, len: usize, groups: usize, max: usize) -> E
         groups: groups as u64,
         limit: max as u64,
     }
+}
+
+/// `(m, k)` of the product `op(a) b` (`op(a)` is `a^T` where `transposed_a`), or the shape error
+/// naming the mismatched dimension.
+fn product_dims(
+    op: &'static str,
+    a: &GpuMatrix,
+    b: &GpuMatrix,
+    transposed_a: bool,
+) -> Result<(usize, usize)> {
+    let (m, k) = if transposed_a {
+        (a.cols(), a.rows())
+    } else {
+        a.dim()
+    };
+    if k != b.rows() {
+        let what = if transposed_a {
+            "the rows of a"
+        } else {
+            "the columns of a"
+        };
+        return Err(Error::shape(
+            op,
+            format!("b with {k} rows ({what})"),
+            format!("{} x {}", b.rows(), b.cols()),
+        ));
+    }
+    Ok((m, k))
 }

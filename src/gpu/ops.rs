@@ -237,43 +237,158 @@ fn class_weights(opts: &CrossEntropyOptions, classes: usize) -> Vec<f32> {
     }
 }
 
+/// A matrix an op binds, for [`check_disjoint`].
+fn span_m<'b>(what: &'static str, m: &'b GpuMatrix) -> Span<'b> {
+    (what, m.at(), m.byte_len())
+}
+
+/// A vector an op binds, for [`check_disjoint`].
+fn span_v<'b>(what: &'static str, v: &'b GpuVector) -> Span<'b> {
+    (what, v.at(), 4 * v.len() as u64)
+}
+
+impl GpuContext {
+    /// The checks of every cross-entropy plan against labels, fused or staged: shapes, owners,
+    /// outputs apart from inputs and each other, an upstream gradient only for reduction none,
+    /// and the options against the class count.
+    fn check_label_loss(
+        &self,
+        op: &'static str,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+        (loss, grad): (&GpuVector, Option<&GpuMatrix>),
+        upstream: Option<&GpuVector>,
+    ) -> Result<()> {
+        check_classes(op, x)?;
+        labels.check_fits(op, x.rows(), x.cols())?;
+        let rows = x.rows();
+        check_loss_len(op, loss, rows, opts.reduction)?;
+        let mut owners = vec![x.owner, labels.owner, loss.owner];
+        let mut outputs = vec![span_v("the loss", loss)];
+        if let Some(g) = grad {
+            check_pair(op, x, g, "a gradient")?;
+            owners.push(g.owner);
+            outputs.push(span_m("the gradient", g));
+        }
+        let mut inputs = vec![
+            span_m("the logits", x),
+            ("the labels", labels.at(), 4 * rows as u64),
+        ];
+        if let Some(u) = upstream {
+            if opts.reduction != Reduction::None {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "an upstream gradient needs reduction none, not {}",
+                        opts.reduction
+                    ),
+                ));
+            }
+            check_per_row(op, x, u, "upstream gradients")?;
+            owners.push(u.owner);
+            inputs.push(span_v("the upstream gradient", u));
+        }
+        self.check_owned(op, &owners)?;
+        check_disjoint(op, &inputs, &outputs)?;
+        opts.validate(op, x.cols())
+    }
+
+    /// A new loss of `rows` rows under `reduction`, written by the plan `plan` builds into it,
+    /// submitted: the convenience form of every loss plan.
+    fn new_loss(
+        &self,
+        op: &'static str,
+        rows: usize,
+        reduction: Reduction,
+        plan: impl FnOnce(&GpuVector) -> Result<GpuPlan>,
+    ) -> Result<GpuLoss> {
+        let values = self.new_vector(op, loss_len(rows, reduction))?;
+        self.run_plan(plan(&values)?)?;
+        Ok(GpuLoss { values, reduction })
+    }
+
+    /// A new `rows x cols` matrix of `dtype`, written by the plan `plan` builds into it,
+    /// submitted: the convenience form of every plan with a matrix output.
+    fn new_output(
+        &self,
+        op: &'static str,
+        (rows, cols): (usize, usize),
+        dtype: DType,
+        plan: impl FnOnce(&GpuMatrix) -> Result<GpuPlan>,
+    ) -> Result<GpuMatrix> {
+        let out = self.new_matrix_of(op, rows, cols, dtype)?;
+        self.run_plan(plan(&out)?)?;
+        Ok(out)
+    }
+}
+
+/// The op a cross-entropy plan reports: with or without its gradient.
+fn cross_entropy_name(grad: Option<&GpuMatrix>) -> &'static str {
+    if grad.is_some() {
+        "cross_entropy_with_grad"
+    } else {
+        "cross_entropy"
+    }
+}
+
 impl<'a> Staged<'a> {
     /// Row-wise maximum: `m[i] = max_j x[i, j]`.
     pub fn row_max(&self, x: &GpuMatrix) -> Result<GpuVector> {
+        let m = self.gpu.new_vector("row_max", x.rows())?;
+        self.gpu.run_plan(self.plan_row_max(x, &m)?)?;
+        Ok(m)
+    }
+
+    /// The plan of [`row_max`](Self::row_max) into `m` (one value per row). Like every plan
+    /// of the staged kernels, it fails as [`GpuContext::plan_softmax`] does for outputs of the
+    /// wrong shape, outputs sharing a buffer with an input, or arrays of another context.
+    pub fn plan_row_max(&self, x: &GpuMatrix, m: &GpuVector) -> Result<GpuPlan> {
         const OP: &str = "row_max";
         check_classes(OP, x)?;
-        self.gpu.check_owned(OP, &[x.owner])?;
+        check_per_row(OP, x, m, "row maxima")?;
+        self.gpu.check_owned(OP, &[x.owner, m.owner])?;
+        check_disjoint(OP, &[span_m("the input", x)], &[span_v("the maxima", m)])?;
         let (rows, cols) = x.dim();
-        self.gpu.record(OP, |rec| {
-            let m = self.gpu.new_vector(OP, rows)?;
+        self.gpu.build_plan(OP, |rec| {
             rec.rows(
                 Kernel::RowMax,
                 rows,
                 cols,
                 &[x.at(), m.at()],
                 NoArgs::default(),
-            )?;
-            Ok(m)
+            )
         })
     }
 
     /// Row-wise `s[i] = sum_j exp(x[i, j] - m[i])` (0 where `m[i] = -inf`).
     pub fn row_sumexp(&self, x: &GpuMatrix, m: &GpuVector) -> Result<GpuVector> {
+        let s = self.gpu.new_vector("row_sumexp", x.rows())?;
+        self.gpu.run_plan(self.plan_row_sumexp(x, m, &s)?)?;
+        Ok(s)
+    }
+
+    /// The plan of [`row_sumexp`](Self::row_sumexp) into `s` (one value per row).
+    pub fn plan_row_sumexp(&self, x: &GpuMatrix, m: &GpuVector, s: &GpuVector) -> Result<GpuPlan> {
         const OP: &str = "row_sumexp";
         check_classes(OP, x)?;
         check_per_row(OP, x, m, "row maxima")?;
-        self.gpu.check_owned(OP, &[x.owner, m.owner])?;
+        check_per_row(OP, x, s, "row sums")?;
+        self.gpu.check_owned(OP, &[x.owner, m.owner, s.owner])?;
+        check_disjoint(
+            OP,
+            &[span_m("the input", x), span_v("the maxima", m)],
+            &[span_v("the sums", s)],
+        )?;
         let (rows, cols) = x.dim();
-        self.gpu.record(OP, |rec| {
-            let s = self.gpu.new_vector(OP, rows)?;
+        self.gpu.build_plan(OP, |rec| {
             rec.rows(
                 Kernel::RowSumexp,
                 rows,
                 cols,
                 &[x.at(), m.at(), s.at()],
                 NoArgs::default(),
-            )?;
-            Ok(s)
+            )
         })
     }
 
@@ -285,7 +400,10 @@ impl<'a> Staged<'a> {
         m: &GpuVector,
         s: &GpuVector,
     ) -> Result<GpuMatrix> {
-        self.normalise("softmax_normalise", Kernel::SoftmaxNormalise, x, m, s)
+        self.gpu
+            .new_output("softmax_normalise", x.dim(), x.dtype(), |out| {
+                self.plan_softmax_normalise(x, m, s, out)
+            })
     }
 
     /// `x - m - log s`, from the same statistics.
@@ -295,38 +413,78 @@ impl<'a> Staged<'a> {
         m: &GpuVector,
         s: &GpuVector,
     ) -> Result<GpuMatrix> {
-        self.normalise(
-            "log_softmax_normalise",
-            Kernel::LogSoftmaxNormalise,
+        self.gpu
+            .new_output("log_softmax_normalise", x.dim(), x.dtype(), |out| {
+                self.plan_log_softmax_normalise(x, m, s, out)
+            })
+    }
+
+    /// The plan of [`softmax_normalise`](Self::softmax_normalise) into `out` (`x`'s shape).
+    pub fn plan_softmax_normalise(
+        &self,
+        x: &GpuMatrix,
+        m: &GpuVector,
+        s: &GpuVector,
+        out: &GpuMatrix,
+    ) -> Result<GpuPlan> {
+        self.plan_normalise(
+            "softmax_normalise",
+            Kernel::SoftmaxNormalise,
             x,
-            m,
-            s,
+            (m, s),
+            out,
         )
     }
 
-    fn normalise(
+    /// The plan of [`log_softmax_normalise`](Self::log_softmax_normalise) into `out`.
+    pub fn plan_log_softmax_normalise(
+        &self,
+        x: &GpuMatrix,
+        m: &GpuVector,
+        s: &GpuVector,
+        out: &GpuMatrix,
+    ) -> Result<GpuPlan> {
+        self.plan_normalise(
+            "log_softmax_normalise",
+            Kernel::LogSoftmaxNormalise,
+            x,
+            (m, s),
+            out,
+        )
+    }
+
+    fn plan_normalise(
         &self,
         op: &'static str,
         kernel: Kernel,
         x: &GpuMatrix,
-        m: &GpuVector,
-        s: &GpuVector,
-    ) -> Result<GpuMatrix> {
+        (m, s): (&GpuVector, &GpuVector),
+        out: &GpuMatrix,
+    ) -> Result<GpuPlan> {
         check_classes(op, x)?;
         check_per_row(op, x, m, "row maxima")?;
         check_per_row(op, x, s, "row sums")?;
-        self.gpu.check_owned(op, &[x.owner, m.owner, s.owner])?;
+        check_pair(op, x, out, "an output")?;
+        self.gpu
+            .check_owned(op, &[x.owner, m.owner, s.owner, out.owner])?;
+        check_disjoint(
+            op,
+            &[
+                span_m("the input", x),
+                span_v("the maxima", m),
+                span_v("the sums", s),
+            ],
+            &[span_m("the output", out)],
+        )?;
         let (rows, cols) = x.dim();
-        self.gpu.record(op, |rec| {
-            let out = self.gpu.new_matrix(op, rows, cols)?;
+        self.gpu.build_plan(op, |rec| {
             rec.rows(
                 kernel,
                 rows,
                 cols,
                 &[x.at(), m.at(), s.at(), out.at()],
                 NoArgs::default(),
-            )?;
-            Ok(out)
+            )
         })
     }
 
@@ -338,12 +496,30 @@ impl<'a> Staged<'a> {
         labels: &GpuLabels,
         scale: f32,
     ) -> Result<GpuMatrix> {
+        self.gpu
+            .run_plan(self.plan_one_hot_subtract(&p, labels, scale)?)?;
+        Ok(p)
+    }
+
+    /// The plan of [`one_hot_subtract`](Self::one_hot_subtract), in place on `p`: each
+    /// recording turns the probabilities `p` holds into the gradient.
+    pub fn plan_one_hot_subtract(
+        &self,
+        p: &GpuMatrix,
+        labels: &GpuLabels,
+        scale: f32,
+    ) -> Result<GpuPlan> {
         const OP: &str = "one_hot_subtract";
-        check_classes(OP, &p)?;
+        check_classes(OP, p)?;
         labels.check_fits(OP, p.rows(), p.cols())?;
         self.gpu.check_owned(OP, &[p.owner, labels.owner])?;
+        check_disjoint(
+            OP,
+            &[("the labels", labels.at(), 4 * labels.len() as u64)],
+            &[span_m("the probabilities", p)],
+        )?;
         let (rows, cols) = p.dim();
-        self.gpu.record(OP, |rec| {
+        self.gpu.build_plan(OP, |rec| {
             let den = self
                 .gpu
                 .denominators(rec, OP, labels, None, Reduction::Sum)?;
@@ -358,55 +534,83 @@ impl<'a> Staged<'a> {
                 },
                 labels,
             )
-        })?;
-        Ok(p)
+        })
     }
 
     /// Softmax in three dispatches: row max, row sum of exponentials, normalise.
     pub fn softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        self.softmax_like("softmax", Kernel::SoftmaxNormalise, x)
+        self.gpu.new_output("softmax", x.dim(), x.dtype(), |out| {
+            self.plan_softmax(x, out)
+        })
     }
 
     /// Log-softmax in three dispatches.
     pub fn log_softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        self.softmax_like("log_softmax", Kernel::LogSoftmaxNormalise, x)
+        self.gpu
+            .new_output("log_softmax", x.dim(), x.dtype(), |out| {
+                self.plan_log_softmax(x, out)
+            })
     }
 
-    fn softmax_like(&self, op: &'static str, kernel: Kernel, x: &GpuMatrix) -> Result<GpuMatrix> {
+    /// The plan of [`softmax`](Self::softmax) into `out` (`x`'s shape); the row statistics
+    /// are the plan's own workspace.
+    pub fn plan_softmax(&self, x: &GpuMatrix, out: &GpuMatrix) -> Result<GpuPlan> {
+        self.plan_softmax_like("softmax", Kernel::SoftmaxNormalise, x, out)
+    }
+
+    /// The plan of [`log_softmax`](Self::log_softmax) into `out`.
+    pub fn plan_log_softmax(&self, x: &GpuMatrix, out: &GpuMatrix) -> Result<GpuPlan> {
+        self.plan_softmax_like("log_softmax", Kernel::LogSoftmaxNormalise, x, out)
+    }
+
+    fn plan_softmax_like(
+        &self,
+        op: &'static str,
+        kernel: Kernel,
+        x: &GpuMatrix,
+        out: &GpuMatrix,
+    ) -> Result<GpuPlan> {
         check_classes(op, x)?;
-        self.gpu.check_owned(op, &[x.owner])?;
+        check_pair(op, x, out, "an output")?;
+        self.gpu.check_owned(op, &[x.owner, out.owner])?;
+        check_disjoint(op, &[span_m("the input", x)], &[span_m("the output", out)])?;
         let (rows, cols) = x.dim();
-        self.gpu.record(op, |rec| {
+        self.gpu.build_plan(op, |rec| {
             let (m, s) = record_stats(rec, self.gpu, op, x)?;
-            let out = self.gpu.new_matrix(op, rows, cols)?;
             rec.rows(
                 kernel,
                 rows,
                 cols,
                 &[x.at(), m.at(), s.at(), out.at()],
                 NoArgs::default(),
-            )?;
-            Ok(out)
+            )
         })
     }
 
     /// Row-wise log-sum-exp in three dispatches.
     pub fn logsumexp(&self, x: &GpuMatrix) -> Result<GpuVector> {
+        let lse = self.gpu.new_vector("logsumexp", x.rows())?;
+        self.gpu.run_plan(self.plan_logsumexp(x, &lse)?)?;
+        Ok(lse)
+    }
+
+    /// The plan of [`logsumexp`](Self::logsumexp) into `lse` (one value per row).
+    pub fn plan_logsumexp(&self, x: &GpuMatrix, lse: &GpuVector) -> Result<GpuPlan> {
         const OP: &str = "logsumexp";
         check_classes(OP, x)?;
-        self.gpu.check_owned(OP, &[x.owner])?;
+        check_per_row(OP, x, lse, "outputs")?;
+        self.gpu.check_owned(OP, &[x.owner, lse.owner])?;
+        check_disjoint(OP, &[span_m("the input", x)], &[span_v("the output", lse)])?;
         let (rows, cols) = x.dim();
-        self.gpu.record(OP, |rec| {
+        self.gpu.build_plan(OP, |rec| {
             let (m, s) = record_stats(rec, self.gpu, OP, x)?;
-            let lse = self.gpu.new_vector(OP, rows)?;
             rec.rows(
                 Kernel::LogsumexpRows,
                 rows,
                 cols,
                 &[m.at(), s.at(), lse.at()],
                 LossArgs::default(),
-            )?;
-            Ok(lse)
+            )
         })
     }
 
@@ -417,7 +621,7 @@ impl<'a> Staged<'a> {
         labels: &GpuLabels,
         opts: &CrossEntropyOptions,
     ) -> Result<GpuLoss> {
-        self.cross_entropy_impl("cross_entropy", x, labels, opts, None)
+        self.cross_entropy_op("cross_entropy", x, labels, opts, None)
     }
 
     /// Cross-entropy and its gradient with respect to the logits (see
@@ -429,12 +633,12 @@ impl<'a> Staged<'a> {
         opts: &CrossEntropyOptions,
     ) -> Result<(GpuLoss, GpuMatrix)> {
         const OP: &str = "cross_entropy_with_grad";
-        let grad = self.gpu.new_matrix(OP, x.rows(), x.cols())?;
-        let loss = self.cross_entropy_impl(OP, x, labels, opts, Some(&grad))?;
+        let grad = self.gpu.new_matrix_of(OP, x.rows(), x.cols(), x.dtype())?;
+        let loss = self.cross_entropy_op(OP, x, labels, opts, Some(&grad))?;
         Ok((loss, grad))
     }
 
-    fn cross_entropy_impl(
+    fn cross_entropy_op(
         &self,
         op: &'static str,
         x: &GpuMatrix,
@@ -442,9 +646,38 @@ impl<'a> Staged<'a> {
         opts: &CrossEntropyOptions,
         grad: Option<&GpuMatrix>,
     ) -> Result<GpuLoss> {
-        check_classes(op, x)?;
-        labels.check_fits(op, x.rows(), x.cols())?;
-        self.gpu.check_owned(op, &[x.owner, labels.owner])?;
+        self.gpu.new_loss(op, x.rows(), opts.reduction, |loss| {
+            self.plan_cross_entropy_op(op, x, labels, opts, loss, grad)
+        })
+    }
+
+    /// The plan of [`cross_entropy`](Self::cross_entropy) (`grad` `None`) or
+    /// [`cross_entropy_with_grad`](Self::cross_entropy_with_grad) into `loss` and `grad`, as
+    /// [`GpuContext::plan_cross_entropy`]; the staged kernels take the reduction and the ignore
+    /// index only.
+    pub fn plan_cross_entropy(
+        &self,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+        loss: &GpuVector,
+        grad: Option<&GpuMatrix>,
+    ) -> Result<GpuPlan> {
+        let op = cross_entropy_name(grad);
+        self.plan_cross_entropy_op(op, x, labels, opts, loss, grad)
+    }
+
+    fn plan_cross_entropy_op(
+        &self,
+        op: &'static str,
+        x: &GpuMatrix,
+        labels: &GpuLabels,
+        opts: &CrossEntropyOptions,
+        loss: &GpuVector,
+        grad: Option<&GpuMatrix>,
+    ) -> Result<GpuPlan> {
+        self.gpu
+            .check_label_loss(op, x, labels, opts, (loss, grad), None)?;
         if !opts.is_plain() {
             return Err(Error::invalid(
                 op,
@@ -453,10 +686,9 @@ impl<'a> Staged<'a> {
         }
         let (rows, cols) = x.dim();
         let gpu = self.gpu;
-        gpu.record(op, |rec| {
+        gpu.build_plan(op, |rec| {
             let den = gpu.denominators(rec, op, labels, None, opts.reduction)?;
             let (m, s) = record_stats(rec, gpu, op, x)?;
-            let values = gpu.new_vector(op, loss_len(rows, opts.reduction))?;
             let per_row = PerRow::new(gpu, op, rows, opts.reduction)?;
             rec.rows_labelled(
                 Kernel::CrossEntropyRows,
@@ -467,13 +699,13 @@ impl<'a> Staged<'a> {
                     m.at(),
                     s.at(),
                     labels.at(),
-                    per_row.at(&values),
+                    per_row.at(loss),
                     At::from(&den),
                 ],
                 LossArgs::default(),
                 labels,
             )?;
-            per_row.reduce(rec, gpu, op, &values)?;
+            per_row.reduce(rec, gpu, op, loss)?;
             if let Some(g) = grad {
                 rec.rows(
                     Kernel::SoftmaxNormalise,
@@ -494,10 +726,7 @@ impl<'a> Staged<'a> {
                     labels,
                 )?;
             }
-            Ok(GpuLoss {
-                values,
-                reduction: opts.reduction,
-            })
+            Ok(())
         })
     }
 }
@@ -516,17 +745,17 @@ impl GpuContext {
     /// Row-wise softmax of `x`, as `torch.softmax(x, dim=1)`: one fused dispatch that reads
     /// each row twice (statistics, then the result) and writes it once.
     pub fn softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        let out = self.new_matrix_of("softmax", x.rows(), x.cols(), x.dtype())?;
-        self.run_plan(self.plan_softmax(x, &out)?)?;
-        Ok(out)
+        self.new_output("softmax", x.dim(), x.dtype(), |out| {
+            self.plan_softmax(x, out)
+        })
     }
 
     /// Row-wise log-softmax of `x`, as `torch.log_softmax(x, dim=1)`, fused like
     /// [`softmax`](Self::softmax).
     pub fn log_softmax(&self, x: &GpuMatrix) -> Result<GpuMatrix> {
-        let out = self.new_matrix_of("log_softmax", x.rows(), x.cols(), x.dtype())?;
-        self.run_plan(self.plan_log_softmax(x, &out)?)?;
-        Ok(out)
+        self.new_output("log_softmax", x.dim(), x.dtype(), |out| {
+            self.plan_log_softmax(x, out)
+        })
     }
 
     /// The plan of [`softmax`](Self::softmax) from `x` into `out` (same shape), to record
@@ -663,11 +892,8 @@ impl GpuContext {
         grad: Option<&GpuMatrix>,
         upstream: Option<&GpuVector>,
     ) -> Result<GpuLoss> {
-        let loss = self.new_vector(op, loss_len(x.rows(), opts.reduction))?;
-        self.run_plan(self.plan_cross_entropy_op(op, x, labels, opts, &loss, grad, upstream)?)?;
-        Ok(GpuLoss {
-            values: loss,
-            reduction: opts.reduction,
+        self.new_loss(op, x.rows(), opts.reduction, |loss| {
+            self.plan_cross_entropy_op(op, x, labels, opts, loss, grad, upstream)
         })
     }
 
@@ -689,11 +915,7 @@ impl GpuContext {
         loss: &GpuVector,
         grad: Option<&GpuMatrix>,
     ) -> Result<GpuPlan> {
-        let op = if grad.is_some() {
-            "cross_entropy_with_grad"
-        } else {
-            "cross_entropy"
-        };
+        let op = cross_entropy_name(grad);
         self.plan_cross_entropy_op(op, x, labels, opts, loss, grad, None)
     }
 
@@ -731,38 +953,8 @@ impl GpuContext {
         grad: Option<&GpuMatrix>,
         upstream: Option<&GpuVector>,
     ) -> Result<GpuPlan> {
-        check_classes(op, x)?;
-        labels.check_fits(op, x.rows(), x.cols())?;
+        self.check_label_loss(op, x, labels, opts, (loss, grad), upstream)?;
         let (rows, cols) = x.dim();
-        check_loss_len(op, loss, rows, opts.reduction)?;
-        let mut owners = vec![x.owner, labels.owner, loss.owner];
-        let mut outputs = vec![("the loss", loss.at(), 4 * loss.len() as u64)];
-        if let Some(g) = grad {
-            check_pair(op, x, g, "a gradient")?;
-            owners.push(g.owner);
-            outputs.push(("the gradient", g.at(), g.byte_len()));
-        }
-        let mut inputs = vec![
-            ("the logits", x.at(), x.byte_len()),
-            ("the labels", labels.at(), 4 * rows as u64),
-        ];
-        if let Some(u) = upstream {
-            if opts.reduction != Reduction::None {
-                return Err(Error::invalid(
-                    op,
-                    format!(
-                        "an upstream gradient needs reduction none, not {}",
-                        opts.reduction
-                    ),
-                ));
-            }
-            check_per_row(op, x, u, "upstream gradients")?;
-            owners.push(u.owner);
-            inputs.push(("the upstream gradient", u.at(), 4 * rows as u64));
-        }
-        self.check_owned(op, &owners)?;
-        check_disjoint(op, &inputs, &outputs)?;
-        opts.validate(op, cols)?;
         self.build_plan(op, |rec| {
             let per_row_losses = PerRow::new(self, op, rows, opts.reduction)?;
             let per_row = per_row_losses.at(loss);
@@ -831,13 +1023,10 @@ impl GpuContext {
         opts: &CrossEntropyOptions,
     ) -> Result<(GpuLoss, GpuMatrix)> {
         const OP: &str = "cross_entropy_soft";
-        let loss = self.new_vector(OP, loss_len(x.rows(), opts.reduction))?;
         let grad = self.new_matrix_of(OP, x.rows(), x.cols(), x.dtype())?;
-        self.run_plan(self.plan_cross_entropy_soft(x, targets, opts, &loss, &grad)?)?;
-        let loss = GpuLoss {
-            values: loss,
-            reduction: opts.reduction,
-        };
+        let loss = self.new_loss(OP, x.rows(), opts.reduction, |loss| {
+            self.plan_cross_entropy_soft(x, targets, opts, loss, &grad)
+        })?;
         Ok((loss, grad))
     }
 
@@ -960,15 +1149,29 @@ impl GpuContext {
     /// A plain copy of `x` into a new matrix by `kernel`: the yardsticks benchmarks hold the
     /// memory-bound kernels to (they move the bytes softmax moves, and do nothing else).
     pub fn copy_with(&self, x: &GpuMatrix, kernel: CopyKernel) -> Result<GpuMatrix> {
+        self.new_output("copy", x.dim(), DType::F32, |out| {
+            self.plan_copy(x, out, kernel)
+        })
+    }
+
+    /// The plan of [`copy_with`](Self::copy_with) from `x` into `out` (same shape, f32).
+    ///
+    /// # Errors
+    /// Those of [`plan_softmax`](Self::plan_softmax), and [`Error::InvalidArgument`] for f16
+    /// matrices, or for padded rows (a stride longer than the row) in either matrix where
+    /// `kernel` copies one flat run ([`CopyKernel::Flat`], [`CopyKernel::Buffer`]).
+    pub fn plan_copy(&self, x: &GpuMatrix, out: &GpuMatrix, kernel: CopyKernel) -> Result<GpuPlan> {
         const OP: &str = "copy";
-        self.check_owned(OP, &[x.owner])?;
+        self.check_owned(OP, &[x.owner, out.owner])?;
         x.check_f32(OP)?;
+        check_pair(OP, x, out, "an output")?;
         if kernel != CopyKernel::Rows {
             x.check_contiguous(OP)?;
+            out.check_contiguous(OP)?;
         }
+        check_disjoint(OP, &[span_m("the input", x)], &[span_m("the output", out)])?;
         let (rows, cols) = x.dim();
-        self.record(OP, |rec| {
-            let out = self.new_matrix(OP, rows, cols)?;
+        self.build_plan(OP, |rec| {
             match kernel {
                 CopyKernel::Rows => rec.rows(
                     Kernel::CopyRows,
@@ -990,10 +1193,10 @@ impl GpuContext {
                     )?;
                 }
                 CopyKernel::Buffer => {
-                    rec.copy(x.at(), &out.buffer, 0, x.byte_len());
+                    rec.copy(x.at(), &out.buffer, out.offset(), x.byte_len());
                 }
             }
-            Ok(out)
+            Ok(())
         })
     }
 }
@@ -1132,17 +1335,17 @@ impl GpuContext {
     /// The softmax backward pass: `dx = p * (dy - sum_j dy_j p_j)` per row, for probabilities
     /// `p` and upstream gradient `dy` (see [`cpu::softmax_backward`](crate::cpu::softmax_backward)).
     pub fn softmax_backward(&self, p: &GpuMatrix, dy: &GpuMatrix) -> Result<GpuMatrix> {
-        let dx = self.new_matrix_of("softmax_backward", p.rows(), p.cols(), p.dtype())?;
-        self.run_plan(self.plan_softmax_backward(p, dy, &dx)?)?;
-        Ok(dx)
+        self.new_output("softmax_backward", p.dim(), p.dtype(), |dx| {
+            self.plan_softmax_backward(p, dy, dx)
+        })
     }
 
     /// The log-softmax backward pass: `dx = dy - exp(lp) * sum_j dy_j` per row (see
     /// [`cpu::log_softmax_backward`](crate::cpu::log_softmax_backward)).
     pub fn log_softmax_backward(&self, lp: &GpuMatrix, dy: &GpuMatrix) -> Result<GpuMatrix> {
-        let dx = self.new_matrix_of("log_softmax_backward", lp.rows(), lp.cols(), lp.dtype())?;
-        self.run_plan(self.plan_log_softmax_backward(lp, dy, &dx)?)?;
-        Ok(dx)
+        self.new_output("log_softmax_backward", lp.dim(), lp.dtype(), |dx| {
+            self.plan_log_softmax_backward(lp, dy, dx)
+        })
     }
 
     /// The plan of [`softmax_backward`](Self::softmax_backward) into `dx`, with the errors of
