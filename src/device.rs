@@ -148,23 +148,35 @@ impl Device {
 }
 
 impl Device {
-    /// The softmax backward pass, `p * (dy - sum(dy * p))` per row.
-    pub fn softmax_backward(&self, p: ArrayView2<f32>, dy: ArrayView2<f32>) -> Result<Array2<f32>> {
+    /// The softmax backward pass, `p * (dy - sum(dy * p))` per row, in the inputs' precision
+    /// (computed in `f32` on the GPU, in `f64` on the CPU).
+    pub fn softmax_backward<T: Element>(
+        &self,
+        p: ArrayView2<T>,
+        dy: ArrayView2<T>,
+    ) -> Result<Array2<T>> {
+        const OP: &str = "softmax_backward";
         match self {
             Device::Cpu => cpu::softmax_backward(p, dy),
-            Device::Gpu(g) => g.download(&g.softmax_backward(&g.upload(p)?, &g.upload(dy)?)?),
+            Device::Gpu(g) => {
+                g.download_as(&g.softmax_backward(&g.upload_as(OP, p)?, &g.upload_as(OP, dy)?)?)
+            }
         }
     }
 
-    /// The log-softmax backward pass, `dy - exp(lp) * sum(dy)` per row.
-    pub fn log_softmax_backward(
+    /// The log-softmax backward pass, `dy - exp(lp) * sum(dy)` per row, in the inputs'
+    /// precision.
+    pub fn log_softmax_backward<T: Element>(
         &self,
-        lp: ArrayView2<f32>,
-        dy: ArrayView2<f32>,
-    ) -> Result<Array2<f32>> {
+        lp: ArrayView2<T>,
+        dy: ArrayView2<T>,
+    ) -> Result<Array2<T>> {
+        const OP: &str = "log_softmax_backward";
         match self {
             Device::Cpu => cpu::log_softmax_backward(lp, dy),
-            Device::Gpu(g) => g.download(&g.log_softmax_backward(&g.upload(lp)?, &g.upload(dy)?)?),
+            Device::Gpu(g) => g.download_as(
+                &g.log_softmax_backward(&g.upload_as(OP, lp)?, &g.upload_as(OP, dy)?)?,
+            ),
         }
     }
 
@@ -251,9 +263,9 @@ impl Device {
     /// against integer labels of the logits' shape without axis 1 (see
     /// [`cpu::cross_entropy_nd`]). On the GPU the class axis is moved last on the host, the
     /// rows run through [`GpuContext::cross_entropy`], and nothing moves back but the loss.
-    pub fn cross_entropy_nd(
+    pub fn cross_entropy_nd<T: Element>(
         &self,
-        x: ArrayViewD<f32>,
+        x: ArrayViewD<T>,
         labels: ArrayViewD<i64>,
         ignore_index: i64,
         opts: &CrossEntropyOptions,
@@ -265,7 +277,7 @@ impl Device {
                 let rows = cpu::ClassRows::new(OP, x)?;
                 let labels = rows.labels(OP, labels, ignore_index)?;
                 let loss = g.cross_entropy(
-                    &g.upload(rows.rows.view())?,
+                    &g.upload_as(OP, rows.rows.view())?,
                     &g.upload_labels(&labels)?,
                     opts,
                 )?;
@@ -277,13 +289,13 @@ impl Device {
     /// [`cross_entropy_nd`](Self::cross_entropy_nd) and its gradient with respect to the
     /// logits, in the logits' shape. On the GPU the class axis is moved last on the host and
     /// the gradient moved back (a transpose of the logits each way, on the CPU).
-    pub fn cross_entropy_nd_with_grad(
+    pub fn cross_entropy_nd_with_grad<T: Element>(
         &self,
-        x: ArrayViewD<f32>,
+        x: ArrayViewD<T>,
         labels: ArrayViewD<i64>,
         ignore_index: i64,
         opts: &CrossEntropyOptions,
-    ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+    ) -> Result<(ArrayD<f32>, ArrayD<T>)> {
         const OP: &str = "cross_entropy_with_grad";
         let rows = cpu::ClassRows::new(OP, x)?;
         let labels = rows.labels(OP, labels, ignore_index)?;
@@ -293,12 +305,12 @@ impl Device {
 
     /// Cross-entropy against probability targets of the logits' shape (`(C,)`, `(N, C)` or
     /// `(N, C, d1, ..., dk)`) and its gradient (see [`cpu::cross_entropy_soft_nd`]).
-    pub fn cross_entropy_soft_nd_with_grad(
+    pub fn cross_entropy_soft_nd_with_grad<T: Element>(
         &self,
-        x: ArrayViewD<f32>,
-        targets: ArrayViewD<f32>,
+        x: ArrayViewD<T>,
+        targets: ArrayViewD<T>,
         opts: &CrossEntropyOptions,
-    ) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+    ) -> Result<(ArrayD<f32>, ArrayD<T>)> {
         const OP: &str = "cross_entropy_soft";
         let rows = cpu::ClassRows::new(OP, x)?;
         let t = rows.targets(OP, targets)?;

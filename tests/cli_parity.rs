@@ -408,3 +408,134 @@ fn train_logistic_regression() {
         &["0/1 labels", "label 2"],
     );
 }
+
+/// float16 `eval` beyond 2-D logits and for the backward passes, on both devices: N-d logits
+/// `(N, C, d1, d2)` give a float32 loss and a float16 gradient of the logits' shape, the backward
+/// passes a float16 result, each the CPU reference's own f16 result (the GPU within one f16
+/// step); inputs of two precisions are an error naming both.
+#[test]
+fn eval_runs_float16_nd_cross_entropy_and_backward_passes() {
+    use softmax_ce::f16;
+    use softmax_ce::npy::{NpyArray, read_array, write_f16};
+    let dir = scratch("f16_nd");
+    let half = |path: &Path| match read_array(path).unwrap() {
+        NpyArray::F16(a) => a.mapv(f16::to_f32),
+        NpyArray::F32(_) => panic!("{path:?} is float32, not float16"),
+    };
+    let write16 = |name: &str, a: &ArrayD<f16>| {
+        let path = dir.join(name);
+        write_f16(&path, a.view()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let x = random(&[2, 5, 3, 4], 31, |v| v * 8.0).mapv(f16::from_f32);
+    let xs = write16("x.npy", &x);
+    let y = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4]), |i| {
+        let k = i[0] * 12 + i[1] * 4 + i[2];
+        if k % 7 == 3 { -100 } else { (k % 5) as i64 }
+    });
+    let ys = write_labels(&dir, "y.npy", &y, false);
+    let opts = CrossEntropyOptions::default().label_smoothing(0.1);
+    let want_loss = cpu::cross_entropy_nd(x.view(), y.view(), -100, &opts).unwrap();
+    let want_grad = cpu::cross_entropy_nd_grad(x.view(), y.view(), -100, &opts)
+        .unwrap()
+        .mapv(f16::to_f32);
+    let p = cpu::softmax(
+        random(&[6, 37], 32, |v| v * 4.0)
+            .into_dimensionality()
+            .unwrap()
+            .view(),
+    )
+    .unwrap()
+    .mapv(f16::from_f32);
+    let lp = p.mapv(|v| f16::from_f32(v.to_f32().ln()));
+    let dy = random(&[6, 37], 33, |v| v).mapv(f16::from_f32);
+    let dy2 = dy.clone().into_dimensionality().unwrap();
+    let (ps, lps, dys) = (
+        write16("p.npy", &p.clone().into_dyn()),
+        write16("lp.npy", &lp.clone().into_dyn()),
+        write16("dy.npy", &dy),
+    );
+    let backward = [
+        (
+            "softmax-backward",
+            "--probs",
+            &ps,
+            cpu::softmax_backward(p.view(), dy2.view()),
+        ),
+        (
+            "log-softmax-backward",
+            "--log-probs",
+            &lps,
+            cpu::log_softmax_backward(lp.view(), dy2.view()),
+        ),
+    ];
+    for device in devices() {
+        let (out, grad_out) = (dir.join("l.npy"), dir.join("g.npy"));
+        ok(&args(&[
+            "eval",
+            "cross-entropy",
+            "--logits",
+            &xs,
+            "--labels",
+            &ys,
+            "--label-smoothing",
+            "0.1",
+            "--out",
+            out.to_str().unwrap(),
+            "--grad-out",
+            grad_out.to_str().unwrap(),
+            "--device",
+            device,
+        ]));
+        let got = npy::read_f32(&out).unwrap();
+        assert_eq!(got.ndim(), 0, "{device}: a mean is 0-d");
+        assert_close_scalar(got[[]], want_loss[[]], LOSS_ABS, LOSS_REL, device);
+        let got = half(&grad_out);
+        assert_eq!(got.shape(), x.shape(), "{device}");
+        assert_close(
+            got.view(),
+            want_grad.view(),
+            1.2e-7,
+            2e-3,
+            &format!("nd gradient on {device}"),
+        );
+        for (op, flag, input, want) in &backward {
+            ok(&args(&[
+                "eval",
+                op,
+                flag,
+                input,
+                "--upstream",
+                &dys,
+                "--out",
+                out.to_str().unwrap(),
+                "--device",
+                device,
+            ]));
+            let want = want.as_ref().unwrap().mapv(f16::to_f32).into_dyn();
+            assert_close(
+                half(&out).view(),
+                want.view(),
+                1.2e-7,
+                2e-3,
+                &format!("{op} on {device}"),
+            );
+        }
+    }
+    let dy32 = write(&dir, "dy32.npy", &random(&[6, 37], 34, |v| v));
+    let never = dir.join("never.npy");
+    fails_with(
+        &args(&[
+            "eval",
+            "softmax-backward",
+            "--probs",
+            &ps,
+            "--upstream",
+            &dy32,
+            "--out",
+            never.to_str().unwrap(),
+        ]),
+        &["--upstream: float32 upstream gradients for float16 inputs (--probs)"],
+    );
+    assert!(!never.exists(), "a failed command wrote its output");
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use ndarray::{ArrayD, ArrayView2, Ix2};
+use ndarray::{ArrayD, ArrayView2, ArrayViewD, Ix2};
 use softmax_ce::npy::{Matrix, NpyArray};
 use softmax_ce::{
     BceOptions, CrossEntropyOptions, DEFAULT_IGNORE_INDEX, DType, Device, Element, Labels,
@@ -35,13 +35,13 @@ pub enum Op {
 
 #[derive(Debug, Args)]
 pub struct SoftmaxBackwardArgs {
-    /// N x C probabilities (softmax's output; .npy, float32 or float64).
+    /// N x C probabilities (softmax's output; .npy, float32, float64 or float16).
     #[arg(long)]
     probs: PathBuf,
-    /// N x C upstream gradient d(loss)/d(probs).
+    /// N x C upstream gradient d(loss)/d(probs), in the probabilities' precision.
     #[arg(long)]
     upstream: PathBuf,
-    /// Where to write d(loss)/d(logits), N x C.
+    /// Where to write d(loss)/d(logits), N x C (float16 for float16 inputs).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, value_enum)]
@@ -50,13 +50,13 @@ pub struct SoftmaxBackwardArgs {
 
 #[derive(Debug, Args)]
 pub struct LogSoftmaxBackwardArgs {
-    /// N x C log-probabilities (log-softmax's output).
+    /// N x C log-probabilities (log-softmax's output; float32, float64 or float16).
     #[arg(long)]
     log_probs: PathBuf,
-    /// N x C upstream gradient d(loss)/d(log-probs).
+    /// N x C upstream gradient d(loss)/d(log-probs), in the log-probabilities' precision.
     #[arg(long)]
     upstream: PathBuf,
-    /// Where to write d(loss)/d(logits), N x C.
+    /// Where to write d(loss)/d(logits), N x C (float16 for float16 inputs).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, value_enum)]
@@ -123,16 +123,15 @@ impl From<ReductionArg> for Reduction {
 
 #[derive(Debug, Args)]
 pub struct CrossEntropyArgs {
-    /// N x C logits (.npy, float32 or float64); or N x C x d1 x ... x dk, classes on axis 1
-    /// (per-pixel losses); or one unbatched row of C.
+    /// N x C logits (.npy, float32, float64 or float16); or N x C x d1 x ... x dk, classes on
+    /// axis 1 (per-pixel losses); or one unbatched row of C.
     #[arg(long)]
     logits: PathBuf,
     /// N integer class labels (.npy, any integer dtype); N x d1 x ... x dk for N-d logits, 0-d
     /// for one row.
     #[arg(long, required_unless_present = "targets", conflicts_with = "targets")]
     labels: Option<PathBuf>,
-    /// Probability targets of the logits' shape (.npy, float32 or float64), instead of
-    /// --labels.
+    /// Probability targets of the logits' shape and precision (.npy), instead of --labels.
     #[arg(long)]
     targets: Option<PathBuf>,
     /// How per-row losses combine: mean writes a 0-d array, none shape (N,) (the labels' shape
@@ -174,14 +173,14 @@ pub fn run(op: Op) -> Result<()> {
             &a.upstream,
             &a.out,
             a.device,
-            Device::softmax_backward,
+            Backward::Softmax,
         ),
         Op::LogSoftmaxBackward(a) => backward(
             (&a.log_probs, "--log-probs"),
             &a.upstream,
             &a.out,
             a.device,
-            Device::log_softmax_backward,
+            Backward::LogSoftmax,
         ),
         Op::BceWithLogits(a) => bce(a),
     }
@@ -191,26 +190,83 @@ pub fn run(op: Op) -> Result<()> {
 // input or another output, and fails on an unwritable directory before any work) and ends with
 // one commit, so that a failure anywhere replaces none of its files.
 
+/// The backward passes `eval` runs, on float32 or float16 inputs.
+#[derive(Clone, Copy)]
+enum Backward {
+    Softmax,
+    LogSoftmax,
+}
+
 fn backward(
     (input, flag): (&Path, &str),
     upstream: &Path,
     out: &Path,
     device: Option<DeviceArg>,
-    f: impl FnOnce(
-        &Device,
-        ArrayView2<f32>,
-        ArrayView2<f32>,
-    ) -> softmax_ce::Result<ndarray::Array2<f32>>,
+    pass: Backward,
 ) -> Result<()> {
     let mut outs = Outputs::prepare(
         &[(flag, Some(input)), ("--upstream", Some(upstream))],
         &[("--out", Some(out))],
     )?;
-    let a = npy::read_matrix(input, "input").with_context(|| flag.to_string())?;
-    let dy = npy::read_matrix(upstream, "upstream gradient").context("--upstream")?;
+    let a = npy::read_matrix_any(input, "input").with_context(|| flag.to_string())?;
+    let dy = npy::read_matrix_any(upstream, "upstream gradient").context("--upstream")?;
+    same_dtype(
+        (flag, "inputs", a.dtype()),
+        ("--upstream", "upstream gradients", dy.dtype()),
+    )?;
     let device = open_device(device)?;
-    outs.write("--out", f(&device, a.view(), dy.view())?.view().into_dyn())?;
+    match (a, dy) {
+        (Matrix::F16(a), Matrix::F16(dy)) => {
+            backward_as(&device, pass, a.view(), dy.view(), &mut outs)?
+        }
+        (a, dy) => backward_as(
+            &device,
+            pass,
+            a.into_f32().view(),
+            dy.into_f32().view(),
+            &mut outs,
+        )?,
+    }
     outs.commit()
+}
+
+/// `pass` on inputs of `T`, its output written in `T`.
+fn backward_as<T: Element>(
+    device: &Device,
+    pass: Backward,
+    a: ArrayView2<T>,
+    dy: ArrayView2<T>,
+    outs: &mut Outputs,
+) -> Result<()> {
+    let dx = match pass {
+        Backward::Softmax => device.softmax_backward(a, dy)?,
+        Backward::LogSoftmax => device.log_softmax_backward(a, dy)?,
+    };
+    outs.write_as("--out", dx.view().into_dyn())
+}
+
+/// numpy's name of a dtype.
+fn numpy_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+    }
+}
+
+/// Fails unless two inputs an op computes together share one precision: float16 with float16,
+/// float32 (or float64, read as float32) with float32. Each input is its flag and its noun.
+fn same_dtype(
+    (flag_a, what_a, a): (&str, &str, DType),
+    (flag_b, what_b, b): (&str, &str, DType),
+) -> Result<()> {
+    if a != b {
+        bail!(
+            "{flag_b}: {} {what_b} for {} {what_a} ({flag_a}): both must have one dtype",
+            numpy_name(b),
+            numpy_name(a)
+        );
+    }
+    Ok(())
 }
 
 fn bce(a: BceArgs) -> Result<()> {
@@ -301,24 +357,26 @@ fn cross_entropy(a: CrossEntropyArgs) -> Result<()> {
             ("--grad-out", a.grad_out.as_deref()),
         ],
     )?;
-    let x = match npy::read_array(&a.logits).context("--logits")? {
-        NpyArray::F32(x) if x.ndim() != 2 => return cross_entropy_nd(a, x, outs),
-        NpyArray::F32(x) => Matrix::F32(x.into_dimensionality::<Ix2>().expect("checked 2-D")),
-        NpyArray::F16(x) => {
-            let shape = x.shape().to_vec();
-            Matrix::F16(x.into_dimensionality::<Ix2>().map_err(|_| {
-                anyhow::anyhow!(
-                    "--logits: float16 logits of shape {shape:?}: float16 takes 2-D (N, C) \
-                     logits; write them as float32 for other shapes"
-                )
-            })?)
-        }
-    };
-    match x {
-        Matrix::F32(x) => cross_entropy_as(&a, x.view(), &mut outs)?,
-        Matrix::F16(x) => cross_entropy_as(&a, x.view(), &mut outs)?,
+    match npy::read_array(&a.logits).context("--logits")? {
+        NpyArray::F32(x) => cross_entropy_of(&a, x, &mut outs)?,
+        NpyArray::F16(x) => cross_entropy_of(&a, x, &mut outs)?,
     }
     outs.commit()
+}
+
+/// The cross-entropy of logits of `T` of any of PyTorch's shapes: 2-D logits as rows, the
+/// others through [`cross_entropy_nd`].
+fn cross_entropy_of<T: Element>(
+    a: &CrossEntropyArgs,
+    x: ArrayD<T>,
+    outs: &mut Outputs,
+) -> Result<()> {
+    if x.ndim() == 2 {
+        let x = x.into_dimensionality::<Ix2>().expect("checked 2-D");
+        cross_entropy_as(a, x.view(), outs)
+    } else {
+        cross_entropy_nd(a, x.view(), outs)
+    }
 }
 
 /// The 2-D cross-entropy of logits of `T`: the loss in float32, the gradient (and soft
@@ -331,20 +389,9 @@ fn cross_entropy_as<T: Element>(
     let opts = cross_entropy_options(a)?;
     let loss = match (&a.targets, &a.labels) {
         (Some(path), _) => {
-            let targets = npy::read_matrix_any(path, "targets").context("--targets")?;
-            if targets.dtype() != T::DTYPE {
-                let numpy = |d: DType| match d {
-                    DType::F32 => "float32",
-                    DType::F16 => "float16",
-                };
-                bail!(
-                    "--targets: {} targets for {} logits: both must have one dtype",
-                    numpy(targets.dtype()),
-                    numpy(T::DTYPE)
-                );
-            }
-            // Exact: the values are of T already.
-            let targets = targets.into_f32().mapv(T::from_f32);
+            let targets = read_targets::<T>(path)?
+                .into_dimensionality::<Ix2>()
+                .map_err(|_| anyhow::anyhow!("--targets: 2-D (N, C) targets for 2-D logits"))?;
             let device = open_device(a.device)?;
             let (loss, grad) = device.cross_entropy_soft_with_grad(x, targets.view(), &opts)?;
             if a.grad_out.is_some() {
@@ -371,18 +418,34 @@ fn cross_entropy_as<T: Element>(
     outs.write("--out", loss.into_array().view())
 }
 
+/// Probability targets in the logits' precision `T`: exactly the values of the file, which must
+/// have the logits' dtype.
+fn read_targets<T: Element>(path: &Path) -> Result<ArrayD<T>> {
+    let targets = npy::read_array(path).context("--targets")?;
+    same_dtype(
+        ("--logits", "logits", T::DTYPE),
+        ("--targets", "targets", targets.dtype()),
+    )?;
+    // Exact: the values are of T already.
+    Ok(targets.into_f32().mapv(T::from_f32))
+}
+
 /// Cross-entropy of logits that are not 2-D: `(N, C, d1, ..., dk)` with per-position labels,
-/// or one row `(C,)` with a 0-d label, as PyTorch takes them.
-fn cross_entropy_nd(a: CrossEntropyArgs, x: ArrayD<f32>, mut outs: Outputs) -> Result<()> {
-    let opts = cross_entropy_options(&a)?;
+/// or one row `(C,)` with a 0-d label, as PyTorch takes them; the gradient in the logits'
+/// precision.
+fn cross_entropy_nd<T: Element>(
+    a: &CrossEntropyArgs,
+    x: ArrayViewD<T>,
+    outs: &mut Outputs,
+) -> Result<()> {
+    let opts = cross_entropy_options(a)?;
     let loss = match (&a.targets, &a.labels) {
         (Some(path), _) => {
-            let targets = npy::read_f32(path).context("--targets")?;
+            let targets = read_targets::<T>(path)?;
             let device = open_device(a.device)?;
-            let (loss, grad) =
-                device.cross_entropy_soft_nd_with_grad(x.view(), targets.view(), &opts)?;
+            let (loss, grad) = device.cross_entropy_soft_nd_with_grad(x, targets.view(), &opts)?;
             if a.grad_out.is_some() {
-                outs.write("--grad-out", grad.view())?;
+                outs.write_as("--grad-out", grad.view())?;
             }
             loss
         }
@@ -390,20 +453,15 @@ fn cross_entropy_nd(a: CrossEntropyArgs, x: ArrayD<f32>, mut outs: Outputs) -> R
             let labels = npy::read_labels_nd(path).context("--labels")?;
             let device = open_device(a.device)?;
             if a.grad_out.is_some() {
-                let (loss, grad) = device.cross_entropy_nd_with_grad(
-                    x.view(),
-                    labels.view(),
-                    a.ignore_index,
-                    &opts,
-                )?;
-                outs.write("--grad-out", grad.view())?;
+                let (loss, grad) =
+                    device.cross_entropy_nd_with_grad(x, labels.view(), a.ignore_index, &opts)?;
+                outs.write_as("--grad-out", grad.view())?;
                 loss
             } else {
-                device.cross_entropy_nd(x.view(), labels.view(), a.ignore_index, &opts)?
+                device.cross_entropy_nd(x, labels.view(), a.ignore_index, &opts)?
             }
         }
         (None, None) => bail!("cross-entropy needs --labels or --targets"),
     };
-    outs.write("--out", loss.view())?;
-    outs.commit()
+    outs.write("--out", loss.view())
 }

@@ -731,9 +731,9 @@ fn check_soft<T: Element>(
 /// (class axis 1), as the rows of an `(N d1 ... dk) x C` matrix: the class axis moved last, so
 /// that row `r` is the `r`-th position of `(N, d1, ..., dk)` in C order, where its label is.
 #[derive(Debug)]
-pub(crate) struct ClassRows {
+pub(crate) struct ClassRows<T: Element = f32> {
     /// The rows, one per position, each over the classes.
-    pub rows: Array2<f32>,
+    pub rows: Array2<T>,
     /// The logits' shape.
     shape: Vec<usize>,
     /// The shape of the labels and of a `none` loss: the logits' without axis 1 (`()` for 1-D
@@ -741,9 +741,9 @@ pub(crate) struct ClassRows {
     pub positions: Vec<usize>,
 }
 
-impl ClassRows {
+impl<T: Element> ClassRows<T> {
     /// Moves the class axis of `x` last; an `Err` for 0-d logits.
-    pub(crate) fn new(op: &'static str, x: ArrayViewD<f32>) -> Result<Self> {
+    pub(crate) fn new(op: &'static str, x: ArrayViewD<T>) -> Result<Self> {
         let shape = x.shape().to_vec();
         let (perm, positions): (Vec<usize>, Vec<usize>) = match shape.len() {
             0 => {
@@ -799,11 +799,7 @@ impl ClassRows {
     }
 
     /// Probability targets of the logits' shape, as rows like the logits'.
-    pub(crate) fn targets(
-        &self,
-        op: &'static str,
-        targets: ArrayViewD<f32>,
-    ) -> Result<Array2<f32>> {
+    pub(crate) fn targets(&self, op: &'static str, targets: ArrayViewD<T>) -> Result<Array2<T>> {
         if targets.shape() != self.shape.as_slice() {
             return Err(Error::shape(
                 op,
@@ -825,7 +821,7 @@ impl ClassRows {
     }
 
     /// A gradient over the rows, back in the logits' layout.
-    pub(crate) fn grad(&self, g: Array2<f32>) -> ArrayD<f32> {
+    pub(crate) fn grad(&self, g: Array2<T>) -> ArrayD<T> {
         let k = self.shape.len();
         if k == 1 {
             return g
@@ -873,8 +869,8 @@ impl ClassRows {
 /// # Errors
 /// [`Error::Shape`] for 0-d logits or labels whose shape is not the logits' without axis 1;
 /// the errors of [`Labels::new`] and of [`cross_entropy`] otherwise.
-pub fn cross_entropy_nd(
-    x: ArrayViewD<f32>,
+pub fn cross_entropy_nd<T: Element>(
+    x: ArrayViewD<T>,
     labels: ArrayViewD<i64>,
     ignore_index: i64,
     opts: &CrossEntropyOptions,
@@ -887,12 +883,12 @@ pub fn cross_entropy_nd(
 
 /// The gradient of [`cross_entropy_nd`] with respect to the logits, in the logits' shape
 /// (see [`cross_entropy_grad`] for the formula per position).
-pub fn cross_entropy_nd_grad(
-    x: ArrayViewD<f32>,
+pub fn cross_entropy_nd_grad<T: Element>(
+    x: ArrayViewD<T>,
     labels: ArrayViewD<i64>,
     ignore_index: i64,
     opts: &CrossEntropyOptions,
-) -> Result<ArrayD<f32>> {
+) -> Result<ArrayD<T>> {
     const OP: &str = "cross_entropy_grad";
     let rows = ClassRows::new(OP, x)?;
     let labels = rows.labels(OP, labels, ignore_index)?;
@@ -902,9 +898,9 @@ pub fn cross_entropy_nd_grad(
 /// Cross-entropy against probability targets of the logits' shape, `(C,)`, `(N, C)` or
 /// `(N, C, d1, ..., dk)` with the classes on axis 1, as [`cross_entropy_soft`] per position;
 /// `mean` divides by the number of positions. The loss has [`cross_entropy_nd`]'s shape.
-pub fn cross_entropy_soft_nd(
-    x: ArrayViewD<f32>,
-    targets: ArrayViewD<f32>,
+pub fn cross_entropy_soft_nd<T: Element>(
+    x: ArrayViewD<T>,
+    targets: ArrayViewD<T>,
     opts: &CrossEntropyOptions,
 ) -> Result<ArrayD<f32>> {
     const OP: &str = "cross_entropy_soft";
@@ -914,11 +910,11 @@ pub fn cross_entropy_soft_nd(
 }
 
 /// The gradient of [`cross_entropy_soft_nd`] with respect to the logits, in their shape.
-pub fn cross_entropy_soft_nd_grad(
-    x: ArrayViewD<f32>,
-    targets: ArrayViewD<f32>,
+pub fn cross_entropy_soft_nd_grad<T: Element>(
+    x: ArrayViewD<T>,
+    targets: ArrayViewD<T>,
     opts: &CrossEntropyOptions,
-) -> Result<ArrayD<f32>> {
+) -> Result<ArrayD<T>> {
     const OP: &str = "cross_entropy_soft_grad";
     let rows = ClassRows::new(OP, x)?;
     let t = rows.targets(OP, targets)?;
