@@ -66,6 +66,11 @@ fn row_ops(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("cpu_fast", &shape), |b| {
         b.iter(|| fast::cross_entropy_with_grad(x.view(), &y, &opts).unwrap())
     });
+    // Into one gradient reused from call to call, as a training loop passes it.
+    let mut grad = ndarray::Array2::<f32>::zeros(x.raw_dim());
+    group.bench_function(BenchmarkId::new("cpu_fast_into", &shape), |b| {
+        b.iter(|| fast::cross_entropy_with_grad_into(x.view(), &y, &opts, grad.view_mut()).unwrap())
+    });
     if let Some(gpu) = &gpu {
         let (gx, gy) = (
             gpu.upload(x.view()).unwrap(),

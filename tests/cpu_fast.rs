@@ -105,3 +105,55 @@ fn bad_input_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("cross_entropy_with_grad"), "{err}");
 }
+
+/// The `_into` forms write every element of a reused output (garbage before, the allocating
+/// form's bits after, call after call, into a row-padded view too) and refuse an output of
+/// another shape or with rows that are not contiguous.
+#[test]
+fn into_forms_overwrite_a_reused_output() {
+    let x = adversarial(19, 513, 5);
+    let y = labels(19, 513, 4, 6);
+    let opts = CrossEntropyOptions::default();
+    let (want_loss, want_grad) = fast::cross_entropy_with_grad(x.view(), &y, &opts).unwrap();
+    let want_p = fast::softmax(x.view()).unwrap();
+    let want_lp = fast::log_softmax(x.view()).unwrap();
+    let same = |got: ArrayView2<f32>, want: ArrayView2<f32>, case: &str| {
+        assert_close(got, want, 0.0, 0.0, case);
+    };
+    // Rows 520 floats apart: a view into a padded buffer, contiguous along each row.
+    let mut buffer = ndarray::Array2::from_elem((19, 520), f32::NAN);
+    for round in 0..2 {
+        let mut out = buffer.slice_mut(s![.., ..513]);
+        let loss = fast::cross_entropy_with_grad_into(x.view(), &y, &opts, out.view_mut()).unwrap();
+        assert_eq!(
+            format!("{loss:?}"),
+            format!("{want_loss:?}"),
+            "round {round}"
+        );
+        same(out.view(), want_grad.view(), "gradient into");
+        fast::softmax_into(x.view(), out.view_mut()).unwrap();
+        same(out.view(), want_p.view(), "softmax into");
+        fast::log_softmax_into(x.view(), out.view_mut()).unwrap();
+        same(out.view(), want_lp.view(), "log-softmax into");
+    }
+    assert!(
+        buffer.slice(s![.., 513..]).iter().all(|v| v.is_nan()),
+        "wrote past the rows"
+    );
+
+    let mut wrong = ndarray::Array2::<f32>::zeros((19, 512));
+    let e = fast::softmax_into(x.view(), wrong.view_mut())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(19, 513)"), "{e}");
+    let mut transposed = ndarray::Array2::<f32>::zeros((513, 19));
+    let e = fast::cross_entropy_with_grad_into(
+        x.view(),
+        &y,
+        &opts,
+        transposed.view_mut().reversed_axes(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not contiguous"), "{e}");
+}

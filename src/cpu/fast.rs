@@ -15,7 +15,7 @@
 //! Semantics are the reference's (PyTorch's), including NaN rows for `+inf` or all-`-inf`
 //! input and zero gradients for ignored rows.
 
-use ndarray::{Array2, ArrayView2, Axis, Zip};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Zip};
 
 use crate::cpu::{check_classes, reduction_scale};
 use crate::error::Result;
@@ -190,34 +190,79 @@ fn run_row(op: RowOp, x: &[f32], out: &mut [f32]) -> f64 {
     row(op, x, out)
 }
 
-/// Runs `op_of(i)` on every row in parallel; returns the output and the per-row results.
-fn rows(x: ArrayView2<f32>, op_of: impl Fn(usize) -> RowOp + Sync) -> (Array2<f32>, Vec<f64>) {
+/// Runs `op_of(i)` on every row of `x` in parallel into the same row of `out`; returns the
+/// per-row results. Rows of both must be contiguous (each a slice).
+fn rows_into(
+    x: ArrayView2<f32>,
+    mut out: ArrayViewMut2<f32>,
+    op_of: impl Fn(usize) -> RowOp + Sync,
+) -> Vec<f64> {
     let x = x.as_standard_layout();
-    let mut out = Array2::<f32>::zeros(x.raw_dim());
     let mut per_row = vec![0.0f64; x.nrows()];
     Zip::indexed(out.axis_iter_mut(Axis(0)))
         .and(x.axis_iter(Axis(0)))
         .and(&mut ndarray::ArrayViewMut1::from(&mut per_row[..]))
         .par_for_each(|i, mut o, r, l| {
             let (o, r) = (
-                o.as_slice_mut().expect("rows of a standard-layout array"),
+                o.as_slice_mut()
+                    .expect("checked: rows of out are contiguous"),
                 r.as_slice().expect("rows of a standard-layout array"),
             );
             *l = run_row(op_of(i), r, o);
         });
-    (out, per_row)
+    per_row
+}
+
+/// Fails unless `out` can take the result for `x`: the same shape, each row contiguous.
+fn check_out(op: &'static str, x: ArrayView2<f32>, out: &ArrayViewMut2<f32>) -> Result<()> {
+    if out.dim() != x.dim() {
+        return Err(crate::Error::shape(
+            op,
+            format!("an output of shape {:?} (the input's)", x.dim()),
+            format!("{:?}", out.dim()),
+        ));
+    }
+    if out.ncols() > 1 && out.strides()[1] != 1 {
+        return Err(crate::Error::invalid(
+            op,
+            format!(
+                "an output whose rows are not contiguous (strides {:?}): each row is written as one run",
+                out.strides()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Row-wise softmax, as [`cpu::softmax`](crate::cpu::softmax).
 pub fn softmax(x: ArrayView2<f32>) -> Result<Array2<f32>> {
+    let mut out = Array2::zeros(x.raw_dim());
+    softmax_into(x, out.view_mut())?;
+    Ok(out)
+}
+
+/// [`softmax`] into `out` (`x`'s shape, rows contiguous), which a caller can reuse from call
+/// to call: a fresh output of a large matrix costs its page faults on first write.
+pub fn softmax_into(x: ArrayView2<f32>, out: ArrayViewMut2<f32>) -> Result<()> {
     check_classes("softmax", x)?;
-    Ok(rows(x, |_| RowOp::Softmax).0)
+    check_out("softmax", x, &out)?;
+    rows_into(x, out, |_| RowOp::Softmax);
+    Ok(())
 }
 
 /// Row-wise log-softmax, as [`cpu::log_softmax`](crate::cpu::log_softmax).
 pub fn log_softmax(x: ArrayView2<f32>) -> Result<Array2<f32>> {
+    let mut out = Array2::zeros(x.raw_dim());
+    log_softmax_into(x, out.view_mut())?;
+    Ok(out)
+}
+
+/// [`log_softmax`] into `out`, as [`softmax_into`].
+pub fn log_softmax_into(x: ArrayView2<f32>, out: ArrayViewMut2<f32>) -> Result<()> {
     check_classes("log_softmax", x)?;
-    Ok(rows(x, |_| RowOp::LogSoftmax).0)
+    check_out("log_softmax", x, &out)?;
+    rows_into(x, out, |_| RowOp::LogSoftmax);
+    Ok(())
 }
 
 /// Cross-entropy and its gradient with respect to the logits in one pass over each row, as
@@ -229,9 +274,23 @@ pub fn cross_entropy_with_grad(
     labels: &Labels,
     opts: &CrossEntropyOptions,
 ) -> Result<(Loss, Array2<f32>)> {
+    let mut grad = Array2::zeros(x.raw_dim());
+    let loss = cross_entropy_with_grad_into(x, labels, opts, grad.view_mut())?;
+    Ok((loss, grad))
+}
+
+/// [`cross_entropy_with_grad`] with the gradient written into `grad` (`x`'s shape, rows
+/// contiguous), every element of it: a training loop passes the same buffer every step.
+pub fn cross_entropy_with_grad_into(
+    x: ArrayView2<f32>,
+    labels: &Labels,
+    opts: &CrossEntropyOptions,
+    grad: ArrayViewMut2<f32>,
+) -> Result<Loss> {
     const OP: &str = "cross_entropy_with_grad";
     check_classes(OP, x)?;
     labels.check_fits(OP, x.nrows(), x.ncols())?;
+    check_out(OP, x, &grad)?;
     if !opts.is_plain() {
         return Err(crate::Error::invalid(
             OP,
@@ -239,16 +298,15 @@ pub fn cross_entropy_with_grad(
         ));
     }
     let scale = reduction_scale(opts.reduction, labels);
-    let (grad, losses) = rows(x, |i| RowOp::CrossEntropy {
+    let losses = rows_into(x, grad, |i| RowOp::CrossEntropy {
         label: labels.get(i),
         scale: scale as f32,
     });
-    let loss = match opts.reduction {
+    Ok(match opts.reduction {
         Reduction::None => Loss::PerRow(losses.iter().map(|&l| l as f32).collect()),
         Reduction::Mean if labels.active_count() == 0 => Loss::Reduced(f32::NAN),
         _ => Loss::Reduced((losses.iter().sum::<f64>() * scale) as f32),
-    };
-    Ok((loss, grad))
+    })
 }
 
 #[cfg(test)]
