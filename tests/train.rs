@@ -420,3 +420,33 @@ fn an_epoch_reads_back_only_its_metrics() {
         "an epoch with metrics reads back once"
     );
 }
+
+/// The CPU epoch cuts each batch into a fixed number of parts that run in parallel: one thread
+/// or several, odd batches (parts of unequal length) or not, the same bits.
+#[test]
+fn cpu_epochs_give_the_same_bits_on_any_number_of_threads() {
+    let (x, y) = blobs(700, 37, 10, 9);
+    for batch in [1, 7, 100] {
+        let opts = TrainOptions::default().batch(batch).l2(0.01);
+        let thetas: Vec<Array2<f32>> = [1, 2, 3]
+            .iter()
+            .map(|&threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let mut model =
+                        SoftmaxRegression::new(&Device::Cpu, (x.view(), &y), None, opts.clone())
+                            .unwrap();
+                    model.fit_epoch().unwrap();
+                    model.fit_epoch().unwrap();
+                    model.theta().unwrap()
+                })
+            })
+            .collect();
+        for t in &thetas[1..] {
+            assert_eq!(t, &thetas[0], "batch {batch}");
+        }
+    }
+}
