@@ -523,6 +523,95 @@ fn bench_json_keeps_its_keys() {
     let matmul = lines.iter().find(|l| l["op"] == "matmul").unwrap();
     assert_eq!(matmul["shape"], "4x5x6");
     assert!(matmul["gflops"].is_number());
+    // The CPU's yardstick, its memcpy of the same bytes, and every CPU row of the shape held
+    // to it.
+    let copy = lines
+        .iter()
+        .find(|l| l["op"] == "copy" && l["path"] == "cpu")
+        .expect("a CPU copy row");
+    assert!(
+        ["memcpy", "memcpy_per_thread"].contains(&copy["kernel"].as_str().unwrap()),
+        "{copy}"
+    );
+    assert_eq!(copy["copy_ratio"], 1.0);
+    for line in lines.iter().filter(|l| l["shape"] == "8x16") {
+        assert!(line["copy_ratio"].is_number(), "{line}");
+    }
+}
+
+/// `bench --plot` and `train --plot` draw SVG pictures of their tables; a plot that cannot be
+/// written fails the command before any work and leaves nothing behind.
+#[test]
+fn bench_and_train_draw_their_plots() {
+    let dir = scratch("plots");
+    let (bench_svg, train_svg) = (dir.join("bench.svg"), dir.join("train.svg"));
+    ok(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--shapes",
+        "8x16",
+        "--matmul",
+        "4x5x6",
+        "--epoch",
+        "200x4x3",
+        "--reps",
+        "1",
+        "--plot",
+        s(&bench_svg),
+    ]);
+    let svg = std::fs::read_to_string(&bench_svg).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+    for text in [
+        "softmax 8x16",
+        "cross_entropy_fwd_bwd 8x16",
+        "matmul 4x5x6",
+        "train_epoch 200x4x3",
+        "cpu_fast",
+        "cpu_reference",
+        "cpu copy of the bytes",
+        "GB/s",
+        "GFLOP/s",
+    ] {
+        assert!(svg.contains(text), "{text} missing from the bench plot");
+    }
+    ok(&[
+        "train",
+        "--epochs",
+        "3",
+        "--device",
+        "cpu",
+        "--plot",
+        s(&train_svg),
+    ]);
+    let svg = std::fs::read_to_string(&train_svg).unwrap();
+    for text in [
+        "train loss",
+        "test loss",
+        "train error",
+        "test error",
+        "epoch",
+    ] {
+        assert!(svg.contains(text), "{text} missing from the training plot");
+    }
+    let nowhere = dir.join("missing").join("p.svg");
+    fails_with(
+        &[
+            "train",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--plot",
+            s(&nowhere),
+        ],
+        "--plot",
+    );
+    fails_with(
+        &["bench", "--device", "cpu", "--quick", "--plot", s(&nowhere)],
+        "--plot",
+    );
+    assert!(!nowhere.exists());
 }
 
 /// On the GPU, `copy` is the fastest of the adapter's copies, named by its `kernel`, and the

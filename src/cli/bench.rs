@@ -19,6 +19,8 @@ use softmax_ce::gpu::CopyKernel;
 use softmax_ce::train::{SoftmaxRegression, TrainOptions};
 use softmax_ce::{CrossEntropyOptions, DType, Labels, f16};
 
+use super::output::Outputs;
+use super::plot::BenchBar;
 use super::{DeviceArg, open_device};
 
 #[derive(Debug, Args)]
@@ -44,6 +46,10 @@ pub struct BenchArgs {
     /// One JSON object per line on stdout, and nothing else there.
     #[arg(long)]
     json: bool,
+    /// Also draw every row into this SVG file: per case, each path's GB/s (or GFLOP/s) beside
+    /// the copy line of its device.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// One measured case.
@@ -91,6 +97,41 @@ impl Row {
             v["kernel"] = json!(k);
         }
         v
+    }
+}
+
+impl Row {
+    /// The row as the plot draws it; the copy rows themselves are its lines, not bars.
+    fn bar(&self) -> Option<BenchBar> {
+        if self.op == "copy" {
+            return None;
+        }
+        let median = median(&self.times);
+        let (rate, bytes) = match (self.bytes, self.flops) {
+            (Some(b), _) => (b / median / 1e6, true),
+            (None, Some(f)) => (f / median / 1e6, false),
+            (None, None) => return None,
+        };
+        let device = if self.path.starts_with("gpu") {
+            "gpu"
+        } else {
+            "cpu"
+        };
+        let case = match self.dtype {
+            DType::F32 => format!("{} {}", self.op, self.shape),
+            DType::F16 => format!("{} {} f16", self.op, self.shape),
+        };
+        Some(BenchBar {
+            case,
+            path: self.path.to_string(),
+            rate,
+            bytes,
+            // The copy moved the same bytes in copy_ratio times less time.
+            copy: self
+                .copy_ratio
+                .filter(|_| bytes)
+                .map(|r| (device.to_string(), rate * r)),
+        })
     }
 }
 
@@ -204,6 +245,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => [60000, 784, 10],
     };
 
+    // Before anything runs: a plot that cannot be written fails at once.
+    let mut plot = Outputs::prepare(&[], &[("--plot", args.plot.as_deref())])?;
+    let bars = std::cell::RefCell::new(Vec::new());
     let device = open_device(args.device)?;
     let gpu = device.gpu();
     if let Some(gpu) = gpu {
@@ -234,7 +278,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rows * features,
         )?;
     }
-    let cases = row_shapes.len() * (6 + 7 * usize::from(gpu.is_some()))
+    let cases = row_shapes.len() * (7 + 7 * usize::from(gpu.is_some()))
         + matmul_shapes.len() * (1 + usize::from(gpu.is_some()))
         + 1
         + usize::from(gpu.is_some());
@@ -261,6 +305,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let emit = |row: Row| -> Result<()> {
+        bars.borrow_mut().extend(row.bar());
         bar.inc(1);
         bar.suspend(|| {
             if args.json {
@@ -292,31 +337,69 @@ pub fn run(args: BenchArgs) -> Result<()> {
             dtype: DType::F32,
         };
         let v = x.view();
-        emit(row(
+        // The fast path writes into one output reused from run to run, as a training loop
+        // would: a fresh 128 MiB result pays a page fault per 4 KiB on its first write.
+        let mut out = ndarray::Array2::<f32>::zeros((n, c));
+        // The CPU's yardstick: the faster of one memcpy of these bytes and one per thread over
+        // its share of the rows, into the same reused output.
+        let src = x.as_slice().expect("a standard-layout matrix");
+        let memcpy = measure(reps, || {
+            wall(|| {
+                out.as_slice_mut()
+                    .expect("standard layout")
+                    .copy_from_slice(src);
+                Ok(())
+            })
+        })?;
+        let memcpy_par = measure(reps, || {
+            wall(|| {
+                use rayon::prelude::*;
+                let rows_per = n.div_ceil(rayon::current_num_threads()).max(1) * c;
+                out.as_slice_mut()
+                    .expect("standard layout")
+                    .par_chunks_mut(rows_per)
+                    .zip(src.par_chunks(rows_per))
+                    .for_each(|(o, i)| o.copy_from_slice(i));
+                Ok(())
+            })
+        })?;
+        let (cpu_kernel, cpu_copy) = if median(&memcpy_par) < median(&memcpy) {
+            ("memcpy_per_thread", memcpy_par)
+        } else {
+            ("memcpy", memcpy)
+        };
+        let cpu_copy_median = median(&cpu_copy);
+        let cpu_row = |op, path, times: Vec<f64>| {
+            let mut r = row(op, path, times);
+            r.copy_ratio = Some(median(&r.times) / cpu_copy_median);
+            r
+        };
+        emit(Row {
+            kernel: Some(cpu_kernel),
+            ..cpu_row("copy", "cpu", cpu_copy)
+        })?;
+        emit(cpu_row(
             "softmax",
             "cpu_reference",
             measure(reps, || {
                 wall(|| cpu::softmax(v).map(drop).map_err(Into::into))
             })?,
         ))?;
-        // The fast path writes into one output reused from run to run, as a training loop
-        // would: a fresh 128 MiB result pays a page fault per 4 KiB on its first write.
-        let mut out = ndarray::Array2::<f32>::zeros((n, c));
-        emit(row(
+        emit(cpu_row(
             "softmax",
             "cpu_fast",
             measure(reps, || {
                 wall(|| fast::softmax_into(v, out.view_mut()).map_err(Into::into))
             })?,
         ))?;
-        emit(row(
+        emit(cpu_row(
             "log_softmax",
             "cpu_fast",
             measure(reps, || {
                 wall(|| fast::log_softmax_into(v, out.view_mut()).map_err(Into::into))
             })?,
         ))?;
-        emit(row(
+        emit(cpu_row(
             "cross_entropy_fwd_bwd",
             "cpu_fast",
             measure(reps, || {
@@ -427,14 +510,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         // The reference is slow by design (f64, one thread): fewer repetitions keep the run short.
         let few = reps.min(3);
-        emit(row(
+        emit(cpu_row(
             "log_softmax",
             "cpu_reference",
             measure(few, || {
                 wall(|| cpu::log_softmax(v).map(drop).map_err(Into::into))
             })?,
         ))?;
-        emit(row(
+        emit(cpu_row(
             "cross_entropy_fwd_bwd",
             "cpu_reference",
             measure(few, || {
@@ -526,7 +609,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         )?;
     }
     bar.finish_and_clear();
-    Ok(())
+    if args.plot.is_some() {
+        let title = match gpu {
+            Some(g) => format!("softmax-ce bench, {}", g.adapter_info().name),
+            None => "softmax-ce bench, cpu".to_string(),
+        };
+        let svg = super::plot::bench_svg(&bars.borrow(), &title)?;
+        plot.write_text("--plot", &svg)?;
+    }
+    plot.commit()
 }
 
 /// The median of `times` (the mean of the middle two for an even count).

@@ -18,6 +18,7 @@ mod bench;
 mod eval;
 mod info;
 pub mod output;
+mod plot;
 mod train;
 
 use anyhow::Result;

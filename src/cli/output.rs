@@ -173,6 +173,17 @@ impl Outputs {
         file.write_f16(a).with_context(|| flag.to_string())
     }
 
+    /// Writes `text` as the whole of the output given as `flag` (an SVG picture, ...).
+    pub fn write_text(&mut self, flag: &str, text: &str) -> Result<()> {
+        let (_, file) = self
+            .files
+            .iter_mut()
+            .find(|(f, _)| f == flag)
+            .ok_or_else(|| anyhow!("internal error: {flag} is not a prepared output"))?;
+        file.write_with(|w| w.write_all(text.as_bytes()))
+            .with_context(|| flag.to_string())
+    }
+
     /// Writes `a` in its own precision: float32, or float16.
     pub fn write_as<T: softmax_ce::Element>(&mut self, flag: &str, a: ArrayViewD<T>) -> Result<()> {
         match T::DTYPE {

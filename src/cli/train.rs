@@ -63,6 +63,9 @@ pub struct TrainArgs {
     /// Write the trained theta (features x classes, float32 .npy; features x 1 with --loss bce).
     #[arg(long)]
     save_theta: Option<PathBuf>,
+    /// Draw the training (and test) loss and error per epoch into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// softmax: softmax regression over the classes; bce: logistic regression (sigmoid and
     /// binary cross-entropy, seed 002) on 0/1 labels, one weight column.
     #[arg(long, value_enum, default_value = "softmax")]
@@ -148,7 +151,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     ];
     inputs.extend(mnist.iter().map(|p| ("--mnist-dir", Some(p.as_path()))));
     // Before the data is read or an epoch run: a bad --save-theta fails at once.
-    let mut outputs = Outputs::prepare(&inputs, &[("--save-theta", args.save_theta.as_deref())])?;
+    let mut outputs = Outputs::prepare(
+        &inputs,
+        &[
+            ("--save-theta", args.save_theta.as_deref()),
+            ("--plot", args.plot.as_deref()),
+        ],
+    )?;
 
     let data = load(&args)?;
     let (train, test) = (&data.train, data.test.as_ref());
@@ -185,24 +194,40 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .context("the progress bar's template")?
             .progress_chars("=> "),
     );
+    let mut history = Vec::new();
     for epoch in 1..=args.epochs {
         bar.reset();
         bar.set_prefix(epoch.to_string());
         let m = model.fit_epoch_with_progress(|done, _| bar.set_position(done as u64))?;
         bar.suspend(|| print_epoch(&m, &device, args.json))?;
+        history.push(m);
     }
     bar.finish_and_clear();
 
-    if let Some(path) = &args.save_theta {
+    if args.save_theta.is_some() {
         let theta = model.theta()?;
         outputs.write("--save-theta", theta.view().into_dyn())?;
-        outputs.commit()?;
-        note!(
-            "softmax-ce: theta ({} x {}) written to {}",
-            theta.nrows(),
-            theta.ncols(),
-            path.display()
-        );
+    }
+    let title = format!("softmax regression, {}, {device}", data.source);
+    finish(outputs, &args, &history, &title)
+}
+
+/// Writes the plot, if asked for, and commits every output together.
+fn finish(
+    mut outputs: Outputs,
+    args: &TrainArgs,
+    history: &[EpochMetrics],
+    title: &str,
+) -> Result<()> {
+    if args.plot.is_some() {
+        outputs.write_text("--plot", &super::plot::train_svg(history, title)?)?;
+    }
+    outputs.commit()?;
+    if let Some(path) = &args.save_theta {
+        note!("softmax-ce: theta written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        note!("softmax-ce: plot written to {}", path.display());
     }
     Ok(())
 }
@@ -239,20 +264,18 @@ fn run_logistic(
         outln!("| epoch | train loss | train err | test loss | test err | seconds |")?;
         outln!("|------:|-----------:|----------:|----------:|---------:|--------:|")?;
     }
+    let mut history = Vec::new();
     for _ in 0..args.epochs {
-        print_epoch(&model.fit_epoch()?, device, args.json)?;
+        let m = model.fit_epoch()?;
+        print_epoch(&m, device, args.json)?;
+        history.push(m);
     }
-    if let Some(path) = &args.save_theta {
+    if args.save_theta.is_some() {
         let w = model.weights()?.insert_axis(ndarray::Axis(1));
         outputs.write("--save-theta", w.view().into_dyn())?;
-        outputs.commit()?;
-        note!(
-            "softmax-ce: theta ({} x 1) written to {}",
-            w.nrows(),
-            path.display()
-        );
     }
-    Ok(())
+    let title = format!("logistic regression, {}, {device}", data.source);
+    finish(outputs, args, &history, &title)
 }
 
 fn print_epoch(m: &EpochMetrics, device: &Device, json: bool) -> Result<()> {
