@@ -72,7 +72,7 @@ pub use error::{Error, Result};
 pub use gpu::{GpuContext, GpuLabels, GpuMatrix, GpuOptions, GpuPlan, GpuVector, LabelType};
 pub use half::f16;
 pub use labels::{DEFAULT_IGNORE_INDEX, Labels};
-pub use loss::{BceOptions, CrossEntropyOptions, Loss, Reduction};
+pub use loss::{BceOptions, CrossEntropyOptions, LinearCrossEntropyOptions, Loss, Reduction};
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

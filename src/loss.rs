@@ -52,6 +52,53 @@ impl FromStr for Reduction {
     }
 }
 
+/// Options of the linear cross-entropy (the loss of a classifier layer `z = H W^T + b`): every
+/// option of the cross-entropy, applied to the soft-capped logits.
+///
+/// ```
+/// use softmax_ce::{CrossEntropyOptions, LinearCrossEntropyOptions, Reduction};
+/// let opts = LinearCrossEntropyOptions::default()
+///     .loss(CrossEntropyOptions::default().reduction(Reduction::Sum))
+///     .softcap(30.0);
+/// assert_eq!(opts.softcap, Some(30.0));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct LinearCrossEntropyOptions {
+    /// The cross-entropy's options, over the soft-capped logits.
+    pub loss: CrossEntropyOptions,
+    /// Logit soft-capping (Gemma 2, Liger's `softcap`): each logit `z` becomes
+    /// `c tanh(z / c)` before the loss, for a finite `c > 0`.
+    pub softcap: Option<f32>,
+}
+
+impl LinearCrossEntropyOptions {
+    /// Sets [`loss`](Self::loss).
+    pub fn loss(mut self, loss: CrossEntropyOptions) -> Self {
+        self.loss = loss;
+        self
+    }
+
+    /// Sets [`softcap`](Self::softcap).
+    pub fn softcap(mut self, cap: f32) -> Self {
+        self.softcap = Some(cap);
+        self
+    }
+
+    /// Checks the options against `classes`.
+    pub(crate) fn validate(&self, op: &'static str, classes: usize) -> crate::Result<()> {
+        if let Some(c) = self.softcap
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(crate::Error::invalid(
+                op,
+                format!("softcap {c} is not a finite number > 0"),
+            ));
+        }
+        self.loss.validate(op, classes)
+    }
+}
+
 /// Options of the cross-entropy loss, defaulting to PyTorch's `F.cross_entropy` defaults.
 ///
 /// ```

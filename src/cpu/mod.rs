@@ -31,6 +31,9 @@
 //! | [`one_hot_subtract`] | `(p - onehot(y)) * scale`, from probabilities |
 
 pub mod fast;
+mod linear;
+
+pub use linear::{LinearGrads, linear_cross_entropy, linear_cross_entropy_grad, linear_logits};
 
 use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewD, Axis, IxDyn, Zip};
 
