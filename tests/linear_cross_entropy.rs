@@ -194,3 +194,178 @@ fn bad_shapes_and_options_are_errors_naming_the_values() {
         .to_string();
     assert!(e.contains("class dimension"), "{e}");
 }
+
+/// Options of every kind, for the blocked path against the reference.
+fn option_cases(classes: usize) -> Vec<(String, LinearCrossEntropyOptions)> {
+    let weights = Array1::from_iter((0..classes).map(|j| 0.25 + (j % 7) as f32 / 3.0));
+    let mut cases = Vec::new();
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        let base = CrossEntropyOptions::default().reduction(reduction);
+        for (name, loss) in [
+            ("plain", base.clone()),
+            (
+                "smoothing, weights, z-loss",
+                base.clone()
+                    .label_smoothing(0.1)
+                    .weight(weights.clone())
+                    .z_loss(1e-3),
+            ),
+        ] {
+            for softcap in [None, Some(4.0f32)] {
+                let mut opts = LinearCrossEntropyOptions::default().loss(loss.clone());
+                opts.softcap = softcap;
+                cases.push((format!("{name}, {reduction}, softcap {softcap:?}"), opts));
+            }
+        }
+    }
+    cases
+}
+
+fn assert_grads_close(got: &cpu::LinearGrads, want: &cpu::LinearGrads, case: &str) {
+    let tol = |want: &Array2<f32>| 1e-5 * want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    assert_close(
+        got.hidden.view(),
+        want.hidden.view(),
+        tol(&want.hidden),
+        1e-4,
+        &format!("{case}: dH"),
+    );
+    assert_close(
+        got.classifier.view(),
+        want.classifier.view(),
+        tol(&want.classifier),
+        1e-4,
+        &format!("{case}: dW"),
+    );
+    match (&got.bias, &want.bias) {
+        (Some(g), Some(w)) => assert_close(g.view(), w.view(), 1e-6, 1e-4, &format!("{case}: db")),
+        (None, None) => {}
+        _ => panic!("{case}: bias gradient present in one and not the other"),
+    }
+}
+
+/// The vocabulary-blocked path against the materialising reference: shapes that are not
+/// multiples of its blocks of rows (64) or classes (2048), 1x1x1, and every kind of option.
+#[test]
+fn the_blocked_path_matches_the_reference() {
+    for (n, d, v) in [(1, 1, 1), (37, 19, 1001), (70, 9, 4100)] {
+        let h = logits(n, d, 1.0, 11);
+        let w = logits(v, d, 1.0, 12);
+        let b = logits(1, v, 1.0, 13).row(0).to_owned();
+        let y = labels(n, v, 5, 14);
+        for (case, opts) in option_cases(v) {
+            let case = format!("{n}x{d}x{v}, {case}");
+            let (loss, grads) = cpu::vocab::linear_cross_entropy(
+                h.view(),
+                w.view(),
+                Some(b.view()),
+                &y,
+                &opts,
+                true,
+            )
+            .unwrap();
+            let want =
+                cpu::linear_cross_entropy(h.view(), w.view(), Some(b.view()), &y, &opts).unwrap();
+            assert_loss(loss, want, &case);
+            let want =
+                cpu::linear_cross_entropy_grad(h.view(), w.view(), Some(b.view()), &y, &opts)
+                    .unwrap();
+            assert_grads_close(&grads.unwrap(), &want, &case);
+        }
+    }
+}
+
+/// W split over shards at ragged boundaries: the merged statistics (in either order) give the
+/// unsharded loss, and each shard's gradients from the merged log-sum-exp the unsharded ones;
+/// two runs give the same bits.
+#[test]
+fn shards_merge_into_the_unsharded_result() {
+    use cpu::vocab::{Shard, loss_from_stats, shard_grads, shard_stats};
+    let (n, d, v) = (67, 13, 3001);
+    let h = logits(n, d, 1.5, 21);
+    let w = logits(v, d, 1.5, 22);
+    let b = logits(1, v, 1.0, 23).row(0).to_owned();
+    let y = labels(n, v, 4, 24);
+    for (case, opts) in option_cases(v) {
+        let (whole, whole_grads) =
+            cpu::vocab::linear_cross_entropy(h.view(), w.view(), Some(b.view()), &y, &opts, true)
+                .unwrap();
+        let whole_grads = whole_grads.unwrap();
+        for cuts in [vec![0, 1500, v], vec![0, 1, 2049, 2050, v]] {
+            let shards: Vec<Shard<'_>> = cuts
+                .windows(2)
+                .map(|c| Shard {
+                    classifier: w.slice(ndarray::s![c[0]..c[1], ..]),
+                    bias: Some(b.slice(ndarray::s![c[0]..c[1]])),
+                    first_class: c[0],
+                })
+                .collect();
+            let stats: Vec<_> = shards
+                .iter()
+                .map(|s| shard_stats(h.view(), s, &y, &opts).unwrap())
+                .collect();
+            let forward = stats[1..]
+                .iter()
+                .fold(stats[0].clone(), |acc, s| acc.merge(s).unwrap());
+            let backward = stats[..stats.len() - 1]
+                .iter()
+                .rev()
+                .fold(stats[stats.len() - 1].clone(), |acc, s| {
+                    acc.merge(s).unwrap()
+                });
+            let case = format!("{case}, cuts {cuts:?}");
+            for merged in [&forward, &backward] {
+                let loss = loss_from_stats(merged, &y, &opts).unwrap();
+                assert_loss(loss, whole.clone(), &case);
+            }
+            let lse = forward.lse();
+            let mut hidden = Array2::<f32>::zeros((n, d));
+            let mut classifier = Vec::new();
+            let mut bias = Vec::new();
+            for s in &shards {
+                let g = shard_grads(h.view(), s, &y, &opts, lse.view()).unwrap();
+                hidden += &g.hidden;
+                classifier.push(g.classifier);
+                bias.extend(g.bias.unwrap());
+            }
+            let views: Vec<_> = classifier.iter().map(|c| c.view()).collect();
+            let sharded = cpu::LinearGrads {
+                hidden,
+                classifier: ndarray::concatenate(ndarray::Axis(0), &views).unwrap(),
+                bias: Some(Array1::from(bias)),
+            };
+            assert_grads_close(&sharded, &whole_grads, &case);
+        }
+        let (again, again_grads) =
+            cpu::vocab::linear_cross_entropy(h.view(), w.view(), Some(b.view()), &y, &opts, true)
+                .unwrap();
+        assert_eq!(
+            format!("{again:?}"),
+            format!("{whole:?}"),
+            "{case}: not deterministic"
+        );
+        assert_eq!(
+            again_grads.unwrap(),
+            whole_grads,
+            "{case}: not deterministic"
+        );
+    }
+    // A shard past the vocabulary, or of no classes, is an error naming it.
+    let opts = LinearCrossEntropyOptions::default();
+    let past = Shard {
+        classifier: w.slice(ndarray::s![..10, ..]),
+        bias: None,
+        first_class: v - 5,
+    };
+    let e = shard_stats(h.view(), &past, &y, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "classes {}..{} of a vocabulary of {v}",
+            v - 5,
+            v + 5
+        )),
+        "{e}"
+    );
+}

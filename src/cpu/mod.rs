@@ -32,6 +32,7 @@
 
 pub mod fast;
 mod linear;
+pub mod vocab;
 
 pub use linear::{LinearGrads, linear_cross_entropy, linear_cross_entropy_grad, linear_logits};
 
