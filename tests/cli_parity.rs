@@ -539,3 +539,132 @@ fn eval_runs_float16_nd_cross_entropy_and_backward_passes() {
     );
     assert!(!never.exists(), "a failed command wrote its output");
 }
+
+/// `eval linear-cross-entropy` on the CPU, in one vocabulary shard or three: the loss and the
+/// three gradients equal the library's reference; `--device gpu` says the GPU kernels are not
+/// there yet and writes nothing.
+#[test]
+fn eval_linear_cross_entropy_matches_the_reference_in_any_number_of_shards() {
+    use softmax_ce::{Labels, LinearCrossEntropyOptions};
+    let dir = scratch("linear_ce");
+    let (n, d, v) = (11, 6, 29);
+    let h = random(&[n, d], 41, |x| x);
+    let w = random(&[v, d], 42, |x| x);
+    let b = random(&[v], 43, |x| x / 2.0);
+    let cw = random(&[v], 44, |x| x.abs() + 0.5);
+    let y = ArrayD::from_shape_fn(IxDyn(&[n]), |i| {
+        if i[0] == 4 {
+            -100
+        } else {
+            (i[0] * 7 % v) as i64
+        }
+    });
+    let (hs, ws, bs, cws) = (
+        write(&dir, "h.npy", &h),
+        write(&dir, "w.npy", &w),
+        write(&dir, "b.npy", &b),
+        write(&dir, "cw.npy", &cw),
+    );
+    let ys = write_labels(&dir, "y.npy", &y, false);
+    let h2 = h.clone().into_dimensionality().unwrap();
+    let w2 = w.clone().into_dimensionality().unwrap();
+    let b1 = b.clone().into_dimensionality().unwrap();
+    let labels = Labels::new(y.iter().copied(), v, -100).unwrap();
+    let loss_opts = CrossEntropyOptions::default()
+        .label_smoothing(0.1)
+        .z_loss(0.01)
+        .weight(cw.clone().into_dimensionality().unwrap());
+    let opts = LinearCrossEntropyOptions::default()
+        .loss(loss_opts)
+        .softcap(3.0);
+    let want = cpu::linear_cross_entropy(h2.view(), w2.view(), Some(b1.view()), &labels, &opts)
+        .unwrap()
+        .scalar()
+        .unwrap();
+    let grads =
+        cpu::linear_cross_entropy_grad(h2.view(), w2.view(), Some(b1.view()), &labels, &opts)
+            .unwrap();
+    let out = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    for shards in ["1", "3"] {
+        ok(&args(&[
+            "eval",
+            "linear-cross-entropy",
+            "--hidden",
+            &hs,
+            "--classifier",
+            &ws,
+            "--bias",
+            &bs,
+            "--labels",
+            &ys,
+            "--class-weight",
+            &cws,
+            "--label-smoothing",
+            "0.1",
+            "--z-loss",
+            "0.01",
+            "--softcap",
+            "3",
+            "--vocab-shards",
+            shards,
+            "--out",
+            &out("l.npy"),
+            "--grad-hidden",
+            &out("dh.npy"),
+            "--grad-classifier",
+            &out("dw.npy"),
+            "--grad-bias",
+            &out("db.npy"),
+        ]));
+        let case = format!("{shards} shard(s)");
+        let loss = npy::read_f32(Path::new(&out("l.npy"))).unwrap();
+        assert_eq!(loss.ndim(), 0, "{case}: a mean is 0-d");
+        assert_close_scalar(loss[[]], want, LOSS_ABS, LOSS_REL, &case);
+        for (file, want) in [
+            ("dh.npy", grads.hidden.view().into_dyn()),
+            ("dw.npy", grads.classifier.view().into_dyn()),
+            ("db.npy", grads.bias.as_ref().unwrap().view().into_dyn()),
+        ] {
+            let got = npy::read_f32(Path::new(&out(file))).unwrap();
+            assert_close(got.view(), want, 1e-6, 1e-4, &format!("{case}: {file}"));
+        }
+    }
+    let never = out("never.npy");
+    fails_with(
+        &args(&[
+            "eval",
+            "linear-cross-entropy",
+            "--hidden",
+            &hs,
+            "--classifier",
+            &ws,
+            "--labels",
+            &ys,
+            "--out",
+            &never,
+            "--device",
+            "gpu",
+        ]),
+        &["linear-cross-entropy has no GPU kernels yet"],
+    );
+    let wide = write(&dir, "wide.npy", &random(&[v, d + 1], 45, |x| x));
+    fails_with(
+        &args(&[
+            "eval",
+            "linear-cross-entropy",
+            "--hidden",
+            &hs,
+            "--classifier",
+            &wide,
+            "--labels",
+            &ys,
+            "--out",
+            &never,
+        ]),
+        &["a classifier of 6 columns"],
+    );
+    assert!(
+        !Path::new(&never).exists(),
+        "a failed command wrote its output"
+    );
+}

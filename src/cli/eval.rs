@@ -31,6 +31,61 @@ pub enum Op {
     LogSoftmaxBackward(LogSoftmaxBackwardArgs),
     /// Binary cross-entropy with logits, as F.binary_cross_entropy_with_logits.
     BceWithLogits(BceArgs),
+    /// The cross-entropy of a classifier layer's logits H W^T + b without holding them (the
+    /// vocabulary in blocks), with its gradients with respect to H, W and b.
+    LinearCrossEntropy(LinearArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LinearArgs {
+    /// N x D hidden states (.npy, float32 or float64).
+    #[arg(long)]
+    hidden: PathBuf,
+    /// V x D classifier weights (the layout of nn.Linear.weight).
+    #[arg(long)]
+    classifier: PathBuf,
+    /// V biases.
+    #[arg(long)]
+    bias: Option<PathBuf>,
+    /// N integer class labels in [0, V) or the ignore index.
+    #[arg(long)]
+    labels: PathBuf,
+    /// V class weights, as F.cross_entropy's weight.
+    #[arg(long)]
+    class_weight: Option<PathBuf>,
+    /// mean and sum write a 0-d loss, none shape (N,).
+    #[arg(long, value_enum, default_value = "mean")]
+    reduction: ReductionArg,
+    #[arg(long, default_value_t = DEFAULT_IGNORE_INDEX, allow_negative_numbers = true)]
+    ignore_index: i64,
+    /// Label smoothing e in [0, 1].
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    label_smoothing: f32,
+    /// The z-loss strength S: adds S lse^2 per row not ignored.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    z_loss: f32,
+    /// Logit soft-capping c: the loss sees c tanh(z / c).
+    #[arg(long, allow_negative_numbers = true)]
+    softcap: Option<f32>,
+    /// Split the classifier's rows into K shards, computed apart and merged, as K devices
+    /// would (the result is the unsharded one).
+    #[arg(long, default_value_t = 1)]
+    vocab_shards: usize,
+    /// Where to write the loss (.npy, float32).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write d(loss)/dH, N x D.
+    #[arg(long)]
+    grad_hidden: Option<PathBuf>,
+    /// Where to write d(loss)/dW, V x D.
+    #[arg(long)]
+    grad_classifier: Option<PathBuf>,
+    /// Where to write d(loss)/db, V (needs --bias).
+    #[arg(long, requires = "bias")]
+    grad_bias: Option<PathBuf>,
+    /// The CPU only so far: the GPU kernels of this op are not written yet.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +238,7 @@ pub fn run(op: Op) -> Result<()> {
             Backward::LogSoftmax,
         ),
         Op::BceWithLogits(a) => bce(a),
+        Op::LinearCrossEntropy(a) => linear_cross_entropy(a),
     }
 }
 
@@ -464,4 +520,104 @@ fn cross_entropy_nd<T: Element>(
         (None, None) => bail!("cross-entropy needs --labels or --targets"),
     };
     outs.write("--out", loss.view())
+}
+
+fn linear_cross_entropy(a: LinearArgs) -> Result<()> {
+    use softmax_ce::LinearCrossEntropyOptions;
+    use softmax_ce::cpu::vocab::{Shard, loss_from_stats, shard_grads, shard_stats};
+    let mut outs = Outputs::prepare(
+        &[
+            ("--hidden", Some(&a.hidden)),
+            ("--classifier", Some(&a.classifier)),
+            ("--bias", a.bias.as_deref()),
+            ("--labels", Some(&a.labels)),
+            ("--class-weight", a.class_weight.as_deref()),
+        ],
+        &[
+            ("--out", Some(&a.out)),
+            ("--grad-hidden", a.grad_hidden.as_deref()),
+            ("--grad-classifier", a.grad_classifier.as_deref()),
+            ("--grad-bias", a.grad_bias.as_deref()),
+        ],
+    )?;
+    if a.device == Some(DeviceArg::Gpu) {
+        bail!(
+            "--device gpu: linear-cross-entropy has no GPU kernels yet; it runs on the CPU \
+             (--device cpu), blocked over the vocabulary"
+        );
+    }
+    if a.vocab_shards == 0 {
+        bail!("--vocab-shards 0: at least one shard");
+    }
+    let h = npy::read_matrix(&a.hidden, "hidden states").context("--hidden")?;
+    let w = npy::read_matrix(&a.classifier, "classifier").context("--classifier")?;
+    let bias = match &a.bias {
+        Some(p) => Some(npy::read_vector(p, "bias").context("--bias")?),
+        None => None,
+    };
+    let raw = npy::read_labels(&a.labels).context("--labels")?;
+    let labels = Labels::new(raw.iter().copied(), w.nrows(), a.ignore_index).context("--labels")?;
+    let mut loss = CrossEntropyOptions::default()
+        .reduction(a.reduction.into())
+        .label_smoothing(a.label_smoothing)
+        .z_loss(a.z_loss);
+    if let Some(p) = &a.class_weight {
+        loss = loss.weight(npy::read_vector(p, "class weights").context("--class-weight")?);
+    }
+    let mut opts = LinearCrossEntropyOptions::default().loss(loss);
+    opts.softcap = a.softcap;
+    let v = w.nrows();
+    if a.vocab_shards > v.max(1) {
+        bail!(
+            "--vocab-shards {}: more shards than the classifier's {v} classes",
+            a.vocab_shards
+        );
+    }
+    note!(
+        "softmax-ce: linear-cross-entropy on the CPU, in {} vocabulary shard(s)",
+        a.vocab_shards
+    );
+    // Shards of near-equal size, computed one after another as separate devices would.
+    let per = v.div_ceil(a.vocab_shards.max(1)).max(1);
+    let shards: Vec<Shard<'_>> = (0..v.div_ceil(per).max(1))
+        .map(|k| {
+            let rows = k * per..((k + 1) * per).min(v);
+            Shard {
+                classifier: w.slice(ndarray::s![rows.clone(), ..]),
+                bias: bias.as_ref().map(|b| b.slice(ndarray::s![rows.clone()])),
+                first_class: rows.start,
+            }
+        })
+        .collect();
+    let mut stats = shard_stats(h.view(), &shards[0], &labels, &opts)?;
+    for s in &shards[1..] {
+        stats = stats.merge(&shard_stats(h.view(), s, &labels, &opts)?)?;
+    }
+    let value = loss_from_stats(&stats, &labels, &opts)?;
+    if a.grad_hidden.is_some() || a.grad_classifier.is_some() || a.grad_bias.is_some() {
+        let lse = stats.lse();
+        let mut dh = ndarray::Array2::<f32>::zeros(h.raw_dim());
+        let mut dw = Vec::with_capacity(shards.len());
+        let mut db = Vec::with_capacity(v);
+        for s in &shards {
+            let g = shard_grads(h.view(), s, &labels, &opts, lse.view())?;
+            dh += &g.hidden;
+            dw.push(g.classifier);
+            db.extend(g.bias.into_iter().flatten());
+        }
+        if a.grad_hidden.is_some() {
+            outs.write("--grad-hidden", dh.view().into_dyn())?;
+        }
+        if a.grad_classifier.is_some() {
+            let views: Vec<_> = dw.iter().map(|g| g.view()).collect();
+            let dw =
+                ndarray::concatenate(ndarray::Axis(0), &views).expect("shards of the same columns");
+            outs.write("--grad-classifier", dw.view().into_dyn())?;
+        }
+        if a.grad_bias.is_some() {
+            outs.write("--grad-bias", ndarray::Array1::from(db).view().into_dyn())?;
+        }
+    }
+    outs.write("--out", value.into_array().view())?;
+    outs.commit()
 }
