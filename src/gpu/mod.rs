@@ -42,4 +42,6 @@ pub use buffers::{GpuLabels, GpuMatrix, GpuVector, LabelType};
 pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions, enumerate_adapters};
 pub use ops::{CopyKernel, GpuBceLoss, GpuLoss, Staged};
 pub use record::GpuPlan;
+#[doc(hidden)]
+pub use shaders::{Assembled, Target, assemble_all};
 pub use timing::Clock;
