@@ -20,6 +20,7 @@ mod info;
 pub mod output;
 mod plot;
 mod train;
+mod wgsl;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -49,6 +50,9 @@ enum Command {
     /// Train softmax regression by SGD (the seed's algorithm) and print loss and error per
     /// epoch. With no data option: the bundled digits, 10 epochs, lr 0.2, batch 100.
     Train(train::TrainArgs),
+    /// Write every WGSL module the library can assemble, for every configuration it picks, one
+    /// file each (for checking them with another WebGPU implementation).
+    Wgsl(wgsl::WgslArgs),
 }
 
 /// `--device gpu|cpu`; absent means the GPU when there is one, else the CPU.
@@ -86,5 +90,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval { op } => eval::run(op),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
+        Command::Wgsl(args) => wgsl::run(args),
     }
 }
