@@ -25,15 +25,11 @@ pub struct LinearGrads {
     pub bias: Option<Array1<f32>>,
 }
 
-/// Checks the shapes of `H` (`N x D`), `W` (`V x D`, the layout of `nn.Linear.weight`), the
-/// bias (`V`) and the labels (`N` rows of `V` classes) and the options.
-fn check(
+/// Fails unless `W` (`V x D`) has as many columns as `H` (`N x D`) has: the hidden size.
+pub(super) fn check_hidden_size(
     op: &'static str,
     h: ArrayView2<f32>,
     w: ArrayView2<f32>,
-    bias: Option<ArrayView1<f32>>,
-    labels: Option<&Labels>,
-    opts: &LinearCrossEntropyOptions,
 ) -> Result<()> {
     if h.ncols() != w.ncols() {
         return Err(Error::shape(
@@ -47,6 +43,20 @@ fn check(
             format!("{} x {}", w.nrows(), w.ncols()),
         ));
     }
+    Ok(())
+}
+
+/// Checks the shapes of `H` (`N x D`), `W` (`V x D`, the layout of `nn.Linear.weight`), the
+/// bias (`V`) and the labels (`N` rows of `V` classes) and the options.
+fn check(
+    op: &'static str,
+    h: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    labels: Option<&Labels>,
+    opts: &LinearCrossEntropyOptions,
+) -> Result<()> {
+    check_hidden_size(op, h, w)?;
     if w.nrows() == 0 {
         return Err(Error::Empty {
             op,

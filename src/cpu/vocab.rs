@@ -129,18 +129,7 @@ fn check(
     opts: &LinearCrossEntropyOptions,
 ) -> Result<()> {
     let w = shard.classifier;
-    if h.ncols() != w.ncols() {
-        return Err(Error::shape(
-            op,
-            format!(
-                "a classifier of {} columns (the hidden size of H, {} x {})",
-                h.ncols(),
-                h.nrows(),
-                h.ncols()
-            ),
-            format!("{} x {}", w.nrows(), w.ncols()),
-        ));
-    }
+    super::linear::check_hidden_size(op, h, w)?;
     let classes = labels.classes();
     let end = shard.first_class.checked_add(w.nrows());
     if w.nrows() == 0 || end.is_none_or(|e| e > classes) {
