@@ -769,3 +769,74 @@ fn f16_backward_ops_are_the_f64_values_rounded_once() {
         cpu::cross_entropy_soft_grad(x.view(), t.view(), &CrossEntropyOptions::default()).unwrap();
     assert_rounded_f16(got.view(), &want, "cross_entropy_soft_grad");
 }
+
+fn assert_rounds(v: f64) {
+    let (got, want) = (<f16 as softmax_ce::Element>::from_f64(v), nearest_f16(v));
+    assert_eq!(
+        got.to_bits(),
+        want.to_bits(),
+        "{v:e} ({:#018x}): got {got} ({:#06x}), want {want} ({:#06x})",
+        v.to_bits(),
+        got.to_bits(),
+        want.to_bits()
+    );
+}
+
+/// Values just off every tie of f16, where rounding twice (through f32) or rounding a
+/// truncated significand goes the wrong way.
+#[test]
+fn f64_to_f16_is_correctly_rounded_next_to_every_tie() {
+    // Just above the tie between 1 and 1 + 2^-10: through f32 it becomes the tie itself,
+    // and ties to even gives 1.
+    let v = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+    assert_eq!(
+        <f16 as softmax_ce::Element>::from_f64(v),
+        f16::from_bits(0x3C01)
+    );
+    // half-rs issue 116's cases: 0x03ff and 2047, not 0x0400 and 2048.
+    assert_eq!(
+        <f16 as softmax_ce::Element>::from_f64(2f64.powi(-14) - 2f64.powi(-25) - 2f64.powi(-65))
+            .to_bits(),
+        0x03FF
+    );
+    assert_eq!(
+        <f16 as softmax_ce::Element>::from_f64(0x1f_fdff_ffffu64 as f64 * 2f64.powi(-26)),
+        f16::from_f64_const(2047.0)
+    );
+    for bits in 0u16..0x7C00 {
+        let lo = f16::from_bits(bits).to_f64();
+        let hi = if bits == 0x7BFF {
+            65536.0
+        } else {
+            f16::from_bits(bits + 1).to_f64()
+        };
+        let mid = (lo + hi) / 2.0;
+        let ulp = f64::from_bits(mid.to_bits() + 1) - mid;
+        for v in [
+            lo,
+            mid,
+            f64::from_bits(mid.to_bits() + 1),
+            f64::from_bits(mid.to_bits() - 1),
+            mid + 2f64.powi(-30) * mid,
+            mid - 2f64.powi(-30) * mid,
+            mid + (1u64 << 28) as f64 * ulp,
+        ] {
+            assert_rounds(v);
+            assert_rounds(-v);
+        }
+    }
+    for v in [
+        0.0,
+        1e-300,
+        2f64.powi(-25),
+        65519.99,
+        65520.0,
+        1e300,
+        f64::INFINITY,
+    ] {
+        assert_rounds(v);
+        assert_rounds(-v);
+    }
+    assert!(<f16 as softmax_ce::Element>::from_f64(f64::NAN).is_nan());
+    assert!(<f16 as softmax_ce::Element>::from_f64(-0.0).is_sign_negative());
+}

@@ -370,3 +370,63 @@ fn f16_widening_is_exact() {
     }
     let _: fn(ArrayView2<f16>) -> Array2<f32> = widen;
 }
+
+/// f16 rows across the limits tests/limits.rs holds f32 to, lowered so that small data reach
+/// them: 3 workgroups per dimension (dispatches fold into y) and 16 KiB bindings (windows split
+/// the rows, cut in 4-byte words: two f16 a word, odd rows straddling words), a matrix of
+/// exactly one binding and one row past it; and an odd-length wrapped f16 view ending at its
+/// buffer's last byte, which the binding's whole last word would overrun: refused, while one
+/// more pair of bytes makes it fit.
+#[test]
+fn f16_rows_fold_and_window_past_lowered_limits() {
+    require_gpu!();
+    let gpu = GpuContext::with_options(
+        &softmax_ce::GpuOptions::default()
+            .max_workgroups_per_dimension(3)
+            .max_binding_bytes(1 << 14),
+    )
+    .unwrap();
+    if !gpu.device().features().contains(wgpu::Features::SHADER_F16) {
+        eprintln!("SKIPPED f16_rows_fold_and_window_past_lowered_limits: no SHADER_F16");
+        return;
+    }
+    let opts = CrossEntropyOptions::default().label_smoothing(0.1);
+    // 1024 x 8 f16 is 16 KiB: exactly one binding.
+    for (rows, cols) in [(1, 5), (575, 5), (576, 7), (1024, 8), (1025, 8), (1500, 13)] {
+        let case = format!("{rows}x{cols} f16, 3 groups a dimension, 16 KiB bindings");
+        let x = adversarial_f16(rows, cols, (rows * cols) as u64);
+        let y = labels(rows, cols, 4, rows as u64);
+        let gx = gpu.upload_f16(x.view()).unwrap();
+        let p = gpu.softmax(&gx).unwrap();
+        check_matrix(&gpu, &p, cpu::softmax(x.view()).unwrap(), &case);
+        let (loss, grad) = gpu
+            .cross_entropy_with_grad(&gx, &gpu.upload_labels(&y).unwrap(), &opts)
+            .unwrap();
+        let want = cpu::cross_entropy(x.view(), &y, &opts).unwrap();
+        assert_loss(gpu.download_loss(&loss).unwrap(), want, &case);
+        let want = cpu::cross_entropy_grad(x.view(), &y, &opts).unwrap();
+        check_matrix(&gpu, &grad, want, &format!("{case}: gradient"));
+    }
+
+    let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
+    let buffer = |size: u64| {
+        gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("application f16"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    // 5 f16 are 10 bytes, bound as 3 words: 12.
+    let tight = buffer(align + 10);
+    let e = gpu
+        .wrap_matrix_as(&tight, align, (1, 5), 5, DType::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(12 bytes) runs past the end"), "{e}");
+    let fits = buffer(align + 12);
+    assert!(
+        gpu.wrap_matrix_as(&fits, align, (1, 5), 5, DType::F16)
+            .is_ok()
+    );
+}
