@@ -301,8 +301,6 @@ fn f16_where_it_does_not_run_is_an_error() {
         e.contains("matmul_tn: a 4 x 8 matrix of f16: matmul_tn takes f32 only"),
         "{e}"
     );
-    let e = gpu.copy(&x).unwrap_err().to_string();
-    assert!(e.contains("copy takes f32 only"), "{e}");
     let e = gpu.staged().softmax(&x).unwrap_err().to_string();
     assert!(e.contains("row_max has no f16 kernel"), "{e}");
     let e = gpu.softmax_backward(&x, &x32).unwrap_err().to_string();
@@ -429,4 +427,32 @@ fn f16_rows_fold_and_window_past_lowered_limits() {
         gpu.wrap_matrix_as(&fits, align, (1, 5), 5, DType::F16)
             .is_ok()
     );
+}
+
+/// Every copy of an f16 matrix moves its halves untouched (the bits of every value the
+/// adversarial rows hold, infinities included), at widths around the vector width, odd ones
+/// straddling 4-byte words; the buffer copy, which moves whole words, refuses an odd count.
+#[test]
+fn f16_copies_move_the_halves_untouched() {
+    use softmax_ce::gpu::CopyKernel;
+    let gpu = require_gpu!();
+    for cols in [1, 3, 4, 5, 8, 1000, 1025] {
+        for rows in [1, 37] {
+            let x = adversarial_f16(rows, cols, (rows + cols) as u64);
+            let gx = gpu.upload_f16(x.view()).unwrap();
+            for kernel in CopyKernel::ALL {
+                let case = format!("{rows}x{cols} f16, {}", kernel.name());
+                if kernel == CopyKernel::Buffer && (rows * cols) % 2 == 1 {
+                    let e = gpu.copy_with(&gx, kernel).unwrap_err().to_string();
+                    assert!(e.contains("moves whole 4-byte words"), "{case}: {e}");
+                    continue;
+                }
+                let y = gpu.copy_with(&gx, kernel).unwrap();
+                assert_eq!(y.dtype(), DType::F16, "{case}");
+                let got = gpu.download_f16(&y).unwrap();
+                let bits = |a: &Array2<f16>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&x), "{case}");
+            }
+        }
+    }
 }

@@ -93,7 +93,7 @@ fn emit_writes_every_module_for_both_targets() {
     );
 
     // Per configuration: every family at both widths (the training families at the scalar
-    // one, the only one they run at), f16 for the fused and backward families, the texture
+    // one, the only one they run at), f16 for the fused, backward and copy families, the texture
     // families only where the configuration runs them.
     let mut by_config: BTreeMap<String, BTreeSet<(&str, &str, &str)>> = BTreeMap::new();
     for name in native.keys() {
@@ -120,7 +120,7 @@ fn emit_writes_every_module_for_both_targets() {
             } else {
                 &["w1", "w4"]
             };
-            let dtypes: &[&str] = if family == "fused" || family == "backward" {
+            let dtypes: &[&str] = if ["fused", "backward", "copy"].contains(&family) {
                 &["f32", "f16"]
             } else {
                 &["f32"]

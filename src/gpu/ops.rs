@@ -1149,25 +1149,37 @@ impl GpuContext {
     /// A plain copy of `x` into a new matrix by `kernel`: the yardsticks benchmarks hold the
     /// memory-bound kernels to (they move the bytes softmax moves, and do nothing else).
     pub fn copy_with(&self, x: &GpuMatrix, kernel: CopyKernel) -> Result<GpuMatrix> {
-        self.new_output("copy", x.dim(), DType::F32, |out| {
+        self.new_output("copy", x.dim(), x.dtype(), |out| {
             self.plan_copy(x, out, kernel)
         })
     }
 
-    /// The plan of [`copy_with`](Self::copy_with) from `x` into `out` (same shape, f32).
+    /// The plan of [`copy_with`](Self::copy_with) from `x` into `out` (same shape and
+    /// precision: an f16 matrix is copied as its halves, untouched).
     ///
     /// # Errors
-    /// Those of [`plan_softmax`](Self::plan_softmax), and [`Error::InvalidArgument`] for f16
-    /// matrices, or for padded rows (a stride longer than the row) in either matrix where
-    /// `kernel` copies one flat run ([`CopyKernel::Flat`], [`CopyKernel::Buffer`]).
+    /// Those of [`plan_softmax`](Self::plan_softmax), and [`Error::InvalidArgument`] for padded
+    /// rows (a stride longer than the row) in either matrix where `kernel` copies one flat run
+    /// ([`CopyKernel::Flat`], [`CopyKernel::Buffer`]), or an odd number of f16 elements for
+    /// [`CopyKernel::Buffer`], whose copies move whole 4-byte words.
     pub fn plan_copy(&self, x: &GpuMatrix, out: &GpuMatrix, kernel: CopyKernel) -> Result<GpuPlan> {
         const OP: &str = "copy";
         self.check_owned(OP, &[x.owner, out.owner])?;
-        x.check_f32(OP)?;
         check_pair(OP, x, out, "an output")?;
         if kernel != CopyKernel::Rows {
             x.check_contiguous(OP)?;
             out.check_contiguous(OP)?;
+        }
+        if kernel == CopyKernel::Buffer && !x.byte_len().is_multiple_of(4) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "copy_buffer_to_buffer moves whole 4-byte words, and {} {} elements are {} bytes: copy them with CopyKernel::Flat or Rows",
+                    x.rows() * x.cols(),
+                    x.dtype(),
+                    x.byte_len()
+                ),
+            ));
         }
         check_disjoint(OP, &[span_m("the input", x)], &[span_m("the output", out)])?;
         let (rows, cols) = x.dim();
