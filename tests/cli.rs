@@ -482,8 +482,8 @@ fn train_rejects_bad_options_in_one_line() {
 /// The JSON lines of a small `bench --json` on `device`, which must succeed.
 fn small_bench(device: &str) -> Vec<serde_json::Value> {
     let out = run(&[
-        "bench", "--json", "--device", device, "--shapes", "8x16", "--matmul", "4x5x6", "--epoch",
-        "200x4x3", "--reps", "1",
+        "bench", "--json", "--device", device, "--shapes", "8x16", "--matmul", "4x5x6", "--linear",
+        "4x3x10", "--epoch", "200x4x3", "--reps", "1",
     ]);
     assert!(
         out.status.success(),
@@ -537,6 +537,15 @@ fn bench_json_keeps_its_keys() {
     for line in lines.iter().filter(|l| l["shape"] == "8x16") {
         assert!(line["copy_ratio"].is_number(), "{line}");
     }
+    // The linear cross-entropy, blocked and materialised, each with the memory it holds.
+    for path in ["cpu_vocab", "cpu_materialised"] {
+        let row = lines
+            .iter()
+            .find(|l| l["op"] == "linear_cross_entropy_fwd_bwd" && l["path"] == path)
+            .unwrap_or_else(|| panic!("no linear cross-entropy row on {path}"));
+        assert_eq!(row["shape"], "4x3x10");
+        assert!(row["peak_bytes"].as_u64().unwrap() > 0, "{row}");
+    }
 }
 
 /// `bench --plot` and `train --plot` draw SVG pictures of their tables; a plot that cannot be
@@ -553,6 +562,8 @@ fn bench_and_train_draw_their_plots() {
         "8x16",
         "--matmul",
         "4x5x6",
+        "--linear",
+        "4x3x10",
         "--epoch",
         "200x4x3",
         "--reps",
@@ -567,6 +578,7 @@ fn bench_and_train_draw_their_plots() {
         "cross_entropy_fwd_bwd 8x16",
         "matmul 4x5x6",
         "train_epoch 200x4x3",
+        "linear_cross_entropy_fwd_bwd 4x3x10",
         "cpu_fast",
         "cpu_reference",
         "cpu copy of the bytes",
@@ -1190,7 +1202,7 @@ fn a_closed_stdout_ends_quietly_with_status_141() {
         &["train", "--epochs", "1", "--device", "cpu"],
         &[
             "bench", "--json", "--device", "cpu", "--shapes", "8x16", "--matmul", "4x5x6",
-            "--epoch", "200x8x3", "--reps", "1",
+            "--linear", "4x3x10", "--epoch", "200x8x3", "--reps", "1",
         ],
         &["--help"],
     ];
@@ -1225,8 +1237,8 @@ fn a_full_stdout_is_one_error_line() {
         &["info"],
         &["train", "--json", "--epochs", "1", "--device", "cpu"],
         &[
-            "bench", "--device", "cpu", "--shapes", "8x16", "--matmul", "4x5x6", "--epoch",
-            "200x8x3", "--reps", "1",
+            "bench", "--device", "cpu", "--shapes", "8x16", "--matmul", "4x5x6", "--linear",
+            "4x3x10", "--epoch", "200x8x3", "--reps", "1",
         ],
     ];
     for args in cases {
@@ -1334,6 +1346,7 @@ fn bench_sizes_past_memory_are_one_line_errors() {
         ("--shapes", "4294967296x4294967296"),
         ("--matmul", "100000x100000x100000"),
         ("--epoch", "1000000000x1000x1000"),
+        ("--linear", "100000x100000x100000"),
         ("--shapes", "1x99999999999999999999"),
     ] {
         let err = error_line(&["bench", "--device", "cpu", flag, value]);

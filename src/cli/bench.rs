@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Training epoch `ROWSxFEATURESxCLASSES` (batch 100, synthetic data with a fixed seed).
     #[arg(long)]
     epoch: Option<String>,
+    /// Linear cross-entropy shapes `NxDxV` (tokens, hidden size, vocabulary), e.g.
+    /// `1024x256x32768,2048x64x65536`.
+    #[arg(long, value_delimiter = ',')]
+    linear: Option<Vec<String>>,
     /// A small, fast run (small shapes, few repetitions): for smoke tests and CI.
     #[arg(long)]
     quick: bool,
@@ -67,6 +71,8 @@ struct Row {
     kernel: Option<&'static str>,
     /// How the matrices are stored: `f32`, or `f16` (bytes counted at 2 an element).
     dtype: DType,
+    /// The memory the route holds beyond its inputs and outputs, at its peak.
+    peak_bytes: Option<u64>,
 }
 
 impl Row {
@@ -95,6 +101,9 @@ impl Row {
         }
         if let Some(k) = self.kernel {
             v["kernel"] = json!(k);
+        }
+        if let Some(b) = self.peak_bytes {
+            v["peak_bytes"] = json!(b);
         }
         v
     }
@@ -223,6 +232,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None if args.quick => vec![[128, 128, 128], [100, 784, 10]],
         None => vec![[1024, 1024, 1024], [100, 784, 10]],
     };
+    let linear_shapes: Vec<[usize; 3]> = match &args.linear {
+        Some(s) => s
+            .iter()
+            .map(|s| {
+                let [n, d, v] = parse_dims("--linear", s)?;
+                // H, W, their gradients, and the materialised route's logits and gradient.
+                check_fits("--linear", s, &[(&[n, d], 8), (&[v, d], 8), (&[n, v], 8)])?;
+                if u32::try_from(v).is_err() {
+                    bail!("--linear {s:?}: {v} classes do not fit 32-bit labels");
+                }
+                Ok([n, d, v])
+            })
+            .collect::<Result<_>>()?,
+        None if args.quick => vec![[64, 32, 3000]],
+        None => vec![[1024, 256, 32768], [2048, 64, 65536]],
+    };
     let epoch: [usize; 3] = match &args.epoch {
         Some(s) => {
             let [rows, features, classes] = parse_dims("--epoch", s)?;
@@ -280,6 +305,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let cases = row_shapes.len() * (7 + 7 * usize::from(gpu.is_some()))
         + matmul_shapes.len() * (1 + usize::from(gpu.is_some()))
+        + linear_shapes.len() * 2
         + 1
         + usize::from(gpu.is_some());
     let bar = ProgressBar::new(cases as u64).with_style(
@@ -335,6 +361,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             copy_ratio: None,
             kernel: None,
             dtype: DType::F32,
+            peak_bytes: None,
         };
         let v = x.view();
         // The fast path writes into one output reused from run to run, as a training loop
@@ -546,6 +573,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             copy_ratio: None,
             kernel: None,
             dtype: DType::F32,
+            peak_bytes: None,
         };
         emit(row(
             "cpu_reference",
@@ -563,6 +591,58 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 measure(reps, || Ok(gpu.timed(|| gpu.matmul(&ga, &gb).map(drop))?.1))?,
             ))?;
         }
+    }
+
+    for &[n, d, v] in &linear_shapes {
+        let shape = format!("{n}x{d}x{v}");
+        bar.set_message(format!("linear cross-entropy {shape}"));
+        let h = Array2::from_shape_fn((n, d), |_| rng.random_range(-1.0f32..1.0));
+        let w = Array2::from_shape_fn((v, d), |_| rng.random_range(-0.1f32..0.1));
+        let y = Labels::new((0..n).map(|_| rng.random_range(0..v as i64)), v, -100)?;
+        let lin = softmax_ce::LinearCrossEntropyOptions::default();
+        // 3 products of 2 N V D flops, forward and backward.
+        let flops = Some(6.0 * n as f64 * v as f64 * d as f64);
+        let row = |path, times, peak| Row {
+            op: "linear_cross_entropy_fwd_bwd",
+            shape: shape.clone(),
+            path,
+            times,
+            bytes: None,
+            flops,
+            copy_ratio: None,
+            kernel: None,
+            dtype: DType::F32,
+            peak_bytes: Some(peak),
+        };
+        // Blocked over the vocabulary: one raw and one capped block of logits per thread.
+        let blocks = 2 * rayon_threads() as u64 * cpu::vocab::BLOCK_LOGITS as u64 * 4;
+        emit(row(
+            "cpu_vocab",
+            measure(reps, || {
+                wall(|| {
+                    cpu::vocab::linear_cross_entropy(h.view(), w.view(), None, &y, &lin, true)
+                        .map(drop)
+                        .map_err(Into::into)
+                })
+            })?,
+            blocks,
+        ))?;
+        // The materialised route: the logits, the fast fused cross-entropy with its gradient
+        // into a reused buffer, and the two gradient products.
+        let mut grad = Array2::<f32>::zeros((n, v));
+        let opts = CrossEntropyOptions::default();
+        emit(row(
+            "cpu_materialised",
+            measure(reps, || {
+                wall(|| {
+                    let z = h.dot(&w.t());
+                    fast::cross_entropy_with_grad_into(z.view(), &y, &opts, grad.view_mut())?;
+                    let _ = (grad.dot(&w), grad.t().dot(&h));
+                    Ok(())
+                })
+            })?,
+            2 * (n * v * 4) as u64,
+        ))?;
     }
 
     let [rows, features, classes] = epoch;
@@ -593,6 +673,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             copy_ratio: None,
             kernel: None,
             dtype: DType::F32,
+            peak_bytes: None,
         })
     };
     let mut model =

@@ -26,6 +26,9 @@ use crate::loss::{LinearCrossEntropyOptions, Loss, Reduction};
 const ROWS: usize = 64;
 /// Classes per block: a block of logits is `ROWS x CLASSES` floats (512 KiB).
 const CLASSES: usize = 2048;
+/// The logits of one block, `ROWS x CLASSES`: each task holds two such (raw and soft-capped),
+/// the path's whole workspace beyond its inputs and outputs.
+pub const BLOCK_LOGITS: usize = ROWS * CLASSES;
 
 /// A vocabulary shard: rows `first_class..first_class + classifier.nrows()` of `W` (and of the
 /// bias), of a vocabulary of `labels.classes()` classes.
