@@ -614,8 +614,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             dtype: DType::F32,
             peak_bytes: Some(peak),
         };
-        // Blocked over the vocabulary: one raw and one capped block of logits per thread.
-        let blocks = 2 * rayon_threads() as u64 * cpu::vocab::BLOCK_LOGITS as u64 * 4;
+        // Blocked over the vocabulary, without a softcap: one block of logits per thread.
+        let blocks = rayon_threads() as u64 * cpu::vocab::BLOCK_LOGITS as u64 * 4;
         emit(row(
             "cpu_vocab",
             measure(reps, || {

@@ -30,7 +30,7 @@ const BLOCK: usize = 512;
 /// Cephes' `expf` range reduction `x = n ln 2 + r` and its degree-6 polynomial for `e^r`.
 /// Below `-87.3` (where `e^x` leaves the normal range) it gives 0; NaN stays NaN.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

@@ -18,6 +18,7 @@ use ndarray::parallel::prelude::*;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip, s};
 
 use crate::cpu::LinearGrads;
+use crate::cpu::fast::exp_nonpositive;
 use crate::error::{Error, Result};
 use crate::labels::Labels;
 use crate::loss::{LinearCrossEntropyOptions, Loss, Reduction};
@@ -26,8 +27,8 @@ use crate::loss::{LinearCrossEntropyOptions, Loss, Reduction};
 const ROWS: usize = 64;
 /// Classes per block: a block of logits is `ROWS x CLASSES` floats (512 KiB).
 const CLASSES: usize = 2048;
-/// The logits of one block, `ROWS x CLASSES`: each task holds two such (raw and soft-capped),
-/// the path's whole workspace beyond its inputs and outputs.
+/// The logits of one block, `ROWS x CLASSES`: each task holds one such (two with a softcap:
+/// before and after the cap), the path's workspace beyond its inputs and outputs.
 pub const BLOCK_LOGITS: usize = ROWS * CLASSES;
 
 /// A vocabulary shard: rows `first_class..first_class + classifier.nrows()` of `W` (and of the
@@ -158,20 +159,26 @@ fn check(
     opts.validate(op, classes)
 }
 
-/// A block of logits: rows `rows` of `H` against the shard's classes `cols` (shard-relative),
-/// soft-capped; and, with `raw`, the logits before the cap.
+/// A block of logits: the rows of `h` against the shard's classes `cols` (shard-relative): the
+/// logits before the cap where there is one (the backward pass needs them), and the logits the
+/// loss sees.
 fn block(
     h: ArrayView2<f32>,
     shard: &Shard<'_>,
     cols: std::ops::Range<usize>,
     softcap: Option<f32>,
-) -> (Array2<f32>, Array2<f32>) {
+) -> (Option<Array2<f32>>, Array2<f32>) {
     let mut z = h.dot(&shard.classifier.slice(s![cols.clone(), ..]).t());
     if let Some(b) = shard.bias {
         z += &b.slice(s![cols]);
     }
-    let capped = z.mapv(|v| cap(v, softcap));
-    (z, capped)
+    match softcap {
+        Some(_) => {
+            let capped = z.mapv(|v| cap(v, softcap));
+            (Some(z), capped)
+        }
+        None => (None, z),
+    }
 }
 
 /// The blocks of `len` classes.
@@ -226,13 +233,21 @@ pub fn shard_stats(
                         .iter()
                         .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
                     let m = a[0].max(m_blk);
-                    let mut s = 0.0;
-                    let mut smooth = 0.0;
-                    for (j, &v) in row.iter().enumerate() {
-                        let v = f64::from(v);
-                        s += (v - m).exp();
-                        smooth += opts.loss.w(v0 + cols.start + j) * (m - v);
-                    }
+                    // The exponentials in f32 (cpu::fast's vectorisable exp, every argument
+                    // <= 0), their sum and the smoothing sum in f64.
+                    let m32 = m as f32;
+                    let s: f64 = row
+                        .iter()
+                        .map(|&v| f64::from(exp_nonpositive(v - m32)))
+                        .sum();
+                    let smooth: f64 = if opts.loss.label_smoothing > 0.0 {
+                        row.iter()
+                            .enumerate()
+                            .map(|(j, &v)| opts.loss.w(v0 + cols.start + j) * (m - f64::from(v)))
+                            .sum()
+                    } else {
+                        0.0
+                    };
                     // What came before, re-expressed against the new maximum (nothing came
                     // before the first block).
                     let (s_old, smooth_old) = if a[0] == m {
@@ -325,7 +340,7 @@ pub fn loss_from_stats(
 #[allow(clippy::too_many_arguments)]
 fn block_grad(
     z: &mut Array2<f32>,
-    raw: &Array2<f32>,
+    raw: Option<&Array2<f32>>,
     rows: std::ops::Range<usize>,
     class0: usize,
     lse: ArrayView1<f32>,
@@ -336,32 +351,38 @@ fn block_grad(
     let o = &opts.loss;
     let eps = f64::from(o.label_smoothing);
     let c = labels.classes() as f64;
-    for (r, (mut g, raw)) in z.rows_mut().into_iter().zip(raw.rows()).enumerate() {
+    for (r, mut g) in z.rows_mut().into_iter().enumerate() {
         let i = rows.start + r;
         let Some(y) = labels.get(i) else {
             g.fill(0.0);
             continue;
         };
-        let lse_i = f64::from(lse[i]);
-        let a = ce_scale * (1.0 - eps) * o.w(y);
-        let b = ce_scale * eps / c;
-        let zc = z_scale * 2.0 * f64::from(o.z_loss) * lse_i;
-        for (j, (g, &zr)) in g.iter_mut().zip(raw).enumerate() {
-            let class = class0 + j;
-            let p = (f64::from(*g) - lse_i).exp();
-            let onehot = if class == y { 1.0 } else { 0.0 };
-            let mut d = a * (p - onehot);
-            if eps > 0.0 {
-                d += b * (total_weight * p - o.w(class));
+        // In f32, as the GPU's fused kernel computes it: p = exp(z - lse) with z <= lse, so
+        // cpu::fast's vectorisable exp serves; the terms are those of cross_entropy_grad.
+        let lse_i = lse[i];
+        let a = (ce_scale * (1.0 - eps) * o.w(y)) as f32;
+        let b = (ce_scale * eps / c) as f32;
+        let zc = (z_scale * 2.0 * f64::from(o.z_loss) * f64::from(lse_i)) as f32;
+        let wsum = total_weight as f32;
+        for g in g.iter_mut() {
+            *g = exp_nonpositive(*g - lse_i);
+        }
+        if eps > 0.0 || o.z_loss > 0.0 {
+            for (j, p) in g.iter_mut().enumerate() {
+                let w = o.w(class0 + j) as f32;
+                *p = a * *p + b * (wsum * *p - w) + zc * *p;
             }
-            if o.z_loss > 0.0 {
-                d += zc * p;
+        } else {
+            g.iter_mut().for_each(|p| *p *= a);
+        }
+        if (class0..class0 + g.len()).contains(&y) {
+            g[y - class0] -= a;
+        }
+        if let (Some(cap), Some(raw)) = (opts.softcap, raw) {
+            for (g, &zr) in g.iter_mut().zip(raw.row(r)) {
+                let t = (zr / cap).tanh();
+                *g *= 1.0 - t * t;
             }
-            if let Some(cap) = opts.softcap {
-                let t = f64::from(zr / cap).tanh();
-                d *= 1.0 - t * t;
-            }
-            *g = d as f32;
         }
     }
 }
@@ -407,7 +428,7 @@ pub fn shard_grads(
                 let (raw, mut g) = block(hb, shard, cols.clone(), opts.softcap);
                 block_grad(
                     &mut g,
-                    &raw,
+                    raw.as_ref(),
                     rows.clone(),
                     v0 + cols.start,
                     lse,
@@ -433,7 +454,7 @@ pub fn shard_grads(
                 let (raw, mut g) = block(hb, shard, cols.clone(), opts.softcap);
                 block_grad(
                     &mut g,
-                    &raw,
+                    raw.as_ref(),
                     rows,
                     v0 + cols.start,
                     lse,
