@@ -663,6 +663,24 @@ fn eval_linear_cross_entropy_matches_the_reference_in_any_number_of_shards() {
         ]),
         &["a classifier of 6 columns"],
     );
+    let short_bias = write(&dir, "short_bias.npy", &random(&[v - 1], 46, |x| x));
+    fails_with(
+        &args(&[
+            "eval",
+            "linear-cross-entropy",
+            "--hidden",
+            &hs,
+            "--classifier",
+            &ws,
+            "--bias",
+            &short_bias,
+            "--labels",
+            &ys,
+            "--out",
+            &never,
+        ]),
+        &["--bias: 28 values for a classifier of 29 rows"],
+    );
     assert!(
         !Path::new(&never).exists(),
         "a failed command wrote its output"

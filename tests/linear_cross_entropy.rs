@@ -318,12 +318,11 @@ fn shards_merge_into_the_unsharded_result() {
                 let loss = loss_from_stats(merged, &y, &opts).unwrap();
                 assert_loss(loss, whole.clone(), &case);
             }
-            let lse = forward.lse();
             let mut hidden = Array2::<f32>::zeros((n, d));
             let mut classifier = Vec::new();
             let mut bias = Vec::new();
             for s in &shards {
-                let g = shard_grads(h.view(), s, &y, &opts, lse.view()).unwrap();
+                let g = shard_grads(h.view(), s, &y, &opts, &forward).unwrap();
                 hidden += &g.hidden;
                 classifier.push(g.classifier);
                 bias.extend(g.bias.unwrap());
@@ -368,4 +367,90 @@ fn shards_merge_into_the_unsharded_result() {
         )),
         "{e}"
     );
+}
+
+/// Large logits: the backward pass takes `exp((z - m) - ln s)` from the merged statistics, not
+/// `exp(z - lse)` from a rounded log-sum-exp (a logit of 1e7 would lose its probability).
+#[test]
+fn the_blocked_gradients_keep_large_logits_exact() {
+    let h = array![[1e7f32]];
+    let w = array![[1.0f32], [1.0]];
+    let y = Labels::new([0], 2, -100).unwrap();
+    let opts = LinearCrossEntropyOptions::default();
+    let (_, g) =
+        cpu::vocab::linear_cross_entropy(h.view(), w.view(), None, &y, &opts, true).unwrap();
+    // p = (1/2, 1/2): dW = (p - onehot)^T H = (-5e6, 5e6), dH = (p - onehot) W = 0.
+    let g = g.unwrap();
+    assert_eq!(g.classifier, array![[-5e6f32], [5e6]]);
+    assert_eq!(g.hidden, array![[0.0f32]]);
+    // Logits in the thousands, every option: still the reference's gradients.
+    let (h, w) = (logits(9, 4, 30.0, 61), logits(300, 4, 30.0, 62));
+    let y = labels(9, 300, 4, 63);
+    for (case, opts) in option_cases(300) {
+        let (_, got) =
+            cpu::vocab::linear_cross_entropy(h.view(), w.view(), None, &y, &opts, true).unwrap();
+        let want = cpu::linear_cross_entropy_grad(h.view(), w.view(), None, &y, &opts).unwrap();
+        assert_grads_close(&got.unwrap(), &want, &format!("logits near 1e3, {case}"));
+    }
+}
+
+/// A vocabulary shard (or a leading block) whose logits are all -inf adds nothing to the sum
+/// of exponentials, as in the reference: ln 2 for two equal live classes, +inf with label
+/// smoothing (the masked classes' smoothing terms), whether the mask is one shard of two or
+/// inside one shard.
+#[test]
+fn masked_classes_merge_as_the_reference_does() {
+    use cpu::vocab::{Shard, loss_from_stats, shard_stats};
+    let h = array![[0.0f32]];
+    let w = array![[1.0f32], [1.0], [1.0], [1.0]];
+    let b = array![f32::NEG_INFINITY, f32::NEG_INFINITY, 0.0, 0.0];
+    let y = Labels::new([2], 4, -100).unwrap();
+    for smoothing in [0.0, 0.1] {
+        let opts = LinearCrossEntropyOptions::default()
+            .loss(CrossEntropyOptions::default().label_smoothing(smoothing));
+        let want = cpu::linear_cross_entropy(h.view(), w.view(), Some(b.view()), &y, &opts)
+            .unwrap()
+            .scalar()
+            .unwrap();
+        if smoothing == 0.0 {
+            assert!((want - 2f32.ln()).abs() < 1e-6, "{want}");
+        } else {
+            assert_eq!(want, f32::INFINITY);
+        }
+        let (whole, _) =
+            cpu::vocab::linear_cross_entropy(h.view(), w.view(), Some(b.view()), &y, &opts, false)
+                .unwrap();
+        assert_loss(
+            whole,
+            Loss::Reduced(want),
+            &format!("one shard, smoothing {smoothing}"),
+        );
+        let shard = |r: std::ops::Range<usize>| Shard {
+            classifier: w.slice(ndarray::s![r.clone(), ..]),
+            bias: Some(b.slice(ndarray::s![r.clone()])),
+            first_class: r.start,
+        };
+        let (masked, live) = (
+            shard_stats(h.view(), &shard(0..2), &y, &opts).unwrap(),
+            shard_stats(h.view(), &shard(2..4), &y, &opts).unwrap(),
+        );
+        for merged in [masked.merge(&live).unwrap(), live.merge(&masked).unwrap()] {
+            let loss = loss_from_stats(&merged, &y, &opts).unwrap();
+            assert_loss(
+                loss,
+                Loss::Reduced(want),
+                &format!("two shards, smoothing {smoothing}"),
+            );
+        }
+    }
+    // Statistics of another row count are an error, not a panic.
+    let short = cpu::vocab::ShardStats {
+        max: Array1::zeros(2),
+        sumexp: Array1::zeros(1),
+        label_logit: Array1::zeros(2),
+        smooth: Array1::zeros(2),
+        weight: 1.0,
+    };
+    let e = short.merge(&short).unwrap_err().to_string();
+    assert!(e.contains("statistics of 2 rows"), "{e}");
 }

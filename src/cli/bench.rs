@@ -615,7 +615,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             peak_bytes: Some(peak),
         };
         // Blocked over the vocabulary, without a softcap: one block of logits per thread.
-        let blocks = rayon_threads() as u64 * cpu::vocab::BLOCK_LOGITS as u64 * 4;
+        let blocks = rayon::current_num_threads() as u64 * cpu::vocab::BLOCK_LOGITS as u64 * 4;
         emit(row(
             "cpu_vocab",
             measure(reps, || {

@@ -555,6 +555,15 @@ fn linear_cross_entropy(a: LinearArgs) -> Result<()> {
         Some(p) => Some(npy::read_vector(p, "bias").context("--bias")?),
         None => None,
     };
+    if let Some(b) = &bias
+        && b.len() != w.nrows()
+    {
+        bail!(
+            "--bias: {} values for a classifier of {} rows: one bias per class",
+            b.len(),
+            w.nrows()
+        );
+    }
     let raw = npy::read_labels(&a.labels).context("--labels")?;
     let labels = Labels::new(raw.iter().copied(), w.nrows(), a.ignore_index).context("--labels")?;
     let mut loss = CrossEntropyOptions::default()
@@ -577,11 +586,12 @@ fn linear_cross_entropy(a: LinearArgs) -> Result<()> {
         "softmax-ce: linear-cross-entropy on the CPU, in {} vocabulary shard(s)",
         a.vocab_shards
     );
-    // Shards of near-equal size, computed one after another as separate devices would.
-    let per = v.div_ceil(a.vocab_shards.max(1)).max(1);
-    let shards: Vec<Shard<'_>> = (0..v.div_ceil(per).max(1))
+    // K shards of near-equal size (they differ by one class at most), computed one after
+    // another as separate devices would.
+    let k_shards = a.vocab_shards;
+    let shards: Vec<Shard<'_>> = (0..k_shards)
         .map(|k| {
-            let rows = k * per..((k + 1) * per).min(v);
+            let rows = k * v / k_shards..(k + 1) * v / k_shards;
             Shard {
                 classifier: w.slice(ndarray::s![rows.clone(), ..]),
                 bias: bias.as_ref().map(|b| b.slice(ndarray::s![rows.clone()])),
@@ -595,12 +605,11 @@ fn linear_cross_entropy(a: LinearArgs) -> Result<()> {
     }
     let value = loss_from_stats(&stats, &labels, &opts)?;
     if a.grad_hidden.is_some() || a.grad_classifier.is_some() || a.grad_bias.is_some() {
-        let lse = stats.lse();
         let mut dh = ndarray::Array2::<f32>::zeros(h.raw_dim());
         let mut dw = Vec::with_capacity(shards.len());
         let mut db = Vec::with_capacity(v);
         for s in &shards {
-            let g = shard_grads(h.view(), s, &labels, &opts, lse.view())?;
+            let g = shard_grads(h.view(), s, &labels, &opts, &stats)?;
             dh += &g.hidden;
             dw.push(g.classifier);
             db.extend(g.bias.into_iter().flatten());

@@ -14,6 +14,7 @@
 //! bits. Held to the materialising reference ([`linear_cross_entropy`](super::linear_cross_entropy))
 //! by tests/linear_cross_entropy.rs.
 
+use ndarray::linalg::general_mat_mul;
 use ndarray::parallel::prelude::*;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip, s};
 
@@ -66,13 +67,8 @@ impl ShardStats {
     /// [`Error::Shape`] when the two have different row counts.
     pub fn merge(&self, other: &ShardStats) -> Result<ShardStats> {
         let n = self.max.len();
-        if other.max.len() != n {
-            return Err(Error::shape(
-                "merge_shard_stats",
-                format!("statistics of {n} rows"),
-                format!("{}", other.max.len()),
-            ));
-        }
+        self.check_rows("merge_shard_stats", n)?;
+        other.check_rows("merge_shard_stats", n)?;
         let mut out = ShardStats {
             max: Array1::zeros(n),
             sumexp: Array1::zeros(n),
@@ -93,9 +89,10 @@ impl ShardStats {
             };
             out.max[i] = m as f32;
             out.sumexp[i] = (rescale(self.sumexp[i], ma) + rescale(other.sumexp[i], mb)) as f32;
-            // sum w (m - z) = sum w (m_shard - z) + W_shard (m - m_shard).
+            // sum w (m - z) = sum w (m_shard - z) + W_shard (m - m_shard); a shard of no
+            // weight adds nothing (not 0 * inf, where its maximum is -inf).
             let shift = |w: f32, from: f64| {
-                if from == m {
+                if from == m || w == 0.0 {
                     0.0
                 } else {
                     f64::from(w) * (m - from)
@@ -107,6 +104,24 @@ impl ShardStats {
                 + shift(other.weight, mb)) as f32;
         }
         Ok(out)
+    }
+
+    /// Fails unless all four vectors hold one value per row of `rows`.
+    fn check_rows(&self, op: &'static str, rows: usize) -> Result<()> {
+        let lens = [
+            self.max.len(),
+            self.sumexp.len(),
+            self.label_logit.len(),
+            self.smooth.len(),
+        ];
+        if lens.iter().any(|&l| l != rows) {
+            return Err(Error::shape(
+                op,
+                format!("statistics of {rows} rows (max, sumexp, label_logit, smooth)"),
+                format!("{lens:?}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Each row's log-sum-exp, `max + ln sumexp`.
@@ -235,12 +250,18 @@ pub fn shard_stats(
                     let m = a[0].max(m_blk);
                     // The exponentials in f32 (cpu::fast's vectorisable exp, every argument
                     // <= 0), their sum and the smoothing sum in f64.
-                    let m32 = m as f32;
+                    // An all -inf prefix: shifted by 0, its exponentials are 0 (where
+                    // -inf - -inf would be NaN), and it has no smoothing sum yet.
+                    let m32 = if m == f64::NEG_INFINITY {
+                        0.0
+                    } else {
+                        m as f32
+                    };
                     let s: f64 = row
                         .iter()
                         .map(|&v| f64::from(exp_nonpositive(v - m32)))
                         .sum();
-                    let smooth: f64 = if opts.loss.label_smoothing > 0.0 {
+                    let smooth: f64 = if opts.loss.label_smoothing > 0.0 && m > f64::NEG_INFINITY {
                         row.iter()
                             .enumerate()
                             .map(|(j, &v)| opts.loss.w(v0 + cols.start + j) * (m - f64::from(v)))
@@ -248,17 +269,14 @@ pub fn shard_stats(
                     } else {
                         0.0
                     };
-                    // What came before, re-expressed against the new maximum (nothing came
-                    // before the first block).
+                    // What came before, re-expressed against the new maximum: an all -inf
+                    // prefix has s = 0 and adds sum w (m - -inf), +inf where it weighs.
                     let (s_old, smooth_old) = if a[0] == m {
                         (a[1], a[3])
-                    } else if a[0] == f64::NEG_INFINITY {
-                        (0.0, 0.0)
                     } else {
-                        (
-                            a[1] * (a[0] - m).exp(),
-                            a[3] + before[cols.start] * (m - a[0]),
-                        )
+                        let w = before[cols.start];
+                        let shift = if w == 0.0 { 0.0 } else { w * (m - a[0]) };
+                        (a[1] * (a[0] - m).exp(), a[3] + shift)
                     };
                     a[0] = m;
                     a[1] = s_old + s;
@@ -294,6 +312,7 @@ pub fn loss_from_stats(
 ) -> Result<Loss> {
     const OP: &str = "linear_cross_entropy";
     let n = stats.max.len();
+    stats.check_rows(OP, n)?;
     if labels.len() != n {
         return Err(Error::shape(
             OP,
@@ -334,8 +353,8 @@ pub fn loss_from_stats(
 }
 
 /// The gradient of the reduced loss with respect to one block of logits, in place over the
-/// capped logits `z` (rows `rows` of `H`, shard classes `cols`), given each row's log-sum-exp
-/// over the whole vocabulary: the formula of [`cross_entropy_grad`](super::cross_entropy_grad),
+/// capped logits `z` (rows `rows` of `H`, shard classes `cols`), given the merged statistics of
+/// the whole vocabulary: the formula of [`cross_entropy_grad`](super::cross_entropy_grad),
 /// times the cap's derivative.
 #[allow(clippy::too_many_arguments)]
 fn block_grad(
@@ -343,7 +362,7 @@ fn block_grad(
     raw: Option<&Array2<f32>>,
     rows: std::ops::Range<usize>,
     class0: usize,
-    lse: ArrayView1<f32>,
+    stats: &ShardStats,
     labels: &Labels,
     opts: &LinearCrossEntropyOptions,
     (ce_scale, z_scale, total_weight): (f64, f64, f64),
@@ -357,26 +376,34 @@ fn block_grad(
             g.fill(0.0);
             continue;
         };
-        // In f32, as the GPU's fused kernel computes it: p = exp(z - lse) with z <= lse, so
-        // cpu::fast's vectorisable exp serves; the terms are those of cross_entropy_grad.
-        let lse_i = lse[i];
-        let a = (ce_scale * (1.0 - eps) * o.w(y)) as f32;
-        let b = (ce_scale * eps / c) as f32;
-        let zc = (z_scale * 2.0 * f64::from(o.z_loss) * f64::from(lse_i)) as f32;
-        let wsum = total_weight as f32;
+        // p = exp((z - m) - ln s): (z - m) first, exact next to the maximum, where
+        // exp(z - lse) would carry lse's rounding (a logit of 1e7 would lose its p). Every
+        // argument is <= 0, so cpu::fast's vectorisable exp serves; f32 as on the GPU.
+        let (m, ln_s) = (stats.max[i], f64::from(stats.sumexp[i]).ln());
+        let ln_s32 = ln_s as f32;
+        let lse = f64::from(m) + ln_s;
+        let a = ce_scale * (1.0 - eps) * o.w(y);
+        let b = ce_scale * eps / c;
+        let zc = z_scale * 2.0 * f64::from(o.z_loss) * lse;
+        let (a32, b32, zc32, wsum) = (a as f32, b as f32, zc as f32, total_weight as f32);
+        let label = (class0..class0 + g.len()).contains(&y).then(|| {
+            // The label's entry in f64: p_y - 1 next to p_y = 1 keeps only f32's rounding.
+            let p = ((f64::from(g[y - class0]) - f64::from(m)) - ln_s).exp();
+            a * (p - 1.0) + b * (total_weight * p - o.w(y)) + zc * p
+        });
         for g in g.iter_mut() {
-            *g = exp_nonpositive(*g - lse_i);
+            *g = exp_nonpositive((*g - m) - ln_s32);
         }
         if eps > 0.0 || o.z_loss > 0.0 {
             for (j, p) in g.iter_mut().enumerate() {
                 let w = o.w(class0 + j) as f32;
-                *p = a * *p + b * (wsum * *p - w) + zc * *p;
+                *p = a32 * *p + b32 * (wsum * *p - w) + zc32 * *p;
             }
         } else {
-            g.iter_mut().for_each(|p| *p *= a);
+            g.iter_mut().for_each(|p| *p *= a32);
         }
-        if (class0..class0 + g.len()).contains(&y) {
-            g[y - class0] -= a;
+        if let Some(d) = label {
+            g[y - class0] = d as f32;
         }
         if let (Some(cap), Some(raw)) = (opts.softcap, raw) {
             for (g, &zr) in g.iter_mut().zip(raw.row(r)) {
@@ -387,30 +414,25 @@ fn block_grad(
     }
 }
 
-/// One shard's part of the gradients, given each row's log-sum-exp over the whole vocabulary
-/// (`stats.lse()` of the merged statistics): its part of `dH` (the shards' parts add up to
-/// `dH`), and `dW` and `db` for its classes. The blocks of rows run in parallel for `dH`, the
-/// blocks of classes for `dW` and `db`, each recomputing its logits.
+/// One shard's part of the gradients, given the statistics of the whole vocabulary (the merge
+/// of every shard's [`shard_stats`]): its part of `dH` (the shards' parts add up to `dH`), and
+/// `dW` and `db` for its classes. The blocks of rows run in parallel for `dH`, the blocks of
+/// classes for `dW` and `db`, each recomputing its logits and accumulating its products in
+/// place.
 ///
 /// # Errors
-/// Those of [`shard_stats`], and [`Error::Shape`] for a log-sum-exp that is not one per row.
+/// Those of [`shard_stats`], and [`Error::Shape`] for statistics that are not one per row.
 pub fn shard_grads(
     h: ArrayView2<f32>,
     shard: &Shard<'_>,
     labels: &Labels,
     opts: &LinearCrossEntropyOptions,
-    lse: ArrayView1<f32>,
+    stats: &ShardStats,
 ) -> Result<LinearGrads> {
     const OP: &str = "linear_cross_entropy_grad";
     check(OP, h, shard, labels, opts)?;
     let n = h.nrows();
-    if lse.len() != n {
-        return Err(Error::shape(
-            OP,
-            format!("{n} log-sum-exp values (one per row of H)"),
-            format!("{}", lse.len()),
-        ));
-    }
+    stats.check_rows(OP, n)?;
     let (ce_scale, z_scale) = opts.loss.scales(labels);
     let total_weight: f64 = (0..labels.classes()).map(|j| opts.loss.w(j)).sum();
     let scales = (ce_scale, z_scale, total_weight);
@@ -431,12 +453,13 @@ pub fn shard_grads(
                     raw.as_ref(),
                     rows.clone(),
                     v0 + cols.start,
-                    lse,
+                    stats,
                     labels,
                     opts,
                     scales,
                 );
-                dh += &g.dot(&shard.classifier.slice(s![cols, ..]));
+                let w_blk = shard.classifier.slice(s![cols, ..]);
+                general_mat_mul(1.0, &g, &w_blk, 1.0, &mut dh);
             }
         });
     let mut classifier = Array2::<f32>::zeros(shard.classifier.raw_dim());
@@ -457,12 +480,12 @@ pub fn shard_grads(
                     raw.as_ref(),
                     rows,
                     v0 + cols.start,
-                    lse,
+                    stats,
                     labels,
                     opts,
                     scales,
                 );
-                dw += &g.t().dot(&hb);
+                general_mat_mul(1.0, &g.t(), &hb, 1.0, &mut dw);
                 db += &g.sum_axis(Axis(0));
             }
         });
@@ -509,7 +532,7 @@ pub fn linear_cross_entropy(
     let stats = shard_stats(h, &shard, labels, opts)?;
     let loss = loss_from_stats(&stats, labels, opts)?;
     let grads = if with_grad {
-        Some(shard_grads(h, &shard, labels, opts, stats.lse().view())?)
+        Some(shard_grads(h, &shard, labels, opts, &stats)?)
     } else {
         None
     };
