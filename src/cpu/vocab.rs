@@ -2,13 +2,13 @@
 //! and its gradients without ever holding the `N x V` logits. Each block of rows meets each
 //! block of classes in a small product (`ROWS x CLASSES` logits, through matrixmultiply), whose
 //! per-row statistics merge by the online-softmax operator; the backward pass recomputes the
-//! blocks from the merged log-sum-exp. Memory beyond the inputs and outputs is one block of
+//! blocks from the merged statistics. Memory beyond the inputs and outputs is one block of
 //! logits per thread, whatever `V`.
 //!
 //! The same statistics merge across vocabulary shards ([`ShardStats::merge`]): a caller that
 //! splits `W` by rows over several devices (Megatron-LM's vocabulary-parallel cross-entropy)
 //! computes each shard's statistics, merges them (a few floats per row), and each shard's
-//! gradients from the merged log-sum-exp ([`shard_grads`]); the result is the unsharded one.
+//! gradients from the merged statistics ([`shard_grads`]); the result is the unsharded one.
 //!
 //! Every output element is computed by one task in a fixed order, so two runs give the same
 //! bits. Held to the materialising reference ([`linear_cross_entropy`](super::linear_cross_entropy))
