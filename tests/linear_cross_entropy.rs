@@ -405,6 +405,11 @@ fn masked_classes_merge_as_the_reference_does() {
     let w = array![[1.0f32], [1.0], [1.0], [1.0]];
     let b = array![f32::NEG_INFINITY, f32::NEG_INFINITY, 0.0, 0.0];
     let y = Labels::new([2], 4, -100).unwrap();
+    let shard = |r: std::ops::Range<usize>| Shard {
+        classifier: w.slice(ndarray::s![r.clone(), ..]),
+        bias: Some(b.slice(ndarray::s![r.clone()])),
+        first_class: r.start,
+    };
     for smoothing in [0.0, 0.1] {
         let opts = LinearCrossEntropyOptions::default()
             .loss(CrossEntropyOptions::default().label_smoothing(smoothing));
@@ -425,11 +430,6 @@ fn masked_classes_merge_as_the_reference_does() {
             Loss::Reduced(want),
             &format!("one shard, smoothing {smoothing}"),
         );
-        let shard = |r: std::ops::Range<usize>| Shard {
-            classifier: w.slice(ndarray::s![r.clone(), ..]),
-            bias: Some(b.slice(ndarray::s![r.clone()])),
-            first_class: r.start,
-        };
         let (masked, live) = (
             shard_stats(h.view(), &shard(0..2), &y, &opts).unwrap(),
             shard_stats(h.view(), &shard(2..4), &y, &opts).unwrap(),
@@ -450,7 +450,26 @@ fn masked_classes_merge_as_the_reference_does() {
         label_logit: Array1::zeros(2),
         smooth: Array1::zeros(2),
         weight: 1.0,
+        classes: 0..1,
     };
     let e = short.merge(&short).unwrap_err().to_string();
     assert!(e.contains("statistics of 2 rows"), "{e}");
+    // Overlapping or partial statistics are errors too: each class counts once, and the loss
+    // needs them all.
+    let opts = LinearCrossEntropyOptions::default();
+    let (low, high) = (
+        shard_stats(h.view(), &shard(0..2), &y, &opts).unwrap(),
+        shard_stats(h.view(), &shard(2..4), &y, &opts).unwrap(),
+    );
+    let e = low.merge(&low).unwrap_err().to_string();
+    assert!(e.contains("only adjacent shards merge"), "{e}");
+    let e = loss_from_stats(&high, &y, &opts).unwrap_err().to_string();
+    assert!(
+        e.contains("statistics of classes 2..4 of a vocabulary of 4"),
+        "{e}"
+    );
+    let e = cpu::vocab::shard_grads(h.view(), &shard(2..4), &y, &opts, &high)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("merge every shard's first"), "{e}");
 }

@@ -58,23 +58,42 @@ pub struct ShardStats {
     pub smooth: Array1<f32>,
     /// `sum_j w_j` over the shard's classes (1 per class without weights).
     pub weight: f32,
+    /// The classes the statistics cover: a shard's, or the union of adjacent shards'.
+    pub classes: std::ops::Range<usize>,
 }
 
 impl ShardStats {
-    /// The statistics of the union of two disjoint shards of the same rows.
+    /// The statistics of the union of two adjacent shards of the same rows (in either order),
+    /// so that a tree of merges over contiguous shards covers each class once.
     ///
     /// # Errors
-    /// [`Error::Shape`] when the two have different row counts.
+    /// [`Error::Shape`] when the two have different row counts; [`Error::InvalidArgument`]
+    /// when their classes are not adjacent (overlapping statistics would count classes twice).
     pub fn merge(&self, other: &ShardStats) -> Result<ShardStats> {
+        const OP: &str = "merge_shard_stats";
         let n = self.max.len();
-        self.check_rows("merge_shard_stats", n)?;
-        other.check_rows("merge_shard_stats", n)?;
+        self.check_rows(OP, n)?;
+        other.check_rows(OP, n)?;
+        let (a, b) = (&self.classes, &other.classes);
+        let classes = if a.end == b.start {
+            a.start..b.end
+        } else if b.end == a.start {
+            b.start..a.end
+        } else {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "statistics of classes {a:?} and {b:?}: only adjacent shards merge, each class once"
+                ),
+            ));
+        };
         let mut out = ShardStats {
             max: Array1::zeros(n),
             sumexp: Array1::zeros(n),
             label_logit: &self.label_logit + &other.label_logit,
             smooth: Array1::zeros(n),
             weight: self.weight + other.weight,
+            classes,
         };
         for i in 0..n {
             let (ma, mb) = (f64::from(self.max[i]), f64::from(other.max[i]));
@@ -119,6 +138,21 @@ impl ShardStats {
                 op,
                 format!("statistics of {rows} rows (max, sumexp, label_logit, smooth)"),
                 format!("{lens:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fails unless the statistics cover the whole vocabulary of `classes`: the loss and the
+    /// gradients need every shard's part.
+    fn check_whole(&self, op: &'static str, classes: usize) -> Result<()> {
+        if self.classes != (0..classes) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "statistics of classes {:?} of a vocabulary of {classes}: merge every shard's first",
+                    self.classes
+                ),
             ));
         }
         Ok(())
@@ -225,6 +259,7 @@ pub fn shard_stats(
         weight: (0..shard.classifier.nrows())
             .map(|j| opts.loss.w(v0 + j))
             .sum::<f64>() as f32,
+        classes: v0..v0 + shard.classifier.nrows(),
     };
     // The summed weights of the shard's classes before each one: what a running smoothing
     // sum carries when its maximum moves.
@@ -313,6 +348,7 @@ pub fn loss_from_stats(
     const OP: &str = "linear_cross_entropy";
     let n = stats.max.len();
     stats.check_rows(OP, n)?;
+    stats.check_whole(OP, labels.classes())?;
     if labels.len() != n {
         return Err(Error::shape(
             OP,
@@ -433,6 +469,7 @@ pub fn shard_grads(
     check(OP, h, shard, labels, opts)?;
     let n = h.nrows();
     stats.check_rows(OP, n)?;
+    stats.check_whole(OP, labels.classes())?;
     let (ce_scale, z_scale) = opts.loss.scales(labels);
     let total_weight: f64 = (0..labels.classes()).map(|j| opts.loss.w(j)).sum();
     let scales = (ce_scale, z_scale, total_weight);
