@@ -76,6 +76,22 @@ struct Row {
 }
 
 impl Row {
+    /// A row of `op` on `shape` and `path`, f32, with no rate, ratio, kernel or memory yet.
+    fn new(op: &'static str, shape: &str, path: &'static str, times: Vec<f64>) -> Row {
+        Row {
+            op,
+            shape: shape.to_string(),
+            path,
+            times,
+            bytes: None,
+            flops: None,
+            copy_ratio: None,
+            kernel: None,
+            dtype: DType::F32,
+            peak_bytes: None,
+        }
+    }
+
     fn json(&self) -> Value {
         let median = median(&self.times);
         let min = self.times.iter().copied().fold(f64::INFINITY, f64::min);
@@ -352,16 +368,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // check_fits bounded n * c * 12 bytes.
         let bytes = Some(2.0 * (n * c * 4) as f64);
         let row = |op, path, times| Row {
-            op,
-            shape: shape.clone(),
-            path,
-            times,
             bytes,
-            flops: None,
-            copy_ratio: None,
-            kernel: None,
-            dtype: DType::F32,
-            peak_bytes: None,
+            ..Row::new(op, &shape, path, times)
         };
         let v = x.view();
         // The fast path writes into one output reused from run to run, as a training loop
@@ -564,16 +572,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-1.0f32..1.0));
         let flops = Some(2.0 * m as f64 * n as f64 * k as f64);
         let row = |path, times| Row {
-            op: "matmul",
-            shape: shape.clone(),
-            path,
-            times,
-            bytes: None,
             flops,
-            copy_ratio: None,
-            kernel: None,
-            dtype: DType::F32,
-            peak_bytes: None,
+            ..Row::new("matmul", &shape, path, times)
         };
         emit(row(
             "cpu_reference",
@@ -603,16 +603,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // 3 products of 2 N V D flops, forward and backward.
         let flops = Some(6.0 * n as f64 * v as f64 * d as f64);
         let row = |path, times, peak| Row {
-            op: "linear_cross_entropy_fwd_bwd",
-            shape: shape.clone(),
-            path,
-            times,
-            bytes: None,
             flops,
-            copy_ratio: None,
-            kernel: None,
-            dtype: DType::F32,
             peak_bytes: Some(peak),
+            ..Row::new("linear_cross_entropy_fwd_bwd", &shape, path, times)
         };
         // Blocked over the vocabulary, without a softcap: one block of logits per thread.
         let blocks = rayon::current_num_threads() as u64 * cpu::vocab::BLOCK_LOGITS as u64 * 4;
@@ -659,21 +652,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let epoch_reps = reps.min(5);
     let train_row = |path, times| {
         emit(Row {
-            op: "train_epoch",
-            shape: shape.clone(),
-            path,
-            times,
-            bytes: None,
             // In f64: the product of three user-given sizes can pass usize.
             flops: Some(
                 4.0 * ((rows / 100.min(rows) * 100.min(rows)) as f64)
                     * features as f64
                     * classes as f64,
             ),
-            copy_ratio: None,
-            kernel: None,
-            dtype: DType::F32,
-            peak_bytes: None,
+            ..Row::new("train_epoch", &shape, path, times)
         })
     };
     let mut model =
