@@ -9,7 +9,9 @@
 //
 // Bindings (group 0), windowed by rows:
 //   1 y    read        array<u32>  one label word per row
-//   2 g    read_write  array<V>    N x C: probabilities in, gradient out
+//   2 g    read_write  array<S>    N x C: probabilities in, gradient out (f32 or f16: in f16
+//                                   the probabilities were rounded once already, so the label's
+//                                   entry p - 1 carries p's rounding, up to 2^-12 absolute)
 //   3 den  read        array<f32>  the denominator, bound whole
 // Dispatch: a team of p.tpr threads per row (common.wgsl).
 // Rust side: Kernel::OneHotSubtract; cpu::one_hot_subtract.
@@ -28,7 +30,7 @@ struct Args {
 }
 
 @group(0) @binding(1) var<storage, read> y: array<u32>;
-@group(0) @binding(2) var<storage, read_write> g: array<V>;
+@group(0) @binding(2) var<storage, read_write> g: array<S>;
 @group(0) @binding(3) var<storage, read> den: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -43,7 +45,7 @@ fn one_hot_subtract(
     let scale = p.a.scale / den[0];
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
         // select, not a multiply by 0: an ignored row's probabilities may be NaN.
-        let grad = select((g[start + i] - onehot(i, cls)) * scale, splat(0.0), cls == IGNORED);
-        g[start + i] = select(grad, splat(p.nan), cls == INVALID);
+        let grad = select((V(g[start + i]) - onehot(i, cls)) * scale, splat(0.0), cls == IGNORED);
+        g[start + i] = S(select(grad, splat(p.nan), cls == INVALID));
     }
 }

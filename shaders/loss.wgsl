@@ -24,7 +24,7 @@
 //   logsumexp_rows      1 m          read        array<f32>  one per row
 //                       2 s          read        array<f32>  one per row
 //                       3 lse_out    read_write  array<f32>  one per row
-//   cross_entropy_rows  1 x          read        array<V>    N x C logits
+//   cross_entropy_rows  1 x          read        array<S>    N x C logits (f32 or f16)
 //                       2 m          (as above)
 //                       3 s          (as above)
 //                       4 y          read        array<u32>  one label word per row
@@ -55,7 +55,7 @@ struct Args {
     pad4: u32,
 }
 
-@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
 @group(0) @binding(1) var<storage, read> v: array<f32>;
 @group(0) @binding(1) var<storage, read> m_rows: array<f32>;
 @group(0) @binding(1) var<storage, read> label_of: array<u32>;
@@ -107,7 +107,7 @@ fn cross_entropy_rows(
         loss_out[i] = p.nan;
         return;
     }
-    let x_y = lane_of(x[row_start(l) + cls / W], cls % W);
+    let x_y = lane_of(V(x[row_start(l) + cls / W]), cls % W);
     // m - x_y first: exact when they are close, where (m + log s) - x_y would lose the log.
     loss_out[i] = ((m[i] - x_y) + log(s[i])) / den[0];
 }

@@ -5,9 +5,9 @@
 //               that the pair (m, s) of two column chunks merges exactly.
 //
 // Bindings (group 0), windowed by rows as common.wgsl describes:
-//   row_max     1 x      read        array<V>    N x C matrix
+//   row_max     1 x      read        array<S>    N x C matrix
 //               2 m_out  read_write  array<f32>  one per row
-//   row_sumexp  1 x      read        array<V>    N x C matrix
+//   row_sumexp  1 x      read        array<S>    N x C matrix
 //               2 m      read        array<f32>  one per row
 //               3 s_out  read_write  array<f32>  one per row
 // Dispatch: a team of p.tpr threads per row (common.wgsl).
@@ -19,7 +19,7 @@ struct Args {
     unused: array<vec4<u32>, 2>,
 }
 
-@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
 @group(0) @binding(2) var<storage, read_write> m_out: array<f32>;
 @group(0) @binding(2) var<storage, read> m: array<f32>;
 @group(0) @binding(3) var<storage, read_write> s_out: array<f32>;
@@ -34,9 +34,9 @@ fn row_max(
     let start = row_start(l);
     // Seeded with the row's own first vector rather than a sentinel: WGSL has no -inf literal,
     // and an all -inf row must reduce to -inf.
-    var acc = x[start];
+    var acc = V(x[start]);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        acc = max(acc, x[start + i]);
+        acc = max(acc, V(x[start + i]));
     }
     let row_m = team_max(lid, hmax(acc));
     if l.live && l.t == 0u {
@@ -57,7 +57,7 @@ fn row_sumexp(
     let shift = select(row_m, 0.0, row_m < -F32_MAX);
     var acc = splat(0.0);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        acc += exp(x[start + i] - shift);
+        acc += exp(V(x[start + i]) - shift);
     }
     let s = team_sum(lid, hsum(acc));
     if l.live && l.t == 0u {

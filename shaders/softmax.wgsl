@@ -6,10 +6,10 @@
 // m is the raw row maximum, so a row containing +inf, or all -inf, gives NaN as in PyTorch.
 //
 // Bindings (group 0), windowed by rows:
-//   1 x    read        array<V>    N x C matrix
+//   1 x    read        array<S>    N x C matrix (S: f32 or f16, computed in f32)
 //   2 m    read        array<f32>  one per row (row_max)
 //   3 s    read        array<f32>  one per row (row_sumexp)
-//   4 out  read_write  array<V>    N x C matrix
+//   4 out  read_write  array<S>    N x C matrix, in x's precision
 // Dispatch: a team of p.tpr threads per row (common.wgsl).
 // Rust side: Kernel::{SoftmaxNormalise, LogSoftmaxNormalise}; cpu::{softmax, log_softmax}.
 
@@ -19,10 +19,10 @@ struct Args {
     unused: array<vec4<u32>, 2>,
 }
 
-@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
 @group(0) @binding(2) var<storage, read> m: array<f32>;
 @group(0) @binding(3) var<storage, read> s: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<V>;
+@group(0) @binding(4) var<storage, read_write> out: array<S>;
 
 @compute @workgroup_size(WG)
 fn softmax_normalise(
@@ -36,7 +36,7 @@ fn softmax_normalise(
     let row_m = m[p.vec_base + safe_row(l)];
     let inv = 1.0 / s[p.vec_base + safe_row(l)];
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
-        out[out_start + i] = exp(x[start + i] - row_m) * inv;
+        out[out_start + i] = S(exp(V(x[start + i]) - row_m) * inv);
     }
 }
 
@@ -53,6 +53,6 @@ fn log_softmax_normalise(
     let log_s = log(s[p.vec_base + safe_row(l)]);
     for (var i = l.t; i < row_vectors(l); i += p.tpr) {
         // x - m first: it is exact for nearby values, where x - (m + log s) would round.
-        out[out_start + i] = (x[start + i] - row_m) - log_s;
+        out[out_start + i] = S((V(x[start + i]) - row_m) - log_s);
     }
 }

@@ -101,7 +101,10 @@ impl Family {
     /// Whether the family has an `f16` variant: its matrices stored as `S`, `f16` where the
     /// device has `SHADER_F16`, read and written through conversions to and from `V`.
     pub(crate) fn has_f16(self) -> bool {
-        matches!(self, Family::Fused | Family::Backward | Family::Copy)
+        !matches!(
+            self,
+            Family::Matmul | Family::MatmulTex | Family::Train | Family::TrainTex
+        )
     }
 
     /// Whether the family is a matrix product, built on `matmul_common.wgsl`.
