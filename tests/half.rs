@@ -347,6 +347,98 @@ fn staged_kernels_on_f16_match_the_reference() {
     }
 }
 
+/// Binary cross-entropy of f16 logits and targets: the losses (per element or reduced) in f32,
+/// the gradient in f16, with no weights, per-column weights (read from one buffer), and
+/// per-element weights (the weighted kernel), on lengths around every vector size. Each matrix
+/// has its own base in the kernel: f16 windows start at half the bytes of f32 ones.
+#[test]
+fn bce_of_f16_matches_the_reference() {
+    require_gpu!();
+    for (name, gpu) in configs() {
+        for rows in ROWS {
+            for cols in WIDTHS {
+                let z = adversarial_f16(rows, cols, 21 + cols as u64)
+                    .mapv(|v| if v.is_nan() { f16::from_f32(3.0) } else { v });
+                let mut r = rng(cols as u64);
+                let t = Array2::from_shape_fn((rows, cols), |(i, j)| match (i + j) % 5 {
+                    0 => 0.0,
+                    1 => 1.0,
+                    _ => r.random_range(0.0..1.0f32),
+                })
+                .mapv(f16::from_f32);
+                let w_col = Array2::from_shape_fn((1, cols), |(_, j)| 0.5 + (j % 3) as f32 * 0.75);
+                let pw_col = Array2::from_shape_fn((1, cols), |(_, j)| 2.0 - (j % 4) as f32 * 0.5);
+                let w_full = Array2::from_shape_fn((rows, cols), |(i, j)| {
+                    0.25 + ((i * 7 + j) % 5) as f32 * 0.5
+                });
+                let (gz, gt) = (
+                    gpu.upload_f16(z.view()).unwrap(),
+                    gpu.upload_f16(t.view()).unwrap(),
+                );
+                // A configuration with 4 KiB bindings holds no f32 row of 1025 (the f16 logits
+                // fit): the weights are skipped there.
+                let (Ok(gw_col), Ok(gpw_col), Ok(gw_full)) = (
+                    gpu.upload(w_col.view()),
+                    gpu.upload(pw_col.view()),
+                    gpu.upload(w_full.view()),
+                ) else {
+                    assert!(cols * 4 > 4000, "{name}: f32 rows of {cols} fit");
+                    continue;
+                };
+                type Weighting<'a> = (
+                    &'a str,
+                    Option<&'a softmax_ce::GpuMatrix>,
+                    Option<&'a softmax_ce::GpuMatrix>,
+                    Option<&'a Array2<f32>>,
+                );
+                let weightings: [Weighting<'_>; 3] = [
+                    ("unweighted", None, None, None),
+                    ("per-column", Some(&gw_col), Some(&gpw_col), Some(&w_col)),
+                    ("full weight", Some(&gw_full), Some(&gpw_col), Some(&w_full)),
+                ];
+                for (weighting, gw, gpw, w) in weightings {
+                    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+                        let case = format!("{name} {rows}x{cols} bce {weighting} {reduction:?}");
+                        let mut opts = softmax_ce::BceOptions::default().reduction(reduction);
+                        if let Some(w) = w {
+                            opts = opts.weight(w.clone());
+                        }
+                        if gpw.is_some() {
+                            opts = opts.pos_weight(pw_col.clone());
+                        }
+                        let (loss, grad) = gpu
+                            .bce_with_logits_weighted_with_grad(&gz, &gt, gw, gpw, reduction)
+                            .unwrap();
+                        let (zd, td) = (z.view().into_dyn(), t.view().into_dyn());
+                        let want = cpu::bce_with_logits_nd(zd.clone(), td.clone(), &opts).unwrap();
+                        let got = gpu.download_bce(&loss).unwrap().into_array();
+                        assert_close(got.view(), want.view(), LOSS_ABS, LOSS_REL, &case);
+                        let want_grad = cpu::bce_with_logits_nd_grad(zd, td, &opts)
+                            .unwrap()
+                            .into_dimensionality()
+                            .unwrap();
+                        // The kernel's f32 arithmetic: a few f32 steps of the largest term
+                        // (weights up to 2.25 and 2), scaled, before the one f16 rounding.
+                        let scale = if reduction == Reduction::Mean {
+                            1.0 / (rows * cols) as f32
+                        } else {
+                            1.0
+                        };
+                        assert_eq!(grad.dtype(), DType::F16, "{case}: gradient precision");
+                        assert_close(
+                            gpu.download(&grad).unwrap().view(),
+                            widen(want_grad.view()).view(),
+                            HALF_ABS + 32.0 * f32::EPSILON * scale,
+                            HALF_REL,
+                            &format!("{case} gradient"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// An application's own `f16` logits at an aligned offset, rows padded, with a plan recorded
 /// into its encoder: half the bytes of f32, the same answers.
 #[test]

@@ -451,9 +451,9 @@ pub fn log_softmax_backward<T: Element>(lp: ArrayView2<T>, dy: ArrayView2<T>) ->
 /// computed stably as `max(z, 0) - z t + log(1 + exp(-|z|))` (see [`bce_with_logits_nd`], of
 /// which this is the 2-D, unweighted case). `none` gives one loss per element; `mean` divides
 /// the sum by the number of elements (NaN when there are none, as in PyTorch).
-pub fn bce_with_logits(
-    z: ArrayView2<f32>,
-    t: ArrayView2<f32>,
+pub fn bce_with_logits<T: Element>(
+    z: ArrayView2<T>,
+    t: ArrayView2<T>,
     reduction: Reduction,
 ) -> Result<BceLoss> {
     const OP: &str = "bce_with_logits";
@@ -475,12 +475,12 @@ pub fn bce_with_logits(
 }
 
 /// The gradient of [`bce_with_logits`] with respect to the logits: `(sigmoid(z) - t)`, divided
-/// by the number of elements for `mean`.
-pub fn bce_with_logits_grad(
-    z: ArrayView2<f32>,
-    t: ArrayView2<f32>,
+/// by the number of elements for `mean`, in the logits' precision.
+pub fn bce_with_logits_grad<T: Element>(
+    z: ArrayView2<T>,
+    t: ArrayView2<T>,
     reduction: Reduction,
-) -> Result<Array2<f32>> {
+) -> Result<Array2<T>> {
     const OP: &str = "bce_with_logits_grad";
     check_same_shape(OP, z, t, "targets")?;
     let g = bce_with_logits_nd_grad(
@@ -520,10 +520,10 @@ fn bce_element(z: f64, t: f64, w: f64, pw: f64) -> (f64, f64) {
 }
 
 /// The per-element losses and unscaled gradients of [`bce_with_logits_nd`], in f64.
-fn bce_elements(
+fn bce_elements<T: Element>(
     op: &'static str,
-    z: ArrayViewD<f32>,
-    t: ArrayViewD<f32>,
+    z: ArrayViewD<T>,
+    t: ArrayViewD<T>,
     opts: &BceOptions,
 ) -> Result<(ArrayD<f64>, ArrayD<f64>)> {
     let (w, pw) = opts.broadcast(op, z.shape(), t.shape())?;
@@ -541,8 +541,8 @@ fn bce_elements(
         .and(&t)
         .and(&w)
         .and(&pw)
-        .for_each(|l, g, &z, &t, &w, &pw| {
-            (*l, *g) = bce_element(z as f64, t as f64, w as f64, pw as f64);
+        .for_each(|l, g, z, t, &w, &pw| {
+            (*l, *g) = bce_element(z.to_f64(), t.to_f64(), w as f64, pw as f64);
         });
     Ok((loss, grad))
 }
@@ -554,7 +554,8 @@ fn bce_elements(
 /// logistic regression.
 ///
 /// Returns PyTorch's shape: the logits' for `none`, 0-d for `mean` (over all elements, NaN
-/// when there are none) and `sum`. Computed in f64 and rounded once; stable for any logit (see
+/// when there are none) and `sum`, in `f32` for `f16` logits and targets too. Computed in
+/// f64 and rounded once; stable for any logit (see
 /// `docs/semantics.md`: an infinite logit whose coefficient is 0 gives 0, not PyTorch's NaN).
 ///
 /// ```
@@ -573,9 +574,9 @@ fn bce_elements(
 /// # Errors
 /// [`Error::Shape`] when the targets' shape is not the logits' or a weight does not broadcast
 /// to it (naming both shapes); [`Error::InvalidArgument`] for a weight that is not finite.
-pub fn bce_with_logits_nd(
-    z: ArrayViewD<f32>,
-    t: ArrayViewD<f32>,
+pub fn bce_with_logits_nd<T: Element>(
+    z: ArrayViewD<T>,
+    t: ArrayViewD<T>,
     opts: &BceOptions,
 ) -> Result<ArrayD<f32>> {
     let (loss, _) = bce_elements("bce_with_logits", z, t, opts)?;
@@ -588,18 +589,18 @@ pub fn bce_with_logits_nd(
 
 /// The gradient of [`bce_with_logits_nd`] with respect to the logits, the logits' shape:
 /// `w ((pw t + 1 - t) sigmoid(z) - pw t)` per element, divided by the number of elements for
-/// `mean`; for `none`, the gradient of the sum.
-pub fn bce_with_logits_nd_grad(
-    z: ArrayViewD<f32>,
-    t: ArrayViewD<f32>,
+/// `mean`; for `none`, the gradient of the sum. In the logits' precision, rounded once.
+pub fn bce_with_logits_nd_grad<T: Element>(
+    z: ArrayViewD<T>,
+    t: ArrayViewD<T>,
     opts: &BceOptions,
-) -> Result<ArrayD<f32>> {
+) -> Result<ArrayD<T>> {
     let (_, grad) = bce_elements("bce_with_logits_grad", z, t, opts)?;
     let scale = match opts.reduction {
         Reduction::Mean => 1.0 / grad.len() as f64,
         Reduction::Sum | Reduction::None => 1.0,
     };
-    Ok(grad.mapv(|g| (g * scale) as f32))
+    Ok(grad.mapv(|g| T::from_f64(g * scale)))
 }
 
 /// A binary cross-entropy: one value per element, or reduced.

@@ -122,6 +122,21 @@ impl GpuMatrix {
         }
     }
 
+    /// Fails unless it is an `f32` matrix, naming it as `what`: an array that is `f32`
+    /// whatever the precision of the op's other matrices.
+    pub(crate) fn check_f32_as(&self, op: &'static str, what: &str) -> Result<()> {
+        if self.dtype == DType::F32 {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            op,
+            format!(
+                "{what}: a {} x {} matrix of {}, not f32",
+                self.rows, self.cols, self.dtype
+            ),
+        ))
+    }
+
     /// The matrix as a kernel binds it, from its row `first_row`.
     pub(crate) fn at_row(&self, first_row: usize) -> At<'_> {
         At {

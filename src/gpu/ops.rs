@@ -1444,9 +1444,13 @@ impl GpuContext {
     /// device (`R x K` more floats). The weights' values are not checked here (they are on the
     /// device); non-finite ones give non-finite losses.
     ///
+    /// `f16` logits take `f16` targets and give an `f16` gradient; the losses (per element or
+    /// reduced) and the weights are `f32` in either precision, and the kernel computes in `f32`.
+    ///
     /// # Errors
     /// [`Error::Shape`] when the targets are not the logits' shape or a weight is neither
-    /// `1 x K` nor `R x K`, naming both shapes.
+    /// `1 x K` nor `R x K`, naming both shapes; [`Error::InvalidArgument`] for targets of
+    /// another precision than the logits, or `f16` weights.
     pub fn bce_with_logits_weighted_with_grad(
         &self,
         z: &GpuMatrix,
@@ -1460,7 +1464,7 @@ impl GpuContext {
             Reduction::None => GpuBceLoss::PerElement(self.new_matrix(OP, z.rows(), z.cols())?),
             Reduction::Mean | Reduction::Sum => GpuBceLoss::Reduced(self.new_vector(OP, 1)?),
         };
-        let grad = self.new_matrix(OP, z.rows(), z.cols())?;
+        let grad = self.new_matrix_of(OP, z.rows(), z.cols(), z.dtype())?;
         self.run_plan(self.plan_bce_with_logits(
             (z, t, weight, pos_weight),
             reduction,
@@ -1497,7 +1501,14 @@ impl GpuContext {
         grad.check_contiguous(OP)?;
         let (loss_at, loss_bytes, loss_owner) = match (loss, reduction) {
             (GpuBceLoss::PerElement(m), Reduction::None) => {
-                check_pair(OP, z, m, "a per-element loss")?;
+                if m.dim() != z.dim() {
+                    return Err(Error::shape(
+                        OP,
+                        format!("a per-element loss of shape {:?}", z.dim()),
+                        format!("{:?}", m.dim()),
+                    ));
+                }
+                m.check_f32_as(OP, "the per-element loss (losses are f32)")?;
                 m.check_contiguous(OP)?;
                 (m.at(), m.byte_len(), m.owner)
             }
@@ -1537,7 +1548,9 @@ impl GpuContext {
         )?;
         for m in [Some(z), Some(t), weight, pos_weight].into_iter().flatten() {
             m.check_contiguous(OP)?;
-            m.check_f32(OP)?;
+        }
+        for w in [weight, pos_weight].into_iter().flatten() {
+            w.check_f32_as(OP, "a weight (weights are f32 whatever the logits' precision)")?;
         }
         let (rows, cols) = z.dim();
         let mut owners = vec![z.owner, t.owner, grad.owner, loss_owner];
@@ -1619,6 +1632,17 @@ impl GpuContext {
             };
             let w_full = full(rec, weight, w_mode)?;
             let pw_full = full(rec, pos_weight, pw_mode)?;
+            // Where only one weight is full, the other's binding repeats it (never read then).
+            let full_pair = match (&w_full, &pw_full) {
+                (None, None) => None,
+                (Some(w), None) | (None, Some(w)) => Some([w, w]),
+                (Some(w), Some(pw)) => Some([w, pw]),
+            };
+            let kernel = if full_pair.is_some() {
+                Kernel::BceWithLogitsWeighted
+            } else {
+                Kernel::BceWithLogits
+            };
             let args = BackwardArgs {
                 weight_mode: w_mode,
                 pos_weight_mode: pw_mode,
@@ -1637,32 +1661,28 @@ impl GpuContext {
                 // each is one dispatch.
                 let per_dispatch = self
                     .geometry
-                    .dispatch_rows(u64::from(self.config.wg(Kernel::BceWithLogits.family())));
+                    .dispatch_rows(u64::from(self.config.wg(kernel.family())));
                 for window in self
                     .geometry
                     .windows_capped(OP, count, width, per_dispatch)?
                 {
                     let first_row = first / width + window.start;
-                    // The logits stand in for an absent weight (never read then).
-                    let full = [&w_full, &pw_full].map(|w| match w {
-                        Some((buffer, offset)) => At {
+                    let mut buffers = vec![
+                        z.flat_at(first_row),
+                        t.flat_at(first_row),
+                        At::from(&per_col),
+                        per_element.flat_at(first_row),
+                        grad.flat_at(first_row),
+                    ];
+                    for (buffer, offset) in full_pair.into_iter().flatten() {
+                        buffers.push(At {
                             buffer,
                             offset: *offset,
                             first_row,
                             stride: 0,
                             dtype: DType::F32,
-                        },
-                        None => z.flat_at(first_row),
-                    });
-                    let buffers = [
-                        z.flat_at(first_row),
-                        t.flat_at(first_row),
-                        full[0],
-                        full[1],
-                        At::from(&per_col),
-                        per_element.flat_at(first_row),
-                        grad.flat_at(first_row),
-                    ];
+                        });
+                    }
                     let phase = (first + window.start * width) % cols.max(1);
                     let args = BackwardArgs {
                         first_col: phase as u32,
@@ -1670,7 +1690,7 @@ impl GpuContext {
                     };
                     let plan = self.plan_rows(
                         OP,
-                        Kernel::BceWithLogits,
+                        kernel,
                         (window.len(), width),
                         &buffers,
                         args,

@@ -135,10 +135,13 @@ impl GpuContext {
         );
         // Each matrix's row stride; vec4 access where every row of every matrix is whole vec4s
         // (bindings start 16-byte aligned, so rows then start on a vec4 too).
-        let strides: Vec<usize> = signature
+        let matrices: Vec<_> = signature
             .iter()
             .zip(buffers)
-            .filter(|(b, _)| b.slot == Slot::Matrix)
+            .filter(|(b, _)| b.slot.is_matrix())
+            .collect();
+        let strides: Vec<usize> = matrices
+            .iter()
             .map(|(_, at)| if at.stride == 0 { cols } else { at.stride })
             .collect();
         assert!(
@@ -175,13 +178,15 @@ impl GpuContext {
         )?;
         let mut out = Vec::new();
         let per_dispatch = geometry.dispatch_rows(u64::from(wg / tpr));
-        // Windows sized by the widest stride: every matrix's window fits one binding.
-        // Without matrices only the per-row bindings, one element a row, need to fit.
-        let narrowest = if strides.is_empty() { 1 } else { cols };
-        let row_elems = strides.iter().copied().fold(narrowest, usize::max);
+        // Windows sized by the widest row in bytes: every matrix's window fits one binding.
+        // Without matrices only the per-row bindings, one element a row, need to fit. Windows
+        // are cut in 4-byte words: two f16 to a word.
+        let row_words = matrices
+            .iter()
+            .zip(&strides)
+            .map(|((b, _), &s)| crate::gpu::buffers::words(s.max(cols), b.slot.matrix_dtype(dtype)))
+            .fold(1, usize::max);
         let lanes = width.lanes() as u32;
-        // Windows are cut in 4-byte words: two f16 to a word.
-        let row_words = crate::gpu::buffers::words(row_elems, dtype).max(1);
         for window in geometry.windows_capped(op, rows, row_words, per_dispatch)? {
             let groups = geometry.fold(op, row_groups(window.len(), tpr, wg))?;
             // Every buffer sees the same window of rows, shifted to where its rows start.
@@ -196,14 +201,14 @@ impl GpuContext {
                     Slot::Whole => at.buffer.as_entire_binding(),
                     Slot::Uniform => uniform_binding(at.buffer),
                     Slot::Texture => unreachable!("row kernels bind no textures"),
-                    Slot::Matrix | Slot::PerRow => {
-                        let (offset, size) = if binding.slot == Slot::Matrix {
+                    Slot::Matrix | Slot::MatrixF32 | Slot::PerRow => {
+                        let (offset, size) = if binding.slot.is_matrix() {
                             let s = strides[matrix];
                             let (offset, size, b) = geometry.slice_rows(
                                 at.offset,
                                 &shifted(at),
                                 (s, cols),
-                                dtype.size() as u64,
+                                binding.slot.matrix_dtype(dtype).size() as u64,
                             );
                             debug_assert_eq!(b % lanes, 0);
                             base[matrix] = b / lanes;
@@ -254,8 +259,9 @@ impl GpuContext {
         Ok(out)
     }
 
-    /// The one element type of `kernel`'s matrix bindings: `f32`, or `f16` where the kernel's
-    /// family has an `f16` variant and the device has `SHADER_F16`.
+    /// The one element type of `kernel`'s matrix bindings ([`Slot::Matrix`]; a
+    /// [`Slot::MatrixF32`] is `f32` in either): `f32`, or `f16` where the kernel's family has an
+    /// `f16` variant and the device has `SHADER_F16`.
     fn matrices_dtype(
         &self,
         op: &'static str,
@@ -268,6 +274,18 @@ impl GpuContext {
             .zip(buffers)
             .filter(|(b, _)| b.slot == Slot::Matrix)
             .map(|(_, at)| at.dtype);
+        // The f32-always matrices are the op layer's to check with a message of its own; one of
+        // f16 here would be read at the wrong width.
+        let f32_slots = signature.iter().zip(buffers);
+        if f32_slots
+            .filter(|(b, _)| b.slot == Slot::MatrixF32)
+            .any(|(_, at)| at.dtype != DType::F32)
+        {
+            return Err(Error::invalid(
+                op,
+                format!("{} takes its losses and weights in f32", kernel.entry()),
+            ));
+        }
         let Some(dtype) = dtypes.next() else {
             return Ok(DType::F32);
         };

@@ -141,8 +141,12 @@ impl Width {
 /// What a kernel binding holds, which decides how it is cut into row windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Slot {
-    /// A row-major matrix with the kernel's column count, windowed by rows.
+    /// A row-major matrix with the kernel's column count, windowed by rows, in the kernel's
+    /// precision (`S`).
     Matrix,
+    /// A matrix windowed like [`Slot::Matrix`] but `f32` whatever the kernel's precision: the
+    /// losses and weights beside `f16` logits.
+    MatrixF32,
     /// One value per row, windowed by rows.
     PerRow,
     /// Bound whole (a scalar accumulator, class weights).
@@ -153,6 +157,22 @@ pub(crate) enum Slot {
     Uniform,
     /// A 2-D `rgba32float` storage texture: read-only, or write-only when `writable`.
     Texture,
+}
+
+impl Slot {
+    /// Whether the slot is a matrix windowed by rows, with its own base and row stride in the
+    /// params (`row_at` in common.wgsl).
+    pub(crate) fn is_matrix(self) -> bool {
+        matches!(self, Slot::Matrix | Slot::MatrixF32)
+    }
+
+    /// The precision of a matrix slot in a kernel of precision `kernel`.
+    pub(crate) fn matrix_dtype(self, kernel: DType) -> DType {
+        match self {
+            Slot::MatrixF32 => DType::F32,
+            _ => kernel,
+        }
+    }
 }
 
 /// One binding after the params uniform (binding 0): what it holds, and whether it is written.
@@ -168,6 +188,14 @@ const MAT_IN: Binding = Binding {
 };
 const MAT_OUT: Binding = Binding {
     slot: Slot::Matrix,
+    writable: true,
+};
+const F32_IN: Binding = Binding {
+    slot: Slot::MatrixF32,
+    writable: false,
+};
+const F32_OUT: Binding = Binding {
+    slot: Slot::MatrixF32,
     writable: true,
 };
 const ROW_IN: Binding = Binding {
@@ -241,6 +269,7 @@ pub(crate) enum Kernel {
     SoftmaxBackward,
     LogSoftmaxBackward,
     BceWithLogits,
+    BceWithLogitsWeighted,
     CrossEntropySoft,
     StepForward,
     StepUpdate,
@@ -253,7 +282,7 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub(crate) const ALL: [Kernel; 33] = [
+    pub(crate) const ALL: [Kernel; 34] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -279,6 +308,7 @@ impl Kernel {
         Kernel::SoftmaxBackward,
         Kernel::LogSoftmaxBackward,
         Kernel::BceWithLogits,
+        Kernel::BceWithLogitsWeighted,
         Kernel::CrossEntropySoft,
         Kernel::StepForward,
         Kernel::StepUpdate,
@@ -390,11 +420,19 @@ impl Kernel {
             ),
             SoftmaxBackward => row(F::Backward, "softmax_backward", BACKWARD, Team, 2),
             LogSoftmaxBackward => row(F::Backward, "log_softmax_backward", BACKWARD, Team, 2),
-            // One vector a thread; its per-column gather loops over the W lanes only.
+            // One vector a thread; its per-column gather loops over the W lanes only. The
+            // weighted form adds the per-element weights after the unweighted one's bindings.
             BceWithLogits => row(
                 F::Backward,
                 "bce_with_logits",
-                &[MAT_IN, MAT_IN, MAT_IN, MAT_IN, WHOLE_IN, MAT_OUT, MAT_OUT],
+                &[MAT_IN, MAT_IN, WHOLE_IN, F32_OUT, MAT_OUT],
+                Thread,
+                0,
+            ),
+            BceWithLogitsWeighted => row(
+                F::Backward,
+                "bce_with_logits_weighted",
+                &[MAT_IN, MAT_IN, WHOLE_IN, F32_OUT, MAT_OUT, F32_IN, F32_IN],
                 Thread,
                 0,
             ),
