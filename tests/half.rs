@@ -595,6 +595,28 @@ fn f16_rows_fold_and_window_past_lowered_limits() {
         assert_loss(gpu.download_loss(&loss).unwrap(), want, &case);
         let want = cpu::cross_entropy_grad(x.view(), &y, &opts).unwrap();
         check_matrix(&gpu, &grad, want, &format!("{case}: gradient"));
+        // BCE cuts the flat f16 logits and the f32 losses into windows of their own widths.
+        let t = x.mapv(|v| f16::from_f32(if v.to_f32() > 0.0 { 1.0 } else { 0.25 }));
+        let pw = Array2::from_shape_fn((1, cols), |(_, j)| 1.0 + j as f32 * 0.5);
+        let (gt, gpw) = (
+            gpu.upload_f16(t.view()).unwrap(),
+            gpu.upload(pw.view()).unwrap(),
+        );
+        for reduction in [Reduction::None, Reduction::Sum] {
+            let bce = softmax_ce::BceOptions::default()
+                .reduction(reduction)
+                .pos_weight(pw.clone());
+            let (loss, grad) = gpu
+                .bce_with_logits_weighted_with_grad(&gx, &gt, None, Some(&gpw), reduction)
+                .unwrap();
+            let (xd, td) = (x.view().into_dyn(), t.view().into_dyn());
+            let want = cpu::bce_with_logits_nd(xd.clone(), td.clone(), &bce).unwrap();
+            let got = gpu.download_bce(&loss).unwrap().into_array();
+            let what = format!("{case}: bce {reduction:?}");
+            assert_close(got.view(), want.view(), LOSS_ABS, LOSS_REL, &what);
+            let want = cpu::bce_with_logits_nd_grad(xd, td, &bce).unwrap();
+            check_matrix(&gpu, &grad, want.into_dimensionality().unwrap(), &what);
+        }
     }
 
     let align = gpu.limits().min_storage_buffer_offset_alignment as u64;
