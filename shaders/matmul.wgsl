@@ -5,7 +5,8 @@
 //   matmul_tn: C = alpha * A^T B + beta * C    A: K x M (read transposed by indexing, never
 //                                              copied), B: K x N, C: M x N
 //
-// All row-major f32. beta = 0 overwrites C without reading it (it may hold garbage or NaN), so
+// All row-major, stored as f32 or (the f16 variant) f16, computed in f32 either way: A, B and
+// C share one precision. beta = 0 overwrites C without reading it (it may hold garbage or NaN), so
 // the same kernel computes a fresh product and an SGD update theta = theta - lr/B X^T G.
 //
 // Each thread owns an 8 x 8 block of C (MM_BLOCK) in registers and walks the whole K dimension
@@ -13,24 +14,24 @@
 // quads (4 consecutive columns) of B, then does 64 multiply-adds (a rank-1 update). There is
 // no workgroup memory: caches do that job on GPUs, and on lavapipe, where every storage or
 // workgroup access is a loop over the SIMD lanes, fewer and wider accesses are the whole game.
-// A and B are `array<V>`: at W = 4 (every row length involved a multiple of 4, chosen by
+// A and B are `array<S>`, read as V: at W = 4 (every row length involved a multiple of 4, chosen by
 // src/gpu/matmul.rs) one access moves four floats, at W = 1 four accesses make a quad.
 // Rows and columns past the edge of C read the last row or column instead (never stored), so
 // every shape works with no branch in the loop.
 //
 // Bindings (group 0):
 //   0 q  uniform                MatmulParams
-//   1 a  read        array<V>   A, from element q.a_base (a multiple of W)
-//   2 b  read        array<V>   B, from element q.b_base (a multiple of W)
-//   3 c  read_write  array<f32> C, from element q.c_base
+//   1 a  read        array<S>   A, from element q.a_base (a multiple of W)
+//   2 b  read        array<S>   B, from element q.b_base (a multiple of W)
+//   3 c  read_write  array<S1>  C, from element q.c_base
 // Dispatch: ceil(N / (MM_BLOCK MM_TX)) x ceil(M / (MM_BLOCK MM_TY)) workgroups of MM_TX x MM_TY;
 // past the workgroups of one dimension, further dispatches of the column tiles from q.tile_x0.
 // Rust side: Kernel::{MatmulNn, MatmulTn}; src/gpu/matmul.rs; the reference is ndarray's dot.
 
 @group(0) @binding(0) var<uniform> q: MatmulParams;
-@group(0) @binding(1) var<storage, read> a: array<V>;
-@group(0) @binding(2) var<storage, read> b: array<V>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<S>;
+@group(0) @binding(2) var<storage, read> b: array<S>;
+@group(0) @binding(3) var<storage, read_write> c: array<S1>;
 
 // Oct, Block and store_block come from matmul_common.wgsl, written out for 8 x 8.
 const_assert MM_BLOCK == 8u;
@@ -60,29 +61,29 @@ fn axpy(row: Oct, x: f32, y: Oct) -> Oct {
 // taken still compiles.
 fn a_quad(start: u32, col: u32, len: u32) -> vec4<f32> {
     if W == 4u {
-        return vec4<f32>(a[(start + min(col, len - 4u)) / 4u]);
+        return vec4<f32>(V(a[(start + min(col, len - 4u)) / 4u]));
     }
     let last = start + len - 1u;
     let i = start + col;
     return vec4<f32>(
-        lane_of(a[min(i, last)], 0u),
-        lane_of(a[min(i + 1u, last)], 0u),
-        lane_of(a[min(i + 2u, last)], 0u),
-        lane_of(a[min(i + 3u, last)], 0u),
+        lane_of(V(a[min(i, last)]), 0u),
+        lane_of(V(a[min(i + 1u, last)]), 0u),
+        lane_of(V(a[min(i + 2u, last)]), 0u),
+        lane_of(V(a[min(i + 3u, last)]), 0u),
     );
 }
 
 fn b_quad(start: u32, col: u32, len: u32) -> vec4<f32> {
     if W == 4u {
-        return vec4<f32>(b[(start + min(col, len - 4u)) / 4u]);
+        return vec4<f32>(V(b[(start + min(col, len - 4u)) / 4u]));
     }
     let last = start + len - 1u;
     let i = start + col;
     return vec4<f32>(
-        lane_of(b[min(i, last)], 0u),
-        lane_of(b[min(i + 1u, last)], 0u),
-        lane_of(b[min(i + 2u, last)], 0u),
-        lane_of(b[min(i + 3u, last)], 0u),
+        lane_of(V(b[min(i, last)]), 0u),
+        lane_of(V(b[min(i + 1u, last)]), 0u),
+        lane_of(V(b[min(i + 2u, last)]), 0u),
+        lane_of(V(b[min(i + 3u, last)]), 0u),
     );
 }
 
@@ -134,7 +135,10 @@ fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     var acc: Block;
     // W steps of k at a time: one V of each row of A holds them all.
     for (var v = 0u; v < stride; v++) {
-        let rows = Rows(a[r0 + v], a[r1 + v], a[r2 + v], a[r3 + v], a[r4 + v], a[r5 + v], a[r6 + v], a[r7 + v]);
+        let rows = Rows(
+            V(a[r0 + v]), V(a[r1 + v]), V(a[r2 + v]), V(a[r3 + v]),
+            V(a[r4 + v]), V(a[r5 + v]), V(a[r6 + v]), V(a[r7 + v]),
+        );
         let k = v * W;
         acc = rank1(acc, column(rows, 0u), b_oct(k, o.y));
         if W == 4u {

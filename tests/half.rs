@@ -307,7 +307,13 @@ fn staged_kernels_on_f16_match_the_reference() {
                     &format!("{case} logsumexp"),
                 );
                 // Finite rows for the losses, as in the fused test above.
-                let x = x.mapv(|v| if v.is_finite() { v } else { f16::from_f32(-1.5) });
+                let x = x.mapv(|v| {
+                    if v.is_finite() {
+                        v
+                    } else {
+                        f16::from_f32(-1.5)
+                    }
+                });
                 let on = gpu.upload_f16(x.view()).unwrap();
                 let y = labels(rows, cols, 3, cols as u64);
                 let gy = gpu.upload_labels(&y).unwrap();
@@ -439,6 +445,102 @@ fn bce_of_f16_matches_the_reference() {
     }
 }
 
+/// `f16` products: A, B and C in f16, accumulated in f32. Within one f16 rounding of the exact
+/// product (computed in f64 from the same f16 values), plus the f32 accumulation's bound
+/// `(k + 1) u sum_l |a_il b_lj|` (tests/matmul.rs) before that rounding.
+fn assert_product_f16(
+    gpu: &GpuContext,
+    got: &softmax_ce::GpuMatrix,
+    a: ArrayView2<f16>,
+    b: ArrayView2<f16>,
+    case: &str,
+) {
+    assert_eq!(got.dtype(), DType::F16, "{case}: output precision");
+    let (a, b) = (a.mapv(|v| v.to_f64()), b.mapv(|v| v.to_f64()));
+    let want = a.dot(&b);
+    let scale = a.mapv(f64::abs).dot(&b.mapv(f64::abs));
+    let k = a.ncols() as f64;
+    let got = gpu.download(got).unwrap();
+    assert_eq!(got.dim(), want.dim(), "{case}: shape");
+    let mut bad = Vec::new();
+    for ((idx, &g), (&w, &s)) in got.indexed_iter().zip(want.iter().zip(scale.iter())) {
+        let rounded = f64::from(f16::from_f64(w).to_f32());
+        let bound = f64::from(HALF_REL) * rounded.abs()
+            + (k + 1.0) * 0.5 * f64::from(f32::EPSILON) * s
+            + f64::from(HALF_ABS);
+        if !((f64::from(g) - rounded).abs() <= bound || f64::from(g) == rounded) {
+            bad.push(format!(
+                "{idx:?}: got {g:e}, want {rounded:e}, bound {bound:e}"
+            ));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{case}: {} of {} differ; first: {}",
+        bad.len(),
+        got.len(),
+        bad.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+    );
+}
+
+/// Both products on f16 operands around the kernel's quads, blocks and tiles, at both load
+/// widths, with values up to 6e4 whose products overflow f16. The configurations differ for the
+/// product only in whether the texture kernel runs, which is f32 only and never chosen for f16:
+/// both contexts that differ there run it.
+#[test]
+fn products_of_f16_match_the_reference() {
+    require_gpu!();
+    const SIZES: [usize; 9] = [1, 3, 4, 5, 8, 9, 63, 64, 65];
+    for (name, gpu) in both_kernels() {
+        for m in SIZES {
+            for n in SIZES {
+                for k in [1, 3, 4, 5, 33, 100] {
+                    let seed = (m * 10_007 + n * 101 + k) as u64;
+                    let a = logits(m, k, 2.0, seed).mapv(f16::from_f32);
+                    let b = logits(k, n, 2.0, seed + 1).mapv(f16::from_f32);
+                    let (ga, gb) = (
+                        gpu.upload_f16(a.view()).unwrap(),
+                        gpu.upload_f16(b.view()).unwrap(),
+                    );
+                    let case = format!("{name} f16 {m}x{k}x{n}");
+                    assert_product_f16(
+                        gpu,
+                        &gpu.matmul(&ga, &gb).unwrap(),
+                        a.view(),
+                        b.view(),
+                        &format!("{case} nn"),
+                    );
+                    let at = a.t().as_standard_layout().into_owned();
+                    let gat = gpu.upload_f16(at.view()).unwrap();
+                    assert_product_f16(
+                        gpu,
+                        &gpu.matmul_tn(&gat, &gb).unwrap(),
+                        a.view(),
+                        b.view(),
+                        &format!("{case} tn"),
+                    );
+                }
+            }
+        }
+        // Large values: products past f16::MAX are infinite, as the reference rounds them.
+        let a = Array2::from_shape_fn((9, 5), |(i, j)| if (i + j) % 3 == 0 { 6e4 } else { -0.5 })
+            .mapv(f16::from_f32);
+        let b = Array2::from_shape_fn((5, 7), |(i, j)| if (i * j) % 2 == 0 { 2.0 } else { 1e-3 })
+            .mapv(f16::from_f32);
+        let (ga, gb) = (
+            gpu.upload_f16(a.view()).unwrap(),
+            gpu.upload_f16(b.view()).unwrap(),
+        );
+        assert_product_f16(
+            gpu,
+            &gpu.matmul(&ga, &gb).unwrap(),
+            a.view(),
+            b.view(),
+            &format!("{name} f16 overflow"),
+        );
+    }
+}
+
 /// An application's own `f16` logits at an aligned offset, rows padded, with a plan recorded
 /// into its encoder: half the bytes of f32, the same answers.
 #[test]
@@ -491,7 +593,41 @@ fn f16_where_it_does_not_run_is_an_error() {
     let x32 = gpu.upload(logits(4, 8, 1.0, 1).view()).unwrap();
     let e = gpu.matmul_tn(&x, &x32).unwrap_err().to_string();
     assert!(
-        e.contains("matmul_tn: a 4 x 8 matrix of f16: matmul_tn takes f32 only"),
+        e.contains("matmul_tn: b of f16, a's precision, not f32"),
+        "{e}"
+    );
+    let e = gpu
+        .bce_with_logits_with_grad(&x, &x32, Reduction::Sum)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("targets of f16, the input's precision, not f32"),
+        "{e}"
+    );
+    let w16 = gpu
+        .upload_f16(Array2::from_elem((1, 8), f16::ONE).view())
+        .unwrap();
+    let e = gpu
+        .bce_with_logits_weighted_with_grad(&x, &x, Some(&w16), None, Reduction::Sum)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("weights are f32 whatever the logits' precision): a 1 x 8 matrix of f16"),
+        "{e}"
+    );
+    let per_element = softmax_ce::gpu::GpuBceLoss::PerElement(
+        gpu.upload_f16(Array2::from_elem((4, 8), f16::ZERO).view())
+            .unwrap(),
+    );
+    let grad = gpu
+        .upload_f16(Array2::from_elem((4, 8), f16::ZERO).view())
+        .unwrap();
+    let e = gpu
+        .plan_bce_with_logits((&x, &x, None, None), Reduction::None, &per_element, &grad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the per-element loss (losses are f32): a 4 x 8 matrix of f16"),
         "{e}"
     );
     let e = gpu.softmax_backward(&x, &x32).unwrap_err().to_string();
@@ -617,6 +753,21 @@ fn f16_rows_fold_and_window_past_lowered_limits() {
             let want = cpu::bce_with_logits_nd_grad(xd, td, &bce).unwrap();
             check_matrix(&gpu, &grad, want.into_dimensionality().unwrap(), &what);
         }
+        // Products: A B cut into dispatches of 3 x 64 rows and windows of A's rows; A^T B into
+        // windows of the inner dimension, accumulated.
+        let a = logits(rows, cols, 1.0, 5).mapv(f16::from_f32);
+        let b = logits(cols, 9, 1.0, 6).mapv(f16::from_f32);
+        let b_rows = logits(rows, 9, 1.0, 7).mapv(f16::from_f32);
+        let (ga, gb, gb_rows) = (
+            gpu.upload_f16(a.view()).unwrap(),
+            gpu.upload_f16(b.view()).unwrap(),
+            gpu.upload_f16(b_rows.view()).unwrap(),
+        );
+        let nn = gpu.matmul(&ga, &gb).unwrap();
+        assert_product_f16(&gpu, &nn, a.view(), b.view(), &format!("{case}: nn"));
+        let tn = gpu.matmul_tn(&ga, &gb_rows).unwrap();
+        let at = a.t().as_standard_layout().into_owned();
+        assert_product_f16(&gpu, &tn, at.view(), b_rows.view(), &format!("{case}: tn"));
     }
 
     let align = gpu.limits().min_storage_buffer_offset_alignment as u64;

@@ -107,21 +107,6 @@ impl GpuMatrix {
         }
     }
 
-    /// Fails unless it is an `f32` matrix: `op` has no `f16` kernels.
-    pub(crate) fn check_f32(&self, op: &'static str) -> Result<()> {
-        match self.dtype {
-            DType::F32 => Ok(()),
-            DType::F16 => Err(Error::invalid(
-                op,
-                format!(
-                    "a {} x {} matrix of {}: {op} takes f32 only (f16 runs the softmax, \
-                     log-softmax, log-sum-exp, cross-entropy and softmax-backward ops)",
-                    self.rows, self.cols, self.dtype
-                ),
-            )),
-        }
-    }
-
     /// Fails unless it is an `f32` matrix, naming it as `what`: an array that is `f32`
     /// whatever the precision of the op's other matrices.
     pub(crate) fn check_f32_as(&self, op: &'static str, what: &str) -> Result<()> {

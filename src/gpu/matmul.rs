@@ -110,8 +110,11 @@ impl GpuContext {
         } else {
             Width::Scalar
         };
-        let pipeline = self.pipeline(kernel, width)?;
+        // A, B and C share one precision (plan_product checks).
+        let dtype = g.c.dtype;
+        let pipeline = self.pipeline_of(kernel, width, dtype)?;
         let geometry = self.geometry;
+        let words = |elems: usize| crate::gpu::buffers::words(elems, dtype);
         let max_groups = geometry.max_groups_per_dim as usize;
         let [tile_m, tile_n] = MM_TILE.map(|t| t as usize);
         let groups_x = g.n.div_ceil(tile_n);
@@ -147,7 +150,7 @@ impl GpuContext {
             // loop budget, each adding its share to C.
             let steps = geometry.loop_budget.saturating_sub(FIXED_TRIPS).max(1) as usize;
             let mut windows: Vec<_> = geometry
-                .windows(op, g.k, g.m.max(g.n))?
+                .windows(op, g.k, words(g.m.max(g.n)))?
                 .into_iter()
                 .flat_map(|w| {
                     (w.start..w.end)
@@ -186,7 +189,7 @@ impl GpuContext {
             )?;
             let (b_binding, b_base) = whole(op, geometry, &g.b, g.k, g.n, "the right-hand matrix")?;
             let rows_per_dispatch = max_groups * tile_m;
-            for window in geometry.windows(op, g.m, g.k.max(g.n))? {
+            for window in geometry.windows(op, g.m, words(g.k.max(g.n)))? {
                 let mut start = window.start;
                 while start < window.end {
                     let part = start..window.end.min(start + rows_per_dispatch);
@@ -223,7 +226,9 @@ impl GpuContext {
     ///
     /// [`Config::texture_kernels`]: crate::gpu::shaders::Config::texture_kernels
     fn plan_texture_matmul(&self, g: &Gemm<'_>) -> Result<Option<Vec<Dispatch>>> {
-        if !self.config.texture_kernels || g.k == 0 || g.m == 0 || g.n == 0 {
+        // The textures are rgba32float: f16 operands take matmul.wgsl.
+        let f16 = g.c.dtype != crate::dtype::DType::F32;
+        if !self.config.texture_kernels || f16 || g.k == 0 || g.m == 0 || g.n == 0 {
             return Ok(None);
         }
         let tile = MT_TILE as usize;
@@ -481,7 +486,7 @@ impl GpuContext {
         transposed_a: bool,
     ) -> Result<GpuMatrix> {
         let (m, k) = product_dims(op, a, b, transposed_a)?;
-        let c = self.new_matrix(op, m, b.cols())?;
+        let c = self.new_matrix_of(op, m, b.cols(), a.dtype())?;
         self.run_plan(self.plan_product(op, (a, b, &c), (m, k), transposed_a)?)?;
         Ok(c)
     }
@@ -497,7 +502,17 @@ impl GpuContext {
         self.check_owned(op, &[a.owner, b.owner, c.owner])?;
         for x in [a, b, c] {
             x.check_contiguous(op)?;
-            x.check_f32(op)?;
+        }
+        for (x, what) in [(b, "b"), (c, "the output")] {
+            if x.dtype() != a.dtype() {
+                return Err(Error::invalid(
+                    op,
+                    format!("{what} of {}, a's precision, not {}", a.dtype(), x.dtype()),
+                ));
+            }
+        }
+        if a.dtype() == crate::dtype::DType::F16 {
+            self.check_shader_f16(op, "an f16 matrix")?;
         }
         let n = b.cols();
         if c.dim() != (m, n) {
@@ -552,7 +567,7 @@ fn windowed<'b>(
     cols: usize,
 ) -> (wgpu::BindingResource<'b>, u32) {
     let rows = at.first_row + window.start..at.first_row + window.end;
-    let (offset, size, base) = geometry.slice_at(at.offset, &rows, cols);
+    let (offset, size, base) = slice(geometry, at, &rows, cols);
     (binding(at.buffer, offset, size), base)
 }
 
@@ -565,8 +580,14 @@ fn bound<'b>(
     cols: usize,
 ) -> Option<(wgpu::BindingResource<'b>, u32)> {
     let range = at.first_row..at.first_row + rows;
-    let (offset, size, base) = geometry.slice_at(at.offset, &range, cols);
+    let (offset, size, base) = slice(geometry, at, &range, cols);
     (size <= geometry.max_binding).then(|| (binding(at.buffer, offset, size), base))
+}
+
+/// Where `rows` of `at`'s contiguous `cols`-element rows are bound, in its precision: `(offset,
+/// size, index of the first element inside the binding)`.
+fn slice(geometry: Geometry, at: &At<'_>, rows: &Range<usize>, cols: usize) -> (u64, u64, u32) {
+    geometry.slice_rows(at.offset, rows, (cols, cols), at.dtype.size() as u64)
 }
 
 /// The operand bound whole across every window of a product.
@@ -581,9 +602,7 @@ fn whole<'b>(
     bound(geometry, at, rows, cols).ok_or_else(|| Error::TooLarge {
         op,
         what: format!("{what}, {rows} x {cols}, bound whole by the matmul"),
-        bytes: geometry
-            .slice_at(at.offset, &(at.first_row..at.first_row + rows), cols)
-            .1,
+        bytes: slice(geometry, at, &(at.first_row..at.first_row + rows), cols).1,
         limit: geometry.max_binding,
     })
 }

@@ -1550,7 +1550,10 @@ impl GpuContext {
             m.check_contiguous(OP)?;
         }
         for w in [weight, pos_weight].into_iter().flatten() {
-            w.check_f32_as(OP, "a weight (weights are f32 whatever the logits' precision)")?;
+            w.check_f32_as(
+                OP,
+                "a weight (weights are f32 whatever the logits' precision)",
+            )?;
         }
         let (rows, cols) = z.dim();
         let mut owners = vec![z.owner, t.owner, grad.owner, loss_owner];
@@ -1688,14 +1691,8 @@ impl GpuContext {
                         first_col: phase as u32,
                         ..args
                     };
-                    let plan = self.plan_rows(
-                        OP,
-                        kernel,
-                        (window.len(), width),
-                        &buffers,
-                        args,
-                        None,
-                    )?;
+                    let plan =
+                        self.plan_rows(OP, kernel, (window.len(), width), &buffers, args, None)?;
                     // The column phase is per window: the plan must not cut it again.
                     assert_eq!(plan.len(), 1, "a BCE window is one dispatch");
                     rec.run(&plan);

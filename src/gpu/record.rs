@@ -302,16 +302,22 @@ impl GpuContext {
                     format!("{} has no f16 kernel: pass f32 matrices", kernel.entry()),
                 ));
             }
-            if !self.device.features().contains(wgpu::Features::SHADER_F16) {
-                return Err(Error::MissingFeature {
-                    op,
-                    what: "an f16 matrix".into(),
-                    feature: "SHADER_F16",
-                    device: self.adapter_info().name.clone(),
-                });
-            }
+            self.check_shader_f16(op, "an f16 matrix")?;
         }
         Ok(dtype)
+    }
+
+    /// Fails unless the device has `SHADER_F16`, which `what` needs.
+    pub(crate) fn check_shader_f16(&self, op: &'static str, what: &str) -> Result<()> {
+        if self.device.features().contains(wgpu::Features::SHADER_F16) {
+            return Ok(());
+        }
+        Err(Error::MissingFeature {
+            op,
+            what: what.into(),
+            feature: "SHADER_F16",
+            device: self.adapter_info().name.clone(),
+        })
     }
 
     /// The dispatches that write `scale * sum` of `len` values of `values` (from its element
