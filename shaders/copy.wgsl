@@ -6,13 +6,16 @@
 //              strided loop per thread, as the row kernels walk their rows
 //   copy_flat: y[i] = x[i] for one vec4 (or one float) per invocation and no loop: the matrix
 //              is planned as rows of one vector, a thread each
+//   widen_rows: wide[i, j] = f32(x[i, j]), exact: the f16 training rows a batch's products
+//              read in f32 (src/gpu/train.rs)
 //
 // Bindings (group 0), windowed by rows:
-//   1 x  read        array<V>  N x C
-//   2 y  read_write  array<V>  N x C
-// Dispatch: copy_rows a team of p.tpr threads per row (common.wgsl); copy_flat one thread per
-// row of W elements (p.tpr = 1).
-// Rust side: Kernel::{CopyRows, CopyFlat}; GpuContext::copy, GpuContext::copy_with.
+//   1 x     read        array<S>  N x C
+//   2 y     read_write  array<S>  N x C (copy_rows, copy_flat)
+//   2 wide  read_write  array<V>  N x C, f32 (widen_rows)
+// Dispatch: copy_rows and widen_rows a team of p.tpr threads per row (common.wgsl); copy_flat
+// one thread per row of W elements (p.tpr = 1).
+// Rust side: Kernel::{CopyRows, CopyFlat, WidenRows}; GpuContext::copy, GpuContext::copy_with.
 
 
 // No arguments (RowParams.a; NoArgs in src/gpu/params.rs).
@@ -23,6 +26,7 @@ struct Args {
 // In the storage type S: an f16 copy moves its halves untouched, never through f32.
 @group(0) @binding(1) var<storage, read> x: array<S>;
 @group(0) @binding(2) var<storage, read_write> y: array<S>;
+@group(0) @binding(2) var<storage, read_write> wide: array<V>;
 
 @compute @workgroup_size(WG)
 fn copy_rows(
@@ -47,5 +51,19 @@ fn copy_flat(
     let l = lane(wid, nwg, lid);
     if l.live {
         y[row_at(1u, l)] = x[row_start(l)];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn widen_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let l = lane(wid, nwg, lid);
+    let start = row_start(l);
+    let wide_start = row_at(1u, l);
+    for (var i = l.t; i < row_vectors(l); i += p.tpr) {
+        wide[wide_start + i] = V(x[start + i]);
     }
 }

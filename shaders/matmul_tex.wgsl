@@ -62,7 +62,7 @@ struct PackParams {
 }
 
 @group(0) @binding(0) var<uniform> pq: PackParams;
-@group(0) @binding(1) var<storage, read> src: array<V>;
+@group(0) @binding(1) var<storage, read> src: array<S>;
 @group(0) @binding(2) var t: texture_storage_2d<rgba32float, write>;
 
 @group(0) @binding(0) var<uniform> q: MatmulParams;
@@ -83,16 +83,16 @@ fn source_quad(i: u32, j: u32, transposed: bool) -> vec4<f32> {
     let cols = select(pq.cols, pq.rows, transposed);
     let start = pq.base + min(i, rows - 1u) * cols;
     if W == 4u {
-        let v = vec4<f32>(src[(start + min(j, cols - 4u)) / 4u]);
+        let v = vec4<f32>(V(src[(start + min(j, cols - 4u)) / 4u]));
         return select(vec4(0.0), v, i < rows && j < cols);
     }
     let last = cols - 1u;
     let inside = vec4(i < rows) & (vec4(j) + vec4(0u, 1u, 2u, 3u) < vec4(cols));
     let v = vec4(
-        lane_of(src[start + min(j, last)], 0u),
-        lane_of(src[start + min(j + 1u, last)], 0u),
-        lane_of(src[start + min(j + 2u, last)], 0u),
-        lane_of(src[start + min(j + 3u, last)], 0u),
+        lane_of(V(src[start + min(j, last)]), 0u),
+        lane_of(V(src[start + min(j + 1u, last)]), 0u),
+        lane_of(V(src[start + min(j + 2u, last)]), 0u),
+        lane_of(V(src[start + min(j + 3u, last)]), 0u),
     );
     return select(vec4(0.0), v, inside);
 }

@@ -2,14 +2,14 @@
 //
 //   softmax_grad_rows: g[i, j] = (softmax(g[i])_j - [j == y[i]]) * p.a.scale, in place over the
 //                      logits; 0 for rows with y = IGNORED. The SGD step's Z - I_y, scaled.
-//   loss_err_rows:     loss[i] = logsumexp(x[i]) - x[i, y[i]];
-//                      err[i]  = 1 if the first maximum of x[i] (numpy's argmax) is not at
+//   loss_err_rows:     loss[i] = logsumexp(z[i]) - z[i, y[i]] for logits z;
+//                      err[i]  = 1 if the first maximum of z[i] (numpy's argmax) is not at
 //                      y[i], else 0. Both 0 for rows with y = IGNORED.
 //
 // Bindings (group 0), windowed by rows:
 //   softmax_grad_rows  1 y         read        array<u32>  one label per row, or IGNORED
 //                      2 g         read_write  array<f32>  N x C: logits in, gradient out
-//   loss_err_rows      1 x         read        array<f32>  N x C logits
+//   loss_err_rows      1 logits    read        array<f32>  N x C logits
 //                      2 y         read        array<u32>  (as above)
 //                      3 loss_out  read_write  array<f32>  one per row
 //                      4 err_out   read_write  array<f32>  one per row
@@ -32,11 +32,12 @@
 //   loss_err_fused: loss_err_rows of the logits x[i] theta, computed in registers.
 //
 // Bindings (group 0):
-//   step_forward    1 x        read        array<f32>  B x features, windowed by rows
+//   step_forward    1 x        read        array<S>    B x features, windowed by rows (the
+//                                                      data: f32, or f16 in the f16 variant)
 //                   2 y        read        array<u32>  one label per row
 //                   3 g_out    read_write  array<f32>  B x C, bound whole (one window)
 //                   4 theta_u  uniform     features x C, row-major, as vec4s
-//   step_update     1 xb       read        array<f32>  the batch's rows, from element p.base[0].x
+//   step_update     1 xb       read        array<S>    the batch's rows, from element p.base[0].x
 //                   2 g_u      uniform     B x C, row-major, as vec4s
 //                   3 theta    read_write  array<f32>  features x C
 //   loss_err_fused  1 x, 2 y, 3 loss_out as loss_err_rows; 4 theta_u as step_forward;
@@ -61,14 +62,15 @@ struct Args {
 
 @group(0) @binding(1) var<storage, read> labels: array<u32>;
 @group(0) @binding(2) var<storage, read_write> g: array<f32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<S>;
 @group(0) @binding(2) var<storage, read> y: array<u32>;
 @group(0) @binding(3) var<storage, read_write> loss_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> err_out: array<f32>;
 @group(0) @binding(3) var<storage, read_write> g_out: array<f32>;
 @group(0) @binding(4) var<uniform> theta_u: array<vec4<f32>, STEP_UNIFORM>;
 @group(0) @binding(5) var<storage, read_write> err_fused: array<f32>;
-@group(0) @binding(1) var<storage, read> xb: array<f32>;
+@group(0) @binding(1) var<storage, read> xb: array<S>;
 @group(0) @binding(2) var<uniform> g_u: array<vec4<f32>, STEP_UNIFORM>;
 @group(0) @binding(3) var<storage, read_write> theta: array<f32>;
 
@@ -132,12 +134,12 @@ fn loss_err_rows(
     let i = p.vec_base + safe_row(l);
     let label = y[i];
     // Seeded with class 0, which every thread may claim: its index is below any other.
-    var m = x[start];
+    var m = logits[start];
     var arg = 0u;
     for (var j = l.t; j < row_vectors(l); j += p.tpr) {
         // Strictly greater: the first of equal maxima wins, as numpy's argmax.
-        if x[start + j] > m {
-            m = x[start + j];
+        if logits[start + j] > m {
+            m = logits[start + j];
             arg = j;
         }
     }
@@ -147,7 +149,7 @@ fn loss_err_rows(
     let first = team_min_u32(lid, select(0xffffffffu, arg, m == row_m || m != m));
     var s = 0.0;
     for (var j = l.t; j < row_vectors(l); j += p.tpr) {
-        s += exp(x[start + j] - row_m);
+        s += exp(logits[start + j] - row_m);
     }
     s = team_sum(lid, s);
     if !l.live || l.t != 0u {
@@ -158,7 +160,7 @@ fn loss_err_rows(
         err_out[i] = 0.0;
         return;
     }
-    loss_out[i] = (row_m - x[start + label]) + log(s);
+    loss_out[i] = (row_m - logits[start + label]) + log(s);
     err_out[i] = select(0.0, 1.0, first != label);
 }
 
@@ -199,7 +201,7 @@ fn row_logits(start: u32) -> Classes {
     let classes = p.a.classes;
     var c = Classes(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
     for (var k = 0u; k < p.cols; k++) {
-        let v = x[start + k];
+        let v = V(x[start + k]);
         let base = k * classes;
         c.q0 += v * theta4(base);
         if classes > 4u {
@@ -277,7 +279,7 @@ fn step_update(
     let k = safe_row(l);
     var c = Classes(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
     for (var b = 0u; b < p.cols; b++) {
-        let v = xb[p.base[0].x + b * features + k];
+        let v = V(xb[p.base[0].x + b * features + k]);
         let base = b * classes;
         c.q0 += v * g4(base);
         if classes > 4u {

@@ -244,6 +244,15 @@ fn validate(
         check_set("the test set", tx, ty)?;
     }
     crate::train::validate_sgd(OP, opts, x, test.map(|(tx, _)| tx))?;
+    if opts.dtype != crate::dtype::DType::F32 {
+        return Err(crate::error::Error::invalid(
+            OP,
+            format!(
+                "dtype {}: the logistic trainer holds its data in f32 (softmax regression takes f16)",
+                opts.dtype
+            ),
+        ));
+    }
     if opts.shuffle.is_some() {
         return Err(Error::invalid(
             OP,

@@ -42,6 +42,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::train::{GpuRegression, Step};
@@ -64,6 +65,13 @@ pub struct TrainOptions {
     pub l2: f32,
     /// Shuffle the training rows before every epoch with this seed; `None` keeps the order.
     pub shuffle: Option<u64>,
+    /// The precision the training and test rows are held in: [`DType::F16`] rounds every
+    /// feature to `f16` once (round to nearest even), so that a GPU holds and reads half the
+    /// bytes; theta, the logits and every sum stay `f32`. The CPU trains on the same rounded
+    /// values, so both devices still give the same results. A feature past `f16`'s range
+    /// (65,504) is an error, never an infinity. Softmax regression only: the logistic trainer
+    /// takes `f32`.
+    pub dtype: DType,
 }
 
 impl Default for TrainOptions {
@@ -74,6 +82,7 @@ impl Default for TrainOptions {
             bias: false,
             l2: 0.0,
             shuffle: None,
+            dtype: DType::F32,
         }
     }
 }
@@ -106,6 +115,12 @@ impl TrainOptions {
     /// Sets [`shuffle`](Self::shuffle).
     pub fn shuffle(mut self, seed: Option<u64>) -> Self {
         self.shuffle = seed;
+        self
+    }
+
+    /// Sets [`dtype`](Self::dtype).
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
         self
     }
 }
@@ -192,8 +207,17 @@ impl<'d> SoftmaxRegression<'d> {
         opts: TrainOptions,
     ) -> Result<Self> {
         validate(&opts, train, test)?;
-        let train = (design(train.0, opts.bias), train.1.clone());
-        let test = test.map(|(x, y)| (design(x, opts.bias), y.clone()));
+        let held = |what: &str, x: ArrayView2<f32>| -> Result<Array2<f32>> {
+            let mut x = design(x, opts.bias);
+            if opts.dtype == DType::F16 {
+                round_to_f16(what, &mut x)?;
+            }
+            Ok(x)
+        };
+        let train = (held("the training set", train.0)?, train.1.clone());
+        let test = test
+            .map(|(x, y)| Ok::<_, Error>((held("the test set", x)?, y.clone())))
+            .transpose()?;
         let state = match backend.into() {
             Backend::Cpu => {
                 let (features, classes) = (train.0.ncols(), train.1.classes());
@@ -215,6 +239,7 @@ impl<'d> SoftmaxRegression<'d> {
                     lr: opts.lr,
                     batch: opts.batch,
                     l2: opts.l2,
+                    dtype: opts.dtype,
                 };
                 let test = test.as_ref().map(|(x, y)| (x.view(), y));
                 let model = GpuRegression::new(gpu, (train.0.view(), &train.1), test, step)?;
@@ -514,6 +539,24 @@ fn check_set(
             op,
             what: "a data set",
         });
+    }
+    Ok(())
+}
+
+/// Rounds every value of `x` to the nearest `f16` (held as the `f32` it widens to, exactly);
+/// a finite value past `f16`'s range is an error naming where it is.
+fn round_to_f16(what: &str, x: &mut Array2<f32>) -> Result<()> {
+    for ((r, c), v) in x.indexed_iter_mut() {
+        let h = half::f16::from_f32(*v);
+        if h.is_infinite() && v.is_finite() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{what} holds {v} at row {r}, column {c}: past f16's range (65504), so it cannot be held as f16 (dtype f16)"
+                ),
+            ));
+        }
+        *v = h.to_f32();
     }
     Ok(())
 }

@@ -450,3 +450,122 @@ fn cpu_epochs_give_the_same_bits_on_any_number_of_threads() {
         }
     }
 }
+
+/// `f16` training data: every feature rounded to f16 once, held and read as f16 on the device
+/// (the fused step's kernels, the texture packing, and the three-dispatch step's widening
+/// into f32), and every sum in f32. The device computes exactly what it computes on the
+/// rounded values in f32, so the two give the same bits; the CPU trains on the same rounded
+/// values. Both step paths, shuffled rewrites of the f16 rows, and an evaluation in two chunks
+/// of widened rows.
+#[test]
+fn f16_data_trains_as_f32_on_the_rounded_values() {
+    use softmax_ce::DType;
+    for (name, gpu) in both_kernels() {
+        if !gpu.device().features().contains(wgpu::Features::SHADER_F16) {
+            eprintln!("SKIPPED f16 training on {name}: no SHADER_F16");
+            continue;
+        }
+        // (classes, features, training rows, dispatches per step on the storage kernels)
+        for (classes, features, rows, dispatches) in [
+            (3, 9, 230, 2),
+            (16, 11, 230, 2),
+            (17, 6, 230, 4),
+            (20, 5, 4500, 4),
+        ] {
+            let case =
+                format!("{name}: f16 data, {classes} classes, {features} features, {rows} rows");
+            let (x, y) = blobs(rows, features, classes, classes as u64);
+            let (xt, yt) = blobs(70, features, classes, 5);
+            let rounded = |x: &Array2<f32>| x.mapv(|v| softmax_ce::f16::from_f32(v).to_f32());
+            assert_ne!(rounded(&x), x, "{case}: the data are not all f16 already");
+            let opts = TrainOptions::default()
+                .lr(0.4)
+                .batch(23)
+                .bias(true)
+                .shuffle(Some(classes as u64));
+            let half = opts.clone().dtype(DType::F16);
+            let (xr, xtr) = (rounded(&x), rounded(&xt));
+            let mut on_half =
+                SoftmaxRegression::new(gpu, (x.view(), &y), Some((xt.view(), &yt)), half.clone())
+                    .unwrap();
+            let mut on_rounded =
+                SoftmaxRegression::new(gpu, (xr.view(), &y), Some((xtr.view(), &yt)), opts)
+                    .unwrap();
+            let mut on_cpu =
+                SoftmaxRegression::new(&Device::Cpu, (x.view(), &y), Some((xt.view(), &yt)), half)
+                    .unwrap();
+            // One more dispatch per batch where the products widen the f16 rows first (then,
+            // on the texture kernels, pack their operands as for f32).
+            let want = match dispatches {
+                4 if gpu.texture_kernels() => 8,
+                d => d,
+            };
+            assert_eq!(on_half.dispatches_per_step(), Some(want), "{case}");
+            for _ in 0..2 {
+                let h = on_half.fit_epoch().unwrap();
+                let r = on_rounded.fit_epoch().unwrap();
+                let c = on_cpu.fit_epoch().unwrap();
+                let bits = |m: &EpochMetrics| {
+                    [
+                        m.train_loss,
+                        m.train_err,
+                        m.test_loss.unwrap(),
+                        m.test_err.unwrap(),
+                    ]
+                    .map(f32::to_bits)
+                };
+                assert_eq!(
+                    bits(&h),
+                    bits(&r),
+                    "{case}: f16 rows against their f32 values"
+                );
+                assert_same_epoch(&h, &c, (rows, 70), &case);
+            }
+            assert_eq!(
+                on_half.theta().unwrap(),
+                on_rounded.theta().unwrap(),
+                "{case}: theta"
+            );
+            let (th, tc) = (on_half.theta().unwrap(), on_cpu.theta().unwrap());
+            assert_close(
+                th.view(),
+                tc.view(),
+                1e-4,
+                1e-3,
+                &format!("{case}: theta on the CPU"),
+            );
+        }
+    }
+}
+
+/// A feature that does not fit f16 is an error naming it, on either device; the logistic
+/// trainer refuses f16.
+#[test]
+fn f16_data_out_of_range_is_an_error() {
+    use softmax_ce::DType;
+    let (mut x, y) = blobs(40, 3, 2, 1);
+    x[[7, 2]] = 7e4;
+    let opts = TrainOptions::default().batch(10).dtype(DType::F16);
+    for backend in backends() {
+        let e = SoftmaxRegression::new(backend, (x.view(), &y), None, opts.clone()).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "the training set holds 70000 at row 7, column 2: past f16's range (65504)"
+            ),
+            "{e}"
+        );
+    }
+    let targets = ndarray::Array1::from_shape_fn(40, |i| (i % 2) as f32);
+    let e = softmax_ce::logistic::LogisticRegression::new(
+        &Device::Cpu,
+        (x.view(), targets.view()),
+        None,
+        opts,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the logistic trainer holds its data in f32"),
+        "{e}"
+    );
+}

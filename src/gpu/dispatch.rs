@@ -78,6 +78,7 @@ impl Geometry {
 
     /// Where rows `window` of a buffer of `row_elems`-element rows are bound: `(offset, size)`
     /// in bytes, and the index of the window's first element inside that binding.
+    #[cfg(test)]
     pub(crate) fn slice(&self, window: &Range<usize>, row_elems: usize) -> (u64, u64, u32) {
         self.slice_at(0, window, row_elems)
     }

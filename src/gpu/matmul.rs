@@ -110,8 +110,12 @@ impl GpuContext {
         } else {
             Width::Scalar
         };
-        // A, B and C share one precision (plan_product checks).
+        // A, B and C share one precision (plan_product checks; the trainer widens f16 rows).
         let dtype = g.c.dtype;
+        debug_assert!(
+            g.a.dtype == dtype && g.b.dtype == dtype,
+            "{op}: the operands of one product share a precision"
+        );
         let pipeline = self.pipeline_of(kernel, width, dtype)?;
         let geometry = self.geometry;
         let words = |elems: usize| crate::gpu::buffers::words(elems, dtype);
@@ -338,10 +342,13 @@ impl GpuContext {
     /// binding is packed in row windows; a transposed one must fit one binding.
     pub(crate) fn plan_pack(&self, op: &'static str, p: &Packing<'_>) -> Result<Vec<Dispatch>> {
         let (src, rows, cols, transposed) = (&p.src, p.rows, p.cols, p.transposed);
-        // Whole rows of a multiple of 256 bytes in one panel are a plain buffer-to-texture
-        // copy, no kernel (wgpu's alignment for such copies; 64 floats).
+        // Whole f32 rows of a multiple of 256 bytes in one panel are a plain buffer-to-texture
+        // copy, no kernel (wgpu's alignment for such copies; 64 floats). f16 rows are widened
+        // by the kernel.
+        let dtype = src.dtype;
         let row_bytes = cols as u64 * 4;
-        if !transposed && rows <= p.panel_rows && row_bytes.is_multiple_of(256) {
+        let f32_rows = dtype == crate::dtype::DType::F32;
+        if f32_rows && !transposed && rows <= p.panel_rows && row_bytes.is_multiple_of(256) {
             let size = wgpu::Extent3d {
                 width: (cols / 4) as u32,
                 height: rows as u32,
@@ -362,7 +369,7 @@ impl GpuContext {
         } else {
             Kernel::Pack
         };
-        let pipeline = self.pipeline(kernel, Width::for_cols(source_row))?;
+        let pipeline = self.pipeline_of(kernel, Width::for_cols(source_row), dtype)?;
         let windows = if transposed {
             std::iter::once(0..rows).collect()
         } else {
@@ -370,7 +377,7 @@ impl GpuContext {
             // workgroups along y than a dispatch may have.
             let most = self.geometry.max_groups_per_dim as usize * 4 * PACK_TX as usize;
             self.geometry
-                .windows(op, rows, cols)?
+                .windows(op, rows, crate::gpu::buffers::words(cols, dtype))?
                 .into_iter()
                 .flat_map(|w| {
                     (w.start..w.end)

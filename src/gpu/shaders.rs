@@ -101,7 +101,7 @@ impl Family {
     /// Whether the family has an `f16` variant: its matrices stored as `S`, `f16` where the
     /// device has `SHADER_F16`, read and written through conversions to and from `V`.
     pub(crate) fn has_f16(self) -> bool {
-        !matches!(self, Family::MatmulTex | Family::Train | Family::TrainTex)
+        self != Family::TrainTex
     }
 
     /// Whether the family is a matrix product, built on `matmul_common.wgsl`.
@@ -259,6 +259,7 @@ pub(crate) enum Kernel {
     LossErrRows,
     CopyRows,
     CopyFlat,
+    WidenRows,
     SoftmaxFused,
     LogsumexpFused,
     CrossEntropyLossFused,
@@ -279,7 +280,7 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub(crate) const ALL: [Kernel; 34] = [
+    pub(crate) const ALL: [Kernel; 35] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -298,6 +299,7 @@ impl Kernel {
         Kernel::LossErrRows,
         Kernel::CopyRows,
         Kernel::CopyFlat,
+        Kernel::WidenRows,
         Kernel::SoftmaxFused,
         Kernel::LogsumexpFused,
         Kernel::CrossEntropyLossFused,
@@ -392,6 +394,7 @@ impl Kernel {
             CopyRows => row(F::Copy, "copy_rows", &[MAT_IN, MAT_OUT], Team, 1),
             // Elementwise: one vector per "row" of the dispatch, so no thread loops.
             CopyFlat => row(F::Copy, "copy_flat", &[MAT_IN, MAT_OUT], Thread, 0),
+            WidenRows => row(F::Copy, "widen_rows", &[MAT_IN, F32_OUT], Team, 1),
             SoftmaxFused => row(F::Fused, "softmax_fused", &[MAT_IN, MAT_OUT], Cached, 2),
             LogsumexpFused => row(F::Fused, "logsumexp_fused", &[MAT_IN, ROW_OUT], Team, 1),
             CrossEntropyLossFused => row(

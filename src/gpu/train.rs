@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{FIXED_TRIPS, row_groups};
 use crate::gpu::matmul::{Gemm, PackedTexture, Packing, TextureSet};
-use crate::gpu::params::{Args, RowParams, StepParams, TrainArgs};
+use crate::gpu::params::{Args, NoArgs, RowParams, StepParams, TrainArgs};
 use crate::gpu::record::{At, Dispatch, uniform_binding};
 use crate::gpu::shaders::{Kernel, MT_LANES, STEP_CLASSES, STEP_UNIFORM_BYTES, Width};
 use crate::labels::Labels;
@@ -41,6 +41,21 @@ pub(crate) struct Step {
     pub lr: f32,
     pub batch: usize,
     pub l2: f32,
+    /// The precision the training and test rows are held in on the device (already rounded to
+    /// it by the caller where it is `f16`).
+    pub dtype: DType,
+}
+
+/// Rows of `f16` data the three-dispatch route widens at once for an evaluation's products
+/// (a batch's rows for a step): the workspace is `max(batch, EVAL_CHUNK) x features` floats.
+const EVAL_CHUNK: usize = 4096;
+
+/// An `f32` workspace that `f16` rows are widened into ([`Kernel::WidenRows`]) before the
+/// products of the three-dispatch route read them: `rows` rows of the model's features.
+#[derive(Clone, Copy)]
+struct Widen<'a> {
+    buffer: &'a wgpu::Buffer,
+    rows: usize,
 }
 
 /// Batches per submission: the host waits on each in turn to report progress, while the
@@ -53,8 +68,23 @@ struct DeviceSet {
     x: wgpu::Buffer,
     y: wgpu::Buffer,
     rows: usize,
+    /// The precision of `x`.
+    dtype: DType,
     /// The rows of `x` packed into a texture, for the texture kernels of the fused step.
     texture: Option<DataTexture>,
+}
+
+impl DeviceSet {
+    /// The rows of `x` from `first_row`, as the kernels bind them.
+    fn x_at(&self, first_row: usize) -> At<'_> {
+        At {
+            buffer: &self.x,
+            offset: 0,
+            first_row,
+            stride: 0,
+            dtype: self.dtype,
+        }
+    }
 }
 
 /// A data set's rows in an `rgba32float` texture: row `r` in panel `r / panel_rows` (a power
@@ -101,7 +131,7 @@ impl DataTexture {
             let pack = gpu.plan_pack(
                 op,
                 &Packing {
-                    src: (&set.x).into(),
+                    src: set.x_at(0),
                     rows: set.rows,
                     cols: features,
                     transposed: false,
@@ -187,8 +217,13 @@ impl GpuRegression {
     ) -> Result<Self> {
         const OP: &str = "train";
         let (features, classes) = (train.0.ncols(), train.1.classes());
-        let mut train_set = upload_set(gpu, OP, train)?;
-        let mut test_set = test.map(|t| upload_set(gpu, OP, t)).transpose()?;
+        if step.dtype == DType::F16 {
+            gpu.check_shader_f16(OP, "f16 training data")?;
+        }
+        let mut train_set = upload_set(gpu, OP, train, step.dtype)?;
+        let mut test_set = test
+            .map(|t| upload_set(gpu, OP, t, step.dtype))
+            .transpose()?;
 
         let theta_bytes = gpu.check_bytes(OP, "theta", features * classes)?;
         let batch_bytes = gpu.check_bytes(OP, "a batch of logits", step.batch * classes)?;
@@ -212,6 +247,20 @@ impl GpuRegression {
             )
         };
 
+        let eval_rows = train_set.rows.max(test_set.as_ref().map_or(0, |t| t.rows));
+        // The products read f32: f16 rows are widened into this first, a batch or a chunk of
+        // an evaluation at a time.
+        let wide = (!fused && step.dtype == DType::F16)
+            .then(|| -> Result<_> {
+                let rows = step.batch.max(eval_rows.min(EVAL_CHUNK));
+                let bytes = gpu.check_bytes(OP, "the widened f16 rows", rows * features)?;
+                Ok((gpu.storage("widened rows", bytes), rows))
+            })
+            .transpose()?;
+        let widen = wide.as_ref().map(|(buffer, rows)| Widen {
+            buffer,
+            rows: *rows,
+        });
         let mut batches = Vec::new();
         // The three-dispatch step's products pack their operands into the same textures in
         // every batch: one set for all of them.
@@ -232,13 +281,12 @@ impl GpuRegression {
                     &train_set,
                     first_row,
                     &model,
-                    (&batch_logits, &textures),
+                    (&batch_logits, &textures, widen),
                     step,
                 )?
             });
         }
 
-        let eval_rows = train_set.rows.max(test_set.as_ref().map_or(0, |t| t.rows));
         let scratch = EvalScratch {
             logits: gpu.storage(
                 "eval logits",
@@ -252,10 +300,10 @@ impl GpuRegression {
             features,
             classes,
         };
-        let eval_train = plan_eval(gpu, OP, &train_set, &model, fused, &scratch)?;
+        let eval_train = plan_eval(gpu, OP, &train_set, &model, (fused, widen), &scratch)?;
         let eval_test = test_set
             .as_ref()
-            .map(|t| plan_eval(gpu, OP, t, &model, fused, &scratch))
+            .map(|t| plan_eval(gpu, OP, t, &model, (fused, widen), &scratch))
             .transpose()?;
         let results = gpu.storage("results", 16);
         Ok(GpuRegression {
@@ -270,7 +318,10 @@ impl GpuRegression {
             eval_test,
             results,
             fused,
-            _scratch: vec![batch_logits, scratch.logits, scratch.loss, scratch.err],
+            _scratch: [batch_logits, scratch.logits, scratch.loss, scratch.err]
+                .into_iter()
+                .chain(wide.map(|(buffer, _)| buffer))
+                .collect(),
         })
     }
 
@@ -284,8 +335,18 @@ impl GpuRegression {
         debug_assert_eq!(x.nrows(), self.train.rows);
         let x = x.as_standard_layout();
         let data = x.as_slice().expect("standard layout is contiguous");
-        gpu.queue
-            .write_buffer(&self.train.x, 0, bytemuck::cast_slice(data));
+        match self.train.dtype {
+            DType::F32 => gpu
+                .queue
+                .write_buffer(&self.train.x, 0, bytemuck::cast_slice(data)),
+            DType::F16 => {
+                let half: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                let mut bytes = bytemuck::cast_slice(&half).to_vec();
+                // Writes move whole 4-byte words, as the buffer was sized.
+                bytes.resize(bytes.len().next_multiple_of(4), 0);
+                gpu.queue.write_buffer(&self.train.x, 0, &bytes);
+            }
+        }
         gpu.queue
             .write_buffer(&self.train.y, 0, bytemuck::cast_slice(y.raw()));
         match &self.train.texture {
@@ -374,7 +435,7 @@ impl GpuRegression {
     ) -> Result<(f32, f32)> {
         const OP: &str = "evaluate";
         gpu.check_owned(OP, &[self.owner])?;
-        let mut set = upload_set(gpu, OP, (x, y))?;
+        let mut set = upload_set(gpu, OP, (x, y), DType::F32)?;
         if self.fused {
             set.texture = DataTexture::new(gpu, OP, &set, self.features)?;
         }
@@ -391,7 +452,7 @@ impl GpuRegression {
             features: self.features,
             classes: self.classes,
         };
-        let plan = plan_eval(gpu, OP, &set, &model, self.fused, &scratch)?;
+        let plan = plan_eval(gpu, OP, &set, &model, (self.fused, None), &scratch)?;
         gpu.record(OP, |rec| {
             rec.clear(&plan.loss);
             rec.clear(&plan.err);
@@ -439,10 +500,12 @@ struct EvalScratch {
     err: wgpu::Buffer,
 }
 
+/// Uploads a data set, its rows in `dtype` (values the caller has already rounded to it).
 fn upload_set(
     gpu: &GpuContext,
     op: &'static str,
     (x, y): (ArrayView2<f32>, &Labels),
+    dtype: DType,
 ) -> Result<DeviceSet> {
     if x.nrows() != y.len() {
         return Err(Error::shape(
@@ -451,12 +514,16 @@ fn upload_set(
             format!("{}", y.len()),
         ));
     }
-    let x_buf = gpu.upload(x)?.buffer;
+    let x_buf = match dtype {
+        DType::F32 => gpu.upload(x)?.buffer,
+        DType::F16 => gpu.upload_f16(x.mapv(half::f16::from_f32).view())?.buffer,
+    };
     let y_buf = gpu.upload_labels(y)?.buffer;
     Ok(DeviceSet {
         x: x_buf,
         y: y_buf,
         rows: x.nrows(),
+        dtype,
         texture: None,
     })
 }
@@ -467,7 +534,7 @@ fn plan_eval(
     op: &'static str,
     set: &DeviceSet,
     model: &Model<'_>,
-    fused: bool,
+    (fused, widen): (bool, Option<Widen<'_>>),
     scratch: &EvalScratch,
 ) -> Result<EvalPlan> {
     // The texture kernel covers every row in one dispatch of 32 rows per workgroup.
@@ -482,7 +549,7 @@ fn plan_eval(
             Kernel::LossErrFused,
             (set.rows, model.features),
             &[
-                (&set.x).into(),
+                set.x_at(0),
                 (&set.y).into(),
                 (&scratch.loss).into(),
                 model.theta.into(),
@@ -495,21 +562,32 @@ fn plan_eval(
             None,
         )?
     } else {
-        let mut plan = gpu.plan_matmul(
-            op,
-            &Gemm {
-                a: (&set.x).into(),
-                b: model.theta.into(),
-                c: (&scratch.logits).into(),
-                m: set.rows,
-                n: model.classes,
-                k: model.features,
-                transposed_a: false,
-                alpha: 1.0,
-                beta: 0.0,
-                textures: None,
-            },
-        )?;
+        // Every row's logits, in chunks of the widening workspace's rows where the data are
+        // f16, else at once.
+        let chunk = widen.map_or(set.rows, |w| w.rows).max(1);
+        let mut plan = Vec::new();
+        for start in (0..set.rows).step_by(chunk) {
+            let rows = chunk.min(set.rows - start);
+            let a = x_widened(gpu, op, set, start, rows, model.features, widen, &mut plan)?;
+            plan.extend(gpu.plan_matmul(
+                op,
+                &Gemm {
+                    a,
+                    b: model.theta.into(),
+                    c: At {
+                        first_row: start,
+                        ..(&scratch.logits).into()
+                    },
+                    m: rows,
+                    n: model.classes,
+                    k: model.features,
+                    transposed_a: false,
+                    alpha: 1.0,
+                    beta: 0.0,
+                    textures: None,
+                },
+            )?);
+        }
         plan.extend(gpu.plan_rows(
             op,
             Kernel::LossErrRows,
@@ -620,13 +698,7 @@ fn plan_fused_step(
         Kernel::StepForward,
         (step.batch, model.features),
         &[
-            At {
-                buffer: &set.x,
-                offset: 0,
-                stride: 0,
-                first_row,
-                dtype: DType::F32,
-            },
+            set.x_at(first_row),
             At {
                 buffer: &set.y,
                 offset: 0,
@@ -647,10 +719,13 @@ fn plan_fused_step(
     // fused_step_fits checked this: the kernel indexes the gradient by row within its window.
     assert_eq!(plan.len(), 1, "a fused batch spans one window");
 
-    let pipeline = gpu.pipeline(Kernel::StepUpdate, Width::Scalar)?;
-    let (offset, size, base) = gpu
-        .geometry
-        .slice(&(first_row..first_row + step.batch), model.features);
+    let pipeline = gpu.pipeline_of(Kernel::StepUpdate, Width::Scalar, set.dtype)?;
+    let (offset, size, base) = gpu.geometry.slice_rows(
+        0,
+        &(first_row..first_row + step.batch),
+        (model.features, model.features),
+        set.dtype.size() as u64,
+    );
     let params = RowParams {
         rows: model.features as u32,
         cols: step.batch as u32,
@@ -739,17 +814,21 @@ fn plan_step(
     set: &DeviceSet,
     first_row: usize,
     model: &Model<'_>,
-    (logits, textures): (&wgpu::Buffer, &TextureSet),
+    (logits, textures, widen): (&wgpu::Buffer, &TextureSet, Option<Widen<'_>>),
     step: Step,
 ) -> Result<Vec<Dispatch>> {
-    let x_b = At {
-        buffer: &set.x,
-        offset: 0,
-        stride: 0,
+    let mut plan = Vec::new();
+    let x_b = x_widened(
+        gpu,
+        op,
+        set,
         first_row,
-        dtype: DType::F32,
-    };
-    let mut plan = gpu.plan_matmul(
+        step.batch,
+        model.features,
+        widen,
+        &mut plan,
+    )?;
+    plan.extend(gpu.plan_matmul(
         op,
         &Gemm {
             a: x_b,
@@ -763,7 +842,7 @@ fn plan_step(
             beta: 0.0,
             textures: Some(textures),
         },
-    )?;
+    )?);
     plan.extend(gpu.plan_rows(
         op,
         Kernel::SoftmaxGradRows,
@@ -800,4 +879,34 @@ fn plan_step(
         },
     )?);
     Ok(plan)
+}
+
+/// Rows `first_row .. first_row + rows` of `set`'s data as the products read them: in place
+/// for `f32` data; for `f16`, widened into `widen`'s workspace by a [`Kernel::WidenRows`]
+/// dispatch pushed onto `plan` (exact: every f16 is an f32).
+#[allow(clippy::too_many_arguments)]
+fn x_widened<'a>(
+    gpu: &GpuContext,
+    op: &'static str,
+    set: &'a DeviceSet,
+    first_row: usize,
+    rows: usize,
+    features: usize,
+    widen: Option<Widen<'a>>,
+    plan: &mut Vec<Dispatch>,
+) -> Result<At<'a>> {
+    if set.dtype == DType::F32 {
+        return Ok(set.x_at(first_row));
+    }
+    let wide = widen.expect("f16 data on the three-dispatch route have a workspace");
+    debug_assert!(rows <= wide.rows, "the workspace holds the rows");
+    plan.extend(gpu.plan_rows(
+        op,
+        Kernel::WidenRows,
+        (rows, features),
+        &[set.x_at(first_row), wide.buffer.into()],
+        NoArgs::default(),
+        None,
+    )?);
+    Ok(wide.buffer.into())
 }
