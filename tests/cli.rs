@@ -459,6 +459,74 @@ fn train_prints_one_json_object_per_epoch() {
     );
 }
 
+/// `train --dtype f16`: the rows rounded to float16 once, the same losses on both devices, a
+/// little off the float32 run's (the data were not all float16); a value past float16's range
+/// is one error line.
+#[test]
+fn train_holds_its_data_in_f16_on_request() {
+    let dir = scratch("train_f16");
+    let (x, y) = (dir.join("x.npy"), dir.join("y.npy"));
+    let xs = logits(300, 12, 1.0, 4);
+    npy::write_f32(&x, xs.view().into_dyn()).unwrap();
+    let ys: Vec<i64> = (0..300).map(|i| i % 3).collect();
+    write_labels_i64(&y, &ys);
+    let loss = |device: &str, dtype: &str| -> f64 {
+        let out = run(&[
+            "train",
+            "--train-x",
+            s(&x),
+            "--train-y",
+            s(&y),
+            "--epochs",
+            "2",
+            "--batch",
+            "50",
+            "--json",
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        last["train_loss"].as_f64().unwrap()
+    };
+    let f32_loss = loss("cpu", "f32");
+    let halves: Vec<f64> = devices().iter().map(|d| loss(d, "f16")).collect();
+    assert!(
+        halves.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-5),
+        "{halves:?}"
+    );
+    assert!(
+        halves[0] != f32_loss && (halves[0] - f32_loss).abs() < 1e-2,
+        "{halves:?} {f32_loss}"
+    );
+
+    let mut big = xs.clone();
+    big[[5, 3]] = 1e5;
+    let x_big = dir.join("x_big.npy");
+    npy::write_f32(&x_big, big.view().into_dyn()).unwrap();
+    fails_with(
+        &[
+            "train",
+            "--train-x",
+            s(&x_big),
+            "--train-y",
+            s(&y),
+            "--dtype",
+            "f16",
+            "--device",
+            "cpu",
+        ],
+        "holds 100000 at row 5, column 3: past f16's range (65504)",
+    );
+}
+
 #[test]
 fn train_rejects_bad_options_in_one_line() {
     let dir = scratch("train_bad");

@@ -671,6 +671,41 @@ fn a_device_without_shader_f16_says_so() {
             .contains("needs the device feature SHADER_F16"),
         "{e}"
     );
+    // Every op that takes f16, and f16 training data, say the same.
+    let missing = |e: softmax_ce::Error, case: &str| {
+        assert!(
+            matches!(
+                e,
+                softmax_ce::Error::MissingFeature {
+                    feature: "SHADER_F16",
+                    ..
+                }
+            ),
+            "{case}: {e}"
+        );
+    };
+    missing(
+        gpu.matmul(
+            &half,
+            &gpu.upload_f16(x.t().mapv(f16::from_f32).view()).unwrap(),
+        )
+        .unwrap_err(),
+        "matmul",
+    );
+    missing(
+        gpu.bce_with_logits_with_grad(&half, &half, Reduction::Mean)
+            .unwrap_err(),
+        "bce",
+    );
+    missing(gpu.staged().softmax(&half).unwrap_err(), "staged softmax");
+    let y = softmax_ce::Labels::new([0, 1, 2], 5, -100).unwrap();
+    let opts = softmax_ce::train::TrainOptions::default()
+        .batch(1)
+        .dtype(DType::F16);
+    missing(
+        softmax_ce::train::SoftmaxRegression::new(&gpu, (x.view(), &y), None, opts).unwrap_err(),
+        "training",
+    );
     let p = gpu.softmax(&gpu.upload(x.view()).unwrap()).unwrap();
     assert_close(
         gpu.download(&p).unwrap().view(),
