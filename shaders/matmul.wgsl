@@ -4,6 +4,8 @@
 //   matmul_nn: C = alpha * A B   + beta * C    A: M x K, B: K x N, C: M x N
 //   matmul_tn: C = alpha * A^T B + beta * C    A: K x M (read transposed by indexing, never
 //                                              copied), B: K x N, C: M x N
+//   matmul_nt: C = alpha * A B^T + beta * C    A: M x K, B: N x K (a classifier's rows, as
+//                                              nn.Linear stores them), C: M x N
 //
 // All row-major, stored as f32 or (the f16 variant) f16, computed in f32 either way: A, B and
 // C share one precision. beta = 0 overwrites C without reading it (it may hold garbage or NaN), so
@@ -26,7 +28,10 @@
 //   3 c  read_write  array<S1>  C, from element q.c_base
 // Dispatch: ceil(N / (MM_BLOCK MM_TX)) x ceil(M / (MM_BLOCK MM_TY)) workgroups of MM_TX x MM_TY;
 // past the workgroups of one dimension, further dispatches of the column tiles from q.tile_x0.
-// Rust side: Kernel::{MatmulNn, MatmulTn}; src/gpu/matmul.rs; the reference is ndarray's dot.
+// matmul_nt walks K along the rows of both A and B, W at a time: each step is 64 dot products
+// of one V of a row of A with one V of a row of B.
+// Rust side: Kernel::{MatmulNn, MatmulTn, MatmulNt}; src/gpu/matmul.rs; the reference is
+// ndarray's dot.
 
 @group(0) @binding(0) var<uniform> q: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<S>;
@@ -159,6 +164,57 @@ fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let start = q.a_base + k * q.m;
         let x = Oct(a_quad(start, o.x, q.m), a_quad(start, o.x + 4u, q.m));
         acc = rank1(acc, x, b_oct(k, o.y));
+    }
+    store_block(o.x, o.y, acc);
+}
+
+// acc_row + (x . y_c) for c = 0..8: one row of the block, from one V of a row of A and one V of
+// each of the eight rows of B.
+fn dots(acc: Oct, x: V, y: Rows) -> Oct {
+    return Oct(
+        acc.lo + vec4<f32>(hsum(x * y.v0), hsum(x * y.v1), hsum(x * y.v2), hsum(x * y.v3)),
+        acc.hi + vec4<f32>(hsum(x * y.v4), hsum(x * y.v5), hsum(x * y.v6), hsum(x * y.v7)),
+    );
+}
+
+@compute @workgroup_size(MM_TX, MM_TY)
+fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = origin(wid, lid);
+    // The first vector of each of the block's rows of A and of B (rows of C and columns of C);
+    // rows past M or N repeat the last one.
+    let last_a = q.m - 1u;
+    let last_b = q.n - 1u;
+    let stride = q.k / W;
+    let a0 = (q.a_base + min(o.x, last_a) * q.k) / W;
+    let a1 = (q.a_base + min(o.x + 1u, last_a) * q.k) / W;
+    let a2 = (q.a_base + min(o.x + 2u, last_a) * q.k) / W;
+    let a3 = (q.a_base + min(o.x + 3u, last_a) * q.k) / W;
+    let a4 = (q.a_base + min(o.x + 4u, last_a) * q.k) / W;
+    let a5 = (q.a_base + min(o.x + 5u, last_a) * q.k) / W;
+    let a6 = (q.a_base + min(o.x + 6u, last_a) * q.k) / W;
+    let a7 = (q.a_base + min(o.x + 7u, last_a) * q.k) / W;
+    let b0 = (q.b_base + min(o.y, last_b) * q.k) / W;
+    let b1 = (q.b_base + min(o.y + 1u, last_b) * q.k) / W;
+    let b2 = (q.b_base + min(o.y + 2u, last_b) * q.k) / W;
+    let b3 = (q.b_base + min(o.y + 3u, last_b) * q.k) / W;
+    let b4 = (q.b_base + min(o.y + 4u, last_b) * q.k) / W;
+    let b5 = (q.b_base + min(o.y + 5u, last_b) * q.k) / W;
+    let b6 = (q.b_base + min(o.y + 6u, last_b) * q.k) / W;
+    let b7 = (q.b_base + min(o.y + 7u, last_b) * q.k) / W;
+    var acc: Block;
+    for (var v = 0u; v < stride; v++) {
+        let y = Rows(
+            V(b[b0 + v]), V(b[b1 + v]), V(b[b2 + v]), V(b[b3 + v]),
+            V(b[b4 + v]), V(b[b5 + v]), V(b[b6 + v]), V(b[b7 + v]),
+        );
+        acc.r0 = dots(acc.r0, V(a[a0 + v]), y);
+        acc.r1 = dots(acc.r1, V(a[a1 + v]), y);
+        acc.r2 = dots(acc.r2, V(a[a2 + v]), y);
+        acc.r3 = dots(acc.r3, V(a[a3 + v]), y);
+        acc.r4 = dots(acc.r4, V(a[a4 + v]), y);
+        acc.r5 = dots(acc.r5, V(a[a5 + v]), y);
+        acc.r6 = dots(acc.r6, V(a[a6 + v]), y);
+        acc.r7 = dots(acc.r7, V(a[a7 + v]), y);
     }
     store_block(o.x, o.y, acc);
 }

@@ -13,7 +13,7 @@ use ndarray::{Array1, ArrayView1, ArrayView2};
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::{GpuMatrix, GpuVector};
-use crate::gpu::matmul::{Gemm, TextureSet};
+use crate::gpu::matmul::{Form, Gemm, TextureSet};
 use crate::gpu::params::BackwardArgs;
 use crate::gpu::record::Dispatch;
 use crate::gpu::shaders::Kernel;
@@ -78,7 +78,7 @@ impl GpuLogistic {
                     m: x.rows(),
                     n: 1,
                     k: features,
-                    transposed_a: false,
+                    form: Form::Nn,
                     alpha: 1.0,
                     beta: 0.0,
                     textures: None,
@@ -108,7 +108,7 @@ impl GpuLogistic {
                     m: batch,
                     n: 1,
                     k: features,
-                    transposed_a: false,
+                    form: Form::Nn,
                     alpha: 1.0,
                     beta: 0.0,
                     textures: Some(&textures),
@@ -131,7 +131,7 @@ impl GpuLogistic {
                     m: features,
                     n: 1,
                     k: batch,
-                    transposed_a: true,
+                    form: Form::Tn,
                     alpha: -lr / batch as f32,
                     beta: 1.0 - lr * l2,
                     textures: Some(&textures),

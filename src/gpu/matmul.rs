@@ -13,9 +13,19 @@ use crate::gpu::params::{MatmulParams, PackParams};
 use crate::gpu::record::{At, Dispatch, GpuPlan};
 use crate::gpu::shaders::{Kernel, MM_TILE, MT_TILE, PACK_TX, Width};
 
-/// One product `C = alpha op(A) B + beta C` over buffers, where op(A) is `A` (`transposed_a`
-/// false, A is `m x k`) or `A^T` (A is `k x m`); B is `k x n`, C is `m x n`. Each operand
-/// starts at row `first_row` of its buffer.
+/// Which product a [`Gemm`] computes, C being `m x n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `A B`: A is `m x k`, B is `k x n`.
+    Nn,
+    /// `A^T B`: A is `k x m` (read transposed, never copied), B is `k x n`.
+    Tn,
+    /// `A B^T`: A is `m x k`, B is `n x k` (a classifier's rows, as `nn.Linear` holds them).
+    Nt,
+}
+
+/// One product `C = alpha op(A) op(B) + beta C` over buffers, of the [`Form`] `form`. Each
+/// operand starts at row `first_row` of its buffer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Gemm<'b> {
     pub a: At<'b>,
@@ -24,7 +34,7 @@ pub(crate) struct Gemm<'b> {
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    pub transposed_a: bool,
+    pub form: Form,
     pub alpha: f32,
     pub beta: f32,
     /// Where the texture matmul finds its packed operands' textures: plans replayed in order
@@ -95,17 +105,21 @@ impl GpuContext {
         if let Some(plan) = self.plan_texture_matmul(g)? {
             return Ok(plan);
         }
-        let kernel = if g.transposed_a {
-            Kernel::MatmulTn
-        } else {
-            Kernel::MatmulNn
+        let kernel = match g.form {
+            Form::Nn => Kernel::MatmulNn,
+            Form::Tn => Kernel::MatmulTn,
+            Form::Nt => Kernel::MatmulNt,
         };
         // Vec4 loads need every row that is read in quads (op(A)'s along the inner dimension
         // for A B, A's along M for A^T B, and B's) to be a whole number of vec4s; bases of such
         // rows always are (see `Geometry::slice`). An empty inner dimension binds 4 bytes,
         // less than one vec4.
-        let a_row = if g.transposed_a { g.m } else { g.k };
-        let width = if g.k > 0 && a_row.is_multiple_of(4) && g.n.is_multiple_of(4) {
+        let (a_row, b_row) = match g.form {
+            Form::Nn => (g.k, g.n),
+            Form::Tn => (g.m, g.n),
+            Form::Nt => (g.k, g.k),
+        };
+        let width = if g.k > 0 && a_row.is_multiple_of(4) && b_row.is_multiple_of(4) {
             Width::Vec4
         } else {
             Width::Scalar
@@ -144,7 +158,7 @@ impl GpuContext {
                     ));
                 }
             };
-        if g.transposed_a {
+        if g.form == Form::Tn {
             let (c_binding, c_base) = whole(op, geometry, &g.c, g.m, g.n, "the product")?;
             let groups_y = g.m.div_ceil(tile_m);
             if groups_y > max_groups {
@@ -191,7 +205,13 @@ impl GpuContext {
                 (g.k / width.lanes()) as u64 + FIXED_TRIPS,
                 &format!("an inner dimension of {}", g.k),
             )?;
-            let (b_binding, b_base) = whole(op, geometry, &g.b, g.k, g.n, "the right-hand matrix")?;
+            let (b_rows, b_cols) = if g.form == Form::Nt {
+                (g.n, g.k)
+            } else {
+                (g.k, g.n)
+            };
+            let (b_binding, b_base) =
+                whole(op, geometry, &g.b, b_rows, b_cols, "the right-hand matrix")?;
             let rows_per_dispatch = max_groups * tile_m;
             for window in geometry.windows(op, g.m, words(g.k.max(g.n)))? {
                 let mut start = window.start;
@@ -232,7 +252,8 @@ impl GpuContext {
     fn plan_texture_matmul(&self, g: &Gemm<'_>) -> Result<Option<Vec<Dispatch>>> {
         // The textures are rgba32float: f16 operands take matmul.wgsl.
         let f16 = g.c.dtype != crate::dtype::DType::F32;
-        if !self.config.texture_kernels || f16 || g.k == 0 || g.m == 0 || g.n == 0 {
+        let packs = g.form != Form::Nt;
+        if !self.config.texture_kernels || !packs || f16 || g.k == 0 || g.m == 0 || g.n == 0 {
             return Ok(None);
         }
         let tile = MT_TILE as usize;
@@ -251,7 +272,7 @@ impl GpuContext {
         ]
         .into_iter()
         .any(|groups| groups > max)
-            || (g.transposed_a && pack(g.k) > max);
+            || ((g.form == Form::Tn) && pack(g.k) > max);
         if too_many {
             return Ok(None);
         }
@@ -267,7 +288,7 @@ impl GpuContext {
         let Some(c) = bound(geometry, &g.c, g.m, g.n) else {
             return Ok(None);
         };
-        let (a_rows, a_cols) = if g.transposed_a {
+        let (a_rows, a_cols) = if g.form == Form::Tn {
             (g.k, g.m)
         } else {
             (g.m, g.k)
@@ -282,7 +303,7 @@ impl GpuContext {
         };
         // Each operand of each kind of product has its own texture, so that the two products
         // of a training step never share one even at equal sizes.
-        let (a_role, b_role) = if g.transposed_a {
+        let (a_role, b_role) = if g.form == Form::Tn {
             (TexRole::TransposedA, TexRole::TransposedB)
         } else {
             (TexRole::PlainA, TexRole::PlainB)
@@ -308,7 +329,7 @@ impl GpuContext {
                 src: g.a,
                 rows: g.m,
                 cols: g.k,
-                transposed: g.transposed_a,
+                transposed: (g.form == Form::Tn),
                 texture: &a_tex,
                 panel_rows: a_size[1],
             },
@@ -545,7 +566,7 @@ impl GpuContext {
                     m,
                     n,
                     k,
-                    transposed_a,
+                    form: if transposed_a { Form::Tn } else { Form::Nn },
                     alpha: 1.0,
                     beta: 0.0,
                     textures: None,

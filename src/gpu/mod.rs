@@ -21,7 +21,8 @@
 //! | `record.rs` | recording kernels into a command buffer |
 //! | `buffers.rs` | device arrays, uploads and downloads |
 //! | `ops.rs` | the ops: staged kernels and the default path |
-//! | `matmul.rs` | the register-tiled matrix product `A B` and `A^T B` |
+//! | `matmul.rs` | the register-tiled matrix products `A B`, `A^T B` and `A B^T` |
+//! | `linear.rs` | the linear cross-entropy blocked over the vocabulary |
 //! | `train.rs` | softmax-regression training: every dispatch of an epoch, planned once |
 //! | `logistic.rs` | logistic-regression training, planned likewise |
 //! | `timing.rs` | device time of submitted work, for benchmarks |
@@ -29,6 +30,7 @@
 mod buffers;
 mod context;
 mod dispatch;
+mod linear;
 pub(crate) mod logistic;
 mod matmul;
 mod ops;
@@ -40,6 +42,9 @@ pub(crate) mod train;
 
 pub use buffers::{GpuLabels, GpuMatrix, GpuVector, LabelType};
 pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions, enumerate_adapters};
+pub use linear::{
+    GpuLinearGrads, GpuShard, GpuShardStats, WORKSPACE_BYTES as LINEAR_WORKSPACE_BYTES,
+};
 pub use ops::{CopyKernel, GpuBceLoss, GpuLoss, Staged};
 pub use record::GpuPlan;
 #[doc(hidden)]

@@ -116,7 +116,7 @@ fn record_total_into(
 /// Where an op's per-row losses go: the loss itself for [`Reduction::None`], else a
 /// workspace of the plan's own that [`reduce`](Self::reduce) sums into the loss. The per-row
 /// values carry the reduction's scale (a mean's denominator), so a plain sum remains.
-struct PerRow {
+pub(crate) struct PerRow {
     values: Option<GpuVector>,
     /// A mean over no rows at all: PyTorch's NaN, which no kernel is left to write. (A mean
     /// over rows that are all ignored gets its NaN from the kernels: `ignored_loss`.)
@@ -124,7 +124,12 @@ struct PerRow {
 }
 
 impl PerRow {
-    fn new(gpu: &GpuContext, op: &'static str, rows: usize, reduction: Reduction) -> Result<Self> {
+    pub(crate) fn new(
+        gpu: &GpuContext,
+        op: &'static str,
+        rows: usize,
+        reduction: Reduction,
+    ) -> Result<Self> {
         Ok(PerRow {
             values: match reduction {
                 Reduction::None => None,
@@ -135,13 +140,13 @@ impl PerRow {
     }
 
     /// The per-row losses as a kernel binds them.
-    fn at<'a>(&'a self, loss: &'a GpuVector) -> At<'a> {
+    pub(crate) fn at<'a>(&'a self, loss: &'a GpuVector) -> At<'a> {
         self.values.as_ref().unwrap_or(loss).at()
     }
 
     /// Records the sum of the workspace into `loss`; nothing for [`Reduction::None`], whose
     /// per-row losses are the loss.
-    fn reduce(
+    pub(crate) fn reduce(
         &self,
         rec: &mut Recorder<'_>,
         gpu: &GpuContext,
@@ -172,7 +177,7 @@ impl GpuContext {
     /// uploaded labels, with no dispatch, or summed on the device (`label_stats`, then two
     /// sums) for labels the application wrote there, so that each replay of the plan counts
     /// that frame's labels.
-    fn denominators(
+    pub(crate) fn denominators(
         &self,
         rec: &mut Recorder<'_>,
         op: &'static str,
@@ -296,7 +301,7 @@ impl GpuContext {
 
     /// A new loss of `rows` rows under `reduction`, written by the plan `plan` builds into it,
     /// submitted: the convenience form of every loss plan.
-    fn new_loss(
+    pub(crate) fn new_loss(
         &self,
         op: &'static str,
         rows: usize,

@@ -163,6 +163,33 @@ impl Args for TrainArgs {
     const FAMILIES: &'static [Family] = &[Family::Train];
 }
 
+/// `linear.wgsl`'s arguments (each kernel reads the fields its header names).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub(crate) struct LinearArgs {
+    /// The vocabulary index of the block's first class.
+    pub class0: u32,
+    /// `LINEAR_HAS_BIAS | LINEAR_WEIGHTED | LINEAR_FIRST` (`src/gpu/linear.rs`).
+    pub flags: u32,
+    /// `C`, the vocabulary.
+    pub classes: u32,
+    /// The soft cap `c`; 0 for none.
+    pub cap: f32,
+    /// Label smoothing `e`.
+    pub smoothing: f32,
+    /// The z-loss strength `S`.
+    pub z_loss: f32,
+    /// The summed class weights: of the shard's classes before the block (statistics), of
+    /// the statistics merged into (merge), of the vocabulary (loss, gradient).
+    pub weight: f32,
+    /// The merge: the summed class weights of the statistics merged in.
+    pub weight_b: f32,
+}
+
+impl Args for LinearArgs {
+    const FAMILIES: &'static [Family] = &[Family::Linear];
+}
+
 /// The most matrix bindings a row kernel has (`bce_with_logits`: six).
 pub(crate) const MATRICES: usize = 8;
 

@@ -28,6 +28,7 @@ pub(crate) enum Family {
     Copy,
     Fused,
     Backward,
+    Linear,
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
@@ -39,7 +40,7 @@ const MATMUL_COMMON: &str = include_str!("../../shaders/matmul_common.wgsl");
 
 impl Family {
     /// Every family.
-    pub(crate) const ALL: [Family; 11] = [
+    pub(crate) const ALL: [Family; 12] = [
         Family::Reduce,
         Family::Softmax,
         Family::Loss,
@@ -51,6 +52,7 @@ impl Family {
         Family::Copy,
         Family::Fused,
         Family::Backward,
+        Family::Linear,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -66,6 +68,7 @@ impl Family {
             Family::Copy => "copy",
             Family::Fused => "fused",
             Family::Backward => "backward",
+            Family::Linear => "linear",
         }
     }
 
@@ -82,6 +85,7 @@ impl Family {
             Family::Copy => include_str!("../../shaders/copy.wgsl"),
             Family::Fused => include_str!("../../shaders/fused.wgsl"),
             Family::Backward => include_str!("../../shaders/backward.wgsl"),
+            Family::Linear => include_str!("../../shaders/linear.wgsl"),
         }
     }
 
@@ -101,7 +105,9 @@ impl Family {
     /// Whether the family has an `f16` variant: its matrices stored as `S`, `f16` where the
     /// device has `SHADER_F16`, read and written through conversions to and from `V`.
     pub(crate) fn has_f16(self) -> bool {
-        self != Family::TrainTex
+        // The texture training kernels read rgba32float; the linear cross-entropy's blocks of
+        // products are f32 (its inputs take f32).
+        !matches!(self, Family::TrainTex | Family::Linear)
     }
 
     /// Whether the family is a matrix product, built on `matmul_common.wgsl`.
@@ -252,6 +258,7 @@ pub(crate) enum Kernel {
     OneHotSubtract,
     MatmulNn,
     MatmulTn,
+    MatmulNt,
     Pack,
     PackTransposed,
     MatmulTex,
@@ -276,11 +283,15 @@ pub(crate) enum Kernel {
     StepUpdateTex,
     LossErrTex,
     LogisticResidual,
+    LinearBlockStats,
+    LinearMergeStats,
+    LinearLossRows,
+    LinearBlockGrad,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub(crate) const ALL: [Kernel; 35] = [
+    pub(crate) const ALL: [Kernel; 40] = [
         Kernel::RowMax,
         Kernel::RowSumexp,
         Kernel::SoftmaxNormalise,
@@ -292,6 +303,7 @@ impl Kernel {
         Kernel::OneHotSubtract,
         Kernel::MatmulNn,
         Kernel::MatmulTn,
+        Kernel::MatmulNt,
         Kernel::Pack,
         Kernel::PackTransposed,
         Kernel::MatmulTex,
@@ -316,6 +328,10 @@ impl Kernel {
         Kernel::StepUpdateTex,
         Kernel::LossErrTex,
         Kernel::LogisticResidual,
+        Kernel::LinearBlockStats,
+        Kernel::LinearMergeStats,
+        Kernel::LinearLossRows,
+        Kernel::LinearBlockGrad,
     ];
 
     /// The kernel's row of the table: its file, entry point, bindings, shape and loops.
@@ -368,6 +384,7 @@ impl Kernel {
             ),
             MatmulNn => row(F::Matmul, "matmul_nn", PRODUCT, Tiles, 0),
             MatmulTn => row(F::Matmul, "matmul_tn", PRODUCT, Tiles, 0),
+            MatmulNt => row(F::Matmul, "matmul_nt", PRODUCT, Tiles, 0),
             Pack => row(F::MatmulTex, "pack", &[WHOLE_IN, TEX_OUT], Tiles, 0),
             PackTransposed => row(
                 F::MatmulTex,
@@ -490,6 +507,42 @@ impl Kernel {
                 &[TEX_IN, WHOLE_IN, WHOLE_OUT, UNIFORM_IN, WHOLE_OUT],
                 Tiles,
                 0,
+            ),
+            LinearBlockStats => row(
+                F::Linear,
+                "linear_block_stats",
+                &[
+                    MAT_IN, WHOLE_IN, WHOLE_IN, ROW_IN, ROW_OUT, ROW_OUT, ROW_OUT, ROW_OUT,
+                ],
+                Team,
+                2,
+            ),
+            LinearMergeStats => row(
+                F::Linear,
+                "linear_merge_stats",
+                &[
+                    ROW_OUT, ROW_OUT, ROW_OUT, ROW_OUT, ROW_IN, ROW_IN, ROW_IN, ROW_IN,
+                ],
+                Thread,
+                0,
+            ),
+            LinearLossRows => row(
+                F::Linear,
+                "linear_loss_rows",
+                &[
+                    WHOLE_IN, ROW_IN, ROW_IN, ROW_IN, ROW_IN, ROW_IN, ROW_OUT, WHOLE_IN,
+                ],
+                Thread,
+                0,
+            ),
+            LinearBlockGrad => row(
+                F::Linear,
+                "linear_block_grad",
+                &[
+                    MAT_OUT, WHOLE_IN, WHOLE_IN, ROW_IN, ROW_IN, ROW_IN, WHOLE_IN, WHOLE_IN,
+                ],
+                Team,
+                1,
             ),
         }
     }
@@ -1144,6 +1197,13 @@ mod tests {
             [weight_mode, pos_weight_mode, scale, k_cols, first_col]
         );
         args!(Family::Train, TrainArgs, [classes, scale, decay]);
+        args!(
+            Family::Linear,
+            LinearArgs,
+            [
+                class0, flags, classes, cap, smoothing, z_loss, weight, weight_b
+            ]
+        );
         for family in Family::ALL.into_iter().filter(|f| f.uses_rows()) {
             let module = parse(&config, family, Width::Vec4);
             let ty = module

@@ -29,7 +29,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::dispatch::{FIXED_TRIPS, row_groups};
-use crate::gpu::matmul::{Gemm, PackedTexture, Packing, TextureSet};
+use crate::gpu::matmul::{Form, Gemm, PackedTexture, Packing, TextureSet};
 use crate::gpu::params::{Args, NoArgs, RowParams, StepParams, TrainArgs};
 use crate::gpu::record::{At, Dispatch, uniform_binding};
 use crate::gpu::shaders::{Kernel, MT_LANES, STEP_CLASSES, STEP_UNIFORM_BYTES, Width};
@@ -481,7 +481,7 @@ impl GpuRegression {
                     m: x.rows(),
                     n: self.classes,
                     k: self.features,
-                    transposed_a: false,
+                    form: Form::Nn,
                     alpha: 1.0,
                     beta: 0.0,
                     textures: None,
@@ -581,7 +581,7 @@ fn plan_eval(
                     m: rows,
                     n: model.classes,
                     k: model.features,
-                    transposed_a: false,
+                    form: Form::Nn,
                     alpha: 1.0,
                     beta: 0.0,
                     textures: None,
@@ -837,7 +837,7 @@ fn plan_step(
             m: step.batch,
             n: model.classes,
             k: model.features,
-            transposed_a: false,
+            form: Form::Nn,
             alpha: 1.0,
             beta: 0.0,
             textures: Some(textures),
@@ -872,7 +872,7 @@ fn plan_step(
             m: model.features,
             n: model.classes,
             k: step.batch,
-            transposed_a: true,
+            form: Form::Tn,
             alpha: -step.lr / step.batch as f32,
             beta: 1.0 - step.lr * step.l2,
             textures: Some(textures),
