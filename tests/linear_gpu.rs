@@ -146,6 +146,23 @@ fn lowered_limits_cut_the_vocabulary_into_many_blocks() {
     }
 }
 
+/// 3 workgroups a dimension: blocks of at most 3 tiles of classes (192), so a vocabulary of
+/// 1000 runs in six blocks, as one past 65,535 tiles would on a real device.
+#[test]
+fn a_vocabulary_past_the_workgroups_of_a_dimension_runs_in_blocks() {
+    require_gpu!();
+    let gpu = GpuContext::with_options(&GpuOptions::default().max_workgroups_per_dimension(3))
+        .unwrap();
+    let (n, d, v) = (5, 6, 1000);
+    let h = logits(n, d, 1.0, 81);
+    let w = logits(v, d, 1.0, 82);
+    let b = logits(1, v, 1.0, 83).row(0).to_owned();
+    let y = labels(n, v, 3, 84);
+    for (case, opts) in option_cases(v).into_iter().step_by(5) {
+        check_case(&gpu, (&h, &w, Some(&b)), &y, &opts, &format!("3 groups, {case}"));
+    }
+}
+
 /// Every row ignored: a mean is NaN, a sum 0, and every gradient 0; large logits keep their
 /// probabilities exact (exp((z - m) - ln s) from the statistics); masked classes (-inf bias)
 /// add nothing, or +inf with smoothing, as in the reference.

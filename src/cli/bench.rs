@@ -321,7 +321,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let cases = row_shapes.len() * (7 + 7 * usize::from(gpu.is_some()))
         + matmul_shapes.len() * (1 + usize::from(gpu.is_some()))
-        + linear_shapes.len() * 2
+        + linear_shapes.len() * (2 + 2 * usize::from(gpu.is_some()))
         + 1
         + usize::from(gpu.is_some());
     let bar = ProgressBar::new(cases as u64).with_style(
@@ -636,6 +636,42 @@ pub fn run(args: BenchArgs) -> Result<()> {
             })?,
             2 * (n * v * 4) as u64,
         ))?;
+        if let Some(gpu) = gpu {
+            let (gh, gw, gy) = (gpu.upload(h.view())?, gpu.upload(w.view())?, gpu.upload_labels(&y)?);
+            emit(row(
+                "gpu",
+                measure(reps, || {
+                    Ok(gpu
+                        .timed(|| {
+                            gpu.linear_cross_entropy(&gh, &gw, None, &gy, &lin, true)
+                                .map(drop)
+                        })?
+                        .1)
+                })?,
+                gpu.linear_workspace_bytes(n, d, v)?,
+            ))?;
+            // The materialised route on the same adapter: the logits (as (H^T)^T (W^T), the
+            // operands transposed once, outside the timing), the fused cross-entropy with its
+            // gradient, and the two gradient products.
+            let (ht, wt) = (
+                gpu.upload(h.t().as_standard_layout().view())?,
+                gpu.upload(w.t().as_standard_layout().view())?,
+            );
+            emit(row(
+                "gpu_materialised",
+                measure(reps, || {
+                    Ok(gpu
+                        .timed(|| {
+                            let z = gpu.matmul_tn(&ht, &wt)?;
+                            let (_, g) = gpu.cross_entropy_with_grad(&z, &gy, &opts)?;
+                            gpu.matmul(&g, &gw)?;
+                            gpu.matmul_tn(&g, &gh).map(drop)
+                        })?
+                        .1)
+                })?,
+                2 * (n * v * 4) as u64,
+            ))?;
+        }
     }
 
     let [rows, features, classes] = epoch;

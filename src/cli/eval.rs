@@ -540,12 +540,6 @@ fn linear_cross_entropy(a: LinearArgs) -> Result<()> {
             ("--grad-bias", a.grad_bias.as_deref()),
         ],
     )?;
-    if a.device == Some(DeviceArg::Gpu) {
-        bail!(
-            "--device gpu: linear-cross-entropy has no GPU kernels yet; it runs on the CPU \
-             (--device cpu), blocked over the vocabulary"
-        );
-    }
     if a.vocab_shards == 0 {
         bail!("--vocab-shards 0: at least one shard");
     }
@@ -582,16 +576,32 @@ fn linear_cross_entropy(a: LinearArgs) -> Result<()> {
             a.vocab_shards
         );
     }
-    note!(
-        "softmax-ce: linear-cross-entropy on the CPU, in {} vocabulary shard(s)",
-        a.vocab_shards
-    );
+    let device = open_device(a.device)?;
+    let k_shards = a.vocab_shards;
+    let want_grads = a.grad_hidden.is_some() || a.grad_classifier.is_some() || a.grad_bias.is_some();
+    if let Some(gpu) = device.gpu() {
+        note!("softmax-ce: linear-cross-entropy on the GPU, in {k_shards} vocabulary shard(s), one context each");
+        let (value, grads) = linear_on_gpus(gpu, (&h, &w, bias.as_ref()), &labels, &opts, k_shards, want_grads)?;
+        if let Some((dh, dw, db)) = grads {
+            if a.grad_hidden.is_some() {
+                outs.write("--grad-hidden", dh.view().into_dyn())?;
+            }
+            if a.grad_classifier.is_some() {
+                outs.write("--grad-classifier", dw.view().into_dyn())?;
+            }
+            if a.grad_bias.is_some() {
+                outs.write("--grad-bias", ndarray::Array1::from(db).view().into_dyn())?;
+            }
+        }
+        outs.write("--out", value.into_array().view())?;
+        return outs.commit();
+    }
+    note!("softmax-ce: linear-cross-entropy on the CPU, in {k_shards} vocabulary shard(s)");
     // K shards of near-equal size (they differ by one class at most), computed one after
     // another as separate devices would.
-    let k_shards = a.vocab_shards;
     let shards: Vec<Shard<'_>> = (0..k_shards)
         .map(|k| {
-            let rows = k * v / k_shards..(k + 1) * v / k_shards;
+            let rows = shard_rows(k, k_shards, v);
             Shard {
                 classifier: w.slice(ndarray::s![rows.clone(), ..]),
                 bias: bias.as_ref().map(|b| b.slice(ndarray::s![rows.clone()])),
@@ -604,7 +614,7 @@ fn linear_cross_entropy(a: LinearArgs) -> Result<()> {
         stats = stats.merge(&shard_stats(h.view(), s, &labels, &opts)?)?;
     }
     let value = loss_from_stats(&stats, &labels, &opts)?;
-    if a.grad_hidden.is_some() || a.grad_classifier.is_some() || a.grad_bias.is_some() {
+    if want_grads {
         let mut dh = ndarray::Array2::<f32>::zeros(h.raw_dim());
         let mut dw = Vec::with_capacity(shards.len());
         let mut db = Vec::with_capacity(v);
@@ -629,4 +639,93 @@ fn linear_cross_entropy(a: LinearArgs) -> Result<()> {
     }
     outs.write("--out", value.into_array().view())?;
     outs.commit()
+}
+
+/// The rows of `v` classes the `k`-th of `shards` near-equal shards holds.
+fn shard_rows(k: usize, shards: usize, v: usize) -> std::ops::Range<usize> {
+    k * v / shards..(k + 1) * v / shards
+}
+
+/// Gradients on the host: `dH`, `dW` and `db` (empty without a bias).
+type HostGrads = (ndarray::Array2<f32>, ndarray::Array2<f32>, Vec<f32>);
+
+/// The linear cross-entropy with the classifier split over `shards` GPU contexts (the first
+/// `gpu`, the others new ones on the same adapter), as `shards` devices would run it: each
+/// context computes its shard's statistics, the host merges them (a few floats per row), and
+/// each context its gradients from the merged statistics.
+fn linear_on_gpus(
+    gpu: &softmax_ce::GpuContext,
+    (h, w, bias): (&ndarray::Array2<f32>, &ndarray::Array2<f32>, Option<&ndarray::Array1<f32>>),
+    labels: &Labels,
+    opts: &softmax_ce::LinearCrossEntropyOptions,
+    shards: usize,
+    want_grads: bool,
+) -> Result<(softmax_ce::Loss, Option<HostGrads>)> {
+    use softmax_ce::gpu::GpuShard;
+    let v = w.nrows();
+    let others: Vec<softmax_ce::GpuContext> = (1..shards)
+        .map(|_| softmax_ce::GpuContext::new())
+        .collect::<softmax_ce::Result<_>>()?;
+    let contexts: Vec<&softmax_ce::GpuContext> = std::iter::once(gpu).chain(&others).collect();
+    // Each context's copy of H, its shard of W and of the bias, and the labels.
+    struct OnDevice {
+        h: softmax_ce::GpuMatrix,
+        w: softmax_ce::GpuMatrix,
+        b: Option<softmax_ce::GpuVector>,
+        y: softmax_ce::GpuLabels,
+        first_class: usize,
+    }
+    impl OnDevice {
+        fn shard(&self) -> GpuShard<'_> {
+            GpuShard {
+                classifier: &self.w,
+                bias: self.b.as_ref(),
+                first_class: self.first_class,
+            }
+        }
+    }
+    let mut on_device = Vec::with_capacity(shards);
+    for (k, c) in contexts.iter().enumerate() {
+        let rows = shard_rows(k, shards, v);
+        on_device.push(OnDevice {
+            h: c.upload(h.view())?,
+            w: c.upload(w.slice(ndarray::s![rows.clone(), ..]))?,
+            b: bias
+                .map(|b| c.upload_vector(b.slice(ndarray::s![rows.clone()])))
+                .transpose()?,
+            y: c.upload_labels(labels)?,
+            first_class: rows.start,
+        });
+    }
+    let mut merged: Option<softmax_ce::cpu::vocab::ShardStats> = None;
+    for (c, d) in contexts.iter().zip(&on_device) {
+        let stats = c.linear_shard_stats(&d.h, &d.shard(), &d.y, opts)?;
+        let stats = c.download_shard_stats(&stats)?;
+        merged = Some(match merged {
+            None => stats,
+            Some(m) => m.merge(&stats)?,
+        });
+    }
+    let merged = merged.expect("at least one shard");
+    let first = &on_device[0];
+    let loss = gpu.linear_loss_from_stats(&gpu.upload_shard_stats(&merged)?, &first.y, opts)?;
+    let loss = gpu.download_loss(&loss)?;
+    if !want_grads {
+        return Ok((loss, None));
+    }
+    let mut dh = ndarray::Array2::<f32>::zeros(h.raw_dim());
+    let mut dw = Vec::with_capacity(shards);
+    let mut db = Vec::with_capacity(v);
+    for (c, d) in contexts.iter().zip(&on_device) {
+        let stats = c.upload_shard_stats(&merged)?;
+        let g = c.linear_shard_grads(&d.h, &d.shard(), &d.y, opts, &stats)?;
+        dh += &c.download(&g.hidden)?;
+        dw.push(c.download(&g.classifier)?);
+        if let Some(b) = &g.bias {
+            db.extend(c.download_vector(b)?);
+        }
+    }
+    let views: Vec<_> = dw.iter().map(|g| g.view()).collect();
+    let dw = ndarray::concatenate(ndarray::Axis(0), &views).expect("shards of the same columns");
+    Ok((loss, Some((dh, dw, db))))
 }

@@ -562,6 +562,43 @@ impl GpuContext {
         })
     }
 
+    /// The device memory the linear cross-entropy of `N x D` hidden states against `V`
+    /// classes holds beyond its inputs and outputs: one block of products, the per-row
+    /// statistics, and the block's bias and weights. It does not grow with `V` past one block.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] where one row of `W` (`D` floats) exceeds a binding.
+    pub fn linear_workspace_bytes(&self, n: usize, d: usize, v: usize) -> Result<u64> {
+        let block = self.linear_block("linear_cross_entropy", n, d, v.max(1))? as u64;
+        let n = n as u64;
+        Ok(4 * (n * block + 5 * n + 2 * block))
+    }
+
+    /// Classes per block: one binding of W's rows, within [`WORKSPACE_BYTES`] of products and
+    /// one dispatch dimension of tiles (`dW_blk = G^T H` has a row of tiles per 64 classes), in
+    /// whole tiles where there are more.
+    fn linear_block(&self, op: &'static str, n: usize, d: usize, vs: usize) -> Result<usize> {
+        let g = self.geometry;
+        let row_bytes = 4 * d.max(1) as u64;
+        let by_binding = g.max_binding.saturating_sub(g.align) / row_bytes;
+        if by_binding == 0 {
+            return Err(Error::TooLarge {
+                op,
+                what: format!("one row of the classifier ({d} floats)"),
+                bytes: row_bytes,
+                limit: g.max_binding.saturating_sub(g.align),
+            });
+        }
+        let tile = MM_TILE[1] as u64;
+        let by_workspace = (WORKSPACE_BYTES / (4 * n.max(1) as u64)).max(tile);
+        let by_groups = u64::from(g.max_groups_per_dim) * MM_TILE[0] as u64;
+        let mut block = by_binding.min(by_workspace).min(by_groups);
+        if block >= tile {
+            block -= block % tile;
+        }
+        Ok((block as usize).min(vs).max(1))
+    }
+
     /// Checks a shard's inputs and options, and sizes its blocks.
     fn linear_setup(
         &self,
@@ -612,26 +649,7 @@ impl GpuContext {
         owners.extend(shard.bias.map(|b| b.owner));
         self.check_owned(op, &owners)?;
 
-        // A block: one binding of W's rows, and within the workspace, in whole tiles of the
-        // products (so that each block's bias and weights start 256 bytes apart).
-        let g = self.geometry;
-        let row_bytes = 4 * d.max(1) as u64;
-        let by_binding = g.max_binding.saturating_sub(g.align) / row_bytes;
-        if by_binding == 0 {
-            return Err(Error::TooLarge {
-                op,
-                what: format!("one row of the classifier ({d} floats)"),
-                bytes: row_bytes,
-                limit: g.max_binding.saturating_sub(g.align),
-            });
-        }
-        let tile = MM_TILE[1] as u64;
-        let by_workspace = (WORKSPACE_BYTES / (4 * n.max(1) as u64)).max(tile);
-        let mut block = by_binding.min(by_workspace);
-        if block >= tile {
-            block -= block % tile;
-        }
-        let block = (block as usize).min(vs).max(1);
+        let block = self.linear_block(op, n, d, vs)?;
 
         let o = &opts.loss;
         let vocab_weights = self.storage_init(
