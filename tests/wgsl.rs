@@ -93,7 +93,7 @@ fn emit_writes_every_module_for_both_targets() {
     );
 
     // Per configuration: every family at both widths (the training families at the scalar
-    // one, the only one they run at), f16 for the fused, backward and copy families, the texture
+    // one, the only one they run at), f16 for all but train_tex and linear, the texture
     // families only where the configuration runs them.
     let mut by_config: BTreeMap<String, BTreeSet<(&str, &str, &str)>> = BTreeMap::new();
     for name in native.keys() {
@@ -105,6 +105,7 @@ fn emit_writes_every_module_for_both_targets() {
     }
     let families = [
         "reduce", "softmax", "loss", "grad", "matmul", "train", "copy", "fused", "backward",
+        "linear",
     ];
     for (config, got) in &by_config {
         let mut want = BTreeSet::new();
@@ -120,8 +121,9 @@ fn emit_writes_every_module_for_both_targets() {
             } else {
                 &["w1", "w4"]
             };
-            // Every family has an f16 variant but the texture training kernels.
-            let dtypes: &[&str] = if family != "train_tex" {
+            // Every family has an f16 variant but the texture training kernels and the linear
+            // cross-entropy's (its blocks of products are f32).
+            let dtypes: &[&str] = if !["train_tex", "linear"].contains(&family) {
                 &["f32", "f16"]
             } else {
                 &["f32"]

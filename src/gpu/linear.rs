@@ -27,7 +27,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::{GpuLabels, GpuMatrix, GpuVector};
-use crate::gpu::matmul::{Form, Gemm};
+use crate::gpu::matmul::{Form, Gemm, TextureSet};
 use crate::gpu::ops::{GpuLoss, PerRow};
 use crate::gpu::params::LinearArgs;
 use crate::gpu::record::{At, Recorder};
@@ -474,7 +474,7 @@ impl GpuContext {
                         form: Form::Nn,
                         alpha: 1.0,
                         beta: if first { 0.0 } else { 1.0 },
-                        textures: None,
+                        textures: Some(block.textures),
                     },
                 )?);
                 // dW_blk = G^T H.
@@ -490,7 +490,7 @@ impl GpuContext {
                         form: Form::Tn,
                         alpha: 1.0,
                         beta: 0.0,
-                        textures: None,
+                        textures: Some(block.textures),
                     },
                 )?);
                 if let (Some(db), Some(ones)) = (&grads.bias, &ones) {
@@ -509,7 +509,7 @@ impl GpuContext {
                             form: Form::Tn,
                             alpha: 1.0,
                             beta: 0.0,
-                            textures: None,
+                            textures: Some(block.textures),
                         },
                     )?);
                 }
@@ -706,7 +706,9 @@ impl GpuContext {
         let (n, d, b) = (setup.n, setup.d, setup.block);
         let vs = shard.classifier.rows();
         let prod = self.new_matrix(op, n, b)?;
-        // The blocks run in order in one submission: one buffer each serves every block.
+        // The blocks run in order in one submission: one buffer each serves every block, and
+        // one set of textures every product where the products pack their operands.
+        let textures = TextureSet::default();
         let block_bias = self.storage("linear block bias", 4 * b as u64);
         let block_weights = self.storage("linear block weights", 4 * b as u64);
         for (i, v0) in (0..vs).step_by(b).enumerate() {
@@ -743,7 +745,7 @@ impl GpuContext {
                     form: Form::Nt,
                     alpha: 1.0,
                     beta: 0.0,
-                    textures: None,
+                    textures: Some(&textures),
                 },
             )?);
             let block = Block {
@@ -752,6 +754,7 @@ impl GpuContext {
                 bias: At::from(&block_bias),
                 weights: At::from(&block_weights),
                 first: i == 0,
+                textures: &textures,
             };
             each(rec, block)?;
         }
@@ -768,6 +771,8 @@ struct Block<'a> {
     bias: At<'a>,
     weights: At<'a>,
     first: bool,
+    /// The textures the products pack their operands into, shared by every block.
+    textures: &'a TextureSet,
 }
 
 /// Fails unless `stats` cover the whole vocabulary of `classes`.

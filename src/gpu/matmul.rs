@@ -60,6 +60,10 @@ pub(crate) enum TexRole {
     TransposedA,
     /// `B` of `A^T B`.
     TransposedB,
+    /// `A` of `A B^T`.
+    NtA,
+    /// `B^T`, packed transposed, of `A B^T`.
+    TransposedBNt,
 }
 
 impl TextureSet {
@@ -252,8 +256,7 @@ impl GpuContext {
     fn plan_texture_matmul(&self, g: &Gemm<'_>) -> Result<Option<Vec<Dispatch>>> {
         // The textures are rgba32float: f16 operands take matmul.wgsl.
         let f16 = g.c.dtype != crate::dtype::DType::F32;
-        let packs = g.form != Form::Nt;
-        if !self.config.texture_kernels || !packs || f16 || g.k == 0 || g.m == 0 || g.n == 0 {
+        if !self.config.texture_kernels || f16 || g.k == 0 || g.m == 0 || g.n == 0 {
             return Ok(None);
         }
         let tile = MT_TILE as usize;
@@ -272,7 +275,7 @@ impl GpuContext {
         ]
         .into_iter()
         .any(|groups| groups > max)
-            || ((g.form == Form::Tn) && pack(g.k) > max);
+            || (g.form != Form::Nn && pack(g.k) > max);
         if too_many {
             return Ok(None);
         }
@@ -293,8 +296,13 @@ impl GpuContext {
         } else {
             (g.m, g.k)
         };
+        let (b_rows, b_cols) = if g.form == Form::Nt {
+            (g.n, g.k)
+        } else {
+            (g.k, g.n)
+        };
         let fits = |at: &At<'_>, rows, cols| bound(geometry, at, rows, cols).is_some();
-        if !fits(&g.a, a_rows, a_cols) || !fits(&g.b, g.k, g.n) {
+        if !fits(&g.a, a_rows, a_cols) || !fits(&g.b, b_rows, b_cols) {
             return Ok(None);
         }
         let texture = |role, size| match g.textures {
@@ -303,10 +311,10 @@ impl GpuContext {
         };
         // Each operand of each kind of product has its own texture, so that the two products
         // of a training step never share one even at equal sizes.
-        let (a_role, b_role) = if g.form == Form::Tn {
-            (TexRole::TransposedA, TexRole::TransposedB)
-        } else {
-            (TexRole::PlainA, TexRole::PlainB)
+        let (a_role, b_role) = match g.form {
+            Form::Nn => (TexRole::PlainA, TexRole::PlainB),
+            Form::Tn => (TexRole::TransposedA, TexRole::TransposedB),
+            Form::Nt => (TexRole::NtA, TexRole::TransposedBNt),
         };
         let a_tex = texture(a_role, a_size);
         let b_tex = texture(b_role, b_size);
@@ -340,7 +348,8 @@ impl GpuContext {
                 src: g.b,
                 rows: g.k,
                 cols: g.n,
-                transposed: false,
+                // B^T's rows are W's: packed transposed, as A^T's are.
+                transposed: g.form == Form::Nt,
                 texture: &b_tex,
                 panel_rows: b_size[1],
             },
