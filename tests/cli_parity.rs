@@ -584,10 +584,7 @@ fn eval_linear_cross_entropy_matches_the_reference_in_any_number_of_shards() {
         cpu::linear_cross_entropy_grad(h2.view(), w2.view(), Some(b1.view()), &labels, &opts)
             .unwrap();
     let out = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    for (device, shards) in devices()
-        .into_iter()
-        .flat_map(|d| [(d, "1"), (d, "3")])
-    {
+    for (device, shards) in devices().into_iter().flat_map(|d| [(d, "1"), (d, "3")]) {
         ok(&args(&[
             "eval",
             "linear-cross-entropy",

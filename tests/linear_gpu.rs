@@ -151,15 +151,21 @@ fn lowered_limits_cut_the_vocabulary_into_many_blocks() {
 #[test]
 fn a_vocabulary_past_the_workgroups_of_a_dimension_runs_in_blocks() {
     require_gpu!();
-    let gpu = GpuContext::with_options(&GpuOptions::default().max_workgroups_per_dimension(3))
-        .unwrap();
+    let gpu =
+        GpuContext::with_options(&GpuOptions::default().max_workgroups_per_dimension(3)).unwrap();
     let (n, d, v) = (5, 6, 1000);
     let h = logits(n, d, 1.0, 81);
     let w = logits(v, d, 1.0, 82);
     let b = logits(1, v, 1.0, 83).row(0).to_owned();
     let y = labels(n, v, 3, 84);
     for (case, opts) in option_cases(v).into_iter().step_by(5) {
-        check_case(&gpu, (&h, &w, Some(&b)), &y, &opts, &format!("3 groups, {case}"));
+        check_case(
+            &gpu,
+            (&h, &w, Some(&b)),
+            &y,
+            &opts,
+            &format!("3 groups, {case}"),
+        );
     }
 }
 

@@ -637,7 +637,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             2 * (n * v * 4) as u64,
         ))?;
         if let Some(gpu) = gpu {
-            let (gh, gw, gy) = (gpu.upload(h.view())?, gpu.upload(w.view())?, gpu.upload_labels(&y)?);
+            let (gh, gw, gy) = (
+                gpu.upload(h.view())?,
+                gpu.upload(w.view())?,
+                gpu.upload_labels(&y)?,
+            );
             emit(row(
                 "gpu",
                 measure(reps, || {

@@ -578,10 +578,20 @@ fn linear_cross_entropy(a: LinearArgs) -> Result<()> {
     }
     let device = open_device(a.device)?;
     let k_shards = a.vocab_shards;
-    let want_grads = a.grad_hidden.is_some() || a.grad_classifier.is_some() || a.grad_bias.is_some();
+    let want_grads =
+        a.grad_hidden.is_some() || a.grad_classifier.is_some() || a.grad_bias.is_some();
     if let Some(gpu) = device.gpu() {
-        note!("softmax-ce: linear-cross-entropy on the GPU, in {k_shards} vocabulary shard(s), one context each");
-        let (value, grads) = linear_on_gpus(gpu, (&h, &w, bias.as_ref()), &labels, &opts, k_shards, want_grads)?;
+        note!(
+            "softmax-ce: linear-cross-entropy on the GPU, in {k_shards} vocabulary shard(s), one context each"
+        );
+        let (value, grads) = linear_on_gpus(
+            gpu,
+            (&h, &w, bias.as_ref()),
+            &labels,
+            &opts,
+            k_shards,
+            want_grads,
+        )?;
         if let Some((dh, dw, db)) = grads {
             if a.grad_hidden.is_some() {
                 outs.write("--grad-hidden", dh.view().into_dyn())?;
@@ -655,7 +665,11 @@ type HostGrads = (ndarray::Array2<f32>, ndarray::Array2<f32>, Vec<f32>);
 /// each context its gradients from the merged statistics.
 fn linear_on_gpus(
     gpu: &softmax_ce::GpuContext,
-    (h, w, bias): (&ndarray::Array2<f32>, &ndarray::Array2<f32>, Option<&ndarray::Array1<f32>>),
+    (h, w, bias): (
+        &ndarray::Array2<f32>,
+        &ndarray::Array2<f32>,
+        Option<&ndarray::Array1<f32>>,
+    ),
     labels: &Labels,
     opts: &softmax_ce::LinearCrossEntropyOptions,
     shards: usize,
