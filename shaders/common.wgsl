@@ -78,6 +78,18 @@ fn ignored_loss(d: f32) -> f32 {
     return select(0.0, p.nan, d == 0.0);
 }
 
+// s, a sum of exp(x - m_old), re-expressed as a sum of exp(x - m_new), for m_new >= m_old. Equal
+// maxima leave s alone, which also covers two -inf maxima, where m_old - m_new would be NaN.
+fn rescale(s: f32, m_old: f32, m_new: f32) -> f32 {
+    return select(s * exp(m_old - m_new), s, m_old == m_new);
+}
+
+// The (m, s) pair of two parts of a row, merged: the online-softmax operator.
+fn merge_pair(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let m = max(a.x, b.x);
+    return vec2<f32>(m, rescale(a.y, a.x, m) + rescale(b.y, b.x, m));
+}
+
 var<workgroup> scratch: array<f32, WG>;
 
 // Team reductions run in two stages. Within a subgroup, lanes_max / lanes_sum (subgroup_*.wgsl)

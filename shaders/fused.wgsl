@@ -72,12 +72,6 @@ struct Args {
 var<workgroup> pair_m: array<f32, WG>;
 var<workgroup> pair_s: array<f32, WG>;
 
-// s, a sum of exp(x - m_old), re-expressed as a sum of exp(x - m_new), for m_new >= m_old. Equal
-// maxima leave s alone, which also covers two -inf maxima, where m_old - m_new would be NaN.
-fn rescale(s: f32, m_old: f32, m_new: f32) -> f32 {
-    return select(s * exp(m_old - m_new), s, m_old == m_new);
-}
-
 // The row's (m, s) in one pass, merged over the team. Every invocation of the workgroup must
 // call it, since it holds barriers.
 //
@@ -107,17 +101,24 @@ fn row_stats(l: Lane, lid: u32, keep: bool, cache: ptr<function, array<V, ROW_CA
         s += select(hsum(exp(v - splat(m))), 0.0, m < -F32_MAX);
     }
 
-    pair_m[lid] = m;
-    pair_s[lid] = s;
+    // Within each chunk of min(tpr, SG) threads by shuffles (lanes_merge), then the chunks
+    // in workgroup memory, as team_max and team_sum reduce.
+    let part = lanes_merge(vec2<f32>(m, s));
+    if p.tpr <= SG {
+        return part;
+    }
+    pair_m[lid] = part.x;
+    pair_s[lid] = part.y;
     workgroupBarrier();
     let t = lid % p.tpr;
-    for (var k = p.tpr / 2u; k > 0u; k >>= 1u) {
+    for (var k = p.tpr / 2u; k >= SG; k >>= 1u) {
         if t < k {
-            let m1 = pair_m[lid];
-            let m2 = pair_m[lid + k];
-            let mm = max(m1, m2);
-            pair_s[lid] = rescale(pair_s[lid], m1, mm) + rescale(pair_s[lid + k], m2, mm);
-            pair_m[lid] = mm;
+            let r = merge_pair(
+                vec2<f32>(pair_m[lid], pair_s[lid]),
+                vec2<f32>(pair_m[lid + k], pair_s[lid + k]),
+            );
+            pair_m[lid] = r.x;
+            pair_s[lid] = r.y;
         }
         workgroupBarrier();
     }

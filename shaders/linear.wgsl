@@ -137,11 +137,6 @@ fn shifted(w: f32, m_old: f32, m: f32) -> f32 {
     return select(w * (m - m_old), 0.0, m_old == m || w == 0.0);
 }
 
-// s exp(m_old - m), exact where the maximum did not move (two -inf included).
-fn rescaled(s: f32, m_old: f32, m: f32) -> f32 {
-    return select(s * exp(m_old - m), s, m_old == m);
-}
-
 @compute @workgroup_size(WG)
 fn linear_block_stats(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -189,7 +184,7 @@ fn linear_block_stats(
         s_s[i] = s_blk;
         s_t[i] = t_blk;
     } else {
-        s_s[i] = rescaled(s_s[i], m_old, m) + s_blk;
+        s_s[i] = rescale(s_s[i], m_old, m) + s_blk;
         s_t[i] = s_t[i] + shifted(p.a.weight, m_old, m) + t_blk;
     }
     s_m[i] = m;
@@ -211,7 +206,7 @@ fn linear_merge_stats(
     let mb = b_m[i];
     let m = max(ma, mb);
     st_m[i] = m;
-    st_s[i] = rescaled(st_s[i], ma, m) + rescaled(b_s[i], mb, m);
+    st_s[i] = rescale(st_s[i], ma, m) + rescale(b_s[i], mb, m);
     st_y[i] = st_y[i] + b_y[i];
     st_t[i] = st_t[i] + shifted(p.a.weight, ma, m) + b_t[i] + shifted(p.a.weight_b, mb, m);
 }

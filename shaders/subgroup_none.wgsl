@@ -10,3 +10,7 @@ fn lanes_max(v: f32) -> f32 {
 fn lanes_sum(v: f32) -> f32 {
     return v;
 }
+
+fn lanes_merge(ms: vec2<f32>) -> vec2<f32> {
+    return ms;
+}

@@ -24,3 +24,12 @@ fn lanes_sum(v: f32) -> f32 {
     }
     return r;
 }
+
+// The online-softmax pairs (m, s) of the chunk, merged (merge_pair, common.wgsl).
+fn lanes_merge(ms: vec2<f32>) -> vec2<f32> {
+    var r = ms;
+    for (var k = 1u; k < min(p.tpr, SG); k <<= 1u) {
+        r = merge_pair(r, subgroupShuffleXor(r, k));
+    }
+    return r;
+}
