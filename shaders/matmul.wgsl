@@ -7,8 +7,8 @@
 //   matmul_nt: C = alpha * A B^T + beta * C    A: M x K, B: N x K (a classifier's rows, as
 //                                              nn.Linear stores them), C: M x N
 //
-// All row-major, stored as f32 or (the f16 variant) f16, computed in f32 either way: A, B and
-// C share one precision. beta = 0 overwrites C without reading it (it may hold garbage or NaN), so
+// All row-major; A and B stored as f32 or (the f16 variant) f16, C always f32, so that the
+// windows of A^T B accumulate in f32 (the host narrows an f16 product once, at the end). beta = 0 overwrites C without reading it (it may hold garbage or NaN), so
 // the same kernel computes a fresh product and an SGD update theta = theta - lr/B X^T G.
 //
 // Each thread owns an 8 x 8 block of C (MM_BLOCK) in registers and walks the whole K dimension
@@ -25,7 +25,7 @@
 //   0 q  uniform                MatmulParams
 //   1 a  read        array<S>   A, from element q.a_base (a multiple of W)
 //   2 b  read        array<S>   B, from element q.b_base (a multiple of W)
-//   3 c  read_write  array<S1>  C, from element q.c_base
+//   3 c  read_write  array<f32> C, from element q.c_base, f32 in either variant
 // Dispatch: ceil(N / (MM_BLOCK MM_TX)) x ceil(M / (MM_BLOCK MM_TY)) workgroups of MM_TX x MM_TY;
 // past the workgroups of one dimension, further dispatches of the column tiles from q.tile_x0.
 // matmul_nt walks K along the rows of both A and B, W at a time: each step is 64 dot products
@@ -36,7 +36,7 @@
 @group(0) @binding(0) var<uniform> q: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<S>;
 @group(0) @binding(2) var<storage, read> b: array<S>;
-@group(0) @binding(3) var<storage, read_write> c: array<S1>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 // Oct, Block and store_block come from matmul_common.wgsl, written out for 8 x 8.
 const_assert MM_BLOCK == 8u;

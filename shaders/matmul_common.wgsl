@@ -1,7 +1,6 @@
 // matmul_common.wgsl: what both matrix-product families share (matmul.wgsl, matmul_tex.wgsl):
 // the params block, the 8 x 8 block of C each thread keeps in registers, and its store.
-// Each family declares `q: MatmulParams` (binding 0) and `c: array<S1>` (the output, one stored
-// element S1 each: f32, or f16 in matmul.wgsl's f16 variant; computed in f32).
+// Each family declares `q: MatmulParams` (binding 0) and `c: array<f32>` (the output).
 
 // Keep in sync with MatmulParams in src/gpu/params.rs.
 struct MatmulParams {
@@ -60,9 +59,9 @@ fn store_row(row: u32, col: u32, v: Oct) {
             let index = q.c_base + row * q.n + col + j;
             var out = q.alpha * select(v.hi[j % 4u], v.lo[j % 4u], j < 4u);
             if q.beta != 0.0 {
-                out += q.beta * f32(c[index]);
+                out += q.beta * c[index];
             }
-            c[index] = S1(out);
+            c[index] = out;
         }
     }
 }

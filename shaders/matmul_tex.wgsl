@@ -68,7 +68,7 @@ struct PackParams {
 @group(0) @binding(0) var<uniform> q: MatmulParams;
 @group(0) @binding(1) var a: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(2) var b: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(3) var<storage, read_write> c: array<S1>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 const_assert MT_LANES == 8u;
 const_assert MT_TILE == MT_LANES * MT_LANES;

@@ -478,10 +478,11 @@ impl GpuContext {
         self.upload_as("upload", x)
     }
 
-    /// Copies an `f16` matrix to the device, in half precision: every op takes it where the
+    /// Copies an `f16` matrix to the device, in half precision: the ops take it where the
     /// device has `SHADER_F16` (softmax, log-softmax, log-sum-exp, the cross-entropies, the
     /// backward passes, the binary cross-entropy, the staged kernels, the products, the
-    /// copies), computes in `f32`, and writes its matrices in `f16` (losses in `f32`).
+    /// copies; not the linear cross-entropy), compute in `f32`, and write their matrices in
+    /// `f16` (losses in `f32`).
     ///
     /// # Errors
     /// Those of [`upload`](Self::upload).

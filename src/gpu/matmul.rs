@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::buffers::GpuMatrix;
@@ -128,12 +129,18 @@ impl GpuContext {
         } else {
             Width::Scalar
         };
-        // A, B and C share one precision (plan_product checks; the trainer widens f16 rows).
-        let dtype = g.c.dtype;
-        debug_assert!(
-            g.a.dtype == dtype && g.b.dtype == dtype,
-            "{op}: the operands of one product share a precision"
-        );
+        // A and B share one precision (plan_product checks; the trainer widens f16 rows); C is
+        // f32, so that windows accumulate in f32.
+        let dtype = g.a.dtype;
+        if g.b.dtype != dtype || g.c.dtype != DType::F32 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "a product of {} and {} into {}: its operands share one precision and its output is f32",
+                    g.a.dtype, g.b.dtype, g.c.dtype
+                ),
+            ));
+        }
         let pipeline = self.pipeline_of(kernel, width, dtype)?;
         let geometry = self.geometry;
         let words = |elems: usize| crate::gpu::buffers::words(elems, dtype);
@@ -255,7 +262,7 @@ impl GpuContext {
     /// [`Config::texture_kernels`]: crate::gpu::shaders::Config::texture_kernels
     fn plan_texture_matmul(&self, g: &Gemm<'_>) -> Result<Option<Vec<Dispatch>>> {
         // The textures are rgba32float: f16 operands take matmul.wgsl.
-        let f16 = g.c.dtype != crate::dtype::DType::F32;
+        let f16 = g.a.dtype != DType::F32;
         if !self.config.texture_kernels || f16 || g.k == 0 || g.m == 0 || g.n == 0 {
             return Ok(None);
         }
@@ -377,7 +384,7 @@ impl GpuContext {
         // by the kernel.
         let dtype = src.dtype;
         let row_bytes = cols as u64 * 4;
-        let f32_rows = dtype == crate::dtype::DType::F32;
+        let f32_rows = dtype == DType::F32;
         if f32_rows && !transposed && rows <= p.panel_rows && row_bytes.is_multiple_of(256) {
             let size = wgpu::Extent3d {
                 width: (cols / 4) as u32,
@@ -466,12 +473,15 @@ impl GpuContext {
         PackedTexture { texture, view }
     }
 
-    /// `a b`: the product of an `m x k` and a `k x n` matrix, as ndarray's `a.dot(&b)`.
+    /// `a b`: the product of an `m x k` and a `k x n` matrix, as ndarray's `a.dot(&b)`. `f16`
+    /// operands give an `f16` product, accumulated in `f32` (a workspace of `m x n` floats)
+    /// and rounded once.
     ///
     /// # Errors
     /// [`Error::Shape`] when the inner dimensions differ; [`Error::TooLarge`] when the result
     /// exceeds the device, or `b` exceeds one binding (`a` and the result are cut into row
-    /// windows, `b` is not).
+    /// windows, `b` is not); [`Error::InvalidArgument`] for operands of two precisions;
+    /// [`Error::MissingFeature`] for `f16` on a device without `SHADER_F16`.
     pub fn matmul(&self, a: &GpuMatrix, b: &GpuMatrix) -> Result<GpuMatrix> {
         self.product("matmul", a, b, false)
     }
@@ -481,7 +491,9 @@ impl GpuContext {
     ///
     /// # Errors
     /// [`Error::Shape`] when the row counts differ; [`Error::TooLarge`] when the `m x n`
-    /// result exceeds one binding (`a` and `b` are cut into windows of rows).
+    /// result exceeds one binding (`a` and `b` are cut into windows of rows, whose partial
+    /// products add up in `f32`, `f16` operands too); those of [`matmul`](Self::matmul) for
+    /// precisions.
     pub fn matmul_tn(&self, a: &GpuMatrix, b: &GpuMatrix) -> Result<GpuMatrix> {
         self.product("matmul_tn", a, b, true)
     }
@@ -548,7 +560,7 @@ impl GpuContext {
                 ));
             }
         }
-        if a.dtype() == crate::dtype::DType::F16 {
+        if a.dtype() == DType::F16 {
             self.check_shader_f16(op, "an f16 matrix")?;
         }
         let n = b.cols();
@@ -565,13 +577,20 @@ impl GpuContext {
             &[("the output", c.at(), c.byte_len())],
         )?;
         self.build_plan(op, |rec| {
+            // An f16 product accumulates in an f32 workspace (every window of A^T B adding to
+            // it), then is rounded once into C.
+            let wide = match c.dtype() {
+                DType::F32 => None,
+                DType::F16 => Some(self.new_matrix(op, m, n)?),
+            };
+            let out = wide.as_ref().unwrap_or(c);
             // Each operand bound from its own offset: wrapped matrices need not start at 0.
             let plan = self.plan_matmul(
                 op,
                 &Gemm {
                     a: a.flat_at(0),
                     b: b.flat_at(0),
-                    c: c.flat_at(0),
+                    c: out.flat_at(0),
                     m,
                     n,
                     k,
@@ -582,6 +601,15 @@ impl GpuContext {
                 },
             )?;
             rec.run(&plan);
+            if let Some(wide) = &wide {
+                rec.rows(
+                    Kernel::NarrowRows,
+                    m,
+                    n,
+                    &[wide.at(), c.at()],
+                    crate::gpu::params::NoArgs::default(),
+                )?;
+            }
             Ok(())
         })
     }

@@ -190,7 +190,7 @@ impl Args for LinearArgs {
     const FAMILIES: &'static [Family] = &[Family::Linear];
 }
 
-/// The most matrix bindings a row kernel has (`bce_with_logits`: six).
+/// The most matrix bindings a row kernel has (`bce_with_logits_weighted`: six).
 pub(crate) const MATRICES: usize = 8;
 
 /// Params of the matmul kernels. Keep in sync with `struct MatmulParams` in

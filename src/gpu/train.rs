@@ -46,9 +46,15 @@ pub(crate) struct Step {
     pub dtype: DType,
 }
 
-/// Rows of `f16` data the three-dispatch route widens at once for an evaluation's products
-/// (a batch's rows for a step): the workspace is `max(batch, EVAL_CHUNK) x features` floats.
+/// Rows the three-dispatch route's evaluation multiplies at once (and, for `f16` data, widens:
+/// the workspace is `max(batch, EVAL_CHUNK) x features` floats).
 const EVAL_CHUNK: usize = 4096;
+
+/// Rows of an evaluation's products at once on the three-dispatch route, for either data
+/// precision: at least a batch, at most [`EVAL_CHUNK`] unless the batch is larger.
+fn eval_chunk(batch: usize, rows: usize) -> usize {
+    batch.max(rows.min(EVAL_CHUNK))
+}
 
 /// An `f32` workspace that `f16` rows are widened into ([`Kernel::WidenRows`]) before the
 /// products of the three-dispatch route read them: `rows` rows of the model's features.
@@ -252,7 +258,7 @@ impl GpuRegression {
         // an evaluation at a time.
         let wide = (!fused && step.dtype == DType::F16)
             .then(|| -> Result<_> {
-                let rows = step.batch.max(eval_rows.min(EVAL_CHUNK));
+                let rows = eval_chunk(step.batch, eval_rows);
                 let bytes = gpu.check_bytes(OP, "the widened f16 rows", rows * features)?;
                 Ok((gpu.storage("widened rows", bytes), rows))
             })
@@ -300,10 +306,11 @@ impl GpuRegression {
             features,
             classes,
         };
-        let eval_train = plan_eval(gpu, OP, &train_set, &model, (fused, widen), &scratch)?;
+        let chunk = eval_chunk(step.batch, eval_rows);
+        let eval_train = plan_eval(gpu, OP, &train_set, &model, (fused, widen, chunk), &scratch)?;
         let eval_test = test_set
             .as_ref()
-            .map(|t| plan_eval(gpu, OP, t, &model, (fused, widen), &scratch))
+            .map(|t| plan_eval(gpu, OP, t, &model, (fused, widen, chunk), &scratch))
             .transpose()?;
         let results = gpu.storage("results", 16);
         Ok(GpuRegression {
@@ -452,7 +459,8 @@ impl GpuRegression {
             features: self.features,
             classes: self.classes,
         };
-        let plan = plan_eval(gpu, OP, &set, &model, (self.fused, None), &scratch)?;
+        let chunk = set.rows;
+        let plan = plan_eval(gpu, OP, &set, &model, (self.fused, None, chunk), &scratch)?;
         gpu.record(OP, |rec| {
             rec.clear(&plan.loss);
             rec.clear(&plan.err);
@@ -534,7 +542,7 @@ fn plan_eval(
     op: &'static str,
     set: &DeviceSet,
     model: &Model<'_>,
-    (fused, widen): (bool, Option<Widen<'_>>),
+    (fused, widen, chunk): (bool, Option<Widen<'_>>, usize),
     scratch: &EvalScratch,
 ) -> Result<EvalPlan> {
     // The texture kernel covers every row in one dispatch of 32 rows per workgroup.
@@ -562,9 +570,9 @@ fn plan_eval(
             None,
         )?
     } else {
-        // Every row's logits, in chunks of the widening workspace's rows where the data are
-        // f16, else at once.
-        let chunk = widen.map_or(set.rows, |w| w.rows).max(1);
+        // Every row's logits, in chunks of `chunk` rows (the widening workspace's, for f16
+        // data): the same products for f32 and f16 data, so that the two give the same bits.
+        let chunk = chunk.max(1);
         let mut plan = Vec::new();
         for start in (0..set.rows).step_by(chunk) {
             let rows = chunk.min(set.rows - start);
