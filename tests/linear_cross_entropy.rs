@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::linear::{assert_grads_close, option_cases};
 use common::*;
 use ndarray::{Array1, Array2, array};
 use softmax_ce::{CrossEntropyOptions, Labels, LinearCrossEntropyOptions, Loss, Reduction, cpu};
@@ -195,54 +196,8 @@ fn bad_shapes_and_options_are_errors_naming_the_values() {
     assert!(e.contains("class dimension"), "{e}");
 }
 
-/// Options of every kind, for the blocked path against the reference.
-fn option_cases(classes: usize) -> Vec<(String, LinearCrossEntropyOptions)> {
-    let weights = Array1::from_iter((0..classes).map(|j| 0.25 + (j % 7) as f32 / 3.0));
-    let mut cases = Vec::new();
-    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
-        let base = CrossEntropyOptions::default().reduction(reduction);
-        for (name, loss) in [
-            ("plain", base.clone()),
-            (
-                "smoothing, weights, z-loss",
-                base.clone()
-                    .label_smoothing(0.1)
-                    .weight(weights.clone())
-                    .z_loss(1e-3),
-            ),
-        ] {
-            for softcap in [None, Some(4.0f32)] {
-                let mut opts = LinearCrossEntropyOptions::default().loss(loss.clone());
-                opts.softcap = softcap;
-                cases.push((format!("{name}, {reduction}, softcap {softcap:?}"), opts));
-            }
-        }
-    }
-    cases
-}
-
-fn assert_grads_close(got: &cpu::LinearGrads, want: &cpu::LinearGrads, case: &str) {
-    let tol = |want: &Array2<f32>| 1e-5 * want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    assert_close(
-        got.hidden.view(),
-        want.hidden.view(),
-        tol(&want.hidden),
-        1e-4,
-        &format!("{case}: dH"),
-    );
-    assert_close(
-        got.classifier.view(),
-        want.classifier.view(),
-        tol(&want.classifier),
-        1e-4,
-        &format!("{case}: dW"),
-    );
-    match (&got.bias, &want.bias) {
-        (Some(g), Some(w)) => assert_close(g.view(), w.view(), 1e-6, 1e-4, &format!("{case}: db")),
-        (None, None) => {}
-        _ => panic!("{case}: bias gradient present in one and not the other"),
-    }
-}
+/// The CPU blocked path's gradients: f32 blocks, sums in f64.
+const CPU_TOL: (f32, f32) = (1e-4, 1e-6);
 
 /// The vocabulary-blocked path against the materialising reference: shapes that are not
 /// multiples of its blocks of rows (64) or classes (2048), 1x1x1, and every kind of option.
@@ -270,7 +225,7 @@ fn the_blocked_path_matches_the_reference() {
             let want =
                 cpu::linear_cross_entropy_grad(h.view(), w.view(), Some(b.view()), &y, &opts)
                     .unwrap();
-            assert_grads_close(&grads.unwrap(), &want, &case);
+            assert_grads_close(&grads.unwrap(), &want, CPU_TOL, &case);
         }
     }
 }
@@ -333,7 +288,7 @@ fn shards_merge_into_the_unsharded_result() {
                 classifier: ndarray::concatenate(ndarray::Axis(0), &views).unwrap(),
                 bias: Some(Array1::from(bias)),
             };
-            assert_grads_close(&sharded, &whole_grads, &case);
+            assert_grads_close(&sharded, &whole_grads, CPU_TOL, &case);
         }
         let (again, again_grads) =
             cpu::vocab::linear_cross_entropy(h.view(), w.view(), Some(b.view()), &y, &opts, true)
@@ -390,7 +345,12 @@ fn the_blocked_gradients_keep_large_logits_exact() {
         let (_, got) =
             cpu::vocab::linear_cross_entropy(h.view(), w.view(), None, &y, &opts, true).unwrap();
         let want = cpu::linear_cross_entropy_grad(h.view(), w.view(), None, &y, &opts).unwrap();
-        assert_grads_close(&got.unwrap(), &want, &format!("logits near 1e3, {case}"));
+        assert_grads_close(
+            &got.unwrap(),
+            &want,
+            CPU_TOL,
+            &format!("logits near 1e3, {case}"),
+        );
     }
 }
 

@@ -5,70 +5,24 @@
 
 mod common;
 
+use common::linear::{assert_grads_close, option_cases};
 use common::*;
 use ndarray::{Array1, Array2, array, s};
 use softmax_ce::gpu::{GpuLinearGrads, GpuShard};
 use softmax_ce::{
-    CrossEntropyOptions, GpuContext, GpuOptions, Labels, LinearCrossEntropyOptions, Reduction, cpu,
+    CrossEntropyOptions, GpuContext, GpuOptions, Labels, LinearCrossEntropyOptions, cpu,
 };
 
-/// Options of every kind (the same set the CPU blocked path is held to).
-fn option_cases(classes: usize) -> Vec<(String, LinearCrossEntropyOptions)> {
-    let weights = Array1::from_iter((0..classes).map(|j| 0.25 + (j % 7) as f32 / 3.0));
-    let mut cases = Vec::new();
-    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
-        let base = CrossEntropyOptions::default().reduction(reduction);
-        for (name, loss) in [
-            ("plain", base.clone()),
-            ("smoothing", base.clone().label_smoothing(0.1)),
-            ("weights", base.clone().weight(weights.clone())),
-            ("z-loss", base.clone().z_loss(1e-3)),
-            (
-                "smoothing, weights, z-loss",
-                base.clone()
-                    .label_smoothing(0.1)
-                    .weight(weights.clone())
-                    .z_loss(1e-3),
-            ),
-        ] {
-            for softcap in [None, Some(4.0f32)] {
-                let mut opts = LinearCrossEntropyOptions::default().loss(loss.clone());
-                opts.softcap = softcap;
-                cases.push((format!("{name}, {reduction}, softcap {softcap:?}"), opts));
-            }
-        }
-    }
-    cases
-}
+/// The GPU's f32 products and sums: twice the CPU blocked path's tolerance (relative 2e-4 of
+/// each entry, 2e-5 of the largest), as f32 accumulations over D and over the classes allow.
+const GPU_TOL: (f32, f32) = (2e-4, 2e-5);
 
-/// f32 products accumulated over D and classes summed in f32: relative 1e-4 of the largest
-/// entry, as the CPU blocked path is held to the reference, with room for f32 sums.
-fn assert_grads(gpu: &GpuContext, got: &GpuLinearGrads, want: &cpu::LinearGrads, case: &str) {
-    let tol = |w: &Array2<f32>| 2e-5 * w.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    let dh = gpu.download(&got.hidden).unwrap();
-    assert_close(
-        dh.view(),
-        want.hidden.view(),
-        tol(&want.hidden),
-        2e-4,
-        &format!("{case}: dH"),
-    );
-    let dw = gpu.download(&got.classifier).unwrap();
-    assert_close(
-        dw.view(),
-        want.classifier.view(),
-        tol(&want.classifier),
-        2e-4,
-        &format!("{case}: dW"),
-    );
-    match (&got.bias, &want.bias) {
-        (Some(g), Some(w)) => {
-            let db = gpu.download_vector(g).unwrap();
-            let t = 2e-5 * w.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-            assert_close(db.view(), w.view(), t, 2e-4, &format!("{case}: db"));
-        }
-        (None, None) => {}
-        _ => panic!("{case}: a bias gradient on one side only"),
+/// The gradients on the host.
+fn download_grads(gpu: &GpuContext, g: &GpuLinearGrads) -> cpu::LinearGrads {
+    cpu::LinearGrads {
+        hidden: gpu.download(&g.hidden).unwrap(),
+        classifier: gpu.download(&g.classifier).unwrap(),
+        bias: g.bias.as_ref().map(|b| gpu.download_vector(b).unwrap()),
     }
 }
 
@@ -89,7 +43,7 @@ fn check_case(
     let want = cpu::linear_cross_entropy(h.view(), w.view(), bv, y, opts).unwrap();
     assert_loss(gpu.download_loss(&loss).unwrap(), want, case);
     let want = cpu::linear_cross_entropy_grad(h.view(), w.view(), bv, y, opts).unwrap();
-    assert_grads(gpu, &grads.unwrap(), &want, case);
+    assert_grads_close(&download_grads(gpu, &grads.unwrap()), &want, GPU_TOL, case);
 }
 
 /// Ragged shapes (1x1x1; N, D and V that are no multiple of any tile, vector or block) with
@@ -303,28 +257,7 @@ fn shards_over_two_contexts_give_the_unsharded_result() {
             classifier: dw,
             bias: Some(Array1::from(db)),
         };
-        let tol = |w: &Array2<f32>| 2e-5 * w.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        assert_close(
-            got.hidden.view(),
-            want.hidden.view(),
-            tol(&want.hidden),
-            2e-4,
-            &format!("{case}: dH"),
-        );
-        assert_close(
-            got.classifier.view(),
-            want.classifier.view(),
-            tol(&want.classifier),
-            2e-4,
-            &format!("{case}: dW"),
-        );
-        assert_close(
-            got.bias.unwrap().view(),
-            want.bias.unwrap().view(),
-            1e-5,
-            2e-4,
-            &format!("{case}: db"),
-        );
+        assert_grads_close(&got, &want, GPU_TOL, &case);
 
         // The device's merge of two shards on one context, in either order.
         let (h2, w2, b2, _) = on(gpu, cut..v);

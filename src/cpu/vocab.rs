@@ -146,16 +146,7 @@ impl ShardStats {
     /// Fails unless the statistics cover the whole vocabulary of `classes`: the loss and the
     /// gradients need every shard's part.
     fn check_whole(&self, op: &'static str, classes: usize) -> Result<()> {
-        if self.classes != (0..classes) {
-            return Err(Error::invalid(
-                op,
-                format!(
-                    "statistics of classes {:?} of a vocabulary of {classes}: merge every shard's first",
-                    self.classes
-                ),
-            ));
-        }
-        Ok(())
+        check_covers(op, &self.classes, classes)
     }
 
     /// Each row's log-sum-exp, `max + ln sumexp`.
@@ -174,6 +165,56 @@ fn cap(z: f32, softcap: Option<f32>) -> f32 {
     }
 }
 
+/// Fails unless a shard of `rows` classes from `first_class` holds at least one class and ends
+/// inside a vocabulary of `classes`, and its bias (of `bias_len` values) has one per class: the
+/// checks of a shard on either device.
+pub(crate) fn check_shard(
+    op: &'static str,
+    (first_class, rows): (usize, usize),
+    bias_len: Option<usize>,
+    classes: usize,
+) -> Result<()> {
+    let end = first_class.checked_add(rows);
+    if rows == 0 || end.is_none_or(|e| e > classes) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "a shard of classes {}..{} of a vocabulary of {classes}: a shard holds at least one class and ends inside the vocabulary",
+                first_class,
+                first_class.saturating_add(rows)
+            ),
+        ));
+    }
+    if let Some(len) = bias_len
+        && len != rows
+    {
+        return Err(Error::shape(
+            op,
+            format!("a bias of {rows} values (one per row of W)"),
+            format!("{len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Fails unless statistics of `covered` classes are the whole vocabulary of `classes`: the
+/// loss and the gradients need every shard's part.
+pub(crate) fn check_covers(
+    op: &'static str,
+    covered: &std::ops::Range<usize>,
+    classes: usize,
+) -> Result<()> {
+    if *covered != (0..classes) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "statistics of classes {covered:?} of a vocabulary of {classes}: merge every shard's first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check(
     op: &'static str,
     h: ArrayView2<f32>,
@@ -184,26 +225,12 @@ fn check(
     let w = shard.classifier;
     super::linear::check_hidden_size(op, h, w)?;
     let classes = labels.classes();
-    let end = shard.first_class.checked_add(w.nrows());
-    if w.nrows() == 0 || end.is_none_or(|e| e > classes) {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "a shard of classes {}..{} of a vocabulary of {classes}: a shard holds at least one class and ends inside the vocabulary",
-                shard.first_class,
-                shard.first_class.saturating_add(w.nrows())
-            ),
-        ));
-    }
-    if let Some(b) = shard.bias
-        && b.len() != w.nrows()
-    {
-        return Err(Error::shape(
-            op,
-            format!("a bias of {} values (one per row of W)", w.nrows()),
-            format!("{}", b.len()),
-        ));
-    }
+    check_shard(
+        op,
+        (shard.first_class, w.nrows()),
+        shard.bias.map(|b| b.len()),
+        classes,
+    )?;
     labels.check_fits(op, h.nrows(), classes)?;
     opts.validate(op, classes)
 }

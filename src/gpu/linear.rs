@@ -623,26 +623,12 @@ impl GpuContext {
         }
         let classes = labels.classes();
         let vs = w.rows();
-        let end = shard.first_class.checked_add(vs);
-        if vs == 0 || end.is_none_or(|e| e > classes) {
-            return Err(Error::invalid(
-                op,
-                format!(
-                    "a shard of classes {}..{} of a vocabulary of {classes}: a shard holds at least one class and ends inside the vocabulary",
-                    shard.first_class,
-                    shard.first_class.saturating_add(vs)
-                ),
-            ));
-        }
-        if let Some(b) = shard.bias
-            && b.len() != vs
-        {
-            return Err(Error::shape(
-                op,
-                format!("a bias of {vs} values (one per row of W)"),
-                format!("{}", b.len()),
-            ));
-        }
+        crate::cpu::vocab::check_shard(
+            op,
+            (shard.first_class, vs),
+            shard.bias.map(GpuVector::len),
+            classes,
+        )?;
         labels.check_fits(op, n, classes)?;
         opts.validate(op, classes)?;
         let mut owners = vec![h.owner, w.owner, labels.owner];
@@ -777,14 +763,5 @@ struct Block<'a> {
 
 /// Fails unless `stats` cover the whole vocabulary of `classes`.
 fn check_whole(op: &'static str, stats: &GpuShardStats, classes: usize) -> Result<()> {
-    if stats.classes != (0..classes) {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "statistics of classes {:?} of a vocabulary of {classes}: merge every shard's first",
-                stats.classes
-            ),
-        ));
-    }
-    Ok(())
+    crate::cpu::vocab::check_covers(op, &stats.classes, classes)
 }

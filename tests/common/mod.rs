@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::print_stderr)]
 
 pub mod cli;
+pub mod linear;
 
 use std::sync::OnceLock;
 
