@@ -64,7 +64,15 @@ mod labels;
 pub mod logistic;
 mod loss;
 pub mod npy;
+mod par;
 pub mod train;
+
+/// The clock of epoch and kernel timings: std's, or on wasm32 the browser's (std's
+/// `Instant::now` panics there).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use std::time::Instant;
+#[cfg(target_arch = "wasm32")]
+pub(crate) use web_time::Instant;
 
 pub use device::{Device, DeviceKind};
 pub use dtype::{DType, Element};

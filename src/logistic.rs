@@ -32,7 +32,7 @@
 //! # Ok::<(), softmax_ce::Error>(())
 //! ```
 
-use std::time::Instant;
+use crate::Instant;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, s};
 

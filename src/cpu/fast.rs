@@ -2,7 +2,7 @@
 //! comparisons are fair. The [reference](crate::cpu) is written to be obviously right; this is
 //! written to be quick, and the tests hold it to the reference.
 //!
-//! - Rows run in parallel (rayon), each row start to finish on one thread while it is in cache.
+//! - Rows run in parallel (rayon, with the `parallel` feature), each row start to finish on one thread while it is in cache.
 //! - Each row is read twice from memory at most: once for its maximum, once for the
 //!   exponentials; the second pass writes the result, and a row of up to a few hundred KiB is
 //!   still in cache when it is rescaled.
@@ -15,7 +15,7 @@
 //! Semantics are the reference's (PyTorch's), including NaN rows for `+inf` or all-`-inf`
 //! input and zero gradients for ignored rows.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
 
 use crate::cpu::{check_classes, reduction_scale};
 use crate::error::Result;
@@ -199,17 +199,22 @@ fn rows_into(
 ) -> Vec<f64> {
     let x = x.as_standard_layout();
     let mut per_row = vec![0.0f64; x.nrows()];
-    Zip::indexed(out.axis_iter_mut(Axis(0)))
+    let mut per_row_view = ndarray::ArrayViewMut1::from(&mut per_row[..]);
+    let rows = Zip::indexed(out.axis_iter_mut(Axis(0)))
         .and(x.axis_iter(Axis(0)))
-        .and(&mut ndarray::ArrayViewMut1::from(&mut per_row[..]))
-        .par_for_each(|i, mut o, r, l| {
-            let (o, r) = (
-                o.as_slice_mut()
-                    .expect("checked: rows of out are contiguous"),
-                r.as_slice().expect("rows of a standard-layout array"),
-            );
-            *l = run_row(op_of(i), r, o);
-        });
+        .and(&mut per_row_view);
+    let row = |i, mut o: ArrayViewMut1<f32>, r: ArrayView1<f32>, l: &mut f64| {
+        let (o, r) = (
+            o.as_slice_mut()
+                .expect("checked: rows of out are contiguous"),
+            r.as_slice().expect("rows of a standard-layout array"),
+        );
+        *l = run_row(op_of(i), r, o);
+    };
+    #[cfg(feature = "parallel")]
+    rows.par_for_each(row);
+    #[cfg(not(feature = "parallel"))]
+    rows.for_each(row);
     per_row
 }
 

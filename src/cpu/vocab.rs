@@ -15,7 +15,6 @@
 //! by tests/linear_cross_entropy.rs.
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::parallel::prelude::*;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip, s};
 
 use crate::cpu::LinearGrads;
@@ -23,6 +22,7 @@ use crate::cpu::fast::exp_nonpositive;
 use crate::error::{Error, Result};
 use crate::labels::Labels;
 use crate::loss::{LinearCrossEntropyOptions, Loss, Reduction};
+use crate::par::*;
 
 /// Rows of `H` per block.
 const ROWS: usize = 64;

@@ -1,6 +1,6 @@
 //! How long the device spends on submitted work, for benchmarks.
 
-use std::time::Instant;
+use crate::Instant;
 
 use crate::error::Result;
 use crate::gpu::GpuContext;
