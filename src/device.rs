@@ -55,7 +55,9 @@ impl FromStr for DeviceKind {
 
 impl Device {
     /// The device `kind` names; `None` picks the GPU when one exists and the CPU otherwise, and
-    /// also returns why the GPU was passed over.
+    /// also returns why the GPU was passed over. Not in a browser, which builds its context
+    /// with [`GpuContext::new_async`] and wraps it in [`Device::Gpu`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn select(kind: Option<DeviceKind>) -> Result<(Device, Option<Error>)> {
         match kind {
             Some(DeviceKind::Cpu) => Ok((Device::Cpu, None)),

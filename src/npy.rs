@@ -1160,7 +1160,10 @@ impl PendingFile {
                 file,
                 written,
             } => {
-                drop(file);
+                // Closed before the rename (on wasm32 a `File` has no `Drop`, hence no `drop`).
+                {
+                    let _closed = file;
+                }
                 let result = if written {
                     std::fs::rename(&temp, &target)
                 } else {

@@ -33,13 +33,12 @@
 //! # Ok::<(), softmax_ce::Error>(())
 //! ```
 
-use std::time::Instant;
+use crate::Instant;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rayon::prelude::*;
 
 use crate::device::Device;
 use crate::dtype::DType;
@@ -47,6 +46,7 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::gpu::train::{GpuRegression, Step};
 use crate::labels::{DEFAULT_IGNORE_INDEX, Labels};
+use crate::par::*;
 
 const OP: &str = "train";
 
@@ -305,29 +305,53 @@ impl<'d> SoftmaxRegression<'d> {
     ) -> Result<EpochMetrics> {
         let start = Instant::now();
         self.sgd_epoch_with_progress(progress)?;
-        let [train_loss, train_err, test_loss, test_err] = match &self.state {
-            State::Cpu { theta, test } => {
-                let (train_loss, train_err) =
-                    loss_err(self.train.0.dot(theta).view(), &self.train.1);
-                let (test_loss, test_err) = test.as_ref().map_or((f32::NAN, f32::NAN), |(x, y)| {
-                    loss_err(x.dot(theta).view(), y)
-                });
-                [train_loss, train_err, test_loss, test_err]
-            }
+        let metrics = match &self.state {
+            State::Cpu { .. } => self.cpu_metrics(),
             State::Gpu { gpu, model } => model.metrics(gpu)?,
         };
+        Ok(self.epoch_metrics(start, metrics))
+    }
+
+    /// [`fit_epoch`](Self::fit_epoch) without blocking on the device: what a browser calls
+    /// (the steps are submitted, and the metrics read back by
+    /// [`GpuContext::download_async`]'s route).
+    pub async fn fit_epoch_async(&mut self) -> Result<EpochMetrics> {
+        let start = Instant::now();
+        self.sgd_epoch_with_progress(|_, _| {})?;
+        let metrics = match &self.state {
+            State::Cpu { .. } => self.cpu_metrics(),
+            State::Gpu { gpu, model } => model.metrics_async(gpu).await?,
+        };
+        Ok(self.epoch_metrics(start, metrics))
+    }
+
+    /// `[train loss, train error, test loss, test error]` of the CPU model.
+    fn cpu_metrics(&self) -> [f32; 4] {
+        let State::Cpu { theta, test } = &self.state else {
+            unreachable!("called for the CPU model only");
+        };
+        let (train_loss, train_err) = loss_err(self.train.0.dot(theta).view(), &self.train.1);
+        let (test_loss, test_err) = test.as_ref().map_or((f32::NAN, f32::NAN), |(x, y)| {
+            loss_err(x.dot(theta).view(), y)
+        });
+        [train_loss, train_err, test_loss, test_err]
+    }
+
+    /// The epoch just trained, its metrics and the time since `start`.
+    fn epoch_metrics(&self, start: Instant, metrics: [f32; 4]) -> EpochMetrics {
+        let [train_loss, train_err, test_loss, test_err] = metrics;
         let has_test = match &self.state {
             State::Cpu { test, .. } => test.is_some(),
             State::Gpu { model, .. } => model.has_test(),
         };
-        Ok(EpochMetrics {
+        EpochMetrics {
             epoch: self.epoch,
             train_loss,
             train_err,
             test_loss: has_test.then_some(test_loss),
             test_err: has_test.then_some(test_err),
             seconds: start.elapsed().as_secs_f64(),
-        })
+        }
     }
 
     /// One epoch of SGD steps alone, without the evaluation; returns when the device has
@@ -366,6 +390,14 @@ impl<'d> SoftmaxRegression<'d> {
         match &self.state {
             State::Cpu { theta, .. } => Ok(theta.clone()),
             State::Gpu { gpu, model } => model.theta(gpu),
+        }
+    }
+
+    /// [`theta`](Self::theta) without blocking on the device.
+    pub async fn theta_async(&self) -> Result<Array2<f32>> {
+        match &self.state {
+            State::Cpu { theta, .. } => Ok(theta.clone()),
+            State::Gpu { gpu, model } => model.theta_async(gpu).await,
         }
     }
 

@@ -81,6 +81,64 @@ fn async_downloads_resolve_once_the_device_is_polled() {
 }
 
 #[test]
+fn the_async_route_of_a_web_page_gives_the_blocking_results() {
+    // What a browser calls (web/src/lib.rs), on this adapter: the context, a loss and a
+    // model's epochs and weights, each without a blocking wait.
+    require_gpu!();
+    let gpu =
+        pollster::block_on(GpuContext::new_async(&softmax_ce::GpuOptions::default())).unwrap();
+    let x = logits(37, 129, 3.0, 11);
+    let labels = labels(37, 129, 4, 2);
+    let opts = CrossEntropyOptions::default().label_smoothing(0.1);
+    let (on, y) = (
+        gpu.upload(x.view()).unwrap(),
+        gpu.upload_labels(&labels).unwrap(),
+    );
+    for reduction in [Reduction::Mean, Reduction::None] {
+        let opts = opts.clone().reduction(reduction);
+        let loss = gpu.cross_entropy(&on, &y, &opts).unwrap();
+        let got = drive(&gpu, gpu.download_loss_async(&loss)).unwrap();
+        assert_eq!(got, gpu.download_loss(&loss).unwrap(), "{reduction:?}");
+    }
+
+    let (rows, features, classes) = (300, 12, 3);
+    let data = logits(rows, features, 1.0, 3);
+    let y =
+        softmax_ce::Labels::new((0..rows).map(|r| (r % classes) as i64), classes, -100).unwrap();
+    let train = softmax_ce::train::TrainOptions::default().bias(true);
+    let model = |gpu| {
+        softmax_ce::train::SoftmaxRegression::new(gpu, (data.view(), &y), None, train.clone())
+            .unwrap()
+    };
+    let (mut blocking, mut pending) = (model(&gpu), model(&gpu));
+    for _ in 0..2 {
+        let want = blocking.fit_epoch().unwrap();
+        let got = drive(&gpu, pending.fit_epoch_async()).unwrap();
+        assert_eq!(
+            (got.epoch, got.train_loss, got.train_err),
+            (want.epoch, want.train_loss, want.train_err)
+        );
+    }
+    let theta = drive(&gpu, pending.theta_async()).unwrap();
+    assert_eq!(theta, blocking.theta().unwrap());
+}
+
+/// Runs `work` to its end as an application's frame loop would: poll the future, and while it
+/// waits, poll the device (which is when a native backend delivers mappings).
+fn drive<F: Future>(gpu: &GpuContext, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = work.as_mut().poll(&mut cx) {
+            return v;
+        }
+        gpu.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .unwrap();
+    }
+}
+
+#[test]
 fn async_downloads_of_another_contexts_array_are_errors() {
     let gpu = require_gpu!();
     let other = GpuContext::new().unwrap();

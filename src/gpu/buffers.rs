@@ -26,6 +26,25 @@ struct MapState {
 /// The future of one `map_async`: ready once wgpu has run its callback.
 struct Mapped(Arc<Mutex<MapState>>);
 
+/// Maps the first `len` bytes of `staging` for reading: ready once wgpu has mapped them (on a
+/// native backend, while the device is polled; in a browser, by its event loop).
+pub(crate) fn map_read(
+    staging: &wgpu::Buffer,
+    len: u64,
+) -> impl Future<Output = std::result::Result<(), wgpu::BufferAsyncError>> + Send + 'static + use<>
+{
+    let state = Arc::new(Mutex::new(MapState::default()));
+    let done = Arc::clone(&state);
+    staging.map_async(wgpu::MapMode::Read, ..len, move |r| {
+        let mut s = done.lock().unwrap_or_else(|e| e.into_inner());
+        s.result = Some(r);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    });
+    Mapped(state)
+}
+
 impl Future for Mapped {
     type Output = std::result::Result<(), wgpu::BufferAsyncError>;
 
@@ -849,7 +868,7 @@ impl GpuContext {
     pub fn download_async(
         &self,
         m: &GpuMatrix,
-    ) -> impl Future<Output = Result<Array2<f32>>> + Send + 'static {
+    ) -> impl Future<Output = Result<Array2<f32>>> + Send + 'static + use<> {
         let (rows, cols, stride, dtype) = (m.rows, m.cols, m.stride, m.dtype);
         let span = m.span();
         let read = self
@@ -870,7 +889,7 @@ impl GpuContext {
     pub fn download_vector_async(
         &self,
         v: &GpuVector,
-    ) -> impl Future<Output = Result<Array1<f32>>> + Send + 'static {
+    ) -> impl Future<Output = Result<Array1<f32>>> + Send + 'static + use<> {
         let read = self
             .check_owned("download_vector_async", &[v.owner])
             .and_then(|()| check_readable("download_vector_async", &v.buffer))
@@ -880,12 +899,12 @@ impl GpuContext {
 
     /// Records a copy of `len` values of `buffer` from byte `origin` into a new staging buffer,
     /// submits it, and returns a future of the values, ready once the staging buffer is mapped.
-    fn read_pod_async<T: bytemuck::Pod + Send>(
+    pub(crate) fn read_pod_async<T: bytemuck::Pod + Send>(
         &self,
         buffer: &wgpu::Buffer,
         origin: u64,
         len: usize,
-    ) -> impl Future<Output = Result<Vec<T>>> + Send + 'static {
+    ) -> impl Future<Output = Result<Vec<T>>> + Send + 'static + use<T> {
         let total = (len * std::mem::size_of::<T>()) as u64;
         self.readbacks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -896,25 +915,21 @@ impl GpuContext {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let state = Arc::new(Mutex::new(MapState::default()));
-        if total > 0 {
+        // Errors kept from earlier calls (in a browser, see `settle`) come first: a result
+        // written past an error is never returned.
+        let earlier = self.verdicts();
+        let mapped = (total > 0).then(|| {
             let mut encoder = self.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(buffer, origin, &staging, 0, total);
             self.queue.submit([encoder.finish()]);
-            let done = Arc::clone(&state);
-            staging.map_async(wgpu::MapMode::Read, ..total, move |r| {
-                let mut s = done.lock().unwrap_or_else(|e| e.into_inner());
-                s.result = Some(r);
-                if let Some(w) = s.waker.take() {
-                    w.wake();
-                }
-            });
-        }
+            map_read(&staging, total)
+        });
         async move {
-            if total == 0 {
+            earlier.await?;
+            let Some(mapped) = mapped else {
                 return Ok(Vec::new());
-            }
-            Mapped(state).await?;
+            };
+            mapped.await?;
             let out = {
                 let view = staging.get_mapped_range(..total).map_err(|e| Error::Gpu {
                     op: "download_async",
@@ -941,6 +956,13 @@ impl GpuContext {
         origin: u64,
         len: usize,
     ) -> Result<Vec<T>> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::invalid(
+                "download",
+                "a browser cannot block its one thread until the GPU is done: use the async \
+                 downloads (download_async and its kin)",
+            ));
+        }
         let total = (len * std::mem::size_of::<T>()) as u64;
         self.readbacks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -988,15 +1010,16 @@ impl GpuContext {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let result = f();
-        let validation = pollster::block_on(validation.pop());
-        let oom = pollster::block_on(oom.pop());
-        match (result, validation.or(oom)) {
-            (Err(e), _) => Err(e),
-            (Ok(_), Some(e)) => Err(Error::Gpu {
-                op,
-                message: e.to_string(),
-            }),
-            (Ok(v), None) => Ok(v),
-        }
+        let gpu_error = move |e: wgpu::Error| Error::Gpu {
+            op,
+            message: e.to_string(),
+        };
+        // Innermost first: scopes pop in the reverse order of their pushes.
+        let validation = self.settle(validation, gpu_error);
+        let oom = self.settle(oom, gpu_error);
+        let value = result?;
+        validation?;
+        oom?;
+        Ok(value)
     }
 }

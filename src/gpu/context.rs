@@ -1,11 +1,14 @@
 //! The GPU context: an adapter, its device and queue, and the kernels compiled for it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::gpu::buffers::map_read;
 use crate::gpu::dispatch::Geometry;
 use crate::gpu::shaders::{Config, Family, Kernel, MT_LANES, Slot, Width};
 
@@ -103,7 +106,7 @@ const LOOP_PROBE_TRIPS: u32 = 1 << 20;
 /// when it ran them all. A driver that cuts loops short (Mesa's llvmpipe stops every loop of an
 /// invocation after 65,535 iterations in all) would otherwise turn long loops into wrong
 /// numbers without an error.
-fn measure_loop_limit(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Option<u32>> {
+async fn measure_loop_limit(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Option<u32>> {
     use wgpu::util::DeviceExt;
     const OP: &str = "loop limit probe";
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -163,19 +166,18 @@ fn measure_loop_limit(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Opti
     }
     encoder.copy_buffer_to_buffer(&count, 0, &staging, 0, 4);
     queue.submit([encoder.finish()]);
-    if let Some(e) = pollster::block_on(scope.pop()) {
+    if let Some(e) = scope.pop().await {
         return Err(Error::Gpu {
             op: OP,
             message: e.to_string(),
         });
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| drop(tx.send(r)));
-    device.poll(wgpu::PollType::wait_indefinitely())?;
-    rx.recv().map_err(|_| Error::Gpu {
-        op: OP,
-        message: "the readback was dropped".into(),
-    })??;
+    let mapped = map_read(&staging, 4);
+    // A browser maps by its event loop; a native backend while polled.
+    if !cfg!(target_arch = "wasm32") {
+        device.poll(wgpu::PollType::wait_indefinitely())?;
+    }
+    mapped.await?;
     let ran = {
         let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu {
             op: OP,
@@ -201,10 +203,12 @@ pub struct AdapterReport {
 }
 
 /// Lists every adapter wgpu can see on the backends `WGPU_BACKEND` allows.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn enumerate_adapters() -> Vec<AdapterReport> {
     adapters(None).iter().map(report).collect()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::Adapter> {
     let backends = backends
         .or_else(wgpu::Backends::from_env)
@@ -214,6 +218,7 @@ fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::Adapter> {
     pollster::block_on(wgpu::Instance::new(desc).enumerate_adapters(backends))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn report(adapter: &wgpu::Adapter) -> AdapterReport {
     AdapterReport {
         info: adapter.get_info(),
@@ -228,6 +233,7 @@ fn report(adapter: &wgpu::Adapter) -> AdapterReport {
 
 /// Preference among adapters: hardware first, and Vulkan/Metal/DX12 before GL, whose compute
 /// path is the least capable (no subgroups, and one context lock for every thread).
+#[cfg(not(target_arch = "wasm32"))]
 fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let device = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -243,6 +249,7 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     (device, backend)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn wanted_adapter(opts: &GpuOptions) -> Option<String> {
     opts.adapter
         .clone()
@@ -251,6 +258,7 @@ fn wanted_adapter(opts: &GpuOptions) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
     // GL is only a fallback: when a Vulkan, Metal or DX12 adapter runs compute, never probe
     // EGL at all (it is slow to start, and chatty on stderr on headless machines).
@@ -304,6 +312,24 @@ fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
         })
 }
 
+/// The adapter a browser's `navigator.gpu` offers, high-performance preferred.
+#[cfg(target_arch = "wasm32")]
+async fn browser_adapter() -> Result<wgpu::Adapter> {
+    let desc = wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::BROWSER_WEBGPU,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    };
+    wgpu::Instance::new(desc)
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoAdapter {
+            detail: format!("the browser offers no WebGPU adapter ({e})"),
+        })
+}
+
 /// An adapter's device and queue, and the kernels compiled for them.
 ///
 /// Build one with [`GpuContext::new`] (which picks an adapter) or, inside an application that
@@ -332,7 +358,14 @@ pub struct GpuContext {
     pub(crate) readbacks: Arc<AtomicU64>,
     /// Device objects created so far (see [`GpuContext::allocations`]).
     allocations: Arc<AtomicU64>,
+    /// In a browser, the verdicts of error scopes not yet awaited (see `settle`).
+    #[cfg(target_arch = "wasm32")]
+    pending: Arc<Mutex<Vec<Verdict>>>,
 }
+
+/// An error scope's verdict on the calls made inside it, as our error.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+type Verdict = Pin<Box<dyn Future<Output = Option<Error>> + Send>>;
 
 /// A compiled kernel and the layout its bind groups are built against.
 #[derive(Clone)]
@@ -354,50 +387,78 @@ impl std::fmt::Debug for GpuContext {
 impl GpuContext {
     /// A context on the best adapter (see [`GpuOptions::adapter`]), with default options.
     ///
+    /// Not in a browser, which cannot block: there use [`new_async`](Self::new_async).
+    ///
     /// # Errors
     /// [`Error::NoAdapter`] when wgpu sees no adapter that can run compute shaders (the message
     /// says how to install a software one), [`Error::AdapterNotFound`] when a requested adapter
     /// is absent, [`Error::RequestDevice`] when the adapter refuses a device.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
         Self::with_options(&GpuOptions::default())
     }
 
     /// A context built as `opts` says.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(opts: &GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(opts))
+    }
+
+    /// [`with_options`](Self::with_options) without blocking, on every target: in a browser
+    /// the adapter is the one `navigator.gpu` offers (its limits and features decide the
+    /// configuration as they do natively; [`GpuOptions::adapter`] and
+    /// [`GpuOptions::backends`] are ignored there).
+    pub async fn new_async(opts: &GpuOptions) -> Result<Self> {
+        #[cfg(not(target_arch = "wasm32"))]
         let adapter = choose_adapter(opts)?;
+        #[cfg(target_arch = "wasm32")]
+        let adapter = browser_adapter().await?;
         // Only features some kernel or benchmark uses; everything else stays off.
         let wanted =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
                 label: Some("softmax_ce"),
                 required_features: adapter.features() & wanted,
                 // wgpu's defaults cap buffers at 256 MiB; the adapter's own limits are what it can do.
                 required_limits: adapter.limits(),
                 ..Default::default()
-            }))?;
+            })
+            .await?;
         // A validation error that escapes our error scopes must not abort the process.
         device.on_uncaptured_error(Arc::new(|e| log::error!("uncaptured wgpu error: {e}")));
-        Self::build(device, queue, opts)
+        Self::build(device, queue, opts).await
     }
 
     /// A context on a device and queue the application already owns. Kernels are compiled for
     /// that device's limits; the device's uncaptured-error handler is left as the application
     /// set it (our own calls capture their errors).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
-        Self::build(device, queue, &GpuOptions::default())
+        Self::from_device_with_options(device, queue, &GpuOptions::default())
     }
 
     /// [`from_device`](Self::from_device) with options (the adapter choice is ignored).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_device_with_options(
         device: wgpu::Device,
         queue: wgpu::Queue,
         opts: &GpuOptions,
     ) -> Result<Self> {
-        Self::build(device, queue, opts)
+        pollster::block_on(Self::build(device, queue, opts))
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, opts: &GpuOptions) -> Result<Self> {
+    /// [`from_device_with_options`](Self::from_device_with_options) without blocking, on every
+    /// target (a browser application's own `GPUDevice`, through wgpu).
+    pub async fn from_device_async(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        opts: &GpuOptions,
+    ) -> Result<Self> {
+        Self::build(device, queue, opts).await
+    }
+
+    async fn build(device: wgpu::Device, queue: wgpu::Queue, opts: &GpuOptions) -> Result<Self> {
         let info = device.adapter_info();
         let limits = device.limits();
         let max_wg = limits
@@ -431,7 +492,7 @@ impl GpuContext {
             }
             None => limits.max_compute_workgroups_per_dimension,
         };
-        let driver_loop_limit = measure_loop_limit(&device, &queue)?;
+        let driver_loop_limit = measure_loop_limit(&device, &queue).await?;
         let loop_budget = match opts.max_loop_iterations {
             Some(n) if n < MIN_LOOP_BUDGET => {
                 return Err(Error::invalid(
@@ -503,7 +564,49 @@ impl GpuContext {
             modules: Arc::default(),
             readbacks: Arc::default(),
             allocations: Arc::default(),
+            #[cfg(target_arch = "wasm32")]
+            pending: Arc::default(),
         })
+    }
+
+    /// Whether the calls made since `scope` was pushed failed, as `error` turns wgpu's error
+    /// into ours. A native backend validates each call as it is made, so the verdict is ready
+    /// at once and a failure is this call's own `Err`. A browser validates on its own time,
+    /// and waiting would stall the page's one thread: there the verdict is kept, and the next
+    /// async download awaits it before its data ([`verdicts`](Self::verdicts)), so that a
+    /// result written past an error is never returned.
+    pub(crate) fn settle(
+        &self,
+        scope: wgpu::ErrorScopeGuard,
+        error: impl FnOnce(wgpu::Error) -> Error + Send + 'static,
+    ) -> Result<()> {
+        let verdict = scope.pop();
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            pollster::block_on(verdict).map_or(Ok(()), |e| Err(error(e)))
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            lock(&self.pending).push(Box::pin(async move { verdict.await.map(error) }));
+            Ok(())
+        }
+    }
+
+    /// The kept verdicts of every call so far (none on a native backend, see
+    /// [`settle`](Self::settle)): the first error among them.
+    pub(crate) fn verdicts(&self) -> impl Future<Output = Result<()>> + Send + 'static + use<> {
+        #[cfg(target_arch = "wasm32")]
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        #[cfg(not(target_arch = "wasm32"))]
+        let pending: Vec<Verdict> = Vec::new();
+        async move {
+            for verdict in pending {
+                if let Some(e) = verdict.await {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
     }
 
     /// The adapter the context runs on.
@@ -609,12 +712,11 @@ impl GpuContext {
                 label: Some(family.name()),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                kernel: family.name(),
-                message: e.to_string(),
-            });
-        }
+        let kernel = family.name();
+        self.settle(scope, move |e| Error::Shader {
+            kernel,
+            message: e.to_string(),
+        })?;
         Ok(lock(&self.modules)
             .entry((family, width, dtype))
             .or_insert(module)
@@ -694,12 +796,11 @@ impl GpuContext {
                 },
                 cache: None,
             });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                kernel: kernel.entry(),
-                message: e.to_string(),
-            });
-        }
+        let entry = kernel.entry();
+        self.settle(scope, move |e| Error::Shader {
+            kernel: entry,
+            message: e.to_string(),
+        })?;
         Ok(Pipeline { pipeline, layout })
     }
 }

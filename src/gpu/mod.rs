@@ -41,7 +41,9 @@ mod timing;
 pub(crate) mod train;
 
 pub use buffers::{GpuLabels, GpuMatrix, GpuVector, LabelType};
-pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions, enumerate_adapters};
+#[cfg(not(target_arch = "wasm32"))]
+pub use context::enumerate_adapters;
+pub use context::{ADAPTER_ENV, AdapterReport, GpuContext, GpuOptions};
 pub use linear::{
     GpuLinearGrads, GpuShard, GpuShardStats, WORKSPACE_BYTES as LINEAR_WORKSPACE_BYTES,
 };

@@ -1099,11 +1099,28 @@ impl GpuContext {
     /// Copies a loss back to the host.
     pub fn download_loss(&self, loss: &GpuLoss) -> Result<Loss> {
         self.check_owned("download_loss", &[loss.values.owner])?;
-        let values = self.download_vector(&loss.values)?;
-        Ok(match loss.reduction {
-            Reduction::None => Loss::PerRow(values),
-            Reduction::Mean | Reduction::Sum => Loss::Reduced(values[0]),
-        })
+        Ok(loss_of(loss.reduction, self.download_vector(&loss.values)?))
+    }
+
+    /// [`download_loss`](Self::download_loss) without blocking (see
+    /// [`download_async`](Self::download_async)).
+    pub fn download_loss_async(
+        &self,
+        loss: &GpuLoss,
+    ) -> impl Future<Output = Result<Loss>> + Send + 'static + use<> {
+        let reduction = loss.reduction;
+        let values = self
+            .check_owned("download_loss_async", &[loss.values.owner])
+            .map(|()| self.download_vector_async(&loss.values));
+        async move { Ok(loss_of(reduction, values?.await?)) }
+    }
+}
+
+/// A loss as the host sees it, from the values of its vector on the device.
+fn loss_of(reduction: Reduction, values: ndarray::Array1<f32>) -> Loss {
+    match reduction {
+        Reduction::None => Loss::PerRow(values),
+        Reduction::Mean | Reduction::Sum => Loss::Reduced(values[0]),
     }
 }
 

@@ -747,10 +747,10 @@ impl Config {
         }
     }
 
-    /// The complete WGSL source of `family` at `width`, as wgpu-native (naga) takes it: what
-    /// the library compiles.
+    /// The complete WGSL source of `family` at `width`, as the implementation the library runs
+    /// on takes it: what the library compiles.
     pub(crate) fn source(&self, family: Family, width: Width, dtype: DType) -> String {
-        self.source_for(Target::Native, family, width, dtype)
+        self.source_for(Target::RUNTIME, family, width, dtype)
     }
 
     /// The complete WGSL source of `family` at `width`, written for `target`.
@@ -798,6 +798,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// What the library compiles for itself: wgpu's WebGPU backend in the browser hands the
+    /// sources to the browser's implementation, every other build to naga.
+    pub const RUNTIME: Target = if cfg!(target_arch = "wasm32") {
+        Target::Web
+    } else {
+        Target::Native
+    };
+
     /// The name used on the command line (`--target native|web`).
     pub fn name(self) -> &'static str {
         match self {

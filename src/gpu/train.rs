@@ -405,6 +405,24 @@ impl GpuRegression {
     /// Loss and error on the training and test sets, `[train loss, train error, test loss,
     /// test error]` (the test pair NaN without a test set): the epoch's one readback.
     pub(crate) fn metrics(&self, gpu: &GpuContext) -> Result<[f32; 4]> {
+        self.record_metrics(gpu)?;
+        Ok(self.metrics_of(&gpu.read_f32(&self.results, 4)?))
+    }
+
+    /// [`metrics`](Self::metrics) without blocking (see [`GpuContext::download_async`]).
+    pub(crate) async fn metrics_async(&self, gpu: &GpuContext) -> Result<[f32; 4]> {
+        self.record_metrics(gpu)?;
+        Ok(self.metrics_of(&gpu.read_pod_async::<f32>(&self.results, 0, 4).await?))
+    }
+
+    /// `[train loss, train error, test loss, test error]` from the four values read back.
+    fn metrics_of(&self, values: &[f32]) -> [f32; 4] {
+        let test = |v: f32| if self.test.is_some() { v } else { f32::NAN };
+        [values[0], values[1], test(values[2]), test(values[3])]
+    }
+
+    /// Submits the evaluation whose four values [`metrics`](Self::metrics) reads back.
+    fn record_metrics(&self, gpu: &GpuContext) -> Result<()> {
         const OP: &str = "evaluate";
         gpu.check_owned(OP, &[self.owner])?;
         gpu.record(OP, |rec| {
@@ -419,16 +437,22 @@ impl GpuRegression {
                 rec.copy((&plan.err).into(), &self.results, 8 * i as u64 + 4, 4);
             }
             Ok(())
-        })?;
-        let values = gpu.read_f32(&self.results, 4)?;
-        let test = |v: f32| if self.test.is_some() { v } else { f32::NAN };
-        Ok([values[0], values[1], test(values[2]), test(values[3])])
+        })
     }
 
     /// Theta, `features x classes`.
     pub(crate) fn theta(&self, gpu: &GpuContext) -> Result<Array2<f32>> {
         gpu.check_owned("theta", &[self.owner])?;
         let data = gpu.read_f32(&self.theta, self.features * self.classes)?;
+        Ok(Array2::from_shape_vec((self.features, self.classes), data)
+            .expect("length matches the shape"))
+    }
+
+    /// [`theta`](Self::theta) without blocking.
+    pub(crate) async fn theta_async(&self, gpu: &GpuContext) -> Result<Array2<f32>> {
+        gpu.check_owned("theta", &[self.owner])?;
+        let len = self.features * self.classes;
+        let data = gpu.read_pod_async::<f32>(&self.theta, 0, len).await?;
         Ok(Array2::from_shape_vec((self.features, self.classes), data)
             .expect("length matches the shape"))
     }
