@@ -19,14 +19,19 @@
 //! # Ok::<(), softmax_ce::Error>(())
 //! ```
 
+#[cfg(feature = "fs")]
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{self, Read};
+#[cfg(feature = "fs")]
+use std::io::{BufRead, BufReader};
+#[cfg(feature = "fs")]
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 use ndarray::{Array1, Array2};
 
 use crate::error::{Error, Result};
+#[cfg(feature = "fs")]
 use crate::npy;
 
 /// Rows of the bundled training split; the rest of the 10,000 digits are the test split.
@@ -86,6 +91,7 @@ pub fn digits() -> Result<TrainTest> {
 /// # Errors
 /// [`Error::Io`] when the file cannot be read, [`Error::Parse`] for a bad header, a corrupt
 /// gzip stream, or data shorter or longer than the header promises.
+#[cfg(feature = "fs")]
 pub fn read_idx_images(path: &Path) -> Result<Array2<f32>> {
     let (dims, data) = read_idx_file(path, 3)?;
     images(dims, data)
@@ -95,6 +101,7 @@ pub fn read_idx_images(path: &Path) -> Result<Array2<f32>> {
 ///
 /// # Errors
 /// As [`read_idx_images`].
+#[cfg(feature = "fs")]
 pub fn read_idx_labels(path: &Path) -> Result<Array1<u8>> {
     let (_, data) = read_idx_file(path, 1)?;
     Ok(Array1::from(data))
@@ -148,6 +155,7 @@ fn images(dims: [usize; 3], data: Vec<u8>) -> Result<Array2<f32>> {
 /// Reads a directory of the four standard MNIST files, each as named or with `.gz` appended:
 /// `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`,
 /// `t10k-labels-idx1-ubyte`.
+#[cfg(feature = "fs")]
 pub fn mnist_dir(dir: &Path) -> Result<TrainTest> {
     let set = |images: &str, labels: &str| -> Result<Dataset> {
         let (images, labels) = (find(dir, images)?, find(dir, labels)?);
@@ -185,6 +193,7 @@ pub fn mnist_dir(dir: &Path) -> Result<TrainTest> {
 
 /// Reads features (`float32` or `float64`, `n x d`) and labels (any integer dtype, `n`) from
 /// `.npy` files. `classes` defaults to the largest label plus one, over both sets.
+#[cfg(feature = "fs")]
 pub fn from_npy(
     train_x: &Path,
     train_y: &Path,
@@ -289,6 +298,7 @@ pub fn from_npy(
     })
 }
 
+#[cfg(feature = "fs")]
 fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     let plain = dir.join(name);
     let gz = dir.join(format!("{name}.gz"));
@@ -308,6 +318,7 @@ fn find(dir: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// An IDX file's dimensions (unused entries are 1) and data, read as [`read_idx_images`] says.
+#[cfg(feature = "fs")]
 fn read_idx_file(path: &Path, rank: usize) -> Result<([usize; 3], Vec<u8>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
@@ -333,6 +344,21 @@ fn parse_idx(bytes: &[u8], name: &str, rank: usize) -> Result<([usize; 3], Vec<u
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// Reads until `buf` is full or the stream ends; returns the bytes read. Unlike `read_exact`
+/// it says how far a short stream got, for the error message.
+pub(crate) fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// What an IDX stream is read through.
 #[derive(Clone, Copy)]
 enum Stream {
@@ -357,7 +383,7 @@ fn read_idx(
     };
     let header = 4 + 4 * rank;
     let mut head = [0u8; 4 + 4 * 3];
-    let got = npy::fill(&mut r, &mut head[..header]).map_err(read_err)?;
+    let got = fill(&mut r, &mut head[..header]).map_err(read_err)?;
     if got < header {
         return Err(bad(format!(
             "{got} bytes is shorter than an IDX header of rank {rank} ({header} bytes)"
@@ -433,7 +459,7 @@ fn read_idx(
     // One byte more tells a stream that goes on (and, for gzip, reaches the trailer whose
     // checksum the decoder then verifies).
     let mut more = [0u8; 1];
-    if npy::fill(&mut r, &mut more).map_err(read_err)? > 0 {
+    if fill(&mut r, &mut more).map_err(read_err)? > 0 {
         return Err(bad(format!(
             "header {wide:?} promises {expected} data bytes, the file has more"
         )));

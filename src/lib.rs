@@ -63,6 +63,7 @@ pub mod gpu;
 mod labels;
 pub mod logistic;
 mod loss;
+#[cfg(feature = "fs")]
 pub mod npy;
 mod par;
 pub mod train;

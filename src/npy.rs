@@ -31,6 +31,7 @@ use half::f16;
 use ndarray::{Array1, Array2, ArrayD, ArrayViewD, IxDyn, ShapeBuilder};
 use npyz::WriterBuilder;
 
+use crate::data::fill;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -107,21 +108,6 @@ fn quote(bytes: &[u8]) -> String {
         s.push_str("...");
     }
     format!("\"{s}\"")
-}
-
-/// Reads until `buf` is full or the stream ends; returns the bytes read. Unlike `read_exact`
-/// it says how far a short stream got, for the error message.
-pub(crate) fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Reads and checks the preamble and header; the reader is left at the payload. Returns the

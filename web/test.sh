@@ -18,7 +18,10 @@ cd "$(dirname "$0")"
 packages=(rustc-web cargo-web rust-web-src rust-web-clippy lld-19 chromium)
 missing=()
 for p in "${packages[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    # Installed, not merely known: a removed package keeps its config files and dpkg -s
+    # still answers 0 for it.
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] ||
+        missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
